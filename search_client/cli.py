@@ -1,0 +1,16 @@
+"""Entry point of ``proxyless-search``: imports every command module so that each registers its commands."""
+
+from search_client.cli_app import app
+
+# Each import registers commands on ``app``.
+import search_client.commands.inspect  # noqa: E402,F401
+
+__all__ = ["app"]
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
