@@ -58,6 +58,19 @@ class Architecture:
     def num_classes(self) -> int:
         return self.head.out_chs
 
+    def with_resolution(self, height: int, width: int) -> Architecture:
+        """The same ops at input size (height, width): every op takes the previous op's output resolution."""
+        specs: list[OpSpec] = []
+        h, w = height, width
+        for spec in self.specs():
+            moved = spec.with_resolution(h, w)
+            specs.append(moved)
+            h, w = moved.out_height, moved.out_width
+        n_blocks = len(self.blocks)
+        return Architecture(stem=specs[0], blocks=specs[1:1 + n_blocks],
+                            mix=specs[1 + n_blocks] if self.mix is not None else None, head=specs[-1],
+                            metadata=dict(self.metadata))
+
     def specs(self) -> list[OpSpec]:
         """Every op in execution order: stem, blocks, mix (if any), head."""
         return [self.stem, *self.blocks, *([self.mix] if self.mix else []), self.head]

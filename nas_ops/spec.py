@@ -117,9 +117,9 @@ def validate(spec: OpSpec) -> None:
     _check_int("out_chs", spec.out_chs, 1, MAX_CLASSES if spec.kind == "head" else MAX_CHANNELS)
     _check_int("height", spec.height, 1, MAX_RESOLUTION)
     _check_int("width", spec.width, 1, MAX_RESOLUTION)
-    if spec.kernel not in KERNELS or isinstance(spec.kernel, bool):
+    if not isinstance(spec.kernel, int) or isinstance(spec.kernel, bool) or spec.kernel not in KERNELS:
         _fail("kernel", f"must be one of {KERNELS}, got {spec.kernel!r}")
-    if spec.stride not in STRIDES or isinstance(spec.stride, bool):
+    if not isinstance(spec.stride, int) or isinstance(spec.stride, bool) or spec.stride not in STRIDES:
         _fail("stride", f"must be one of {STRIDES}, got {spec.stride!r}")
     if spec.act not in ACTIVATIONS:
         _fail("act", f"unknown activation {spec.act!r}; expected one of {', '.join(ACTIVATIONS)}")
