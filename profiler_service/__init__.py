@@ -1,1 +1,3 @@
-"""profiler_service package."""
+"""Device-side latency profiler service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from profiler_service import __version__
+from profiler_service.errors import install_error_handlers
+from profiler_service.routers import device, health, jobs, lookup, measure, metrics, table
+from profiler_service.settings import ProfilerSettings
+from profiler_service.state import ServiceState
+
+
+API_PREFIX = "/v1"
+
+
+class BodySizeLimit:
+    """413 for a request body over ``max_bytes`` (by Content-Length, or counted while it streams)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._reject(send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = (b'{"detail": "request body larger than %d bytes", "code": "too_large"}' % self.max_bytes)
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: ProfilerSettings | None = None) -> FastAPI:
+    """The service app. Its lifespan opens the database (already migrated to head) and runs the job worker."""
+    settings = settings or ProfilerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ServiceState(settings)
+        state.worker.start()  # resumes jobs a killed process left pending
+        app.state.service = state
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(
+        title="proxyless-hw profiler",
+        version=__version__,
+        description="Measures candidate ops on this device and serves their latency F(o) for ProxylessNAS.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (health, device, lookup, measure, jobs, table, metrics):
+        app.include_router(module.router, prefix=API_PREFIX)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        # The route's template (not the raw path) keeps the label set small: /v1/jobs/{job_id}.
+        route = request.scope.get("route")
+        path = API_PREFIX + route.path if route is not None and request.url.path.startswith(API_PREFIX) else "unmatched"
+        service = getattr(request.app.state, "service", None)
+        if service is not None:
+            service.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app

@@ -1,0 +1,205 @@
+"""``proxyless-profiler``: serve the API, measure ops locally, show this device's fingerprint."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from profiler_service.settings import ProfilerSettings
+
+app = typer.Typer(
+    name="proxyless-profiler",
+    help="Device-side latency profiler: measures candidate ops and serves F(o) over REST.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr and a non-zero exit: the CLI's way to reject bad input."""
+    err.print(f"error: {message}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def build_settings(**overrides: Any) -> ProfilerSettings:
+    """Settings from the environment, with the CLI options that were given on top."""
+    try:
+        return ProfilerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: ProfilerSettings) -> None:
+    """Refuse a non-loopback bind without a token unless explicitly allowed."""
+    if not is_loopback(settings.host) and settings.token is None and not settings.allow_insecure_bind:
+        fail(
+            f"refusing to listen on {settings.host} without a token: set --token (or PROFILER_TOKEN), "
+            "or pass --allow-insecure-bind if this network is trusted"
+        )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
+    db: Annotated[str | None, typer.Option(help="database URL (sqlite:///file.db or postgresql+psycopg://...)")] = None,
+    backends: Annotated[str | None, typer.Option(help="comma-separated backends to serve (default: all available)")] = None,
+    threads: Annotated[int | None, typer.Option(help="default thread count of a measurement")] = None,
+    token: Annotated[str | None, typer.Option(help="bearer token for mutating endpoints (or PROFILER_TOKEN)")] = None,
+    allow_insecure_bind: Annotated[bool, typer.Option(help="allow a non-loopback bind without a token")] = False,
+    device_name: Annotated[str | None, typer.Option(help="name of this device (default: hostname)")] = None,
+    protocol: Annotated[str | None, typer.Option(help="protocol preset: default | fast")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve the REST API (migrates the database to head first). Health: GET /v1/health."""
+    import uvicorn
+
+    from latency_db.migrate import upgrade_to_head
+    from profiler_service.app import create_app
+
+    settings = build_settings(
+        host=host, port=port, db_url=db, backends=backends, threads=threads, token=token,
+        allow_insecure_bind=allow_insecure_bind or None, device_name=device_name, protocol=protocol,
+    )
+    check_bind(settings)
+    try:
+        upgrade_to_head(settings.db_url)
+        application = create_app(settings)
+    except ValueError as exc:
+        fail(str(exc))
+    err.print(f"proxyless-profiler: serving on http://{settings.host}:{settings.port} (db {settings.db_url})",
+              markup=False, highlight=False)
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
+
+
+def _specs_from(specs: list[str], space: str | None) -> list[str]:
+    from nas_ops.spec import format_spec, parse_spec
+
+    texts = list(specs)
+    if space:
+        from nas_ops.space import load_space
+
+        loaded = load_space(space)
+        texts += [format_spec(s) for s in loaded.fixed_specs()]
+        texts += [format_spec(c) for cell in loaded.cells() for c in cell.candidates if c.kind != "zero"]
+    if not texts:
+        fail("give op specs or --space")
+    for i, text in enumerate(texts):
+        parse_spec(text)  # ValueError names the field
+    return list(dict.fromkeys(texts))
+
+
+@app.command()
+def measure(
+    specs: Annotated[list[str] | None, typer.Argument(help="op specs, e.g. mbconv_r56x56_c24-24_k3_e6_s1_relu6_skip")] = None,
+    space: Annotated[str | None, typer.Option(help="also measure every op of this search space (preset or file)")] = None,
+    backend: Annotated[str, typer.Option(help="backend name")] = "ort-cpu",
+    batch: Annotated[int, typer.Option(min=1, max=1024)] = 1,
+    dtype: Annotated[str, typer.Option(help="float32 | float16 (CUDA)")] = "float32",
+    threads: Annotated[int, typer.Option(min=1, max=256)] = 1,
+    protocol: Annotated[str, typer.Option(help="default | fast")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    out_file: Annotated[Path | None, typer.Option("--out", help="also write the stats as JSON here")] = None,
+) -> None:
+    """Measure ops on this machine without a server and print their stats (progress bar on long sweeps)."""
+    from nas_ops.spec import parse_spec
+    from profiler_service.backends import get_backend
+    from profiler_service.protocol import PROTOCOL_VERSION, measure_op
+    from profiler_service.state import protocol_params_for
+
+    try:
+        texts = _specs_from(specs or [], space)
+        engine = get_backend(backend)
+        if protocol not in ("default", "fast"):
+            raise ValueError(f"protocol must be 'default' or 'fast', got {protocol!r}")
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    except ValueError as exc:
+        fail(str(exc))
+    params = protocol_params_for(protocol)
+    results: dict[str, dict[str, float]] = {}
+    with Progress(TextColumn("[bold]measuring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.description}"), console=err, transient=True,
+                  disable=len(texts) < 2) as progress:
+        task = progress.add_task("", total=len(texts))
+        for text in texts:
+            progress.update(task, description=text)
+            try:
+                results[text] = measure_op(parse_spec(text), engine, batch, dtype, threads, params).as_dict()
+            except (RuntimeError, ValueError) as exc:
+                fail(f"{text}: {exc}", code=1)
+            progress.advance(task)
+    document = {"backend": backend, "batch": batch, "dtype": dtype, "threads": threads,
+                "protocol_version": PROTOCOL_VERSION, "stats": results}
+    if out_file is not None:
+        out_file.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        sys.stdout.write(json.dumps(document) + "\n")
+        return
+    table = Table(title=f"{backend}, batch {batch}, {threads} thread(s), protocol {PROTOCOL_VERSION}")
+    for column in ("op", "median ms", "p10", "p90", "IQR", "runs"):
+        table.add_column(column, justify="left" if column == "op" else "right")
+    for text, s in results.items():
+        table.add_row(text, f"{s['median_ms']:.4f}", f"{s['p10_ms']:.4f}", f"{s['p90_ms']:.4f}",
+                      f"{s['iqr_ms']:.4f}", str(s["samples"]))
+    out.print(table)
+
+
+@app.command()
+def info(
+    threads: Annotated[int, typer.Option(min=1, max=256)] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """This device's fingerprint and the backends available here."""
+    from profiler_service.backends import available_backends
+    from profiler_service.fingerprint import device_fingerprint, env_hash, environment
+    from profiler_service.protocol import PROTOCOL_VERSION
+
+    fingerprint = device_fingerprint()
+    backends = [{"name": b.name, "options": b.options, "env_hash": env_hash(environment(b, threads))}
+                for b in available_backends()]
+    if as_json:
+        sys.stdout.write(json.dumps({"fingerprint": fingerprint, "backends": backends,
+                                     "protocol_version": PROTOCOL_VERSION}, default=str) + "\n")
+        return
+    table = Table(title="device fingerprint")
+    table.add_column("key")
+    table.add_column("value")
+    for key, value in fingerprint.items():
+        table.add_row(key, str(value))
+    out.print(table)
+    backend_table = Table(title=f"available backends (threads={threads}, protocol {PROTOCOL_VERSION})")
+    for column in ("backend", "options", "env hash"):
+        backend_table.add_column(column)
+    for b in backends:
+        backend_table.add_row(b["name"], json.dumps(b["options"]), b["env_hash"][:16])
+    out.print(backend_table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

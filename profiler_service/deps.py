@@ -1,0 +1,42 @@
+"""FastAPI dependencies, as Annotated aliases: the service state, a DB session, the bearer-token check."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from profiler_service.errors import ApiError
+from profiler_service.state import ServiceState
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def get_session(state: Annotated[ServiceState, Depends(get_state)]) -> Iterator[Session]:
+    """A session for one request; routes that write call ``session.commit()`` themselves."""
+    with state.sessions() as session:
+        yield session
+
+
+def require_token(request: Request, state: Annotated[ServiceState, Depends(get_state)]) -> None:
+    """401 unless the request carries ``Authorization: Bearer <token>`` (when the service has a token)."""
+    expected = state.settings.token_value()
+    if expected is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise ApiError(401, "auth_required", "this endpoint needs 'Authorization: Bearer <token>'",
+                       {"WWW-Authenticate": "Bearer"})
+    if not secrets.compare_digest(given.strip().encode(), expected.encode()):
+        raise ApiError(401, "auth_refused", "invalid bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+SessionDep = Annotated[Session, Depends(get_session)]
+TokenDep = Annotated[None, Depends(require_token)]

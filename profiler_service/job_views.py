@@ -1,0 +1,63 @@
+"""Jobs as the API shows them, and waiting for a job to finish."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from latency_db.models import Job, JobItem
+from latency_db.repository import get_job, job_counts
+from profiler_service.errors import not_found
+from profiler_service.schemas import FailedItem, JobOut, Stats
+from profiler_service.state import ServiceState
+
+FINISHED = ("done", "failed", "cancelled")
+MAX_FAILED_ITEMS_SHOWN = 50
+
+
+def job_out(session: Session, job: Job) -> JobOut:
+    """The API view of a job with its progress counts (an architecture job counts as one item)."""
+    if job.kind == "architecture":
+        counts = {key: 0 for key in ("done", "skipped", "failed", "cancelled", "pending")}
+        key = {"done": "done", "failed": "failed", "cancelled": "cancelled"}.get(job.status, "pending")
+        counts[key] = 1
+        counts["total"] = 1
+        failed_items: list[FailedItem] = []
+    else:
+        counts = job_counts(session, job.id)
+        rows = session.execute(
+            select(JobItem.op_spec, JobItem.error)
+            .where(JobItem.job_id == job.id, JobItem.status == "failed")
+            .order_by(JobItem.position)
+            .limit(MAX_FAILED_ITEMS_SHOWN)
+        ).all()
+        failed_items = [FailedItem(op=op, error=error) for op, error in rows]
+    return JobOut(
+        id=job.id, kind=job.kind, status=job.status, backend=job.backend, batch=job.batch, dtype=job.dtype,
+        threads=job.threads, total=counts["total"], done=counts["done"], skipped=counts["skipped"],
+        failed=counts["failed"], cancelled=counts["cancelled"], pending=counts["pending"], error=job.error,
+        result=Stats(**job.result) if job.result else None, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, failed_items=failed_items,
+    )
+
+
+def load_job_out(state: ServiceState, job_id: int) -> JobOut:
+    """A fresh view of job ``job_id`` (404 when there is none)."""
+    with state.sessions() as session:
+        job = get_job(session, job_id)
+        if job is None:
+            raise not_found(f"job {job_id} does not exist")
+        return job_out(session, job)
+
+
+async def wait_for_job(state: ServiceState, job_id: int, wait_s: float) -> JobOut:
+    """Poll the job until it is finished or ``wait_s`` has passed (the event loop stays free meanwhile)."""
+    deadline = time.monotonic() + min(wait_s, state.settings.max_wait_s)
+    view = await asyncio.to_thread(load_job_out, state, job_id)
+    while view.status not in FINISHED and time.monotonic() < deadline:
+        await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        view = await asyncio.to_thread(load_job_out, state, job_id)
+    return view

@@ -1,0 +1,32 @@
+"""This device: fingerprint, served backends, protocol and limits."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from latency_db.repository import fingerprint_hash
+from profiler_service.deps import StateDep
+from profiler_service.schemas import BackendInfo, DeviceInfo
+
+router = APIRouter(tags=["device"])
+
+LIMIT_FIELDS = ("max_ops_per_request", "max_channels", "max_resolution", "max_batch", "max_op_mflops",
+                "max_network_mflops", "max_wait_s", "max_request_bytes")
+
+
+@router.get("/device", response_model=DeviceInfo, summary="Fingerprint, backends, protocol and limits")
+def device(state: StateDep) -> DeviceInfo:
+    threads = state.settings.threads
+    backends = []
+    for name, backend in sorted(state.backends.items()):
+        _, env_hash = state.environment(name, threads)
+        backends.append(BackendInfo(name=name, options=backend.options, env_hash=env_hash))
+    return DeviceInfo(
+        name=state.settings.device_name,
+        fingerprint=state.fingerprint,
+        fingerprint_hash=fingerprint_hash(state.fingerprint),
+        protocol={"version": state.protocol_version, "params": state.protocol_params.model_dump()},
+        default_threads=threads,
+        backends=backends,
+        limits={field: getattr(state.settings, field) for field in LIMIT_FIELDS},
+    )

@@ -1,0 +1,73 @@
+"""Measure requests: each becomes a persistent job that the worker runs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from latency_db.repository import create_job
+from nas_ops.arch import architecture_from_json_obj
+from profiler_service.deps import StateDep, TokenDep
+from profiler_service.errors import bad_request
+from profiler_service.job_views import FINISHED, job_out, wait_for_job
+from profiler_service.limits import check_architecture, check_dtype, parse_ops
+from profiler_service.schemas import ArchitectureRequest, ContextBody, ErrorBody, JobOut, MeasureRequest
+from profiler_service.state import ServiceState
+
+router = APIRouter(tags=["measure"])
+
+ERRORS = {401: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+
+
+def _submit(state: ServiceState, body: ContextBody, kind: str, op_specs: list[str], force: bool,
+            payload: dict | None) -> int:
+    threads = state.resolve_threads(body.threads)
+    _, env_hash = state.environment(body.backend, threads)
+    with state.sessions.begin() as session:
+        job = create_job(
+            session, device_id=state.device_id, kind=kind, backend=body.backend, batch=body.batch, dtype=body.dtype,
+            threads=threads, env_hash=env_hash, protocol_version=state.protocol_version, op_specs=op_specs,
+            force=force, payload=payload,
+        )
+        job_id = job.id
+    state.worker.wake()
+    return job_id
+
+
+async def _answer(state: ServiceState, job_id: int, wait_s: float) -> JSONResponse:
+    """200 with the finished job, or 202 with its progress when it is still queued or running."""
+    view = await wait_for_job(state, job_id, wait_s)
+    code = 200 if view.status in FINISHED else 202
+    return JSONResponse(view.model_dump(mode="json"), status_code=code)
+
+
+@router.post(
+    "/measure", response_model=JobOut, status_code=202, responses=ERRORS,
+    summary="Measure ops (a job; optionally wait for it)",
+    description="Creates a persistent job. Ops already stored under the same environment are skipped unless "
+    "`force`. Answers 202 with the job, or 200 when it finished within `wait_s`.",
+)
+async def measure(body: MeasureRequest, state: StateDep, _: TokenDep) -> JSONResponse:
+    state.backend(body.backend)
+    check_dtype(body.backend, body.dtype)
+    parse_ops(state.settings, body.ops, body.batch)
+    job_id = _submit(state, body, "ops", body.ops, body.force, None)
+    return await _answer(state, job_id, body.wait_s)
+
+
+@router.post(
+    "/measure/architecture", response_model=JobOut, status_code=202, responses=ERRORS,
+    summary="Measure a whole network end to end (a job; its result holds the stats)",
+)
+async def measure_architecture(body: ArchitectureRequest, state: StateDep, _: TokenDep) -> JSONResponse:
+    state.backend(body.backend)
+    check_dtype(body.backend, body.dtype)
+    try:
+        arch = architecture_from_json_obj(body.architecture)
+    except ValueError as exc:
+        raise bad_request(f"architecture: {exc}") from None
+    check_architecture(state.settings, arch, body.batch)
+    payload = arch.to_dict()
+    payload["metadata"] = {}  # the job measures the network; metadata plays no part
+    job_id = _submit(state, body, "architecture", [], False, payload)
+    return await _answer(state, job_id, body.wait_s)

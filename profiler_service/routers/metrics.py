@@ -1,0 +1,21 @@
+"""Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from sqlalchemy import func, select
+
+from latency_db.models import Job, Measurement
+from profiler_service.deps import SessionDep, StateDep
+from profiler_service.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", summary="Prometheus exposition text", response_class=Response)
+def metrics(state: StateDep, session: SessionDep) -> Response:
+    jobs = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    stored = session.scalar(select(func.count()).select_from(Measurement).where(
+        Measurement.device_id == state.device_id)) or 0
+    return Response(state.metrics.render(jobs, stored), media_type=CONTENT_TYPE)

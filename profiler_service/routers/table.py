@@ -1,0 +1,46 @@
+"""The device's whole latency table, as JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from latency_db.repository import export_rows, fingerprint_hash, list_measurements
+from profiler_service.deps import SessionDep, StateDep
+
+router = APIRouter(tags=["latency"])
+
+
+@router.get(
+    "/table", summary="Every stored measurement of this device (JSON or CSV)",
+    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
+def table(
+    state: StateDep,
+    session: SessionDep,
+    backend: str | None = None,
+    batch: Annotated[int | None, Query(ge=1)] = None,
+    dtype: str | None = None,
+    threads: Annotated[int | None, Query(ge=1)] = None,
+    format: Literal["json", "csv"] = "json",
+) -> Response:
+    if backend is not None:
+        state.backend(backend)
+    rows = export_rows(list_measurements(session, state.device_id, backend=backend, batch=batch, dtype=dtype,
+                                         threads=threads))
+    if format == "csv":
+        buffer = io.StringIO()
+        columns = list(rows[0]) if rows else ["op_spec"]
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows)
+        return Response(buffer.getvalue(), media_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="latency_table.csv"'})
+    body = {"device": state.settings.device_name, "fingerprint_hash": fingerprint_hash(state.fingerprint),
+            "measurements": rows}
+    return Response(json.dumps(body, default=str), media_type="application/json")

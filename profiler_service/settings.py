@@ -1,0 +1,67 @@
+"""All settings of the profiler service, in one pydantic-settings class (environment prefix ``PROFILER_``)."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DB_URL = "sqlite:///./proxyless_latency.db"
+
+
+class ProfilerSettings(BaseSettings):
+    """Service configuration. Every field can be set as ``PROFILER_<NAME>`` (e.g. ``PROFILER_TOKEN``).
+
+    The CLI's options override the environment; the environment overrides these defaults.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PROFILER_", extra="ignore")
+
+    # --- serving -----------------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    token: SecretStr | None = Field(None, description="bearer token required by every mutating endpoint")
+    allow_insecure_bind: bool = Field(False, description="allow a non-loopback bind without a token")
+    device_name: str = Field(default_factory=socket.gethostname)
+
+    # --- storage -----------------------------------------------------------------------------------------------
+    db_url: str = DEFAULT_DB_URL
+
+    # --- measurement -------------------------------------------------------------------------------------------
+    backends: str | None = Field(None, description="comma-separated backend names to serve; default: all available")
+    threads: int = Field(1, ge=1, le=256, description="default thread count of a measurement")
+    protocol: str = Field("default", description="protocol preset: 'default' or 'fast' (short runs, for tests)")
+    worker_poll_s: float = Field(1.0, gt=0, le=60)
+
+    # --- limits on requests --------------------------------------------------------------------------------------
+    max_request_bytes: int = Field(2_000_000, ge=1024)
+    max_ops_per_request: int = Field(2000, ge=1)
+    max_channels: int = Field(2048, ge=1)
+    max_resolution: int = Field(512, ge=1)
+    max_batch: int = Field(256, ge=1)
+    max_op_mflops: float = Field(20_000.0, gt=0, description="per-op multiply-adds (batch included), in millions")
+    max_network_mflops: float = Field(200_000.0, gt=0)
+    max_wait_s: float = Field(600.0, ge=0)
+    max_list_jobs: int = Field(500, ge=1)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value in ("", None) else value
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        if value not in ("default", "fast"):
+            raise ValueError(f"protocol must be 'default' or 'fast', got {value!r}")
+        return value
+
+    def backend_names(self) -> list[str] | None:
+        """The requested backend names, or None for every available backend."""
+        if not self.backends:
+            return None
+        return [name.strip() for name in self.backends.split(",") if name.strip()]
+
+    def token_value(self) -> str | None:
+        return self.token.get_secret_value() if self.token else None

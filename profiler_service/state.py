@@ -1,0 +1,74 @@
+"""What one running service holds: settings, database, this device's row, its backends and the job worker."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from latency_db.engine import make_engine, make_session_factory
+from latency_db.repository import get_or_create_device
+from profiler_service.backends import Backend, available_backends, get_backend
+from profiler_service.errors import bad_request
+from profiler_service.fingerprint import device_fingerprint, env_hash, environment
+from profiler_service.metrics import ServiceMetrics
+from profiler_service.protocol import PROTOCOL_VERSION, ProtocolParams
+from profiler_service.settings import ProfilerSettings
+from profiler_service.worker import JobWorker
+
+
+def protocol_params_for(preset: str) -> ProtocolParams:
+    """The protocol parameters of a preset: ``default``, or ``fast`` (short runs for tests and smoke checks)."""
+    if preset == "fast":
+        return ProtocolParams.fast()
+    return ProtocolParams()
+
+
+def select_backends(names: list[str] | None) -> dict[str, Backend]:
+    """The backends to serve: the named ones (each must be available here), or every available one."""
+    if names is None:
+        return {b.name: b for b in available_backends()}
+    return {name: get_backend(name) for name in names}
+
+
+class ServiceState:
+    """Shared by every request and the worker; built once at start-up (the DB must already be at head)."""
+
+    def __init__(self, settings: ProfilerSettings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.db_url)
+        self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
+        self.fingerprint = device_fingerprint()
+        self.backends = select_backends(settings.backend_names())
+        self.protocol_params = protocol_params_for(settings.protocol)
+        self.protocol_version = PROTOCOL_VERSION
+        self.metrics = ServiceMetrics()
+        self._env_cache: dict[tuple[str, int], tuple[dict[str, Any], str]] = {}
+        self._env_lock = threading.Lock()
+        with self.sessions.begin() as session:
+            self.device_id = get_or_create_device(session, settings.device_name, self.fingerprint).id
+        self.worker = JobWorker(self)
+
+    def backend(self, name: str) -> Backend:
+        """The served backend ``name``; a 422 listing the served ones otherwise."""
+        if name not in self.backends:
+            served = ", ".join(sorted(self.backends)) or "none"
+            raise bad_request(f"backend {name!r} is not served by this device; served: {served}", "unknown_backend")
+        return self.backends[name]
+
+    def resolve_threads(self, threads: int | None) -> int:
+        return self.settings.threads if threads is None else threads
+
+    def environment(self, backend_name: str, threads: int) -> tuple[dict[str, Any], str]:
+        """(environment, its hash) of a backend at a thread count: part of every measurement's identity."""
+        key = (backend_name, threads)
+        with self._env_lock:
+            if key not in self._env_cache:
+                env = environment(self.backend(backend_name), threads)
+                self._env_cache[key] = (env, env_hash(env))
+            return self._env_cache[key]
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.engine.dispose()

@@ -1,0 +1,218 @@
+"""The REST API through the ASGI app: codes, messages, persisted rows, jobs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from latency_db.models import Job, JobItem, Measurement
+from tests.profiler_service.conftest import SMALL_OPS, make_settings
+
+STAT_KEYS = {"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples"}
+
+
+def count_rows(client: TestClient, model: type) -> int:
+    with client.app.state.service.sessions() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def wait_done(client: TestClient, job_id: int, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def test_health_ready_device(client: TestClient) -> None:
+    assert client.get("/v1/health").json()["status"] == "ok"
+    ready = client.get("/v1/ready")
+    assert ready.status_code == 200 and ready.json()["database"] == "ok"
+    info = client.get("/v1/device").json()
+    assert info["name"] == "test-device"
+    assert {b["name"] for b in info["backends"]} == {"ort-cpu", "torch-cpu"}
+    assert all(len(b["env_hash"]) == 64 for b in info["backends"])
+    assert info["protocol"]["version"] and info["limits"]["max_ops_per_request"] == 2000
+    assert len(info["fingerprint_hash"]) == 64
+
+
+def test_lookup_of_empty_table_lists_everything_missing(client: TestClient) -> None:
+    body = client.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS}).json()
+    assert body["found"] == {} and body["missing"] == SMALL_OPS
+    assert body["threads"] == 1 and len(body["env_hash"]) == 64
+
+
+def test_measure_waits_stores_and_lookup_finds(client: TestClient) -> None:
+    response = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS, "wait_s": 60})
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["status"] == "done" and job["done"] == 3 and job["total"] == 3 and job["pending"] == 0
+    found = client.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS}).json()["found"]
+    assert set(found) == set(SMALL_OPS)
+    for stats in found.values():
+        assert set(stats) == STAT_KEYS
+        assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["samples"] >= 1
+    assert count_rows(client, Measurement) == 3
+    # a different backend is a different table
+    other = client.post("/v1/lookup", json={"backend": "torch-cpu", "ops": SMALL_OPS}).json()
+    assert other["missing"] == SMALL_OPS
+
+
+def test_stored_items_are_skipped_unless_forced(client: TestClient) -> None:
+    ops = SMALL_OPS[:2]
+    client.post("/v1/measure", json={"backend": "ort-cpu", "ops": ops, "wait_s": 60})
+    with client.app.state.service.sessions() as session:
+        before = {m.op_spec: m.updated_at for m in session.scalars(select(Measurement))}
+    again = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": ops, "wait_s": 60}).json()
+    assert again["skipped"] == 2 and again["done"] == 0
+    forced = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": ops, "wait_s": 60, "force": True}).json()
+    assert forced["done"] == 2
+    with client.app.state.service.sessions() as session:
+        after = {m.op_spec: m.updated_at for m in session.scalars(select(Measurement))}
+    assert set(after) == set(before) and all(after[k] > before[k] for k in before)  # updated in place, one row each
+
+
+def test_measure_without_wait_answers_202_then_finishes(client: TestClient) -> None:
+    response = client.post("/v1/measure", json={"backend": "torch-cpu", "ops": SMALL_OPS[:1]})
+    assert response.status_code == 202
+    job = wait_done(client, response.json()["id"])
+    assert job["status"] == "done" and job["done"] == 1
+    listed = client.get("/v1/jobs", params={"status": "done"}).json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+
+
+def test_cancel_keeps_measured_items_and_refuses_finished(client: TestClient) -> None:
+    ops = [f"mbconv_r8x8_c8-8_k{k}_e{e}_s1_relu6" for k in (3, 5, 7) for e in (3, 6)] * 1
+    job = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": ops}).json()
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200
+    body = cancelled.json()
+    assert body["status"] == "cancelled"
+    assert body["done"] + body["skipped"] + body["cancelled"] + body["failed"] == len(ops)
+    time.sleep(0.3)  # an item in flight finishes and is kept
+    final = client.get(f"/v1/jobs/{job['id']}").json()
+    assert final["status"] == "cancelled" and final["pending"] == 0
+    assert count_rows(client, Measurement) >= final["done"]
+    again = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+
+
+def test_missing_job_is_404(client: TestClient) -> None:
+    response = client.get("/v1/jobs/999")
+    assert response.status_code == 404 and response.json() == {"detail": "job 999 does not exist", "code": "not_found"}
+    assert client.post("/v1/jobs/999/cancel").status_code == 404
+
+
+def test_table_export_json_and_csv(client: TestClient) -> None:
+    client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:2], "wait_s": 60})
+    table = client.get("/v1/table", params={"backend": "ort-cpu"}).json()
+    assert table["device"] == "test-device"
+    assert sorted(row["op_spec"] for row in table["measurements"]) == sorted(SMALL_OPS[:2])
+    csv_text = client.get("/v1/table", params={"format": "csv"}).text
+    lines = csv_text.strip().splitlines()
+    assert len(lines) == 3 and "op_spec" in lines[0] and "median_ms" in lines[0]
+
+
+def test_architecture_measured_end_to_end(client: TestClient) -> None:
+    from nas_ops.space import load_space
+
+    space = load_space("micro-16")
+    arch = space.architecture([0] * len(space.cells()))
+    response = client.post("/v1/measure/architecture",
+                           json={"backend": "ort-cpu", "architecture": arch.to_dict(), "wait_s": 60})
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["kind"] == "architecture" and job["status"] == "done" and job["total"] == 1 and job["done"] == 1
+    assert job["result"]["median_ms"] > 0 and set(job["result"]) == STAT_KEYS
+
+
+def test_metrics_exposition(client: TestClient) -> None:
+    client.get("/v1/health")
+    text = client.get("/v1/metrics").text
+    assert "profiler_http_requests_total" in text and 'route="/v1/health"' in text
+    assert "profiler_stored_measurements" in text
+
+
+def test_token_guards_mutations_only(token_client: TestClient) -> None:
+    body = {"backend": "ort-cpu", "ops": SMALL_OPS[:1]}
+    missing = token_client.post("/v1/measure", json=body)
+    assert missing.status_code == 401 and missing.json()["code"] == "auth_required"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = token_client.post("/v1/measure", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["detail"] == "invalid bearer token"
+    assert count_rows(token_client, Job) == 0
+    ok = token_client.post("/v1/measure", json=body, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 202
+    assert token_client.post("/v1/lookup", json=body).status_code == 200  # reads need no token
+    assert token_client.post("/v1/jobs/1/cancel").status_code == 401
+
+
+BAD_REQUESTS = [
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": ["mbconv_r8x8_c8-8_k4_e3_s1_relu6"]}, 422, "ops[0]: op spec field 'kernel'"),
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": ["nonsense"]}, 422, "field 'kind'"),
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": []}, 422, "ops"),
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": "mbconv"}, 422, "ops"),
+    ("post", "/v1/lookup", {"backend": "tpu-magic", "ops": SMALL_OPS}, 422, "backend 'tpu-magic' is not served"),
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": SMALL_OPS, "batch": 0}, 422, "batch"),
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": SMALL_OPS, "batch": 100000}, 422, "batch: 100000 is above"),
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": SMALL_OPS, "bogus": 1}, 422, "bogus"),
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": SMALL_OPS, "dtype": "int3"}, 422, "dtype"),
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": ["mbconv_r512x512_c2048-2048_k11_e8_s1_relu6_skip"]}, 422,
+     "channels is above"),
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": ["mbconv_r1000x1000_c8-8_k3_e3_s1_relu6"]}, 422,
+     "above this service's limit of 512"),
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": ["mbconv_r512x512_c512-512_k11_e4_s1_relu6"]}, 422,
+     "multiply-adds"),
+    ("post", "/v1/measure", {"backend": "ort-cpu", "ops": ["mbconv_r8x8_c8-9_k3_e3_s1_relu6_skip"]}, 422, "'skip'"),
+    ("post", "/v1/measure", {"backend": "ort-cpu", "ops": SMALL_OPS, "wait_s": -1}, 422, "wait_s"),
+    ("post", "/v1/measure", {"backend": "ort-cpu", "ops": SMALL_OPS, "dtype": "float16"}, 422, "float16"),
+    ("post", "/v1/measure/architecture", {"backend": "ort-cpu", "architecture": {"format": "x"}}, 422,
+     "architecture: architecture field 'format'"),
+    ("post", "/v1/measure/architecture", {"backend": "ort-cpu", "architecture": {"first_conv": 3}}, 422,
+     "architecture"),
+    ("post", "/v1/measure/architecture", {"backend": "ort-cpu"}, 422, "architecture"),
+    ("get", "/v1/jobs/abc", None, 422, "job_id"),
+    ("get", "/v1/jobs?status=weird", None, 422, "status"),
+    ("get", "/v1/jobs?limit=0", None, 422, "limit"),
+    ("get", "/v1/table?format=xml", None, 422, "format"),
+    ("get", "/v1/table?backend=nope", None, 422, "not served"),
+    ("get", "/v1/nowhere", None, 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "needle"), BAD_REQUESTS)
+def test_bad_input_gets_a_clear_4xx_and_stores_nothing(client: TestClient, method: str, path: str, body: object,
+                                                       status: int, needle: str) -> None:
+    response = getattr(client, method)(path, json=body) if body is not None else getattr(client, method)(path)
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert needle in payload["detail"] and payload["code"]
+    assert count_rows(client, Job) == 0 and count_rows(client, JobItem) == 0 and count_rows(client, Measurement) == 0
+
+
+def test_malformed_json_and_oversized_bodies(client: TestClient) -> None:
+    broken = client.post("/v1/lookup", content=b"{not json", headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and "JSON" in broken.json()["detail"]
+    too_many = client.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1] * 2001})
+    assert too_many.status_code == 413 and "limit is 2000" in too_many.json()["detail"]
+    huge = client.post("/v1/lookup", content=b"x" * 3_000_000, headers={"content-type": "application/json"})
+    assert huge.status_code == 413 and huge.json()["code"] == "too_large"
+
+
+def test_service_on_postgresql(postgres_url: str) -> None:
+    from fastapi.testclient import TestClient as Client
+
+    from latency_db.migrate import upgrade_to_head
+    from profiler_service.app import create_app
+
+    upgrade_to_head(postgres_url)
+    with Client(create_app(make_settings(postgres_url))) as pg_client:
+        job = pg_client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS, "wait_s": 60}).json()
+        assert job["status"] == "done" and job["done"] == 3
+        found = pg_client.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS}).json()
+        assert set(found["found"]) == set(SMALL_OPS) and found["missing"] == []

@@ -1,0 +1,68 @@
+"""The real service as a process: a job survives SIGKILL and every item is measured exactly once."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from latency_db.engine import make_engine, make_session_factory
+from latency_db.models import JobItem, Measurement
+from tests.live import LiveProfiler
+
+pytestmark = pytest.mark.live
+
+OPS = [f"mbconv_r28x28_c16-16_k{k}_e{e}_s1_relu6{skip}" for k in (3, 5, 7) for e in (3, 6) for skip in ("", "_skip")]
+
+
+def test_killed_service_resumes_its_job_and_measures_each_item_once(tmp_path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'live.db'}"
+    profiler = LiveProfiler(db_url, tmp_path / "serve.log").start()
+    try:
+        job = httpx.post(f"{profiler.url}/v1/measure", json={"backend": "ort-cpu", "ops": OPS}, timeout=10).json()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            progress = httpx.get(f"{profiler.url}/v1/jobs/{job['id']}", timeout=5).json()
+            if progress["done"] >= 2:
+                break
+            time.sleep(0.05)
+        profiler.kill()
+        assert progress["status"] == "running" and 2 <= progress["done"] < len(OPS), progress
+
+        sessions = make_session_factory(make_engine(db_url))
+        with sessions() as session:
+            before = {m.op_spec: (m.id, m.updated_at, m.median_ms) for m in session.scalars(select(Measurement))}
+        assert len(before) >= 2
+
+        profiler = LiveProfiler(db_url, tmp_path / "serve.log", port=profiler.port).start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            final = httpx.get(f"{profiler.url}/v1/jobs/{job['id']}", timeout=5).json()
+            if final["status"] != "running" and final["status"] != "queued":
+                break
+            time.sleep(0.1)
+        assert final["status"] == "done" and final["done"] == len(OPS) and final["pending"] == 0, final
+
+        with sessions() as session:
+            rows = {m.op_spec: m for m in session.scalars(select(Measurement))}
+            items = session.scalars(select(JobItem).where(JobItem.job_id == job["id"])).all()
+        assert sorted(rows) == sorted(OPS)  # one row per op
+        assert all(item.status == "done" and item.measurement_id == rows[item.op_spec].id for item in items)
+        for spec, (row_id, updated_at, median) in before.items():  # measured before the kill: never again
+            assert (rows[spec].id, rows[spec].updated_at, rows[spec].median_ms) == (row_id, updated_at, median)
+    finally:
+        profiler.stop()
+
+
+def test_token_and_bind_rules_on_a_real_process(tmp_path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'token.db'}"
+    profiler = LiveProfiler(db_url, tmp_path / "serve.log", extra_args=("--token", "abc")).start()
+    try:
+        body = {"backend": "ort-cpu", "ops": OPS[:1]}
+        assert httpx.post(f"{profiler.url}/v1/measure", json=body, timeout=5).status_code == 401
+        ok = httpx.post(f"{profiler.url}/v1/measure", json=body, headers={"Authorization": "Bearer abc"}, timeout=5)
+        assert ok.status_code == 202
+    finally:
+        profiler.stop()
