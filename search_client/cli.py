@@ -4,6 +4,9 @@ from search_client.cli_app import app
 
 # Each import registers commands on ``app``.
 import search_client.commands.inspect  # noqa: E402,F401
+import search_client.commands.lut  # noqa: E402,F401
+import search_client.commands.search  # noqa: E402,F401
+import search_client.commands.spaces  # noqa: E402,F401
 
 __all__ = ["app"]
 

@@ -1,0 +1,85 @@
+"""``proxyless-search lut`` (build and save a latency table from a device) and ``lut-plot`` (draw one)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nas_ops.space import load_space
+from search_client.cli_app import app
+from search_client.client import LatencyClient
+from search_client.errors import exit_on_error
+from search_client.latency_table import LatencyTable, build_table
+from search_client.plots.table_heatmap import plot_table_heatmap
+
+
+def _pick_backend(client: LatencyClient, backend: str | None) -> str:
+    """``backend`` when given, else the first backend the device advertises (said on stdout)."""
+    if backend:
+        return backend
+    names = [b["name"] for b in client.device_info().get("backends", [])]
+    if not names:
+        raise ValueError(f"--backend: device {client.base_url} advertises no backend")
+    typer.echo(f"backend: {names[0]} (first of the device's {', '.join(names)}; choose with --backend)")
+    return names[0]
+
+
+def describe_table(table: LatencyTable) -> str:
+    """Fixed, min and max latency and the entry count of ``table``, as lines for the terminal."""
+    low, _ = table.min_latency()
+    high, _ = table.max_latency()
+    n_entries = sum(len(row) for row in table.entries)
+    header = (f"table: {table.space.name} on {table.device['name']} ({table.device['url']}) / {table.backend}, "
+              f"batch {table.batch}, {table.dtype}, threads {table.threads}")
+    return "\n".join([
+        header,
+        f"entries: {table.n_cells} cells, {n_entries} candidate entries, {len(table.stats)} measured ops",
+        f"latency: fixed {table.fixed_ms:.4f} ms, min {low:.4f} ms, max {high:.4f} ms",
+    ])
+
+
+@app.command("lut")
+def lut(
+    space: Annotated[str, typer.Option("--space", help="preset name or a space file (.json/.yaml)")],
+    device: Annotated[str, typer.Option("--device", help="profiler service URL, e.g. http://127.0.0.1:8000")],
+    out: Annotated[Path, typer.Option("--out", help="table file to write (JSON)")],
+    backend: Annotated[str | None, typer.Option(help="backend on the device; default: its first")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="batch size of the measurements")] = 1,
+    dtype: Annotated[str, typer.Option(help="float32 (or float16 on CUDA backends)")] = "float32",
+    threads: Annotated[int | None, typer.Option(min=1, help="thread count; default: the device's")] = None,
+    token: Annotated[str | None, typer.Option(envvar="PROXYLESS_TOKEN", help="bearer token of the device")
+                     ] = None,
+    no_measure: Annotated[bool, typer.Option("--no-measure", help="fail on missing entries, measure none")
+                          ] = False,
+    plot: Annotated[Path | None, typer.Option(help="also draw the table's heatmap into this PNG")] = None,
+    timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the measurement jobs")] = 3600.0,
+) -> None:
+    """Build the latency table of a search space on a device and save it (missing ops are measured there)."""
+    with exit_on_error():
+        started = time.perf_counter()
+        search_space = load_space(space)
+        with LatencyClient(device, token) as client:
+            chosen = _pick_backend(client, backend)
+            table = build_table(client, search_space, backend=chosen, batch=batch, dtype=dtype, threads=threads,
+                                measure_missing=not no_measure, timeout_s=timeout)
+        table.save(out)
+        typer.echo(describe_table(table))
+        typer.echo(f"saved {out} (content hash {table.content_hash()[:12]}) in {time.perf_counter() - started:.1f} s")
+        if plot is not None:
+            typer.echo(f"heatmap: {plot_table_heatmap(table, plot)}")
+
+
+@app.command("lut-plot")
+def lut_plot(
+    table_file: Annotated[Path, typer.Argument(metavar="TABLE", help="a table file written by 'lut'")],
+    out: Annotated[Path, typer.Option("--out", help="PNG to write")],
+    title: Annotated[str | None, typer.Option(help="figure title; default: space, device and backend")] = None,
+) -> None:
+    """Draw a latency table as a heatmap (cells x candidates, ms; a candidate a cell lacks is grey)."""
+    with exit_on_error():
+        table = LatencyTable.load(table_file)
+        typer.echo(describe_table(table))
+        typer.echo(f"heatmap: {plot_table_heatmap(table, out, title=title)}")

@@ -1,0 +1,345 @@
+"""Latency tables: F[cell, candidate] of one search space on one device/backend, and E[LAT] as one autograd term.
+
+For cell i with path weights p_i (softmax of its alphas), ``E[lat_i] = sum_j p_ij F(o_ij)`` and
+``E[LAT] = fixed + sum_i E[lat_i]``, where ``fixed`` is the sum of the medians of the ops every architecture of
+the space has (stem, first block, feature mix, head) and a Zero candidate costs 0. An architecture's predicted
+latency is the same sum with one-hot p: the prediction rule of docs/CONTRACTS.md (sum of stored medians).
+Missing entries are an error listing every one of them (:class:`MissingEntriesError`): there is no fallback value.
+
+Table file (JSON, UTF-8), format version 1::
+
+    {
+      "format": "proxyless-latency-table",   # fixed marker
+      "version": 1,
+      "created_at": "2025-01-01T12:00:00+00:00",
+      "space": {...},                         # SearchSpace.to_dict()
+      "device": {"url": "http://...", "name": "...", "fingerprint": {...}, "fingerprint_hash": "..."},
+      "backend": "ort-cpu", "batch": 1, "dtype": "float32", "threads": 1,   # threads: as resolved by the device
+      "protocol_version": "...", "env_hash": "<sha256 hex>",
+      "fixed_ms": 1.234,                      # sum of the fixed ops' medians
+      "fixed": [{"op": "conv_r16x16_c3-8_k3_s2_relu6", "stats": {Stats}}, ...],   # space.fixed_specs() order
+      "cells": [                              # space.cells() order
+        {"index": 0, "candidates": [
+            {"name": "3x3_MBConv3", "op": "mbconv_...", "latency_ms": 0.12, "stats": {Stats}},
+            ...,
+            {"name": "Zero", "op": "zero_...", "latency_ms": 0.0, "stats": null}]},
+        ...],
+      "content_hash": "<sha256 hex>"          # LatencyTable.content_hash(); checked on load
+    }
+
+``Stats`` is the device's ``{"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples"}``.
+Loading rebuilds the table from the stats and the space, and raises ValueError when the file's ops, latencies or
+content hash do not agree with them (a hand-edited or truncated file is refused, not half-used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from nas_ops.space import SearchSpace
+from nas_ops.spec import format_spec
+from search_client.errors import MissingEntriesError
+
+if TYPE_CHECKING:
+    from search_client.client import LatencyClient
+
+FORMAT_MARKER = "proxyless-latency-table"
+FORMAT_VERSION = 1
+STATS_FIELDS = ("median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples")
+DEVICE_FIELDS = ("url", "name", "fingerprint", "fingerprint_hash")
+
+
+def is_zero(cell: Any, j: int) -> bool:
+    """Whether candidate ``j`` of a cell is its Zero op (costs nothing)."""
+    return cell.zero_index == j
+
+
+def table_specs(space: SearchSpace) -> list[str]:
+    """Every op spec a table of ``space`` needs: the fixed ops, then each cell's non-Zero candidates (no repeats)."""
+    specs = [format_spec(s) for s in space.fixed_specs()]
+    for cell in space.cells():
+        specs.extend(format_spec(op) for j, op in enumerate(cell.candidates) if not is_zero(cell, j))
+    return list(dict.fromkeys(specs))
+
+
+def _check_stats(spec: str, stats: Any) -> dict[str, Any]:
+    """A copy of one Stats dict with every field present and a finite, non-negative median."""
+    if not isinstance(stats, Mapping):
+        raise ValueError(f"stats of {spec}: expected an object, got {type(stats).__name__}")
+    absent = [f for f in STATS_FIELDS if f not in stats]
+    if absent:
+        raise ValueError(f"stats of {spec}: missing field(s) {', '.join(absent)}")
+    median = stats["median_ms"]
+    if isinstance(median, bool) or not isinstance(median, (int, float)) or not math.isfinite(median) or median < 0:
+        raise ValueError(f"stats of {spec}: median_ms must be a finite number >= 0, got {median!r}")
+    return {f: stats[f] for f in STATS_FIELDS}
+
+
+def _check_device(device: Mapping[str, Any]) -> dict[str, Any]:
+    absent = [f for f in DEVICE_FIELDS if f not in device]
+    if absent:
+        raise ValueError(f"device: missing field(s) {', '.join(absent)} (expected {', '.join(DEVICE_FIELDS)})")
+    return dict(device)
+
+
+@dataclass(eq=True)
+class LatencyTable:
+    """F[cell, candidate] (ms) of one space on one device + backend + batch + dtype + threads.
+
+    Build it with :meth:`from_stats`, :func:`build_table` (from a device) or :meth:`load` (from a file).
+    ``entries[i][j]`` is candidate j of cell i in the cell's candidate order (Zero = 0.0); ``stats`` holds the
+    device's full Stats of every op used (fixed and candidates, Zero excluded).
+    """
+
+    space: SearchSpace
+    device: dict[str, Any]
+    backend: str
+    batch: int
+    dtype: str
+    threads: int | None
+    protocol_version: str
+    env_hash: str
+    fixed_ms: float
+    entries: list[list[float]]
+    stats: dict[str, dict[str, Any]]
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    _cells: list[torch.Tensor] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cells = self.space.cells()
+        if len(self.entries) != len(cells):
+            raise ValueError(f"entries: {len(self.entries)} rows for a space of {len(cells)} cells")
+        for i, (row, cell) in enumerate(zip(self.entries, cells)):
+            if len(row) != len(cell.candidates):
+                raise ValueError(f"entries[{i}]: {len(row)} values for {len(cell.candidates)} candidates")
+        self._cells = [torch.tensor(row, dtype=torch.float64) for row in self.entries]
+
+    # --- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_stats(
+        cls,
+        space: SearchSpace,
+        stats: Mapping[str, Mapping[str, Any]],
+        *,
+        device: Mapping[str, Any],
+        backend: str,
+        batch: int,
+        dtype: str = "float32",
+        threads: int | None = None,
+        protocol_version: str,
+        env_hash: str,
+        created_at: str | None = None,
+    ) -> LatencyTable:
+        """The table of ``space`` from ``{op spec: Stats}`` (extra specs are ignored).
+
+        Raises :class:`MissingEntriesError` listing every spec of :func:`table_specs` that ``stats`` lacks.
+        """
+        needed = table_specs(space)
+        missing = [spec for spec in needed if spec not in stats]
+        if missing:
+            raise MissingEntriesError(missing, f"for space {space.name!r} on {backend}")
+        used = {spec: _check_stats(spec, stats[spec]) for spec in needed}
+        fixed_ms = sum(float(used[format_spec(s)]["median_ms"]) for s in space.fixed_specs())
+        entries = [
+            [0.0 if is_zero(cell, j) else float(used[format_spec(op)]["median_ms"])
+             for j, op in enumerate(cell.candidates)]
+            for cell in space.cells()
+        ]
+        extra = {} if created_at is None else {"created_at": created_at}
+        return cls(space=space, device=_check_device(device), backend=backend, batch=batch, dtype=dtype,
+                   threads=threads, protocol_version=protocol_version, env_hash=env_hash, fixed_ms=fixed_ms,
+                   entries=entries, stats=used, **extra)
+
+    # --- latency terms --------------------------------------------------------------------------------------
+    @property
+    def n_cells(self) -> int:
+        return len(self.entries)
+
+    def cell_latency(self, i: int) -> torch.Tensor:
+        """F of cell ``i``: float64 tensor of shape [n_candidates_i] (ms; Zero = 0)."""
+        if not isinstance(i, int) or not 0 <= i < self.n_cells:
+            raise ValueError(f"cell index: expected 0..{self.n_cells - 1}, got {i!r}")
+        return self._cells[i]
+
+    def expected_latency(self, probs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """E[LAT] (ms) for per-cell path weights ``probs[i]`` (shape [n_candidates_i]).
+
+        Returns ``(total, per_cell)``: ``total = fixed + sum_i <p_i, F_i>`` (scalar) and ``per_cell`` [n_cells],
+        one autograd expression of ``probs`` (``dtotal/dp_ij = F_ij``), in the dtype and device of ``probs``.
+        """
+        if len(probs) != self.n_cells:
+            raise ValueError(f"probs: {len(probs)} tensors for {self.n_cells} cells")
+        terms = []
+        for i, (p, f) in enumerate(zip(probs, self._cells)):
+            if not isinstance(p, torch.Tensor) or p.shape != f.shape:
+                shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+                raise ValueError(f"probs[{i}]: expected a tensor of shape {tuple(f.shape)}, got {shape}")
+            terms.append((p * f.to(dtype=p.dtype, device=p.device)).sum())
+        per_cell = torch.stack(terms)
+        return per_cell.sum() + self.fixed_ms, per_cell
+
+    def _check_choices(self, choices: Sequence[int]) -> None:
+        if len(choices) != self.n_cells:
+            raise ValueError(f"choices: {len(choices)} values for {self.n_cells} cells")
+        for i, (c, row) in enumerate(zip(choices, self.entries)):
+            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(row):
+                raise ValueError(f"choices[{i}]: expected a candidate index 0..{len(row) - 1}, got {c!r}")
+
+    def latency_of(self, choices: Sequence[int]) -> float:
+        """Predicted latency (ms) of the architecture with candidate ``choices[i]`` in cell i."""
+        self._check_choices(choices)
+        return self.fixed_ms + sum(row[c] for row, c in zip(self.entries, choices))
+
+    def min_latency(self) -> tuple[float, list[int]]:
+        """The fastest architecture of the space and its latency (exact: latency is additive over cells)."""
+        choices = [min(range(len(row)), key=row.__getitem__) for row in self.entries]
+        return self.latency_of(choices), choices
+
+    def max_latency(self) -> tuple[float, list[int]]:
+        """The slowest architecture of the space and its latency."""
+        choices = [max(range(len(row)), key=row.__getitem__) for row in self.entries]
+        return self.latency_of(choices), choices
+
+    # --- identity and file format ---------------------------------------------------------------------------
+    def content_hash(self) -> str:
+        """sha256 (hex) of what determines the numbers: space, entries, stats, fixed, context, environment."""
+        payload = {
+            "space": self.space.to_dict(), "fingerprint_hash": self.device["fingerprint_hash"],
+            "backend": self.backend, "batch": self.batch, "dtype": self.dtype, "threads": self.threads,
+            "protocol_version": self.protocol_version, "env_hash": self.env_hash, "fixed_ms": self.fixed_ms,
+            "entries": self.entries, "stats": self.stats,
+        }
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the table file (see the module docstring)."""
+        cells = []
+        for cell, row in zip(self.space.cells(), self.entries):
+            candidates = []
+            for j, (op, name, value) in enumerate(zip(cell.candidates, cell.candidate_names, row)):
+                spec = format_spec(op)
+                candidates.append({"name": name, "op": spec, "latency_ms": value,
+                                   "stats": None if is_zero(cell, j) else self.stats[spec]})
+            cells.append({"index": cell.index, "candidates": candidates})
+        fixed = [{"op": format_spec(s), "stats": self.stats[format_spec(s)]} for s in self.space.fixed_specs()]
+        return {
+            "format": FORMAT_MARKER, "version": FORMAT_VERSION, "created_at": self.created_at,
+            "space": self.space.to_dict(), "device": self.device, "backend": self.backend, "batch": self.batch,
+            "dtype": self.dtype, "threads": self.threads, "protocol_version": self.protocol_version,
+            "env_hash": self.env_hash, "fixed_ms": self.fixed_ms, "fixed": fixed, "cells": cells,
+            "content_hash": self.content_hash(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table file (JSON); return its path."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        """Read a table file; raise ValueError naming the bad field of a malformed or inconsistent file."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "table") -> LatencyTable:
+        """Rebuild a table from its file object; checks it against its own space, latencies and hash."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT_MARKER:
+            raise ValueError(f"{source}: field 'format': not a latency table (expected {FORMAT_MARKER!r})")
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{source}: field 'version': unsupported version {data.get('version')!r}")
+        required = ("created_at", "space", "device", "backend", "batch", "dtype", "threads", "protocol_version",
+                    "env_hash", "fixed", "cells", "content_hash")
+        absent = [key for key in required if key not in data]
+        if absent:
+            raise ValueError(f"{source}: missing field(s) {', '.join(absent)}")
+        space = SearchSpace.from_dict(data["space"])
+        stats = _file_stats(data, source)
+        table = cls.from_stats(
+            space, stats, device=data["device"], backend=data["backend"], batch=data["batch"],
+            dtype=data["dtype"], threads=data["threads"], protocol_version=data["protocol_version"],
+            env_hash=data["env_hash"], created_at=data["created_at"],
+        )
+        _check_file_agrees(table, data, source)
+        return table
+
+
+def _file_stats(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``{op: stats}`` from a table file's ``fixed`` and ``cells`` lists."""
+    stats: dict[str, Any] = {}
+    try:
+        for item in data["fixed"]:
+            stats[item["op"]] = item["stats"]
+        for cell in data["cells"]:
+            for cand in cell["candidates"]:
+                if cand["stats"] is not None:
+                    stats[cand["op"]] = cand["stats"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{source}: fields 'fixed'/'cells': malformed entry ({exc!r})") from exc
+    return stats
+
+
+def _check_file_agrees(table: LatencyTable, data: dict[str, Any], source: str) -> None:
+    """The file's ops per cell and latencies are the ones its space and stats give, and its hash matches."""
+    cells = data["cells"]
+    if len(cells) != table.n_cells:
+        raise ValueError(f"{source}: field 'cells': {len(cells)} cells, its space has {table.n_cells}")
+    for i, (cell, file_cell, row) in enumerate(zip(table.space.cells(), cells, table.entries)):
+        ops = [c.get("op") for c in file_cell["candidates"]]
+        if ops != [format_spec(op) for op in cell.candidates]:
+            raise ValueError(f"{source}: field 'cells[{i}]': candidates differ from the space's cell {i}")
+        values = [c.get("latency_ms") for c in file_cell["candidates"]]
+        if values != row:
+            raise ValueError(f"{source}: field 'cells[{i}]': latency_ms values disagree with their stats")
+    if data["content_hash"] != table.content_hash():
+        raise ValueError(f"{source}: field 'content_hash': does not match the table's content (file edited?)")
+
+
+def build_table(
+    client: LatencyClient,
+    space: SearchSpace,
+    *,
+    backend: str,
+    batch: int = 1,
+    dtype: str = "float32",
+    threads: int | None = None,
+    measure_missing: bool = True,
+    progress: bool = True,
+    timeout_s: float = 3600.0,
+    poll_s: float = 1.0,
+) -> LatencyTable:
+    """The table of ``space`` on the device behind ``client``.
+
+    Looks up every spec of :func:`table_specs`; the missing ones are measured through a job when
+    ``measure_missing`` (waiting up to ``timeout_s``), else :class:`MissingEntriesError` lists them.
+    """
+    info = client.device_info()
+    device = {"url": client.base_url, "name": info["name"], "fingerprint": info["fingerprint"],
+              "fingerprint_hash": info["fingerprint_hash"]}
+    specs = table_specs(space)
+    result = client.lookup(specs, backend, batch, dtype, threads)
+    found = dict(result.found)
+    if result.missing:
+        if not measure_missing:
+            raise MissingEntriesError(result.missing, f"on {client.base_url} ({backend}); measure them or drop "
+                                                      "--no-measure")
+        found.update(client.measure_missing(result.missing, backend, batch, dtype, threads, timeout_s=timeout_s,
+                                            poll_s=poll_s, progress=progress))
+    return LatencyTable.from_stats(
+        space, found, device=device, backend=result.backend, batch=result.batch, dtype=result.dtype,
+        threads=result.threads, protocol_version=result.protocol_version, env_hash=result.env_hash,
+    )

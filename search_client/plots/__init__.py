@@ -1,0 +1,1 @@
+"""Figures of the search client (matplotlib, Agg canvas: no display needed)."""

@@ -1,0 +1,172 @@
+"""Fixtures of the search-client tests (reusable by the search tests).
+
+- ``fake_device``: a :class:`FakeDevice`, an in-memory profiler that speaks the REST API of docs/CONTRACTS.md
+  through ``httpx.MockTransport``; ``fake_device.client()`` is a :class:`LatencyClient` wired to it. Its latency of
+  an op is a deterministic function of the spec (:func:`fake_median_ms`), measured only through a job, so tests
+  can count lookups and measured ops (``fake_device.requests``, ``fake_device.measured``).
+- ``live_profiler``: a REAL ``proxyless-profiler serve`` process on 127.0.0.1 (free port, SQLite file in a temp
+  directory, backend ort-cpu, 1 thread, fast protocol; see tests/live.py), started once per test module after
+  /v1/health answers, stopped (SIGTERM) after the module. Yields the :class:`tests.live.LiveProfiler`
+  (``.url``, ``.db_url``, ``.log_path``). Tests using it should carry ``@pytest.mark.live``.
+
+Helpers (import them from this module): :func:`make_table` (a complete table of a space with the fake
+latencies, no device needed) and :func:`softmax_probs` (random alphas and their softmax per cell).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from nas_ops.space import PRESETS, SearchSpace
+from nas_ops.spec import parse_spec
+from search_client.client import LatencyClient
+from search_client.latency_table import LatencyTable, table_specs
+from tests.live import LiveProfiler
+
+FAKE_FINGERPRINT = {"cpu": "fake-cpu", "cores": 2, "torch": "2.13.0"}
+FAKE_DEVICE = {"url": "http://fake-device:8000", "name": "fake", "fingerprint": FAKE_FINGERPRINT,
+               "fingerprint_hash": "f" * 64}
+
+
+def fake_median_ms(spec: str) -> float:
+    """A deterministic latency in [0.1, 2.1) ms for ``spec`` (from its sha256)."""
+    digest = hashlib.sha256(spec.encode()).digest()
+    return 0.1 + int.from_bytes(digest[:4], "big") / 2**32 * 2.0
+
+
+def fake_stats(spec: str) -> dict[str, Any]:
+    m = fake_median_ms(spec)
+    return {"median_ms": m, "mean_ms": m * 1.01, "std_ms": m * 0.02, "min_ms": m * 0.97, "p10_ms": m * 0.98,
+            "p90_ms": m * 1.03, "iqr_ms": m * 0.03, "samples": 25}
+
+
+def make_table(space: SearchSpace | str = "micro-16", scale: float = 1.0, **overrides: Any) -> LatencyTable:
+    """A complete table of ``space`` with the fake latencies (times ``scale``), as the fake device would give."""
+    space = PRESETS[space] if isinstance(space, str) else space
+    stats = {spec: {**fake_stats(spec), "median_ms": fake_median_ms(spec) * scale} for spec in table_specs(space)}
+    kwargs = {"device": FAKE_DEVICE, "backend": "ort-cpu", "batch": 1, "threads": 1, "protocol_version": "test-1",
+              "env_hash": "e" * 64, **overrides}
+    return LatencyTable.from_stats(space, stats, **kwargs)
+
+
+def softmax_probs(table: LatencyTable, seed: int = 0, dtype: torch.dtype = torch.float64
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Random alphas (leaf tensors, requires_grad) per cell of ``table`` and their softmax path weights."""
+    gen = torch.Generator().manual_seed(seed)
+    alphas = [torch.randn(len(row), generator=gen, dtype=dtype, requires_grad=True) for row in table.entries]
+    return alphas, [torch.softmax(a, dim=0) for a in alphas]
+
+
+class FakeDevice:
+    """An in-memory profiler service answering the /v1 API (enough for the client: device, lookup, jobs).
+
+    Jobs finish after ``polls_to_finish`` polls of GET /v1/jobs/{id}. ``fail_ops`` are ops whose measurement fails
+    (the job ends ``failed`` with them as failed items).
+    """
+
+    def __init__(self, stored: dict[str, dict[str, Any]] | None = None, polls_to_finish: int = 1,
+                 fail_ops: set[str] | None = None) -> None:
+        self.stored: dict[str, dict[str, Any]] = dict(stored or {})
+        self.polls_to_finish = polls_to_finish
+        self.fail_ops = set(fail_ops or ())
+        self.jobs: dict[int, dict[str, Any]] = {}
+        self.polls: dict[int, int] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.measured: list[str] = []
+
+    def client(self, **kwargs: Any) -> LatencyClient:
+        return LatencyClient("http://fake-device:8000", transport=httpx.MockTransport(self.handle), **kwargs)
+
+    # --- routes -----------------------------------------------------------------------------------------------
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.method, request.url.path))
+        path = request.url.path
+        body = json.loads(request.content) if request.content else {}
+        if path == "/v1/health":
+            return httpx.Response(200, json={"status": "ok", "version": "0.1.0"})
+        if path == "/v1/device":
+            return httpx.Response(200, json={
+                "name": "fake", "fingerprint": FAKE_FINGERPRINT, "fingerprint_hash": "f" * 64,
+                "protocol": {"version": "test-1", "params": {}}, "default_threads": 1,
+                "backends": [{"name": "ort-cpu", "options": {}, "env_hash": "e" * 64}], "limits": {}})
+        if path == "/v1/lookup":
+            return self._lookup(body)
+        if path == "/v1/measure":
+            return self._create_job(body, "ops", body["ops"])
+        if path == "/v1/measure/architecture":
+            return self._create_job(body, "architecture", [])
+        if path.startswith("/v1/jobs/"):
+            return self._poll(int(path.rsplit("/", 1)[1]))
+        return httpx.Response(404, json={"detail": f"no route {path}", "code": "not_found"})
+
+    def _lookup(self, body: dict[str, Any]) -> httpx.Response:
+        for i, op in enumerate(body["ops"]):
+            try:
+                parse_spec(op)
+            except ValueError as exc:
+                return httpx.Response(422, json={"detail": f"ops[{i}]: {exc}", "code": "invalid_input"})
+        found = {op: self.stored[op] for op in body["ops"] if op in self.stored}
+        return httpx.Response(200, json={
+            "backend": body["backend"], "batch": body["batch"], "dtype": body["dtype"],
+            "threads": body["threads"] or 1, "env_hash": "e" * 64, "protocol_version": "test-1",
+            "found": found, "missing": [op for op in body["ops"] if op not in found]})
+
+    def _create_job(self, body: dict[str, Any], kind: str, ops: list[str]) -> httpx.Response:
+        job_id = len(self.jobs) + 1
+        self.jobs[job_id] = {
+            "id": job_id, "kind": kind, "status": "queued", "backend": body["backend"], "batch": body["batch"],
+            "dtype": body["dtype"], "threads": body["threads"] or 1, "total": max(len(ops), 1), "done": 0,
+            "skipped": 0, "failed": 0, "cancelled": 0, "pending": max(len(ops), 1), "error": None,
+            "result": None, "created_at": "2025-01-01T00:00:00Z", "started_at": None, "finished_at": None,
+            "failed_items": [], "_ops": ops,
+        }
+        self.polls[job_id] = 0
+        return httpx.Response(202, json=self._public(job_id))
+
+    def _poll(self, job_id: int) -> httpx.Response:
+        if job_id not in self.jobs:
+            return httpx.Response(404, json={"detail": f"job {job_id} not found", "code": "not_found"})
+        self.polls[job_id] += 1
+        job = self.jobs[job_id]
+        if job["status"] == "queued" and self.polls[job_id] >= self.polls_to_finish:
+            self._finish(job)
+        return httpx.Response(200, json=self._public(job_id))
+
+    def _finish(self, job: dict[str, Any]) -> None:
+        failed = [op for op in job["_ops"] if op in self.fail_ops]
+        for op in job["_ops"]:
+            if op not in failed:
+                self.stored[op] = fake_stats(op)
+                self.measured.append(op)
+        if job["kind"] == "architecture":
+            job["result"] = fake_stats("architecture")
+        job.update(status="failed" if failed else "done", done=job["total"] - len(failed), failed=len(failed),
+                   pending=0, error="some ops failed" if failed else None,
+                   failed_items=[{"op": op, "error": "out of memory"} for op in failed])
+
+    def _public(self, job_id: int) -> dict[str, Any]:
+        return {k: v for k, v in self.jobs[job_id].items() if not k.startswith("_")}
+
+
+@pytest.fixture
+def fake_device() -> FakeDevice:
+    """An empty :class:`FakeDevice` (nothing stored; every job finishes on its first poll)."""
+    return FakeDevice()
+
+
+@pytest.fixture(scope="module")
+def live_profiler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveProfiler]:
+    """A real ``proxyless-profiler serve`` process for the module (empty SQLite DB, ort-cpu, fast protocol)."""
+    directory = tmp_path_factory.mktemp("live_profiler")
+    profiler = LiveProfiler(f"sqlite:///{directory / 'latency.db'}", directory / "serve.log").start()
+    try:
+        yield profiler
+    finally:
+        profiler.stop()

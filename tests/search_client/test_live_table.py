@@ -1,0 +1,65 @@
+"""Against a REAL profiler process: build the micro-16 table from an empty database, save, load offline."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from nas_ops.space import PRESETS
+from search_client.cli import app
+from search_client.client import LatencyClient
+from search_client.errors import BadRequest
+from search_client.latency_table import LatencyTable, build_table, table_specs
+
+pytestmark = pytest.mark.live
+MICRO = PRESETS["micro-16"]
+
+
+def test_build_micro16_table_from_scratch_then_offline(live_profiler, tmp_path):
+    with LatencyClient(live_profiler.url) as client:
+        assert client.lookup(table_specs(MICRO), "ort-cpu").found == {}  # empty database: all measured by a job
+        started = time.perf_counter()
+        table = build_table(client, MICRO, backend="ort-cpu", progress=False, poll_s=0.1, timeout_s=240)
+        elapsed = time.perf_counter() - started
+        info = client.device_info()
+        after = client.lookup(table_specs(MICRO), "ort-cpu")
+    print(f"micro-16 table built from scratch in {elapsed:.1f} s")  # shown with pytest -s
+    assert after.missing == [] and after.env_hash == table.env_hash
+
+    path = table.save(tmp_path / "micro16.json")
+    offline = LatencyTable.load(path)
+    assert offline == table
+    assert set(offline.stats) == set(table_specs(MICRO))
+    assert all(s["samples"] > 0 and s["median_ms"] > 0 for s in offline.stats.values())
+    assert offline.fixed_ms > 0 and offline.threads == 1
+    assert offline.device["fingerprint_hash"] == info["fingerprint_hash"]
+    assert offline.device["url"] == live_profiler.url
+    assert offline.protocol_version == info["protocol"]["version"]
+    for cell, row in zip(MICRO.cells(), offline.entries):
+        assert len(row) == len(cell.candidates)
+        assert all((v == 0.0) == (j == cell.zero_index) for j, v in enumerate(row))
+
+
+def test_lut_cli_no_measure_reuses_stored_entries(live_profiler, tmp_path):
+    # the first test of this module stored every entry; --no-measure must now find them all
+    with LatencyClient(live_profiler.url) as client:
+        table = build_table(client, MICRO, backend="ort-cpu", progress=False, poll_s=0.1, timeout_s=240)
+    out = tmp_path / "cli.json"
+    result = CliRunner().invoke(app, ["lut", "--space", "micro-16", "--device", live_profiler.url, "--backend",
+                                      "ort-cpu", "--no-measure", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "3 cells, 20 candidate entries, 15 measured ops" in result.output
+    from_cli = LatencyTable.load(out)
+    assert from_cli.entries == table.entries and from_cli.stats == table.stats
+
+
+def test_architecture_measurement_and_bad_request(live_profiler):
+    arch = MICRO.architecture([0, 6, 3])
+    with LatencyClient(live_profiler.url) as client:
+        stats = client.measure_architecture(arch, "ort-cpu", progress=False, poll_s=0.1, timeout_s=120)
+        assert stats["median_ms"] > 0 and stats["samples"] > 0
+        with pytest.raises(BadRequest) as info:
+            client.lookup(["mbconv_r8x8_c8-8_k4_e3_s1_relu6"], "ort-cpu")
+    assert info.value.status == 422 and "kernel" in str(info.value)
