@@ -44,13 +44,18 @@ def job_out(session: Session, job: Job) -> JobOut:
     )
 
 
+def device_job(session: Session, state: ServiceState, job_id: int) -> Job:
+    """Job ``job_id`` of THIS device (several devices may share one database); 404 otherwise."""
+    job = get_job(session, job_id)
+    if job is None or job.device_id != state.device_id:
+        raise not_found(f"job {job_id} does not exist")
+    return job
+
+
 def load_job_out(state: ServiceState, job_id: int) -> JobOut:
     """A fresh view of job ``job_id`` (404 when there is none)."""
     with state.sessions() as session:
-        job = get_job(session, job_id)
-        if job is None:
-            raise not_found(f"job {job_id} does not exist")
-        return job_out(session, job)
+        return job_out(session, device_job(session, state, job_id))
 
 
 async def wait_for_job(state: ServiceState, job_id: int, wait_s: float) -> JobOut:

@@ -7,7 +7,7 @@ import socket
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_DB_URL = "sqlite:///./proxyless_latency.db"
+from latency_db.engine import DEFAULT_DB_URL
 
 
 class ProfilerSettings(BaseSettings):
@@ -43,7 +43,7 @@ class ProfilerSettings(BaseSettings):
     max_op_mflops: float = Field(20_000.0, gt=0, description="per-op multiply-adds (batch included), in millions")
     max_network_mflops: float = Field(200_000.0, gt=0)
     max_wait_s: float = Field(600.0, ge=0)
-    max_list_jobs: int = Field(500, ge=1)
+    max_list_jobs: int = Field(500, ge=1, le=1000)
 
     @field_validator("token", mode="before")
     @classmethod

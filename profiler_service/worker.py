@@ -103,7 +103,7 @@ class JobWorker:
 
     def _claim(self) -> JobContext | None:
         with self.state.sessions.begin() as session:
-            job = claim_next_job(session)
+            job = claim_next_job(session, device_id=self.state.device_id)
             return JobContext.of(job) if job is not None else None
 
     def _job_status(self, job_id: int) -> str:

@@ -6,10 +6,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from latency_db.repository import cancel_job, get_job, list_jobs
+from latency_db.repository import cancel_job, list_jobs
 from profiler_service.deps import SessionDep, StateDep, TokenDep
-from profiler_service.errors import ApiError, not_found
-from profiler_service.job_views import job_out
+from profiler_service.errors import ApiError
+from profiler_service.job_views import device_job, job_out
 from profiler_service.schemas import ErrorBody, JobList, JobOut
 
 router = APIRouter(tags=["jobs"])
@@ -19,11 +19,8 @@ JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorBody}},
             summary="A job's status and progress")
-def job_status(job_id: int, session: SessionDep) -> JobOut:
-    job = get_job(session, job_id)
-    if job is None:
-        raise not_found(f"job {job_id} does not exist")
-    return job_out(session, job)
+def job_status(job_id: int, session: SessionDep, state: StateDep) -> JobOut:
+    return job_out(session, device_job(session, state, job_id))
 
 
 @router.get("/jobs", response_model=JobList, summary="Recent jobs, newest first")
@@ -34,15 +31,15 @@ def jobs(
     limit: Annotated[int, Query(ge=1)] = 50,
 ) -> JobList:
     limit = min(limit, state.settings.max_list_jobs)
-    return JobList(jobs=[job_out(session, job) for job in list_jobs(session, status=status, limit=limit)])
+    listed = list_jobs(session, status=status, limit=limit, device_id=state.device_id)
+    return JobList(jobs=[job_out(session, job) for job in listed])
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut,
              responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
              summary="Cancel a queued or running job (measured items are kept)")
-def cancel(job_id: int, session: SessionDep, _: TokenDep) -> JobOut:
-    if get_job(session, job_id) is None:
-        raise not_found(f"job {job_id} does not exist")
+def cancel(job_id: int, session: SessionDep, state: StateDep, _: TokenDep) -> JobOut:
+    device_job(session, state, job_id)
     try:
         job = cancel_job(session, job_id)
     except ValueError as exc:

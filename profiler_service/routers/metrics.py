@@ -15,7 +15,8 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics", summary="Prometheus exposition text", response_class=Response)
 def metrics(state: StateDep, session: SessionDep) -> Response:
-    jobs = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    jobs = dict(session.execute(
+        select(Job.status, func.count()).where(Job.device_id == state.device_id).group_by(Job.status)).all())
     stored = session.scalar(select(func.count()).select_from(Measurement).where(
         Measurement.device_id == state.device_id)) or 0
     return Response(state.metrics.render(jobs, stored), media_type=CONTENT_TYPE)

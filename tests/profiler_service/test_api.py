@@ -216,3 +216,23 @@ def test_service_on_postgresql(postgres_url: str) -> None:
         assert job["status"] == "done" and job["done"] == 3
         found = pg_client.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS}).json()
         assert set(found["found"]) == set(SMALL_OPS) and found["missing"] == []
+
+
+def test_jobs_of_another_device_sharing_the_database_are_invisible_and_never_claimed(client: TestClient) -> None:
+    from latency_db.repository import create_job, get_or_create_device
+
+    state = client.app.state.service
+    with state.sessions.begin() as session:
+        other = get_or_create_device(session, "other-board", {"cpu_model": "some ARM core", "cpu_cores": 4})
+        foreign = create_job(session, device_id=other.id, kind="ops", backend="ort-cpu", batch=1, dtype="float32",
+                             threads=1, env_hash="0" * 64, protocol_version=state.protocol_version,
+                             op_specs=SMALL_OPS[:1])
+        foreign_id = foreign.id
+    state.worker.wake()
+    assert client.get(f"/v1/jobs/{foreign_id}").status_code == 404
+    assert client.post(f"/v1/jobs/{foreign_id}/cancel").status_code == 404
+    assert client.get("/v1/jobs").json()["jobs"] == []
+    own = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "wait_s": 60}).json()
+    assert own["status"] == "done"
+    with state.sessions() as session:
+        assert session.get(Job, foreign_id).status == "queued"  # the worker of this device left it alone

@@ -1,0 +1,210 @@
+"""ORM models of the latency store (SQLAlchemy 2.0 typed declarative mapping).
+
+Tables: ``devices`` (one row per hardware/software fingerprint), ``measurements`` (the latency table F(o): one row
+per op spec and measurement context), ``jobs`` (requests to measure ops or a whole architecture) and ``job_items``
+(one op of a job). The schema is created by the Alembic migrations in ``latency_db/migrations`` only; these classes
+must stay in step with them (a test compares the two).
+
+All timestamps are timezone-aware UTC datetimes (SQLite stores them naive; :class:`UTCDateTime` converts).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JOB_KINDS = ("ops", "architecture")
+JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+#: Statuses after which a job never changes again.
+FINISHED_JOB_STATUSES = ("done", "failed", "cancelled")
+ITEM_STATUSES = ("pending", "done", "skipped", "failed", "cancelled")
+#: The statistics columns of a measurement, as passed to ``upsert_measurement`` and exported.
+STATS_KEYS = ("median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples")
+
+OP_SPEC_MAX_LEN = 128
+NAME_MAX_LEN = 128
+HASH_LEN = 64
+
+# Deterministic constraint names, so migrations can refer to them on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp column that accepts and returns timezone-aware UTC datetimes.
+
+    A naive datetime is rejected (ValueError): its time zone would be a guess.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"timestamp {value.isoformat()} is naive; give a timezone-aware datetime")
+        value = value.astimezone(UTC)
+        # SQLite has no time zone storage: store the UTC wall time.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _in_check(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the latency store."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+
+
+class Device(Base):
+    """A device: one hardware + software fingerprint (identified by the sha256 of its canonical JSON)."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX_LEN))
+    fingerprint: Mapped[dict[str, Any]]
+    fingerprint_hash: Mapped[str] = mapped_column(String(HASH_LEN), unique=True)
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Measurement(Base):
+    """The measured latency of one op (spec string) on one device in one measurement context.
+
+    The identity is (device, backend, op spec, batch, dtype, threads, environment hash, protocol version): a change
+    in any of them is a different measurement, never an overwrite of the old one.
+    """
+
+    __tablename__ = "measurements"
+    __table_args__ = (
+        UniqueConstraint(
+            "device_id", "backend", "op_spec", "batch", "dtype", "threads", "env_hash", "protocol_version",
+            name="uq_measurements_identity",
+        ),
+        Index(
+            "ix_measurements_context",
+            "device_id", "backend", "batch", "dtype", "threads", "env_hash", "protocol_version",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    backend: Mapped[str] = mapped_column(String(64))
+    op_spec: Mapped[str] = mapped_column(String(OP_SPEC_MAX_LEN))
+    batch: Mapped[int]
+    dtype: Mapped[str] = mapped_column(String(16))
+    threads: Mapped[int]
+    protocol_version: Mapped[str] = mapped_column(String(32))
+    env_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+    environment: Mapped[dict[str, Any]]
+    protocol_params: Mapped[dict[str, Any]]
+    median_ms: Mapped[float] = mapped_column(Float)
+    mean_ms: Mapped[float] = mapped_column(Float)
+    std_ms: Mapped[float] = mapped_column(Float)
+    min_ms: Mapped[float] = mapped_column(Float)
+    p10_ms: Mapped[float] = mapped_column(Float)
+    p90_ms: Mapped[float] = mapped_column(Float)
+    iqr_ms: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Job(Base):
+    """A request to measure a list of ops (kind "ops") or one whole network (kind "architecture").
+
+    Status: queued -> running -> done | failed | cancelled. ``payload`` holds the request's extra data (the
+    architecture for kind "architecture"); ``result`` the Stats of the network once measured.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_in_check("kind", JOB_KINDS), name="kind"),
+        CheckConstraint(_in_check("status", JOB_STATUSES), name="status"),
+        Index("ix_jobs_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    backend: Mapped[str] = mapped_column(String(64))
+    batch: Mapped[int]
+    dtype: Mapped[str] = mapped_column(String(16))
+    threads: Mapped[int]
+    env_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+    protocol_version: Mapped[str] = mapped_column(String(32))
+    force: Mapped[bool] = mapped_column(Boolean, default=False)
+    payload: Mapped[dict[str, Any] | None]
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    items: Mapped[list[JobItem]] = relationship(
+        back_populates="job", order_by="JobItem.position", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class JobItem(Base):
+    """One op of a job, at ``position`` in the job's op list; points at its measurement once done or skipped."""
+
+    __tablename__ = "job_items"
+    __table_args__ = (
+        UniqueConstraint("job_id", "position", name="uq_job_items_position"),
+        CheckConstraint(_in_check("status", ITEM_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    op_spec: Mapped[str] = mapped_column(String(OP_SPEC_MAX_LEN))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    measurement_id: Mapped[int | None] = mapped_column(ForeignKey("measurements.id", ondelete="SET NULL"))
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[datetime | None]
+
+    job: Mapped[Job] = relationship(back_populates="items")
+    measurement: Mapped[Measurement | None] = relationship()

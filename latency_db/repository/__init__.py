@@ -1,0 +1,61 @@
+"""Repository functions of the latency store.
+
+Every function takes a Session and only flushes: the caller owns the transaction and commits. The modules:
+``devices`` (fingerprints), ``measurements`` (the latency table), ``jobs`` (measurement jobs and their items),
+``health`` (ping).
+"""
+
+from latency_db.repository.devices import fingerprint_hash, get_or_create_device
+from latency_db.repository.health import ping
+from latency_db.repository.jobs import (
+    COUNT_KEYS,
+    ITEM_FINAL_STATUSES,
+    JobNotFoundError,
+    cancel_job,
+    claim_next_job,
+    complete_item,
+    create_job,
+    failed_items,
+    finish_job,
+    get_job,
+    job_counts,
+    list_jobs,
+    pending_items,
+)
+from latency_db.repository.measurements import (
+    EXPORT_COLUMNS,
+    IDENTITY_COLUMNS,
+    LOOKUP_CHUNK,
+    export_rows,
+    list_measurements,
+    lookup_measurements,
+    upsert_measurement,
+    validate_stats,
+)
+
+__all__ = [
+    "COUNT_KEYS",
+    "EXPORT_COLUMNS",
+    "IDENTITY_COLUMNS",
+    "ITEM_FINAL_STATUSES",
+    "LOOKUP_CHUNK",
+    "JobNotFoundError",
+    "cancel_job",
+    "claim_next_job",
+    "complete_item",
+    "create_job",
+    "export_rows",
+    "failed_items",
+    "fingerprint_hash",
+    "finish_job",
+    "get_job",
+    "get_or_create_device",
+    "job_counts",
+    "list_jobs",
+    "list_measurements",
+    "lookup_measurements",
+    "pending_items",
+    "ping",
+    "upsert_measurement",
+    "validate_stats",
+]

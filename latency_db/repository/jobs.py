@@ -1,0 +1,258 @@
+"""Jobs and their items: create, claim for work, record progress, finish, cancel, report.
+
+Lifecycle: a job is created "queued" with one "pending" item per op (positions 0..n-1). A worker claims it
+(:func:`claim_next_job` -> "running"), completes its pending items one by one (:func:`complete_item` -> "done",
+"skipped", "failed" or "cancelled") and finishes it (:func:`finish_job`). :func:`cancel_job` cancels a queued or
+running job and its pending items. Rows that change state are read ``FOR UPDATE`` (PostgreSQL; on SQLite every
+transaction already holds the write lock), so a cancel and a worker do not overwrite each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from latency_db.models import (
+    FINISHED_JOB_STATUSES,
+    ITEM_STATUSES,
+    JOB_KINDS,
+    JOB_STATUSES,
+    OP_SPEC_MAX_LEN,
+    Job,
+    JobItem,
+    utcnow,
+)
+from latency_db.repository._checks import check_choice, check_dict, check_hash, check_positive_int, check_text
+
+#: Statuses a worker may give an item.
+ITEM_FINAL_STATUSES = ("done", "skipped", "failed", "cancelled")
+#: Keys of :func:`job_counts`.
+COUNT_KEYS = ("total", "done", "skipped", "failed", "cancelled", "pending")
+MAX_LIST_LIMIT = 1000
+
+
+class JobNotFoundError(ValueError):
+    """No job has the given id."""
+
+
+def create_job(
+    session: Session,
+    *,
+    device_id: int,
+    kind: str,
+    backend: str,
+    batch: int,
+    dtype: str,
+    threads: int,
+    env_hash: str,
+    protocol_version: str,
+    op_specs: Sequence[str],
+    force: bool = False,
+    payload: dict[str, Any] | None = None,
+) -> Job:
+    """Create a queued job with one pending item per op spec, in order (positions 0..n-1); flushes.
+
+    An "ops" job needs at least one op spec; an "architecture" job may have none (its work is in ``payload``).
+    Raises ValueError naming the bad argument.
+    """
+    check_choice("kind", kind, JOB_KINDS)
+    if isinstance(op_specs, str):
+        raise ValueError("op_specs: expected a sequence of op spec strings, got one string")
+    specs = [check_text(f"op_specs[{i}]", spec, OP_SPEC_MAX_LEN) for i, spec in enumerate(op_specs)]
+    if kind == "ops" and not specs:
+        raise ValueError("op_specs: an ops job needs at least one op spec")
+    if not isinstance(force, bool):
+        raise ValueError(f"force: expected a bool, got {force!r}")
+    job = Job(
+        device_id=check_positive_int("device_id", device_id),
+        kind=kind,
+        status="queued",
+        backend=check_text("backend", backend, 64),
+        batch=check_positive_int("batch", batch),
+        dtype=check_text("dtype", dtype, 16),
+        threads=check_positive_int("threads", threads),
+        env_hash=check_hash("env_hash", env_hash),
+        protocol_version=check_text("protocol_version", protocol_version, 32),
+        force=force,
+        payload=None if payload is None else check_dict("payload", payload),
+        items=[JobItem(position=i, op_spec=spec, status="pending") for i, spec in enumerate(specs)],
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def claim_next_job(session: Session, *, device_id: int | None = None) -> Job | None:
+    """Take the oldest queued or running job (of ``device_id`` when given) for work; None when there is none.
+
+    A running job is included so that a restarted worker resumes what it was doing. Sets status "running" and
+    ``started_at`` (if unset); flushes. On PostgreSQL the row is locked with ``FOR UPDATE SKIP LOCKED``, so two
+    workers claiming at the same moment get different jobs. Profilers sharing one database must pass their
+    ``device_id``.
+    """
+    stmt = (
+        select(Job)
+        .where(Job.status.in_(("queued", "running")))
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)  # SQLite renders no FOR UPDATE: its write lock is already held
+    )
+    if device_id is not None:
+        stmt = stmt.where(Job.device_id == device_id)
+    job = session.scalars(stmt, execution_options={"populate_existing": True}).first()
+    if job is None:
+        return None
+    job.status = "running"
+    if job.started_at is None:
+        job.started_at = utcnow()
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job | None:
+    """The job with this id (freshly read), or None."""
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def list_jobs(
+    session: Session, *, status: str | None = None, limit: int = 50, device_id: int | None = None
+) -> list[Job]:
+    """The newest jobs first, optionally only those with ``status`` / of ``device_id``; at most ``limit``
+    (1..1000)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ValueError(f"limit: expected an integer in 1..{MAX_LIST_LIMIT}, got {limit!r}")
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(Job.status == check_choice("status", status, JOB_STATUSES))
+    if device_id is not None:
+        stmt = stmt.where(Job.device_id == device_id)
+    return list(session.scalars(stmt, execution_options={"populate_existing": True}))
+
+
+def pending_items(session: Session, job_id: int) -> list[JobItem]:
+    """The job's items still to do, in position order."""
+    return _items_with_status(session, job_id, "pending")
+
+
+def failed_items(session: Session, job_id: int) -> list[JobItem]:
+    """The job's failed items (with their errors), in position order."""
+    return _items_with_status(session, job_id, "failed")
+
+
+def complete_item(
+    session: Session,
+    item: JobItem,
+    *,
+    status: str,
+    measurement_id: int | None = None,
+    error: str | None = None,
+) -> bool:
+    """Record the outcome of a pending item; flushes.
+
+    ``status`` is one of "done", "skipped", "failed" (needs ``error``), "cancelled". Returns False, changing
+    nothing, when the item is no longer pending (e.g. its job was cancelled meanwhile); True otherwise.
+    """
+    check_choice("status", status, ITEM_FINAL_STATUSES)
+    if status == "failed" and not error:
+        raise ValueError("error: a failed item needs an error message")
+    session.refresh(item, with_for_update=True)
+    if item.status != "pending":
+        return False
+    item.status = status
+    item.measurement_id = measurement_id
+    item.error = error
+    item.finished_at = utcnow()
+    session.flush()
+    return True
+
+
+def finish_job(
+    session: Session,
+    job: Job,
+    *,
+    status: str | None = None,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> Job:
+    """Mark a queued or running job finished; sets ``finished_at``, ``error`` and ``result``; flushes.
+
+    With ``status`` None the status follows from the items: "failed" when any item failed (``error`` defaults to
+    "<k> of <n> items failed"), else "cancelled" when any was cancelled, else "done" (every item done or skipped,
+    or no items). Items still pending are then an error (ValueError). With an explicit status ("done", "failed" or
+    "cancelled"), items still pending are marked "cancelled": nothing will work on them any more.
+    Raises ValueError "job N is already <status>" when the job was finished before (e.g. cancelled meanwhile).
+    """
+    if status is not None:
+        check_choice("status", status, FINISHED_JOB_STATUSES)
+    if result is not None:
+        result = check_dict("result", result)
+    session.refresh(job, with_for_update=True)
+    if job.status in FINISHED_JOB_STATUSES:
+        raise ValueError(f"job {job.id} is already {job.status}")
+    counts = job_counts(session, job.id)
+    if status is None:
+        if counts["pending"]:
+            raise ValueError(f"status: job {job.id} still has {counts['pending']} pending items")
+        if counts["failed"]:
+            status = "failed"
+            error = error or f"{counts['failed']} of {counts['total']} items failed"
+        elif counts["cancelled"]:
+            status = "cancelled"
+        else:
+            status = "done"
+    now = utcnow()
+    if counts["pending"]:
+        _cancel_pending_items(session, job.id, now)
+    job.status = status
+    job.error = error
+    job.result = result
+    job.finished_at = now
+    session.flush()
+    return job
+
+
+def cancel_job(session: Session, job_id: int) -> Job:
+    """Cancel a queued or running job: its pending items and the job become "cancelled"; flushes.
+
+    Raises JobNotFoundError (a ValueError) for an unknown id and ValueError "job N is already <status>" for a
+    finished job.
+    """
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    if job is None:
+        raise JobNotFoundError(f"job {job_id} does not exist")
+    if job.status in FINISHED_JOB_STATUSES:
+        raise ValueError(f"job {job_id} is already {job.status}")
+    now = utcnow()
+    _cancel_pending_items(session, job_id, now)
+    job.status = "cancelled"
+    job.finished_at = now
+    session.flush()
+    return job
+
+
+def job_counts(session: Session, job_id: int) -> dict[str, int]:
+    """Item counts of a job by status, plus "total" (keys: :data:`COUNT_KEYS`); one grouped query."""
+    stmt = select(JobItem.status, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.status)
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    for item_status, count in session.execute(stmt):
+        counts[item_status] = count
+        counts["total"] += count
+    return counts
+
+
+def _items_with_status(session: Session, job_id: int, status: str) -> list[JobItem]:
+    check_choice("status", status, ITEM_STATUSES)
+    stmt = select(JobItem).where(JobItem.job_id == job_id, JobItem.status == status).order_by(JobItem.position)
+    return list(session.scalars(stmt, execution_options={"populate_existing": True}))
+
+
+def _cancel_pending_items(session: Session, job_id: int, now: Any) -> None:
+    session.execute(
+        update(JobItem)
+        .where(JobItem.job_id == job_id, JobItem.status == "pending")
+        .values(status="cancelled", finished_at=now)
+        .execution_options(synchronize_session="fetch")
+    )

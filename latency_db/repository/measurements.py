@@ -1,0 +1,191 @@
+"""Measurements: upsert by identity, batch lookup, listing and flat export."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from latency_db.models import OP_SPEC_MAX_LEN, STATS_KEYS, Measurement, utcnow
+from latency_db.repository._checks import check_dict, check_hash, check_positive_int, check_text
+
+#: Columns that identify a measurement (its unique constraint), in order.
+IDENTITY_COLUMNS = ("device_id", "backend", "op_spec", "batch", "dtype", "threads", "env_hash", "protocol_version")
+
+#: Columns of :func:`export_rows`, in order. Timestamps are ISO 8601 strings in UTC; the full environment and
+#: protocol parameters are left out (they are identified by ``env_hash`` and ``protocol_version``).
+EXPORT_COLUMNS = (
+    "id", "device_id", "backend", "op_spec", "batch", "dtype", "threads", "protocol_version", "env_hash",
+    *STATS_KEYS, "created_at", "updated_at",
+)
+
+# SQLite limits the number of bound parameters of one statement (999 before 3.32): stay below it.
+LOOKUP_CHUNK = 900
+
+_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
+
+
+def validate_stats(stats: Mapping[str, Any]) -> dict[str, float | int]:
+    """Check a Stats mapping: exactly the keys of STATS_KEYS; ``*_ms`` finite and >= 0; ``samples`` an int >= 1.
+
+    Returns the values as plain float/int. Raises ValueError naming the offending key.
+    """
+    missing = [key for key in STATS_KEYS if key not in stats]
+    if missing:
+        raise ValueError(f"stats: missing {', '.join(missing)}")
+    unknown = sorted(set(stats) - set(STATS_KEYS))
+    if unknown:
+        raise ValueError(f"stats: unknown key(s) {', '.join(map(str, unknown))}")
+    clean: dict[str, float | int] = {}
+    for key in STATS_KEYS:
+        value = stats[key]
+        if key == "samples":
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"samples: expected an integer >= 1, got {value!r}")
+            clean[key] = int(value)
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{key}: expected a finite number >= 0, got {value!r}")
+        clean[key] = float(value)
+    return clean
+
+
+def upsert_measurement(
+    session: Session,
+    *,
+    device_id: int,
+    backend: str,
+    op_spec: str,
+    batch: int,
+    dtype: str,
+    threads: int,
+    env_hash: str,
+    protocol_version: str,
+    environment: dict[str, Any],
+    protocol_params: dict[str, Any],
+    stats: Mapping[str, float | int],
+) -> Measurement:
+    """Insert the measurement, or overwrite the stats, environment and parameters of the row with the same identity.
+
+    One ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` statement, so concurrent writers of the same key end with
+    one row and no error. ``created_at`` keeps the first insert's time; ``updated_at`` is now. Returns the row (the
+    session's copy refreshed). Raises ValueError naming the bad argument or stats key.
+    """
+    values: dict[str, Any] = {
+        "device_id": check_positive_int("device_id", device_id),
+        "backend": check_text("backend", backend, 64),
+        "op_spec": check_text("op_spec", op_spec, OP_SPEC_MAX_LEN),
+        "batch": check_positive_int("batch", batch),
+        "dtype": check_text("dtype", dtype, 16),
+        "threads": check_positive_int("threads", threads),
+        "env_hash": check_hash("env_hash", env_hash),
+        "protocol_version": check_text("protocol_version", protocol_version, 32),
+        "environment": check_dict("environment", environment),
+        "protocol_params": check_dict("protocol_params", protocol_params),
+        **validate_stats(stats),
+    }
+    now = utcnow()
+    values["created_at"] = now
+    values["updated_at"] = now
+    insert = _INSERTS[session.get_bind().dialect.name]
+    stmt = insert(Measurement).values(values)
+    updated = ("environment", "protocol_params", *STATS_KEYS, "updated_at")
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(IDENTITY_COLUMNS), set_={name: stmt.excluded[name] for name in updated}
+    )
+    return session.scalars(
+        stmt.returning(Measurement), execution_options={"populate_existing": True}
+    ).one()
+
+
+def lookup_measurements(
+    session: Session,
+    *,
+    device_id: int,
+    backend: str,
+    batch: int,
+    dtype: str,
+    threads: int,
+    env_hash: str,
+    protocol_version: str,
+    op_specs: Sequence[str],
+) -> dict[str, Measurement]:
+    """Return the stored measurements of ``op_specs`` in one context, keyed by op spec; missing specs are absent.
+
+    One query (one per :data:`LOOKUP_CHUNK` distinct specs).
+    """
+    specs = list(dict.fromkeys(op_specs))
+    found: dict[str, Measurement] = {}
+    for start in range(0, len(specs), LOOKUP_CHUNK):
+        chunk = specs[start : start + LOOKUP_CHUNK]
+        stmt = _context_query(device_id, backend, batch, dtype, threads, env_hash, protocol_version).where(
+            Measurement.op_spec.in_(chunk)
+        )
+        for measurement in session.scalars(stmt, execution_options={"populate_existing": True}):
+            found[measurement.op_spec] = measurement
+    return found
+
+
+def list_measurements(
+    session: Session,
+    device_id: int,
+    *,
+    backend: str | None = None,
+    batch: int | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    env_hash: str | None = None,
+    protocol_version: str | None = None,
+) -> list[Measurement]:
+    """All measurements of a device, optionally filtered (None = any), ordered by backend, op spec, batch
+    (then dtype, threads, id)."""
+    stmt = select(Measurement).where(Measurement.device_id == device_id)
+    filters = {
+        Measurement.backend: backend,
+        Measurement.batch: batch,
+        Measurement.dtype: dtype,
+        Measurement.threads: threads,
+        Measurement.env_hash: env_hash,
+        Measurement.protocol_version: protocol_version,
+    }
+    for column, value in filters.items():
+        if value is not None:
+            stmt = stmt.where(column == value)
+    stmt = stmt.order_by(
+        Measurement.backend, Measurement.op_spec, Measurement.batch, Measurement.dtype, Measurement.threads,
+        Measurement.id,
+    )
+    return list(session.scalars(stmt, execution_options={"populate_existing": True}))
+
+
+def export_rows(measurements: Iterable[Measurement]) -> list[dict[str, Any]]:
+    """Flat dicts with the keys of :data:`EXPORT_COLUMNS` (in that order), ready for JSON or csv.DictWriter."""
+    rows = []
+    for measurement in measurements:
+        row = {name: getattr(measurement, name) for name in EXPORT_COLUMNS}
+        row["created_at"] = measurement.created_at.isoformat()
+        row["updated_at"] = measurement.updated_at.isoformat()
+        rows.append(row)
+    return rows
+
+
+def _context_query(
+    device_id: int, backend: str, batch: int, dtype: str, threads: int, env_hash: str, protocol_version: str
+) -> Select[tuple[Measurement]]:
+    return select(Measurement).where(
+        Measurement.device_id == device_id,
+        Measurement.backend == backend,
+        Measurement.batch == batch,
+        Measurement.dtype == dtype,
+        Measurement.threads == threads,
+        Measurement.env_hash == env_hash,
+        Measurement.protocol_version == protocol_version,
+    )

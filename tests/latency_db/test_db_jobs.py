@@ -1,0 +1,262 @@
+"""Jobs: creation with ordered items, claiming, item completion, finishing, counts, cancellation, listing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from latency_db.models import Job, JobItem
+from latency_db.repository import (
+    JobNotFoundError,
+    cancel_job,
+    claim_next_job,
+    complete_item,
+    create_job,
+    failed_items,
+    finish_job,
+    get_job,
+    get_or_create_device,
+    job_counts,
+    list_jobs,
+    pending_items,
+    upsert_measurement,
+)
+from tests.latency_db.db_test_data import spec
+
+NewJob = Callable[..., Job]
+
+
+@pytest.fixture
+def new_job(session: Session, context: dict[str, Any]) -> NewJob:
+    """Create an "ops" job in the context: ``new_job(n_ops, **overrides)``."""
+
+    def build(n_ops: int = 3, /, **overrides: Any) -> Job:
+        args = {**context, "kind": "ops", "op_specs": [spec(i) for i in range(n_ops)]}
+        args.update(overrides)
+        return create_job(session, **args)
+
+    return build
+
+
+def test_create_job_stores_items_in_order(session_factory: sessionmaker[Session], new_job: NewJob,
+                                          session: Session) -> None:
+    job = new_job(4, force=True, payload={"note": "x"})
+    session.commit()
+    with session_factory() as other:
+        stored = get_job(other, job.id)
+        assert stored is not None
+        assert (stored.status, stored.kind, stored.force, stored.payload) == ("queued", "ops", True, {"note": "x"})
+        assert stored.started_at is None and stored.finished_at is None and stored.result is None
+        assert stored.created_at.tzinfo is not None
+        assert [(item.position, item.op_spec, item.status) for item in stored.items] == [
+            (i, spec(i), "pending") for i in range(4)
+        ]
+    assert job_counts(session, job.id) == {
+        "total": 4, "done": 0, "skipped": 0, "failed": 0, "cancelled": 0, "pending": 4,
+    }
+
+
+def test_architecture_job_may_have_no_items(new_job: NewJob) -> None:
+    job = new_job(0, kind="architecture", payload={"blocks": []})
+    assert job.kind == "architecture" and job.items == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"kind": "network"}, "kind"),
+        ({"op_specs": []}, "op_specs"),
+        ({"op_specs": "mbconv_r16x16_c8-8_k3_e3_s1_relu6"}, "op_specs"),
+        ({"op_specs": [spec(0), "x" * 129]}, r"op_specs\[1\]"),
+        ({"batch": 0}, "batch"),
+        ({"threads": True}, "threads"),
+        ({"env_hash": "zz"}, "env_hash"),
+        ({"force": "yes"}, "force"),
+        ({"payload": [1, 2]}, "payload"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else next(iter(value)),
+)
+def test_create_job_rejects_bad_arguments(new_job: NewJob, overrides: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        new_job(2, **overrides)
+
+
+def test_full_lifecycle(session: Session, new_job: NewJob, upsert_args: Callable[..., dict[str, Any]]) -> None:
+    job = new_job(4)
+    session.commit()
+
+    claimed = claim_next_job(session)
+    assert claimed is not None and claimed.id == job.id
+    assert claimed.status == "running" and claimed.started_at is not None
+    started = claimed.started_at
+    session.commit()
+
+    items = pending_items(session, job.id)
+    assert [item.position for item in items] == [0, 1, 2, 3]
+    measured = upsert_measurement(session, **upsert_args(items[0].op_spec, 1.0))
+    assert complete_item(session, items[0], status="done", measurement_id=measured.id)
+    assert complete_item(session, items[1], status="skipped", measurement_id=measured.id)
+    assert complete_item(session, items[2], status="failed", error="out of memory")
+    session.commit()
+    assert [item.position for item in pending_items(session, job.id)] == [3]
+    assert job_counts(session, job.id) == {
+        "total": 4, "done": 1, "skipped": 1, "failed": 1, "cancelled": 0, "pending": 1,
+    }
+
+    with pytest.raises(ValueError, match="1 pending"):
+        finish_job(session, job)
+    assert complete_item(session, items[3], status="done", measurement_id=measured.id)
+    finished = finish_job(session, job)
+    session.commit()
+
+    assert finished.status == "failed"
+    assert finished.error == "1 of 4 items failed"
+    assert finished.finished_at is not None and finished.finished_at >= started
+    assert finished.started_at == started
+    assert [(item.position, item.error) for item in failed_items(session, job.id)] == [(2, "out of memory")]
+    stored = session.get(JobItem, items[0].id)
+    assert stored.measurement_id == measured.id and stored.finished_at is not None
+    assert claim_next_job(session) is None
+
+
+def test_finish_job_computes_done_and_takes_result(session: Session, new_job: NewJob) -> None:
+    job = new_job(2)
+    claim_next_job(session)
+    for item in pending_items(session, job.id):
+        complete_item(session, item, status="skipped")
+    finished = finish_job(session, job, result={"median_ms": 3.0})
+    assert (finished.status, finished.error, finished.result) == ("done", None, {"median_ms": 3.0})
+
+
+def test_finish_job_with_explicit_status_cancels_pending_items(session: Session, new_job: NewJob) -> None:
+    job = new_job(3)
+    claim_next_job(session)
+    complete_item(session, pending_items(session, job.id)[0], status="done")
+    finished = finish_job(session, job, status="failed", error="backend vanished")
+    assert (finished.status, finished.error) == ("failed", "backend vanished")
+    assert job_counts(session, job.id) == {
+        "total": 3, "done": 1, "skipped": 0, "failed": 0, "cancelled": 2, "pending": 0,
+    }
+    with pytest.raises(ValueError, match=f"job {job.id} is already failed"):
+        finish_job(session, job, status="done")
+
+
+def test_finish_job_rejects_bad_status(session: Session, new_job: NewJob) -> None:
+    job = new_job(1)
+    with pytest.raises(ValueError, match="status"):
+        finish_job(session, job, status="running")
+
+
+def test_complete_item_checks_status_and_error(session: Session, new_job: NewJob) -> None:
+    job = new_job(1)
+    item = pending_items(session, job.id)[0]
+    with pytest.raises(ValueError, match="status"):
+        complete_item(session, item, status="pending")
+    with pytest.raises(ValueError, match="error"):
+        complete_item(session, item, status="failed")
+    assert complete_item(session, item, status="done")
+    assert not complete_item(session, item, status="failed", error="late")  # no longer pending: unchanged
+    assert session.get(JobItem, item.id).status == "done"
+
+
+def test_cancel_job(session_factory: sessionmaker[Session], session: Session, new_job: NewJob) -> None:
+    job = new_job(3)
+    claim_next_job(session)
+    worker_item = pending_items(session, job.id)[0]
+    complete_item(session, pending_items(session, job.id)[1], status="done")
+    session.commit()
+
+    with session_factory.begin() as other:  # e.g. the API, while the worker measures item 0
+        cancelled = cancel_job(other, job.id)
+        assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+
+    # the worker's stale item object: completing it changes nothing
+    assert not complete_item(session, worker_item, status="done")
+    assert job_counts(session, job.id) == {
+        "total": 3, "done": 1, "skipped": 0, "failed": 0, "cancelled": 2, "pending": 0,
+    }
+    with pytest.raises(ValueError, match=f"job {job.id} is already cancelled"):
+        finish_job(session, job)
+    with pytest.raises(ValueError, match=f"job {job.id} is already cancelled"):
+        cancel_job(session, job.id)
+    assert claim_next_job(session) is None
+
+
+def test_cancel_finished_or_unknown_job(session: Session, new_job: NewJob) -> None:
+    job = new_job(1)
+    claim_next_job(session)
+    complete_item(session, pending_items(session, job.id)[0], status="done")
+    finish_job(session, job)
+    with pytest.raises(ValueError, match=f"job {job.id} is already done"):
+        cancel_job(session, job.id)
+    assert get_job(session, job.id).status == "done"
+    with pytest.raises(JobNotFoundError, match="job 987654 does not exist"):
+        cancel_job(session, 987654)
+    assert get_job(session, 987654) is None
+
+
+def test_claim_order_oldest_first_running_included(session: Session, new_job: NewJob) -> None:
+    first, second, third = new_job(1), new_job(1), new_job(1)
+    # Same-instant creation must still be ordered: ties are broken by id.
+    second.created_at = first.created_at
+    third.created_at = first.created_at - timedelta(seconds=5)  # the oldest
+    session.commit()
+
+    assert claim_next_job(session).id == third.id
+    # still running (e.g. the worker restarted): claimed again before newer jobs
+    assert claim_next_job(session).id == third.id
+    cancel_job(session, third.id)
+    assert claim_next_job(session).id == first.id
+    finish_job(session, first, status="done")
+    assert claim_next_job(session).id == second.id
+    cancel_job(session, second.id)
+    assert claim_next_job(session) is None
+
+
+def test_claim_started_at_is_kept_on_reclaim(session: Session, new_job: NewJob) -> None:
+    job = new_job(1)
+    started = claim_next_job(session).started_at
+    job.started_at = started - timedelta(minutes=1)
+    session.commit()
+    assert claim_next_job(session).started_at == started - timedelta(minutes=1)
+
+
+def test_claim_by_device(session: Session, new_job: NewJob) -> None:
+    other_device = get_or_create_device(session, "other", {"cpu": "other"}).id
+    theirs = new_job(1, device_id=other_device)
+    mine = new_job(1)
+    theirs.created_at = mine.created_at - timedelta(seconds=1)
+    session.commit()
+    assert claim_next_job(session, device_id=mine.device_id).id == mine.id
+    assert claim_next_job(session, device_id=other_device).id == theirs.id
+
+
+def test_list_jobs(session: Session, new_job: NewJob) -> None:
+    jobs = [new_job(1) for _ in range(4)]
+    for offset, job in enumerate(jobs):
+        job.created_at = jobs[0].created_at + timedelta(seconds=offset)
+    cancel_job(session, jobs[1].id)
+    session.commit()
+    assert [job.id for job in list_jobs(session)] == [job.id for job in reversed(jobs)]
+    assert [job.id for job in list_jobs(session, limit=2)] == [jobs[3].id, jobs[2].id]
+    assert [job.id for job in list_jobs(session, status="cancelled")] == [jobs[1].id]
+    assert list_jobs(session, status="done") == []
+    assert len(list_jobs(session, device_id=jobs[0].device_id)) == 4
+    with pytest.raises(ValueError, match="status"):
+        list_jobs(session, status="finished")
+    with pytest.raises(ValueError, match="limit"):
+        list_jobs(session, limit=0)
+
+
+def test_deleting_a_job_deletes_its_items(session: Session, new_job: NewJob) -> None:
+    job = new_job(3)
+    session.commit()
+    session.expunge_all()
+    session.execute(delete(Job).where(Job.id == job.id))  # database-level ON DELETE CASCADE
+    session.commit()
+    assert session.scalar(select(func.count()).select_from(JobItem)) == 0
