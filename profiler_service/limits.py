@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from nas_ops.arch import Architecture
 from nas_ops.counting import count_flops
 from nas_ops.spec import OpSpec, parse_spec
+from profiler_service.backends import Backend
 from profiler_service.errors import ApiError, bad_request
 from profiler_service.settings import ProfilerSettings
 
@@ -16,10 +17,10 @@ def check_batch(settings: ProfilerSettings, batch: int) -> None:
         raise bad_request(f"batch: {batch} is above this service's limit of {settings.max_batch}")
 
 
-def check_dtype(backend: str, dtype: str) -> None:
-    """float16 is measured on CUDA backends only (CPU kernels for it are not what a deployment would run)."""
-    if dtype == "float16" and "cuda" not in backend and "tensorrt" not in backend:
-        raise bad_request(f"dtype: float16 is measured on CUDA backends only, not on {backend}")
+def check_dtype(backend: Backend, dtype: str) -> None:
+    """The dtype must be one the backend measures (float16: torch-cuda only)."""
+    if dtype not in backend.dtypes:
+        raise bad_request(f"dtype: {dtype} is not measured on {backend.name} (it measures {', '.join(backend.dtypes)})")
 
 
 def check_spec_limits(settings: ProfilerSettings, spec: OpSpec, batch: int, where: str) -> None:

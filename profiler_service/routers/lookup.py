@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from latency_db.repository import lookup_measurements
 from profiler_service.deps import SessionDep, StateDep
-from profiler_service.limits import parse_ops
+from profiler_service.limits import check_dtype, parse_ops
 from profiler_service.schemas import ErrorBody, LookupRequest, LookupResponse, Stats
 
 router = APIRouter(tags=["latency"])
@@ -22,7 +22,7 @@ def stats_of(row: object) -> Stats:
     responses={422: {"model": ErrorBody}, 413: {"model": ErrorBody}},
 )
 def lookup(body: LookupRequest, state: StateDep, session: SessionDep) -> LookupResponse:
-    state.backend(body.backend)
+    check_dtype(state.backend(body.backend), body.dtype)
     parse_ops(state.settings, body.ops, body.batch)
     threads = state.resolve_threads(body.threads)
     _, env_hash = state.environment(body.backend, threads)

@@ -48,8 +48,7 @@ async def _answer(state: ServiceState, job_id: int, wait_s: float) -> JSONRespon
     "`force`. Answers 202 with the job, or 200 when it finished within `wait_s`.",
 )
 async def measure(body: MeasureRequest, state: StateDep, _: TokenDep) -> JSONResponse:
-    state.backend(body.backend)
-    check_dtype(body.backend, body.dtype)
+    check_dtype(state.backend(body.backend), body.dtype)
     parse_ops(state.settings, body.ops, body.batch)
     job_id = _submit(state, body, "ops", body.ops, body.force, None)
     return await _answer(state, job_id, body.wait_s)
@@ -60,8 +59,7 @@ async def measure(body: MeasureRequest, state: StateDep, _: TokenDep) -> JSONRes
     summary="Measure a whole network end to end (a job; its result holds the stats)",
 )
 async def measure_architecture(body: ArchitectureRequest, state: StateDep, _: TokenDep) -> JSONResponse:
-    state.backend(body.backend)
-    check_dtype(body.backend, body.dtype)
+    check_dtype(state.backend(body.backend), body.dtype)
     try:
         arch = architecture_from_json_obj(body.architecture)
     except ValueError as exc:

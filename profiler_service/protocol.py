@@ -1,0 +1,334 @@
+"""The measurement protocol: how one op (or one whole network) is timed on a backend, and what is stored.
+
+Version ``PROTOCOL_VERSION`` (stored with every measurement, together with ``ProtocolParams.model_dump()``); bump
+it whenever what a stored number means changes.
+
+1. Exclusive device. ``MEASURE_LOCK`` (process-wide) is held for the whole measurement: nothing else of ours
+   builds, exports or times while an op is timed.
+2. Fixed threads and cores. The backend runs with ``threads`` intra-op threads; with ``affinity`` the measuring
+   thread (and the runtime threads it creates meanwhile) is pinned to the last ``threads`` cores it may run on
+   (``os.sched_setaffinity``, Linux), restored afterwards. Python's garbage collector is off while timing.
+3. The module. Built from the op spec with fresh weights (seeded by ``seed``), in eval mode; the backend decides
+   what a deployment would do with it (ORT folds BatchNorm into the conv, eager torch keeps it). The input is
+   standard normal noise (seeded).
+4. Calibration (``calibrate``, for ops, not for whole networks): the op is timed inside a sandwich of boundary ops
+   and a per-shape correction is subtracted, so that the SUM of the stored per-op latencies of an architecture
+   (stem, blocks, mix, head) predicts the latency of the whole network; the ``conv`` stem carries the one-time
+   overhead of the network call. Details and the formula in :mod:`profiler_service.calibration`. Location
+   statistics (median, mean, min, p10, p90) are shifted by the correction and floored at 0 (an op cheaper than
+   the resolution of the measurement, like an identity block that the runtime removes, costs 0); std and IQR are
+   unchanged.
+5. Cache state (``cache_flush_kib``, default 16 MiB): a buffer of that size is read, untimed, before every run
+   (ops and networks alike), so that weights come from far cache levels (and their pages from a cold TLB), as they
+   do in a network, where the rest of the network runs between two calls of an op. Measured on a 2 MiB-L2 Xeon
+   with proxyless-mobile networks at 224 (mean error of the summed ops against the whole network): warm caches
+   -4% (ort-cpu) and -19% (torch-cpu); 16 MiB about 0% and -4%; 32 MiB +2% and -4%, but +8% for torch-cpu at
+   160, where activations are smaller. The flush also makes the op's own intermediate buffers cold, which a
+   network does not, so the best size grows with the network's memory traffic per inference; 16 MiB suits
+   mobile-size networks. 0 keeps caches warm.
+6. Warm-up: at least ``warmup_runs`` runs and at least ``warmup_s`` seconds.
+7. Timed runs, in blocks of about ``block_s`` seconds (at least ``min_block_runs`` runs), each run timed on its
+   own (CUDA events on CUDA). A block whose median is more than ``disturbed_block_rel`` above the fastest
+   block's median was disturbed by something else on the machine and is set aside (None keeps all blocks).
+   Stop after a block when the kept samples number at least ``min_runs`` over at least ``min_blocks`` blocks and
+   the distribution-free (order statistic) ``confidence`` interval of their median has a half-width of at most
+   ``target_rel_ci`` times the median; or when ``time_budget_s`` has passed (once ``min_runs`` runs are done); or
+   at ``max_runs`` runs.
+8. Statistics of the kept samples: median, mean, std (ddof 1), min, p10, p90, IQR (numpy's linear percentiles),
+   sample count, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import math
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from nas_ops.arch import Architecture
+from nas_ops.blocks import build_op
+from nas_ops.network import build_network
+from nas_ops.spec import OpSpec
+from profiler_service import calibration
+from profiler_service.backends.base import Backend, Runner
+from profiler_service.fingerprint import env_hash
+
+PROTOCOL_VERSION = "1"
+MAX_BATCH = 4096
+
+# One measurement at a time in this process (re-entrant: calibration runs inside an op's measurement).
+MEASURE_LOCK = threading.RLock()
+
+Clock = Callable[[], float]
+StopReason = Literal["precision", "budget", "max_runs"]
+
+
+class ProtocolParams(BaseModel):
+    """The knobs of the protocol (module docstring); stored with every measurement."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warmup_runs: int = Field(5, ge=0, le=100_000, description="warm-up runs (at least)")
+    warmup_s: float = Field(0.03, ge=0, le=60, description="warm-up seconds (at least)")
+    min_runs: int = Field(10, ge=1, le=1_000_000, description="kept timed runs needed before stopping")
+    max_runs: int = Field(20_000, ge=1, le=1_000_000, description="timed runs at most")
+    block_s: float = Field(0.025, gt=0, le=60, description="target duration of one block of runs")
+    min_block_runs: int = Field(3, ge=1, le=100_000, description="runs per block (at least)")
+    min_blocks: int = Field(3, ge=1, le=10_000, description="kept blocks needed before stopping on precision")
+    target_rel_ci: float = Field(0.01, gt=0, le=1, description="relative half-width of the median's CI to reach")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence level of that interval")
+    time_budget_s: float = Field(0.5, gt=0, le=600, description="seconds of timed runs per measurement (soft)")
+    disturbed_block_rel: float | None = Field(0.05, gt=0, le=10, description="block filter; None keeps all")
+    cache_flush_kib: int = Field(16384, ge=0, le=1 << 20, description="KiB read before every run; 0: warm caches")
+    affinity: bool = Field(True, description="pin to fixed cores where the OS allows")
+    calibrate: bool = Field(True, description="per-op boundary calibration (ops only)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the weights and the random input")
+
+    @model_validator(mode="after")
+    def _runs_ordered(self) -> ProtocolParams:
+        if self.min_runs > self.max_runs:
+            raise ValueError(f"min_runs ({self.min_runs}) must not exceed max_runs ({self.max_runs})")
+        return self
+
+    @classmethod
+    def fast(cls) -> ProtocolParams:
+        """Short runs (a few ms per op) for tests and smoke checks: numbers with little precision."""
+        return cls(warmup_runs=1, warmup_s=0.0, min_runs=3, min_block_runs=3, min_blocks=1, block_s=0.005,
+                   target_rel_ci=0.05, time_budget_s=0.02, cache_flush_kib=0)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Robust statistics of one measurement, in milliseconds; ``samples`` is the number of runs they describe."""
+
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p10_ms: float
+    p90_ms: float
+    iqr_ms: float
+    samples: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> Stats:
+        """Statistics of the samples (numpy's linear percentiles, std with ddof 1); ValueError if empty."""
+        values = np.asarray(samples_ms, dtype=np.float64)
+        if values.size == 0:
+            raise ValueError("samples: no timed runs to describe")
+        p10, p25, p50, p75, p90 = np.percentile(values, [10, 25, 50, 75, 90])
+        return cls(median_ms=float(p50), mean_ms=float(values.mean()),
+                   std_ms=float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                   min_ms=float(values.min()), p10_ms=float(p10), p90_ms=float(p90), iqr_ms=float(p75 - p25),
+                   samples=int(values.size))
+
+    def shifted(self, offset_ms: float) -> Stats:
+        """Location statistics moved by ``offset_ms`` and floored at 0; spread (std, IQR) unchanged."""
+        def move(value: float) -> float:
+            return max(0.0, value + offset_ms)
+
+        return Stats(median_ms=move(self.median_ms), mean_ms=move(self.mean_ms), std_ms=self.std_ms,
+                     min_ms=move(self.min_ms), p10_ms=move(self.p10_ms), p90_ms=move(self.p90_ms),
+                     iqr_ms=self.iqr_ms, samples=self.samples)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- statistics of the stopping rule ------------------------------------------------------------------------------
+def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: order statistics at the binomial ranks
+    ``(n - z sqrt(n)) / 2`` and ``1 + (n + z sqrt(n)) / 2`` (normal approximation), clamped to the sample range."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("samples: no timed runs to describe")
+    z = statistics.NormalDist().inv_cdf((1 + confidence) / 2)
+    half = z * math.sqrt(n) / 2
+    lower_rank = max(1, math.floor(n / 2 - half))
+    upper_rank = min(n, math.ceil(1 + n / 2 + half))
+    return ordered[lower_rank - 1], ordered[upper_rank - 1]
+
+
+def relative_ci_halfwidth(samples: Sequence[float], confidence: float = 0.95) -> float:
+    """Half-width of :func:`median_ci` divided by the median (inf for a zero median)."""
+    low, high = median_ci(samples, confidence)
+    median = float(np.median(samples))
+    return (high - low) / 2 / median if median > 0 else math.inf
+
+
+def kept_blocks(blocks: Sequence[Sequence[float]], disturbed_rel: float | None) -> list[Sequence[float]]:
+    """The blocks whose median is within ``disturbed_rel`` of the fastest block's median (all when None)."""
+    if disturbed_rel is None or len(blocks) < 2:
+        return list(blocks)
+    medians = [float(np.median(block)) for block in blocks]
+    limit = min(medians) * (1 + disturbed_rel)
+    return [block for block, median in zip(blocks, medians) if median <= limit]
+
+
+# --- the timing loop ---------------------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    """What the timing loop recorded: the kept samples (ms) and how it went."""
+
+    samples: list[float]
+    runs: int
+    blocks: int
+    discarded_blocks: int
+    stopped_by: StopReason
+    warmup_runs: int
+    elapsed_s: float
+    block_runs: int
+
+
+@functools.lru_cache(maxsize=2)
+def _flush_buffer(kib: int) -> np.ndarray:
+    return np.ones(kib * 256, dtype=np.float32)
+
+
+def cache_flusher(kib: int) -> Callable[[], None] | None:
+    """A function that reads a buffer of ``kib`` KiB (evicting near caches), or None for 0."""
+    if kib <= 0:
+        return None
+    buffer = _flush_buffer(kib)
+
+    def flush() -> None:
+        buffer.sum()
+
+    return flush
+
+
+def time_runner(runner: Runner, params: ProtocolParams, clock: Clock = time.perf_counter) -> Timing:
+    """Warm up, then time ``runner`` in blocks until the stopping rule of the protocol holds (module docstring)."""
+    flush = cache_flusher(params.cache_flush_kib)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        # warm-up, by count and by time; it also estimates the wall time of one run
+        warm_start, warm_runs = clock(), 0
+        while warm_runs < params.warmup_runs or clock() - warm_start < params.warmup_s:
+            runner.time_runs(1, flush)
+            warm_runs += 1
+        per_run_s = (clock() - warm_start) / warm_runs if warm_runs else 0.0
+        block_runs = params.min_block_runs
+        if per_run_s > 0:
+            block_runs = max(block_runs, math.ceil(params.block_s / per_run_s))
+        # timed blocks
+        start = clock()
+        blocks: list[list[float]] = []
+        runs = 0
+        while True:
+            blocks.append(runner.time_runs(min(block_runs, params.max_runs - runs), flush))
+            runs += len(blocks[-1])
+            kept = kept_blocks(blocks, params.disturbed_block_rel)
+            samples = [t for block in kept for t in block]
+            reason: StopReason | None = None
+            if runs >= params.max_runs:
+                reason = "max_runs"
+            elif (len(samples) >= params.min_runs and len(kept) >= params.min_blocks
+                  and relative_ci_halfwidth(samples, params.confidence) <= params.target_rel_ci):
+                reason = "precision"
+            elif clock() - start >= params.time_budget_s and runs >= params.min_runs:
+                reason = "budget"
+            if reason is not None:
+                return Timing(samples=samples, runs=runs, blocks=len(blocks), discarded_blocks=len(blocks) - len(kept),
+                              stopped_by=reason, warmup_runs=warm_runs, elapsed_s=clock() - start,
+                              block_runs=block_runs)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+# --- process state during a measurement -------------------------------------------------------------------------
+@contextmanager
+def pinned_cores(threads: int, enabled: bool = True) -> Iterator[set[int] | None]:
+    """Pin the calling thread to the last ``threads`` cores it may use (restored after); yields the cores, or None
+    when disabled or where the OS has no ``sched_setaffinity``."""
+    if not enabled or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    previous = os.sched_getaffinity(0)
+    cores = set(sorted(previous)[-threads:])
+    os.sched_setaffinity(0, cores)
+    try:
+        yield cores
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's CPU random state seeded for the block, the caller's state restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# --- measurements ------------------------------------------------------------------------------------------------
+def _check_batch(batch: int) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch: must be an integer in [1, {MAX_BATCH}], got {batch!r}")
+
+
+def time_module(module: nn.Module, input_shape: tuple[int, int, int, int], backend: Backend, dtype: str,
+                threads: int, params: ProtocolParams, clock: Clock = time.perf_counter) -> Timing:
+    """Prepare ``module`` on ``backend`` and run the timing loop on it (the caller holds the lock and the cores)."""
+    runner = backend.prepare(module, input_shape, dtype, threads, seed=params.seed)
+    try:
+        return time_runner(runner, params, clock)
+    finally:
+        runner.close()
+
+
+def measurement_context(backend: Backend, batch: int, dtype: str, threads: int,
+                        params: ProtocolParams) -> tuple[str, ...]:
+    """The key under which calibration values may be shared: backend environment, dtype, threads, protocol."""
+    return (PROTOCOL_VERSION, backend.name, env_hash(backend.environment(threads)), str(batch), dtype, str(threads),
+            params.model_dump_json())
+
+
+def measure_op(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: int,
+               params: ProtocolParams | None = None) -> Stats:
+    """Latency statistics of one op at ``batch`` on ``backend``, calibrated for summing (module docstring)."""
+    params = params or ProtocolParams()
+    _check_batch(batch)
+    with MEASURE_LOCK, pinned_cores(threads, params.affinity):
+        with seeded(params.seed):
+            module = build_op(spec).eval()
+            if params.calibrate:
+                module = calibration.sandwich(spec, module, backend.boundary_kind)
+        input_shape = (batch, *spec.input_shape)
+        stats = Stats.from_samples(time_module(module, input_shape, backend, dtype, threads, params).samples)
+        if not params.calibrate:
+            return stats
+        context = measurement_context(backend, batch, dtype, threads, params)
+
+        def time_median(calibration_module: nn.Module, shape: tuple[int, int, int, int]) -> float:
+            timing = time_module(calibration_module, shape, backend, dtype, threads, params)
+            return float(np.median(timing.samples))
+
+        return stats.shifted(-calibration.correction_ms(spec, backend.boundary_kind, context, batch, time_median))
+
+
+def measure_network(arch: Architecture, backend: Backend, batch: int, dtype: str, threads: int,
+                    params: ProtocolParams | None = None) -> Stats:
+    """Latency statistics of the whole network of ``arch`` at ``batch`` on ``backend`` (no calibration)."""
+    params = params or ProtocolParams()
+    _check_batch(batch)
+    with MEASURE_LOCK, pinned_cores(threads, params.affinity):
+        with seeded(params.seed):
+            module = build_network(arch).eval()
+        input_shape = (batch, arch.in_chs, *arch.input_size)
+        return Stats.from_samples(time_module(module, input_shape, backend, dtype, threads, params).samples)
