@@ -1,0 +1,44 @@
+"""The demo (README's first command) in its reduced-size mode: every step runs and the summary is consistent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nas_ops.arch import load_architecture
+from nas_ops.space import load_space
+from search_client.latency_table import LatencyTable
+
+pytestmark = pytest.mark.live
+
+
+def test_quick_demo_writes_a_consistent_summary_and_leaves_no_process(tmp_path) -> None:
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "search_client.demo", "--quick", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "proxyless-hw demo: summary" in result.stdout
+
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("table", "heatmap", "search", "architecture"):
+        assert (tmp_path / summary["files"][key]).exists() or (out / summary["files"][key]).exists(), key
+    table = LatencyTable.load(out / "table.json")
+    space = load_space(summary["space"])
+    assert summary["table_ops"] == len(table.stats)
+    assert summary["space_min_ms"] == pytest.approx(table.min_latency()[0], abs=1e-4)
+    assert summary["space_max_ms"] == pytest.approx(table.max_latency()[0], abs=1e-4)
+    assert summary["space_min_ms"] < summary["target_ms"] < summary["space_max_ms"]
+    assert summary["predicted_ms"] == pytest.approx(table.latency_of(summary["choices"]), abs=1e-4)
+    assert summary["architecture"] == [cell.candidate_names[c] for cell, c in zip(space.cells(), summary["choices"])]
+    assert summary["measured_ms"] > 0
+    error = (summary["predicted_ms"] - summary["measured_ms"]) / summary["measured_ms"]
+    assert summary["prediction_error"] == pytest.approx(error, abs=1e-3)
+    assert 0.0 <= summary["retrained_top1"] <= 1.0
+    arch = load_architecture(summary["files"]["architecture"])
+    assert arch.metadata["choices"] == summary["choices"]
+
+    leftover = subprocess.run(["pgrep", "-f", f"sqlite:///{out.resolve()}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""  # the profiler was stopped

@@ -1,0 +1,120 @@
+"""The command lines ``search``, ``verify`` and ``train`` end to end (tables from files or a fake device)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import search_client.commands.search as search_command
+from nas_ops.space import PRESETS
+from search_client.cli import app
+from search_client.client import LatencyClient
+from tests.search_client.conftest import FakeDevice, fake_stats, make_table
+
+torch.set_num_threads(1)
+runner = CliRunner()
+
+BASE = ["--data", "synthetic:120:4", "--epochs", "1", "--batch-size", "16", "--no-progress"]
+TINY = [*BASE, "--loss", "hinge"]
+
+
+@pytest.fixture
+def table_file(tmp_path: Path) -> Path:
+    return make_table("micro-16").save(tmp_path / "table.json")
+
+
+def _target(table_file: Path) -> str:
+    table = make_table("micro-16")
+    return f"{(table.min_latency()[0] + table.max_latency()[0]) / 2:.4f}"
+
+
+def test_search_from_a_table_file(tmp_path: Path, table_file: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["search", "--table", str(table_file), "--target-ms", _target(table_file),
+                                 "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "architecture:" in result.output and "predicted" in result.output
+    for name in ("log.jsonl", "log.csv", "latency.png", "probabilities.png", "checkpoint.pt", "arch.json",
+                 "weights.pt", "model.onnx", "summary.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["loss"] == "hinge" and summary["epochs"] == 1
+    # the same command again with --resume: nothing left to train, the same architecture
+    again = runner.invoke(app, ["search", "--table", str(table_file), "--target-ms", _target(table_file),
+                                "--out", str(out), "--resume", *TINY])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "summary.json").read_text())["choices"] == summary["choices"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-ms", "0.001"], "below the space's minimum"),
+    (["--target-ms", "1000"], "above the space's maximum"),
+    (["--target-ms", "5", "--target-ms", "6"], "one per device"),
+    (["--target-ms", "5", "--mode", "three"], "'mode'"),
+    (["--target-ms", "5", "--device", "http://127.0.0.1:9"], "not both"),
+    (["--target-ms", "5", "--space", "tiny-32"], "is not the --space"),
+    (["--target-ms", "5", "--loss", "mul#log", "--log-unit-ms", "4"], "mul#log.*log unit"),
+])
+def test_bad_search_input_is_one_line_and_exit_2(tmp_path: Path, table_file: Path, args: list[str],
+                                                 message: str) -> None:
+    loss = [] if "--loss" in args else ["--loss", "hinge"]
+    result = runner.invoke(app, ["search", "--table", str(table_file), "--out", str(tmp_path / "o"),
+                                 *BASE, *loss, *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_search_missing_table_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["search", "--table", str(tmp_path / "none.json"), "--target-ms", "3",
+                                 "--out", str(tmp_path / "o"), *TINY])
+    assert result.exit_code == 2 and result.output.startswith("error: ")
+
+
+def test_search_on_a_device_then_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        fake_device: FakeDevice) -> None:
+    monkeypatch.setattr(search_command, "make_client", lambda url, token: LatencyClient(
+        url, token, transport=httpx.MockTransport(fake_device.handle)))
+    table = make_table("micro-16")
+    out = tmp_path / "out"
+    target = f"{(table.min_latency()[0] + table.max_latency()[0]) / 2:.4f}"
+    result = runner.invoke(app, ["search", "--space", "micro-16", "--device", "http://fake-device:8000",
+                                 "--target-ms", target, "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    assert fake_device.measured  # the missing entries were measured on the device
+    assert (out / "table_0.json").is_file()
+    verify = runner.invoke(app, ["verify", str(out / "arch.json"), "--device", "http://fake-device:8000"])
+    assert verify.exit_code == 0, verify.output
+    arch = json.loads((out / "arch.json").read_text())
+    predicted = arch["metadata"]["predicted_latency_ms"]["fake/ort-cpu"]
+    measured = fake_stats("architecture")["median_ms"]
+    report = json.loads(verify.output.strip().splitlines()[-1])
+    assert report["predicted_ms"] == pytest.approx(predicted)
+    assert report["measured_ms"] == pytest.approx(measured)
+    assert report["relative_error"] == pytest.approx((predicted - measured) / measured)
+    assert "relative error" in verify.output
+    with_table = runner.invoke(app, ["verify", str(out / "arch.json"), "--device", "http://fake-device:8000",
+                                     "--table", str(out / "table_0.json")])
+    assert with_table.exit_code == 0 and "table" in with_table.output
+    unknown = runner.invoke(app, ["verify", str(out / "arch.json"), "--device", "http://other:8000"])
+    assert unknown.exit_code == 2 and "no prediction" in unknown.output
+
+
+def test_train_a_derived_architecture(tmp_path: Path) -> None:
+    arch_file = tmp_path / "arch.json"
+    PRESETS["micro-16"].architecture([0, 6, 2]).save(arch_file)
+    result = runner.invoke(app, ["train", str(arch_file), "--data", "synthetic:200:4", "--epochs", "3",
+                                 "--batch-size", "16", "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "t" / "train_summary.json").read_text())
+    assert summary["top1"] > 0.5  # 4 learnable classes: well above chance (0.25)
+    assert f"top-1 {summary['top1']:.4f}" in result.output
+    bad = runner.invoke(app, ["train", str(tmp_path / "none.json"), "--epochs", "1", "--out", str(tmp_path / "u")])
+    assert bad.exit_code == 2 and bad.output.startswith("error: ")
