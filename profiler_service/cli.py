@@ -69,7 +69,7 @@ def serve(
     token: Annotated[str | None, typer.Option(help="bearer token for mutating endpoints (or PROFILER_TOKEN)")] = None,
     allow_insecure_bind: Annotated[bool, typer.Option(help="allow a non-loopback bind without a token")] = False,
     device_name: Annotated[str | None, typer.Option(help="name of this device (default: hostname)")] = None,
-    protocol: Annotated[str | None, typer.Option(help="protocol preset: default | fast")] = None,
+    protocol: Annotated[str | None, typer.Option(help="protocol preset: default | warm | fast")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the REST API (migrates the database to head first). Health: GET /v1/health."""
@@ -118,26 +118,24 @@ def measure(
     batch: Annotated[int, typer.Option(min=1, max=1024)] = 1,
     dtype: Annotated[str, typer.Option(help="float32 | float16 (CUDA)")] = "float32",
     threads: Annotated[int, typer.Option(min=1, max=256)] = 1,
-    protocol: Annotated[str, typer.Option(help="default | fast")] = "default",
+    protocol: Annotated[str, typer.Option(help="default | warm | fast")] = "default",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     out_file: Annotated[Path | None, typer.Option("--out", help="also write the stats as JSON here")] = None,
 ) -> None:
     """Measure ops on this machine without a server and print their stats (progress bar on long sweeps)."""
     from nas_ops.spec import parse_spec
     from profiler_service.backends import get_backend
-    from profiler_service.protocol import PROTOCOL_VERSION, measure_op
-    from profiler_service.state import protocol_params_for
+    from profiler_service.protocol import measure_op
+    from profiler_service.state import protocol_params_for, protocol_version_for
 
     try:
         texts = _specs_from(specs or [], space)
         engine = get_backend(backend)
-        if protocol not in ("default", "fast"):
-            raise ValueError(f"protocol must be 'default' or 'fast', got {protocol!r}")
+        params = protocol_params_for(protocol)
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
     except ValueError as exc:
         fail(str(exc))
-    params = protocol_params_for(protocol)
     results: dict[str, dict[str, float]] = {}
     with Progress(TextColumn("[bold]measuring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.description}"), console=err, transient=True,
@@ -151,13 +149,13 @@ def measure(
                 fail(f"{text}: {exc}", code=1)
             progress.advance(task)
     document = {"backend": backend, "batch": batch, "dtype": dtype, "threads": threads,
-                "protocol_version": PROTOCOL_VERSION, "stats": results}
+                "protocol_version": protocol_version_for(protocol), "stats": results}
     if out_file is not None:
         out_file.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     if as_json:
         sys.stdout.write(json.dumps(document) + "\n")
         return
-    table = Table(title=f"{backend}, batch {batch}, {threads} thread(s), protocol {PROTOCOL_VERSION}")
+    table = Table(title=f"{backend}, batch {batch}, {threads} thread(s), protocol {document['protocol_version']}")
     for column in ("op", "median ms", "p10", "p90", "IQR", "runs"):
         table.add_column(column, justify="left" if column == "op" else "right")
     for text, s in results.items():

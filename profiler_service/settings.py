@@ -31,7 +31,8 @@ class ProfilerSettings(BaseSettings):
     # --- measurement -------------------------------------------------------------------------------------------
     backends: str | None = Field(None, description="comma-separated backend names to serve; default: all available")
     threads: int = Field(1, ge=1, le=256, description="default thread count of a measurement")
-    protocol: str = Field("default", description="protocol preset: 'default' or 'fast' (short runs, for tests)")
+    protocol: str = Field("default", description="protocol preset: 'default' (caches flushed), 'warm' (small "
+                          "networks that fit in the cache) or 'fast' (short runs, for tests)")
     worker_poll_s: float = Field(1.0, gt=0, le=60)
 
     # --- limits on requests --------------------------------------------------------------------------------------
@@ -53,8 +54,8 @@ class ProfilerSettings(BaseSettings):
     @field_validator("protocol")
     @classmethod
     def _known_protocol(cls, value: str) -> str:
-        if value not in ("default", "fast"):
-            raise ValueError(f"protocol must be 'default' or 'fast', got {value!r}")
+        if value not in ("default", "warm", "fast"):
+            raise ValueError(f"protocol must be 'default', 'warm' or 'fast', got {value!r}")
         return value
 
     def backend_names(self) -> list[str] | None:

@@ -18,11 +18,29 @@ from profiler_service.settings import ProfilerSettings
 from profiler_service.worker import JobWorker
 
 
+PROTOCOL_PRESETS = ("default", "warm", "fast")
+
+
 def protocol_params_for(preset: str) -> ProtocolParams:
-    """The protocol parameters of a preset: ``default``, or ``fast`` (short runs for tests and smoke checks)."""
+    """The protocol parameters of a preset.
+
+    ``default``: the full protocol, caches flushed before every run (networks whose working set exceeds the
+    cache, like the ImageNet-size spaces); ``warm``: the same with warm caches (small networks that fit in the
+    cache, like the 32x32 presets); ``fast``: short runs for tests and smoke checks.
+    """
     if preset == "fast":
         return ProtocolParams.fast()
-    return ProtocolParams()
+    if preset == "warm":
+        return ProtocolParams(cache_flush_kib=0)
+    if preset == "default":
+        return ProtocolParams()
+    raise ValueError(f"protocol must be one of {', '.join(PROTOCOL_PRESETS)}, got {preset!r}")
+
+
+def protocol_version_for(preset: str) -> str:
+    """The stored protocol version: a preset other than the default is part of a measurement's identity, so a
+    service never reuses numbers measured under another preset."""
+    return PROTOCOL_VERSION if preset == "default" else f"{PROTOCOL_VERSION}+{preset}"
 
 
 def select_backends(names: list[str] | None) -> dict[str, Backend]:
@@ -42,7 +60,7 @@ class ServiceState:
         self.fingerprint = device_fingerprint()
         self.backends = select_backends(settings.backend_names())
         self.protocol_params = protocol_params_for(settings.protocol)
-        self.protocol_version = PROTOCOL_VERSION
+        self.protocol_version = protocol_version_for(settings.protocol)
         self.metrics = ServiceMetrics()
         self._env_cache: dict[tuple[str, int], tuple[dict[str, Any], str]] = {}
         self._env_lock = threading.Lock()

@@ -41,6 +41,7 @@ from search_client.objective import MODES as DEVICE_MODES
 from search_client.objective import MultiDeviceLatency
 from search_client.plots.search_curves import plot_latency_curves, plot_probabilities
 from search_client.supernet import Supernet
+from search_client.train import train_step
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "proxyless-search-checkpoint"
@@ -197,19 +198,14 @@ def weight_step(supernet: Supernet, batch: tuple[torch.Tensor, torch.Tensor], op
                 *, mode: str, label_smoothing: float, generator: torch.Generator) -> tuple[float, float]:
     """One weight step: sample one path per cell by p (the mixture in ``darts`` mode), alphas frozen; returns
     (loss, accuracy) of the batch."""
-    x, y = batch
     if mode == "darts":
         supernet.use_mixture()
     else:
         supernet.sample_single(generator)
+    # train_step zeroes grads with set_to_none: the paths that did not run keep grad None, so SGD gives them no
+    # weight decay and no momentum update
     with supernet.training_weights():
-        logits = supernet(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        # set_to_none: the paths that did not run keep grad None, so SGD gives them no decay or momentum
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    optimizer.step()
-    return float(loss.item()), float((logits.argmax(dim=1) == y).float().mean().item())
+        return train_step(supernet, batch, optimizer, label_smoothing=label_smoothing)
 
 
 def entropy(probs: Sequence[torch.Tensor]) -> float:

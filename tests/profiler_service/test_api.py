@@ -237,3 +237,17 @@ def test_jobs_of_another_device_sharing_the_database_are_invisible_and_never_cla
     assert own["status"] == "done"
     with state.sessions() as session:
         assert session.get(Job, foreign_id).status == "queued"  # the worker of this device left it alone
+
+
+def test_protocol_presets_are_part_of_the_measurement_identity(service_db: str) -> None:
+    """Numbers measured under one preset are never served as another preset's (same database)."""
+    from profiler_service.app import create_app
+
+    with TestClient(create_app(make_settings(service_db, protocol="fast"))) as fast:
+        assert fast.get("/v1/device").json()["protocol"]["version"] == "1+fast"
+        assert fast.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "wait_s": 60}).json()["done"] == 1
+    with TestClient(create_app(make_settings(service_db, protocol="warm"))) as warm:
+        info = warm.get("/v1/device").json()["protocol"]
+        assert info["version"] == "1+warm" and info["params"]["cache_flush_kib"] == 0
+        lookup = warm.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1]}).json()
+        assert lookup["missing"] == SMALL_OPS[:1] and lookup["protocol_version"] == "1+warm"
