@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.orm import Session
+
 from latency_db.models import Job, JobItem
 from latency_db.repository import (
     claim_next_job,
@@ -106,6 +108,19 @@ class JobWorker:
             job = claim_next_job(session, device_id=self.state.device_id)
             return JobContext.of(job) if job is not None else None
 
+    def _complete(self, session: Session, item_id: int, **fields: Any) -> None:
+        """Complete an item; a no-op unless it is still pending (it may have been cancelled meanwhile)."""
+        item = session.get(JobItem, item_id)
+        if item is not None:
+            complete_item(session, item, **fields)
+
+    def _finish(self, job_id: int, **fields: Any) -> None:
+        """Finish a job that is still running (a cancelled job stays cancelled)."""
+        with self.state.sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is not None and job.status == "running":
+                finish_job(session, job, **fields)
+
     def _job_status(self, job_id: int) -> str:
         with self.state.sessions() as session:
             job = session.get(Job, job_id)
@@ -123,10 +138,7 @@ class JobWorker:
             if not ctx.force and self._skip_if_stored(ctx, item_id, op_spec):
                 continue
             self._measure_item(ctx, item_id, op_spec)
-        with self.state.sessions.begin() as session:
-            job = session.get(Job, ctx.id)
-            if job is not None and job.status == "running":
-                finish_job(session, job)
+        self._finish(ctx.id)
 
     def _skip_if_stored(self, ctx: JobContext, item_id: int, op_spec: str) -> bool:
         """Mark the item skipped when the same op is already stored under the same environment and protocol."""
@@ -137,9 +149,7 @@ class JobWorker:
             )
             if op_spec not in found:
                 return False
-            item = session.get(JobItem, item_id)
-            if item is not None and item.status == "pending":
-                complete_item(session, item, status="skipped", measurement_id=found[op_spec].id)
+            self._complete(session, item_id, status="skipped", measurement_id=found[op_spec].id)
             return True
 
     def _measure_item(self, ctx: JobContext, item_id: int, op_spec: str) -> None:
@@ -152,9 +162,7 @@ class JobWorker:
         except Exception as exc:  # an op that fails to build or run fails its item, not the job
             log.warning("measuring %s on %s failed: %s", op_spec, ctx.backend, exc)
             with state.sessions.begin() as session:
-                item = session.get(JobItem, item_id)
-                if item is not None and item.status == "pending":
-                    complete_item(session, item, status="failed", error=f"{type(exc).__name__}: {exc}")
+                self._complete(session, item_id, status="failed", error=f"{type(exc).__name__}: {exc}")
             return
         state.metrics.measure_seconds.labels(ctx.backend).observe(time.perf_counter() - started)
         state.metrics.measurements.labels(ctx.backend, "op").inc()
@@ -165,9 +173,7 @@ class JobWorker:
                 dtype=ctx.dtype, threads=ctx.threads, env_hash=ctx.env_hash, protocol_version=ctx.protocol_version,
                 environment=env, protocol_params=state.protocol_params.model_dump(), stats=stats.as_dict(),
             )
-            item = session.get(JobItem, item_id)
-            if item is not None and item.status == "pending":
-                complete_item(session, item, status="done", measurement_id=row.id)
+            self._complete(session, item_id, status="done", measurement_id=row.id)
 
     # --- architecture jobs -----------------------------------------------------------------------------------------
     def _run_architecture(self, ctx: JobContext) -> None:
@@ -179,14 +185,8 @@ class JobWorker:
                                     state.protocol_params)
         except Exception as exc:
             log.warning("measuring architecture job %s failed: %s", ctx.id, exc)
-            with state.sessions.begin() as session:
-                job = session.get(Job, ctx.id)
-                if job is not None and job.status == "running":
-                    finish_job(session, job, status="failed", error=f"{type(exc).__name__}: {exc}")
+            self._finish(ctx.id, status="failed", error=f"{type(exc).__name__}: {exc}")
             return
         state.metrics.measure_seconds.labels(ctx.backend).observe(time.perf_counter() - started)
         state.metrics.measurements.labels(ctx.backend, "network").inc()
-        with state.sessions.begin() as session:
-            job = session.get(Job, ctx.id)
-            if job is not None and job.status == "running":
-                finish_job(session, job, status="done", result=stats.as_dict())
+        self._finish(ctx.id, status="done", result=stats.as_dict())
