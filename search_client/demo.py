@@ -104,6 +104,8 @@ def run_demo(out_dir: Path, plan: DemoPlan, seed: int = 0) -> dict[str, Any]:
         "space_max_ms": round(high, 6),
         "target_ms": target,
         "target_error": round((predicted - target) / target, 4),
+        "derived_from": "argmax" if result.derived.from_argmax else "most probable within the target",
+        "argmax_target_error": round(result.derived.argmax_ratio - 1.0, 4),
         "architecture": [cell.candidate_names[c] for cell, c in zip(space.cells(), result.choices)],
         "choices": list(result.choices),
         "predicted_ms": round(predicted, 6),

@@ -98,12 +98,13 @@ def derived_network(supernet: Supernet, arch: Architecture) -> Network:
 
 
 def export_search_result(supernet: Supernet, objective: MultiDeviceLatency, out_dir: str | Path, *,
-                         summary: dict[str, Any] | None = None, onnx: bool = True) -> dict[str, Path]:
+                         summary: dict[str, Any] | None = None, onnx: bool = True,
+                         choices: Sequence[int] | None = None) -> dict[str, Path]:
     """Write ``arch.json``, ``weights.pt`` (state_dict of the derived net), ``model.onnx`` (batch 1, eval mode)
-    and ``summary.json`` into ``out_dir``; returns the paths by name."""
+    and ``summary.json`` into ``out_dir`` for ``choices`` (default: the argmax); returns the paths by name."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    arch = derive_architecture(supernet, objective)
+    arch = derive_architecture(supernet, objective, choices)
     net = derived_network(supernet, arch)
     files = {"arch": out / "arch.json", "weights": out / "weights.pt", "summary": out / "summary.json"}
     arch.save(files["arch"])

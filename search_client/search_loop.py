@@ -42,10 +42,11 @@ from search_client.objective import MultiDeviceLatency
 from search_client.plots.search_curves import plot_latency_curves, plot_probabilities
 from search_client.supernet import Supernet
 from search_client.train import train_step
+from search_client.within_target import DERIVE_RULES, Derived, derive_choices
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "proxyless-search-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 GRAD_ESTIMATORS = ("binary", "reinforce")
 BN_CALIBRATION_IMAGES = 512
 
@@ -56,7 +57,10 @@ class SearchConfig:
 
     ``epochs`` counts the joint search epochs; ``warmup_epochs`` weight-only epochs run before them.
     ``targets_ms`` holds one target per latency table. ``strength`` is the latency weight (None: the loss's
-    default, 0: no latency term). The defaults are the paper's and the release's.
+    default, 0: no latency term). ``target_band`` is the tolerance around the target (a ratio of 1 +- band meets
+    it): the adaptive weight aims inside it, and the ``within-target`` derive rule (see
+    :mod:`search_client.within_target`) exports the most probable architecture inside it when the argmax is not.
+    The defaults are the paper's and the release's, except ``derive`` (the paper's rule is ``argmax``).
     """
 
     targets_ms: list[float]
@@ -74,7 +78,8 @@ class SearchConfig:
     log_unit_ms: float = 1.0
     adaptive: bool = False
     adaptive_rate: float = 1.05
-    adaptive_band: float = 0.1
+    target_band: float = 0.1
+    derive: str = "within-target"
     device_weights: list[float] | None = None
     device_mode: str = "weighted"
     warmup_lr: float = 0.05
@@ -101,7 +106,7 @@ class SearchConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"search config field '{name}': must be an integer >= {low}, got {value!r}")
         for name in ("warmup_lr", "lr", "momentum", "weight_decay", "label_smoothing", "arch_lr", "arch_eps",
-                     "init_std", "loss_scale", "log_unit_ms", "reinforce_tradeoff"):
+                     "init_std", "loss_scale", "log_unit_ms", "reinforce_tradeoff", "target_band"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"search config field '{name}': must be a finite number >= 0, got {value!r}")
@@ -124,6 +129,11 @@ class SearchConfig:
             raise ValueError("search config field 'targets_ms': at least one latency target is needed")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"search config field 'valid_fraction': must be in (0, 1), got {self.valid_fraction!r}")
+        if self.derive not in DERIVE_RULES:
+            raise ValueError(f"search config field 'derive': expected one of {', '.join(DERIVE_RULES)}, "
+                             f"got {self.derive!r}")
+        if not 0.0 <= self.target_band < 1.0:
+            raise ValueError(f"search config field 'target_band': must be in [0, 1), got {self.target_band!r}")
         if not 0.0 <= self.baseline_decay < 1.0:
             raise ValueError(f"search config field 'baseline_decay': must be in [0, 1), got {self.baseline_decay!r}")
 
@@ -183,7 +193,11 @@ class PhasedCosineLR:
 
 @dataclass
 class SearchResult:
-    """The finished (or stopped) search: its supernet, argmax choices and per-epoch log."""
+    """The finished (or stopped) search: its supernet, choices and per-epoch log.
+
+    ``choices`` is the argmax while the search is unfinished, and the derived (exported) architecture once it is
+    finished; ``derived`` then says how it was derived (see :func:`search_client.within_target.derive_choices`).
+    """
 
     supernet: Supernet
     objective: MultiDeviceLatency
@@ -192,6 +206,7 @@ class SearchResult:
     finished: bool
     out_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
+    derived: Derived | None = None
 
 
 def weight_step(supernet: Supernet, batch: tuple[torch.Tensor, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -234,7 +249,7 @@ class SearchRun:
         check_targets(self.objective)
         if config.grad_estimator == "binary":
             self.loss_fn.check_units(self.objective)
-        self.adaptive = AdaptiveStrength(config.adaptive_rate, config.adaptive_band) if config.adaptive else None
+        self.adaptive = AdaptiveStrength(config.adaptive_rate, config.target_band) if config.adaptive else None
         self._load_data()
         self._build_model()
         self.epoch = 0
@@ -540,11 +555,18 @@ def run_search(config: SearchConfig, tables: Sequence[LatencyTable], out_dir: st
             probs, [c.cell.candidate_names for c in run.supernet.cells], run.out_dir / "probabilities.png")
     if result.finished:
         final = run.history[-1] if run.history else {}
+        with torch.no_grad():
+            derived = derive_choices(run.supernet.probs(), run.objective, rule=config.derive,
+                                     band=config.target_band, loss_kind=config.loss)
+        result.choices, result.derived = derived.choices, derived
         summary = {
             "epochs": config.total_epochs, "mode": config.mode, "grad_estimator": config.grad_estimator,
             "loss": config.loss, "final_strength": run.loss_fn.strength, "adaptive": config.adaptive,
-            "argmax_ratio": argmax_ratio(run.objective, result.choices),
-            "valid_acc_inherited": final.get("valid_acc"), "search_seconds_this_run": time.perf_counter() - start,
+            "derive": derived.rule, "target_band": config.target_band, "target_met": derived.target_met,
+            "ratio": derived.ratio, "argmax_choices": derived.argmax_choices, "argmax_ratio": derived.argmax_ratio,
+            "valid_acc_inherited_argmax": final.get("valid_acc"),
+            "search_seconds_this_run": time.perf_counter() - start,
         }
-        result.files.update(export_search_result(run.supernet, run.objective, run.out_dir, summary=summary))
+        result.files.update(export_search_result(run.supernet, run.objective, run.out_dir, summary=summary,
+                                                 choices=derived.choices))
     return result

@@ -19,6 +19,7 @@ from search_client.errors import exit_on_error
 from search_client.latency_table import LatencyTable, build_table
 from search_client.search_loop import SearchConfig, run_search
 from search_client.train import TrainConfig, save_train_result, train_architecture
+from search_client.within_target import Derived
 
 
 def make_client(url: str, token: str | None) -> LatencyClient:
@@ -96,6 +97,9 @@ def search(
                         ] = False,
     log_unit_ms: Annotated[float, typer.Option(help="mul#log: latencies in units of this many ms inside log()")
                            ] = 1.0,
+    target_band: Annotated[float, typer.Option(help="tolerance around the target (0.1: within +-10%)")] = 0.1,
+    derive: Annotated[str, typer.Option(help="within-target (the argmax if it meets the target, else the most "
+                                             "probable architecture that does) | argmax")] = "within-target",
     seed: Annotated[int, typer.Option(min=0)] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="training batch size")] = 64,
     lr: Annotated[float, typer.Option(help="weight lr of the joint phase (cosine)")] = 0.025,
@@ -127,16 +131,29 @@ def search(
             seed=seed, batch_size=batch_size, mode=mode, grad_estimator=grad_estimator, loss=loss,
             strength=strength, log_unit_ms=log_unit_ms, adaptive=adaptive, device_weights=device_weight,
             device_mode=device_mode, warmup_lr=warmup_lr, lr=lr, arch_lr=arch_lr, arch_every=arch_every,
+            target_band=target_band, derive=derive,
         )
         result = run_search(config, tables, out, resume=resume, progress=progress, device=train_device)
         arch_names = [cell.cell.candidate_names[c] for cell, c in zip(result.supernet.cells, result.choices)]
         typer.echo(f"architecture: {' '.join(arch_names)}")
+        if result.derived is not None:
+            typer.echo(_derive_line(result.derived))
         for key, target, ms in zip(device_keys(tables), config.targets_ms,
                                    result.objective.latency_of(result.choices)):
             typer.echo(f"{key}: predicted {ms:.4f} ms, target {target:.4f} ms "
                        f"({100 * (ms / target - 1):+.1f}%)")
         for name, path in result.files.items():
             typer.echo(f"{name}: {path}")
+
+
+def _derive_line(derived: Derived) -> str:
+    """How the exported architecture was chosen, in one line."""
+    if derived.from_argmax:
+        how = "the argmax architecture"
+    else:
+        how = f"the most probable architecture within the target (the argmax's ratio was {derived.argmax_ratio:.3f})"
+    met = "meets" if derived.target_met else "MISSES"
+    return f"derive ({derived.rule}): {how}; latency ratio {derived.ratio:.3f}, {met} the target"
 
 
 def _predicted(arch: Architecture, table_file: Path | None, url: str, backend: str) -> tuple[float, str]:

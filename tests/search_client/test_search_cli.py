@@ -40,6 +40,7 @@ def test_search_from_a_table_file(tmp_path: Path, table_file: Path) -> None:
                                  "--out", str(out), *TINY])
     assert result.exit_code == 0, result.output
     assert "architecture:" in result.output and "predicted" in result.output
+    assert "derive (within-target): " in result.output
     for name in ("log.jsonl", "log.csv", "latency.png", "probabilities.png", "checkpoint.pt", "arch.json",
                  "weights.pt", "model.onnx", "summary.json"):
         assert (out / name).is_file(), name
@@ -57,6 +58,8 @@ def test_search_from_a_table_file(tmp_path: Path, table_file: Path) -> None:
     (["--target-ms", "1000"], "above the space's maximum"),
     (["--target-ms", "5", "--target-ms", "6"], "one per device"),
     (["--target-ms", "5", "--mode", "three"], "'mode'"),
+    (["--target-ms", "5", "--derive", "best"], "'derive': expected one of within-target, argmax"),
+    (["--target-ms", "5", "--target-band", "2"], r"'target_band': must be in \[0, 1\)"),
     (["--target-ms", "5", "--device", "http://127.0.0.1:9"], "not both"),
     (["--target-ms", "5", "--space", "tiny-32"], "is not the --space"),
     (["--target-ms", "5", "--loss", "mul#log", "--log-unit-ms", "4"], "mul#log.*log unit"),

@@ -163,6 +163,12 @@ def test_bad_configs() -> None:
         _config(table, adaptive=True, grad_estimator="reinforce")
     with pytest.raises(ValueError, match="'epochs'"):
         _config(table, epochs=0)
+    with pytest.raises(ValueError, match="'derive': expected one of within-target, argmax, got 'best'"):
+        _config(table, derive="best")
+    with pytest.raises(ValueError, match=r"'target_band': must be in \[0, 1\), got 1.0"):
+        _config(table, target_band=1.0)
+    with pytest.raises(ValueError, match="'target_band': must be a finite number >= 0, got -0.1"):
+        _config(table, target_band=-0.1)
     with pytest.raises(ValueError, match="targets_ms: 2 target"):
         SearchRun(_config(table, targets_ms=[1.0, 2.0]), [table], "unused", progress=False)
     with pytest.raises(ValueError, match="below the space's minimum"):
@@ -194,8 +200,33 @@ def test_two_devices(tmp_path: Path) -> None:
                         progress=False)
     row = result.history[-1]
     assert len(row["expected_ms"]) == 2 and row["targets_ms"] == targets
-    assert row["argmax_ms"] == [fast.latency_of(result.choices), slow.latency_of(result.choices)]
+    assert row["choices"] == result.derived.argmax_choices
+    assert row["argmax_ms"] == [fast.latency_of(row["choices"]), slow.latency_of(row["choices"])]
     summary = json.loads((tmp_path / "summary.json").read_text())
     # both tables carry the same device name and backend: their keys are told apart by index
-    assert summary["predicted_latency_ms"] == {"fake/ort-cpu#0": pytest.approx(row["argmax_ms"][0]),
-                                               "fake/ort-cpu#1": pytest.approx(row["argmax_ms"][1])}
+    derived_ms = [fast.latency_of(result.choices), slow.latency_of(result.choices)]
+    assert summary["predicted_latency_ms"] == {"fake/ort-cpu#0": pytest.approx(derived_ms[0]),
+                                               "fake/ort-cpu#1": pytest.approx(derived_ms[1])}
+    assert summary["target_met"] and 0.9 <= max(ms / t for ms, t in zip(derived_ms, targets)) <= 1.1
+
+
+@pytest.mark.parametrize("rule", ["within-target", "argmax"])
+def test_derive_rule_decides_the_exported_architecture(tmp_path: Path, rule: str) -> None:
+    table = _table()
+    # a target far below where one epoch of search leaves the argmax
+    low, high = table.min_latency()[0], table.max_latency()[0]
+    config = _config(table, epochs=1, targets_ms=[low + 0.02 * (high - low)], derive=rule, target_band=0.05)
+    result = run_search(config, [table], tmp_path, progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    last = result.history[-1]
+    assert summary["argmax_choices"] == last["choices"] == result.derived.argmax_choices
+    assert summary["argmax_ratio"] == pytest.approx(last["argmax_ratio"])
+    assert summary["derive"] == rule and summary["target_band"] == 0.05
+    assert summary["choices"] == result.choices
+    assert summary["ratio"] == pytest.approx(table.latency_of(result.choices) / config.targets_ms[0])
+    assert abs(last["argmax_ratio"] - 1) > 0.05  # the argmax misses: the rules differ
+    if rule == "argmax":
+        assert result.choices == last["choices"] and summary["target_met"] is False
+    else:
+        assert result.choices != last["choices"] and summary["target_met"] is True
+        assert 0.95 <= summary["ratio"] <= 1.05
