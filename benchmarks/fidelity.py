@@ -14,7 +14,8 @@ For N random architectures of a search space, on one backend and thread count:
   networks alike instead of biasing one against the other.
 
 Reported: share of architectures within +-5% and +-10%, Kendall's tau-b, MAPE, mean signed error, the table-build
-time; a JSON and a Markdown report and a scatter plot (predicted vs measured, y = x and +-10% lines) are written to
+time, and how well the measured ground truth agrees with itself (Kendall's tau between two rounds, the spread of a
+network's rounds: the ceiling that machine noise puts on tau); a JSON and a Markdown report and a scatter plot (predicted vs measured, y = x and +-10% lines) are written to
 ``--out-dir`` (benchmarks/results by default) as ``fidelity_<backend>_<space>_r<resolution>.{json,md,png}``.
 The last printed line is ``fidelity backend=B space=S archs=N within5=F within10=F tau=F mape=F``.
 
@@ -29,6 +30,7 @@ import math
 import os
 import platform
 import random
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -151,8 +153,21 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     return (concordant - discordant) / denominator if denominator else 0.0
 
 
+def round_agreement(rows: Sequence[Row]) -> dict[str, float]:
+    """How well the ground truth agrees with itself: the median over pairs of rounds of Kendall's tau between
+    their medians (``round_tau``), and the median over architectures of the rounds' spread, (max - min) / mean
+    (``round_spread``). A prediction cannot rank the networks much better than two measurements of them agree, so
+    a ``tau`` under target next to a low ``round_tau`` is the machine's noise, not the table's."""
+    n_rounds = min(len(row.rounds) for row in rows)
+    per_round = [[row.rounds[r].median_ms for row in rows] for r in range(n_rounds)]
+    taus = [kendall_tau(per_round[a], per_round[b]) for a in range(n_rounds) for b in range(a + 1, n_rounds)]
+    spreads = [(max(m) - min(m)) / (sum(m) / len(m)) for m in ([s.median_ms for s in row.rounds] for row in rows)]
+    return {"round_tau": statistics.median(taus) if taus else float("nan"),
+            "round_spread": statistics.median(spreads)}
+
+
 def summarize(rows: Sequence[Row]) -> dict[str, float]:
-    """within5 / within10 (fractions), tau, MAPE and mean signed error (fractions)."""
+    """within5 / within10 (fractions), tau, MAPE and mean signed error (fractions), and :func:`round_agreement`."""
     errors = [row.error for row in rows]
     predicted = [row.predicted_ms for row in rows]
     measured = [row.measured_ms for row in rows]
@@ -163,6 +178,7 @@ def summarize(rows: Sequence[Row]) -> dict[str, float]:
         "mape": sum(abs(e) for e in errors) / len(errors),
         "mean_error": sum(errors) / len(errors),
         "max_abs_error": max(abs(e) for e in errors),
+        **(round_agreement(rows) if len(rows) >= 2 else {"round_tau": float("nan"), "round_spread": float("nan")}),
     }
 
 
@@ -214,6 +230,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"| MAPE | {m['mape']:.4f} |",
         f"| mean signed error | {m['mean_error']:+.4f} |",
         f"| max abs error | {m['max_abs_error']:.4f} |",
+        f"| ground truth: Kendall tau between two rounds (median over pairs) | {m['round_tau']:.3f} |",
+        f"| ground truth: spread of a network's rounds, (max - min) / mean (median) | {m['round_spread']:.4f} |",
         f"| table: ops | {report['table']['ops']} |",
         f"| table: build time (s) | {report['table']['build_s']:.1f} |",
         f"| networks: measure time (s) | {report['networks_s']:.1f} |",
@@ -303,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(rows, f"{backend.name}, {space.name} @{resolution}, {args.threads} thr", args.out_dir / f"{stem}.png")
     print(f"reports: {args.out_dir / stem}.{{json,md,png}}")
     print(f"table build: {build_s:.1f} s for {len(specs)} ops; networks: {networks_s:.1f} s")
+    print(f"ground truth: round-to-round tau {metrics['round_tau']:.3f}, spread of the rounds "
+          f"{metrics['round_spread']:.4f} (the noise ceiling of tau)")
     print(f"fidelity backend={backend.name} space={space.name} archs={len(rows)} within5={metrics['within5']:.3f} "
           f"within10={metrics['within10']:.3f} tau={metrics['tau']:.3f} mape={metrics['mape']:.3f}")
     return 0

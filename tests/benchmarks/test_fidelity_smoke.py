@@ -42,6 +42,7 @@ def test_fidelity_smoke_run_writes_reports_and_ends_with_the_summary_line(tmp_pa
     assert report["metrics"]["within10"] == pytest.approx(float(match.group(5)), abs=1e-3)
     assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| within +-10% |" in stem.with_suffix(".md").read_text()
+    assert any(line.startswith("ground truth: round-to-round tau ") for line in lines)
 
 
 def test_unknown_backend_exits_with_a_message(tmp_path: Path) -> None:
@@ -75,3 +76,19 @@ def test_table_specs_hold_fixed_ops_candidates_and_identity_blocks() -> None:
     summary = fidelity.summarize(rows)
     assert summary["within10"] == 1.0 and summary["within5"] == 0.0
     assert summary["mape"] == pytest.approx(0.075) and summary["mean_error"] == pytest.approx(0.005)
+
+
+def _stats(median_ms: float) -> "fidelity.Stats":
+    return fidelity.Stats.from_samples([median_ms])
+
+
+def test_round_agreement_is_the_noise_ceiling() -> None:
+    # three networks, two rounds: round 2 swaps the ranks of the first two networks
+    rows = [fidelity.Row([0], 1.0, [_stats(1.0), _stats(1.2)]),
+            fidelity.Row([1], 1.0, [_stats(1.1), _stats(1.0)]),
+            fidelity.Row([2], 1.0, [_stats(2.0), _stats(2.0)])]
+    agreement = fidelity.round_agreement(rows)
+    assert agreement["round_tau"] == pytest.approx(1 / 3)
+    # spreads 0.2/1.1, 0.1/1.05, 0: the median is 0.1/1.05
+    assert agreement["round_spread"] == pytest.approx(0.1 / 1.05)
+    assert fidelity.summarize(rows)["round_tau"] == pytest.approx(1 / 3)
