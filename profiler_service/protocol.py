@@ -65,7 +65,7 @@ from profiler_service import calibration
 from profiler_service.backends.base import Backend, Runner
 from profiler_service.fingerprint import env_hash
 
-PROTOCOL_VERSION = "1"
+PROTOCOL_VERSION = "2"
 MAX_BATCH = 4096
 
 # One measurement at a time in this process (re-entrant: calibration runs inside an op's measurement).

@@ -537,6 +537,18 @@ def run_search(config: SearchConfig, tables: Sequence[LatencyTable], out_dir: st
     refused unless ``resume`` (nothing is overwritten by
     mistake). ``stop_after_epochs`` ends the run early after that many epochs (as if it were stopped), leaving
     a checkpoint to resume from.
+
+    ``summary.json`` of a finished search (besides what :func:`search_client.derive.export_search_result` writes:
+    space, choices, choice_names, predicted_latency_ms, targets_ms, min/max_latency_ms, files)::
+
+        epochs, mode, grad_estimator, loss         the config's
+        final_strength, adaptive                   the latency weight at the end, and whether it adapted
+        derive, target_band                        the derive rule and the target's tolerance
+        choices, ratio, target_met                 the exported architecture, its latency ratio to the target
+                                                   (combined over devices), and whether it is inside the band
+        argmax_choices, argmax_ratio               the argmax architecture at the end and its ratio
+        valid_acc_inherited_argmax                 the argmax's validation top-1 with inherited weights
+        search_seconds_this_run                    wall time of this process's part of the search
     """
     run = SearchRun(config, tables, out_dir, progress=progress, device=device)
     if resume:

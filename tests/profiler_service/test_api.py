@@ -244,10 +244,10 @@ def test_protocol_presets_are_part_of_the_measurement_identity(service_db: str) 
     from profiler_service.app import create_app
 
     with TestClient(create_app(make_settings(service_db, protocol="fast"))) as fast:
-        assert fast.get("/v1/device").json()["protocol"]["version"] == "1+fast"
+        assert fast.get("/v1/device").json()["protocol"]["version"] == "2+fast"
         assert fast.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "wait_s": 60}).json()["done"] == 1
     with TestClient(create_app(make_settings(service_db, protocol="warm"))) as warm:
         info = warm.get("/v1/device").json()["protocol"]
-        assert info["version"] == "1+warm" and info["params"]["cache_flush_kib"] == 0
+        assert info["version"] == "2+warm" and info["params"]["cache_flush_kib"] == 0
         lookup = warm.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1]}).json()
-        assert lookup["missing"] == SMALL_OPS[:1] and lookup["protocol_version"] == "1+warm"
+        assert lookup["missing"] == SMALL_OPS[:1] and lookup["protocol_version"] == "2+warm"
