@@ -45,9 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from nas_ops.arch import Architecture
 from nas_ops.space import SearchSpace, load_space
 from nas_ops.spec import OpSpec, format_spec
-from profiler_service.backends import Backend, get_backend
-from profiler_service.fingerprint import device_fingerprint, env_hash, environment
-from profiler_service.protocol import (
+from profiler_service.engine.backends import Backend, get_backend
+from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
+from profiler_service.engine.protocol import (
     PROTOCOL_VERSION,
     ProtocolParams,
     Stats,

@@ -16,7 +16,7 @@ COPY nas_ops nas_ops
 COPY latency_db latency_db
 COPY profiler_service profiler_service
 COPY search_client search_client
-RUN pip install . && python -c "import profiler_service.app"
+RUN pip install . && python -c "import profiler_service.api.app"
 COPY docker/entrypoint-profiler.sh docker/healthcheck.py /usr/local/bin/
 
 RUN useradd --create-home --uid 10001 profiler && mkdir -p /data && chown profiler /data

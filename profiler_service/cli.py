@@ -76,7 +76,7 @@ def serve(
     import uvicorn
 
     from latency_db.migrate import upgrade_to_head
-    from profiler_service.app import create_app
+    from profiler_service.api.app import create_app
 
     settings = build_settings(
         host=host, port=port, db_url=db, backends=backends, threads=threads, token=token,
@@ -124,9 +124,9 @@ def measure(
 ) -> None:
     """Measure ops on this machine without a server and print their stats (progress bar on long sweeps)."""
     from nas_ops.spec import parse_spec
-    from profiler_service.backends import get_backend
-    from profiler_service.protocol import measure_op
-    from profiler_service.state import protocol_params_for, protocol_version_for
+    from profiler_service.engine.backends import get_backend
+    from profiler_service.engine.protocol import measure_op
+    from profiler_service.api.state import protocol_params_for, protocol_version_for
 
     try:
         texts = _specs_from(specs or [], space)
@@ -170,9 +170,9 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """This device's fingerprint and the backends available here."""
-    from profiler_service.backends import available_backends
-    from profiler_service.fingerprint import device_fingerprint, env_hash, environment
-    from profiler_service.protocol import PROTOCOL_VERSION
+    from profiler_service.engine.backends import available_backends
+    from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
+    from profiler_service.engine.protocol import PROTOCOL_VERSION
 
     fingerprint = device_fingerprint()
     backends = [{"name": b.name, "options": b.options, "env_hash": env_hash(environment(b, threads))}

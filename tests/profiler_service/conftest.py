@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from latency_db.migrate import upgrade_to_head
-from profiler_service.app import create_app
+from profiler_service.api.app import create_app
 from profiler_service.settings import ProfilerSettings
 
 # Small ops that measure in a few milliseconds with the fast protocol.

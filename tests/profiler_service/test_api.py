@@ -209,7 +209,7 @@ def test_service_on_postgresql(postgres_url: str) -> None:
     from fastapi.testclient import TestClient as Client
 
     from latency_db.migrate import upgrade_to_head
-    from profiler_service.app import create_app
+    from profiler_service.api.app import create_app
 
     upgrade_to_head(postgres_url)
     with Client(create_app(make_settings(postgres_url))) as pg_client:
@@ -241,7 +241,7 @@ def test_jobs_of_another_device_sharing_the_database_are_invisible_and_never_cla
 
 def test_protocol_presets_are_part_of_the_measurement_identity(service_db: str) -> None:
     """Numbers measured under one preset are never served as another preset's (same database)."""
-    from profiler_service.app import create_app
+    from profiler_service.api.app import create_app
 
     with TestClient(create_app(make_settings(service_db, protocol="fast"))) as fast:
         assert fast.get("/v1/device").json()["protocol"]["version"] == "2+fast"

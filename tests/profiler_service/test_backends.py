@@ -11,7 +11,7 @@ import torch
 
 from nas_ops.blocks import build_op
 from nas_ops.spec import parse_spec
-from profiler_service.backends import (
+from profiler_service.engine.backends import (
     BACKEND_NAMES,
     OrtBackend,
     TorchBackend,
@@ -19,7 +19,7 @@ from profiler_service.backends import (
     get_backend,
     provider_short_name,
 )
-from profiler_service.protocol import ProtocolParams, measure_op
+from profiler_service.engine.protocol import ProtocolParams, measure_op
 
 MBCONV = parse_spec("mbconv_r16x16_c8-8_k3_e3_s1_relu6_skip")
 NUMERICS_SPECS = ["mbconv_r16x16_c8-16_k5_e6_s2_relu6", "conv_r16x16_c3-8_k3_s2_relu6", "head_r4x4_c16-10",

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from profiler_service.backends import OrtBackend, get_backend
-from profiler_service.fingerprint import device_fingerprint, env_hash, environment
+from profiler_service.engine.backends import OrtBackend, get_backend
+from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
 
 
 def test_fingerprint_describes_this_host() -> None:

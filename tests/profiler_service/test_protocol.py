@@ -16,10 +16,10 @@ from torch import nn
 from nas_ops.arch import Architecture
 from nas_ops.space import load_space
 from nas_ops.spec import OpSpec, parse_spec
-from profiler_service import calibration
-from profiler_service.backends import get_backend
-from profiler_service.backends.base import Backend, Runner
-from profiler_service.protocol import (
+from profiler_service.engine import calibration
+from profiler_service.engine.backends import get_backend
+from profiler_service.engine.backends.base import Backend, Runner
+from profiler_service.engine.protocol import (
     MEASURE_LOCK,
     PROTOCOL_VERSION,
     ProtocolParams,

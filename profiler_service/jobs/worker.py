@@ -26,10 +26,10 @@ from latency_db.repository import (
 )
 from nas_ops.arch import architecture_from_json_obj
 from nas_ops.spec import parse_spec
-from profiler_service.protocol import measure_network, measure_op
+from profiler_service.engine.protocol import measure_network, measure_op
 
 if TYPE_CHECKING:
-    from profiler_service.state import ServiceState
+    from profiler_service.api.state import ServiceState
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Measurement backends: PyTorch (CPU, CUDA) and ONNX Runtime with each of its execution providers."""
 
-from profiler_service.backends.base import DTYPES, Backend, Runner
-from profiler_service.backends.ort_backend import OrtBackend, provider_short_name
-from profiler_service.backends.registry import (
+from profiler_service.engine.backends.base import DTYPES, Backend, Runner
+from profiler_service.engine.backends.ort_backend import OrtBackend, provider_short_name
+from profiler_service.engine.backends.registry import (
     BACKEND_NAMES,
     available_backends,
     get_backend,
 )
-from profiler_service.backends.torch_backend import TorchBackend
+from profiler_service.engine.backends.torch_backend import TorchBackend
 
 __all__ = [
     "BACKEND_NAMES",

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from nas_ops.arch import Architecture
 from nas_ops.counting import count_flops
 from nas_ops.spec import OpSpec, parse_spec
-from profiler_service.backends import Backend
-from profiler_service.errors import ApiError, bad_request
+from profiler_service.engine.backends import Backend
+from profiler_service.api.errors import ApiError, bad_request
 from profiler_service.settings import ProfilerSettings
 
 

@@ -7,12 +7,12 @@ from fastapi.responses import JSONResponse
 
 from latency_db.repository import create_job
 from nas_ops.arch import architecture_from_json_obj
-from profiler_service.deps import StateDep, TokenDep
-from profiler_service.errors import bad_request
-from profiler_service.job_views import FINISHED, wait_for_job
-from profiler_service.limits import check_architecture, check_dtype, parse_ops
-from profiler_service.schemas import ArchitectureRequest, ContextBody, ErrorBody, JobOut, MeasureRequest
-from profiler_service.state import ServiceState
+from profiler_service.api.deps import StateDep, TokenDep
+from profiler_service.api.errors import bad_request
+from profiler_service.jobs.views import FINISHED, wait_for_job
+from profiler_service.api.limits import check_architecture, check_dtype, parse_ops
+from profiler_service.api.schemas import ArchitectureRequest, ContextBody, ErrorBody, JobOut, MeasureRequest
+from profiler_service.api.state import ServiceState
 
 router = APIRouter(tags=["measure"])
 

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from latency_db.models import Job, JobItem
 from latency_db.repository import get_job, job_counts
-from profiler_service.errors import not_found
-from profiler_service.schemas import FailedItem, JobOut, Stats
-from profiler_service.state import ServiceState
+from profiler_service.api.errors import not_found
+from profiler_service.api.schemas import FailedItem, JobOut, Stats
+from profiler_service.api.state import ServiceState
 
 FINISHED = ("done", "failed", "cancelled")
 MAX_FAILED_ITEMS_SHOWN = 50

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from latency_db.repository import fingerprint_hash
-from profiler_service.deps import StateDep
-from profiler_service.schemas import BackendInfo, DeviceInfo
+from profiler_service.api.deps import StateDep
+from profiler_service.api.schemas import BackendInfo, DeviceInfo
 
 router = APIRouter(tags=["device"])
 

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from profiler_service.errors import ApiError
-from profiler_service.state import ServiceState
+from profiler_service.api.errors import ApiError
+from profiler_service.api.state import ServiceState
 
 
 def get_state(request: Request) -> ServiceState:

@@ -9,10 +9,10 @@ from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from profiler_service import __version__
-from profiler_service.errors import install_error_handlers
-from profiler_service.routers import device, health, jobs, lookup, measure, metrics, table
+from profiler_service.api.errors import install_error_handlers
+from profiler_service.api.routers import device, health, jobs, lookup, measure, metrics, table
 from profiler_service.settings import ProfilerSettings
-from profiler_service.state import ServiceState
+from profiler_service.api.state import ServiceState
 
 
 API_PREFIX = "/v1"

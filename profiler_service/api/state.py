@@ -9,13 +9,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from latency_db.engine import make_engine, make_session_factory
 from latency_db.repository import get_or_create_device
-from profiler_service.backends import Backend, available_backends, get_backend
-from profiler_service.errors import bad_request
-from profiler_service.fingerprint import device_fingerprint, env_hash, environment
-from profiler_service.metrics import ServiceMetrics
-from profiler_service.protocol import PROTOCOL_VERSION, ProtocolParams
+from profiler_service.engine.backends import Backend, available_backends, get_backend
+from profiler_service.api.errors import bad_request
+from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
+from profiler_service.api.metrics import ServiceMetrics
+from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
 from profiler_service.settings import ProfilerSettings
-from profiler_service.worker import JobWorker
+from profiler_service.jobs.worker import JobWorker
 
 
 PROTOCOL_PRESETS = ("default", "warm", "fast")

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from torch import nn
 
 from nas_ops.export import MAX_OPSET, MIN_OPSET, onnx_bytes
-from profiler_service.backends.base import Backend, Runner, random_input
+from profiler_service.engine.backends.base import Backend, Runner, random_input
 
 PROVIDER_SUFFIX = "ExecutionProvider"
 # Providers that are not compute devices: never advertised.

@@ -7,8 +7,8 @@ from fastapi.responses import Response
 from sqlalchemy import func, select
 
 from latency_db.models import Job, Measurement
-from profiler_service.deps import SessionDep, StateDep
-from profiler_service.metrics import CONTENT_TYPE
+from profiler_service.api.deps import SessionDep, StateDep
+from profiler_service.api.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 

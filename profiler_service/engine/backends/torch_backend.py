@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from profiler_service.backends.base import Backend, Runner, random_input
+from profiler_service.engine.backends.base import Backend, Runner, random_input
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # glibc mallopt parameters (malloc.h)

@@ -14,7 +14,7 @@ it whenever what a stored number means changes.
 4. Calibration (``calibrate``, for ops, not for whole networks): the op is timed inside a sandwich of boundary ops
    and a per-shape correction is subtracted, so that the SUM of the stored per-op latencies of an architecture
    (stem, blocks, mix, head) predicts the latency of the whole network; the ``conv`` stem carries the one-time
-   overhead of the network call. Details and the formula in :mod:`profiler_service.calibration`. Location
+   overhead of the network call. Details and the formula in :mod:`profiler_service.engine.calibration`. Location
    statistics (median, mean, min, p10, p90) are shifted by the correction and floored at 0 (an op cheaper than
    the resolution of the measurement, like an identity block that the runtime removes, costs 0); std and IQR are
    unchanged.
@@ -61,9 +61,9 @@ from nas_ops.arch import Architecture
 from nas_ops.blocks import build_op
 from nas_ops.network import build_network
 from nas_ops.spec import OpSpec
-from profiler_service import calibration
-from profiler_service.backends.base import Backend, Runner
-from profiler_service.fingerprint import env_hash
+from profiler_service.engine import calibration
+from profiler_service.engine.backends.base import Backend, Runner
+from profiler_service.engine.fingerprint import env_hash
 
 PROTOCOL_VERSION = "2"
 MAX_BATCH = 4096

@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from latency_db.repository import cancel_job, list_jobs
-from profiler_service.deps import SessionDep, StateDep, TokenDep
-from profiler_service.errors import ApiError
-from profiler_service.job_views import device_job, job_out
-from profiler_service.schemas import ErrorBody, JobList, JobOut
+from profiler_service.api.deps import SessionDep, StateDep, TokenDep
+from profiler_service.api.errors import ApiError
+from profiler_service.jobs.views import device_job, job_out
+from profiler_service.api.schemas import ErrorBody, JobList, JobOut
 
 router = APIRouter(tags=["jobs"])
 

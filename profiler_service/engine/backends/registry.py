@@ -11,9 +11,9 @@ from functools import cache
 
 import onnxruntime as ort
 
-from profiler_service.backends.base import Backend
-from profiler_service.backends.ort_backend import NON_COMPUTE_PROVIDERS, OrtBackend
-from profiler_service.backends.torch_backend import TorchBackend
+from profiler_service.engine.backends.base import Backend
+from profiler_service.engine.backends.ort_backend import NON_COMPUTE_PROVIDERS, OrtBackend
+from profiler_service.engine.backends.torch_backend import TorchBackend
 
 
 @cache

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from latency_db.repository import export_rows, fingerprint_hash, list_measurements
-from profiler_service.deps import SessionDep, StateDep
+from profiler_service.api.deps import SessionDep, StateDep
 
 router = APIRouter(tags=["latency"])
 

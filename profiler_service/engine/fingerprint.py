@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 
 from latency_db.hashing import canonical_hash
-from profiler_service.backends.base import Backend
+from profiler_service.engine.backends.base import Backend
 
 CPUINFO = Path("/proc/cpuinfo")
 NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")

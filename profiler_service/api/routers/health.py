@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 
 from latency_db.repository import ping
 from profiler_service import __version__
-from profiler_service.deps import StateDep
-from profiler_service.schemas import Health, Readiness
+from profiler_service.api.deps import StateDep
+from profiler_service.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 

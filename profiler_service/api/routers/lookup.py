@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from latency_db.repository import lookup_measurements
-from profiler_service.deps import SessionDep, StateDep
-from profiler_service.limits import check_dtype, parse_ops
-from profiler_service.schemas import ErrorBody, LookupRequest, LookupResponse, Stats
+from profiler_service.api.deps import SessionDep, StateDep
+from profiler_service.api.limits import check_dtype, parse_ops
+from profiler_service.api.schemas import ErrorBody, LookupRequest, LookupResponse, Stats
 
 router = APIRouter(tags=["latency"])
 

@@ -55,7 +55,7 @@ class Backend(ABC):
 
     ``options`` are the settings that change its timings (they enter :meth:`environment` and so the environment
     hash); ``dtypes`` are the input/compute dtypes it measures; ``boundary_kind`` names the cheap op that the
-    protocol's calibration puts around an op (see :mod:`profiler_service.calibration`).
+    protocol's calibration puts around an op (see :mod:`profiler_service.engine.calibration`).
     """
 
     name: str

@@ -1,0 +1,1 @@
+"""The HTTP API: app factory, routers, deps, schemas, errors, limits, metrics."""

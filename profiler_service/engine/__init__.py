@@ -1,0 +1,1 @@
+"""Measurement without a server: protocol and presets, calibration, fingerprint, backends."""

@@ -1,0 +1,1 @@
+"""The job worker (claims with a lease, measures, stores) and job views."""
