@@ -55,11 +55,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from nas_ops.network import build_network  # noqa: E402
 from nas_ops.space import SearchSpace, load_space  # noqa: E402
-from search_client.gradients import gradient_arch_step  # noqa: E402
-from search_client.losses import LatencyLoss  # noqa: E402
-from search_client.search_loop import weight_step  # noqa: E402
-from search_client.supernet import Supernet  # noqa: E402
-from search_client.train import train_step  # noqa: E402
+from search_client.nas.gradients import gradient_arch_step  # noqa: E402
+from search_client.nas.losses import LatencyLoss  # noqa: E402
+from search_client.nas.search_loop import weight_step  # noqa: E402
+from search_client.nas.supernet import Supernet  # noqa: E402
+from search_client.training.train import train_step  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CASES = ("compact", "two_weight", "two_arch", "full", "full_v2", "darts", "darts_weight")

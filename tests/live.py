@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search_client.local_profiler import PROFILER, LocalProfiler, free_port
+from search_client.device.local_profiler import PROFILER, LocalProfiler, free_port
 
 __all__ = ["PROFILER", "LiveProfiler", "free_port"]
 

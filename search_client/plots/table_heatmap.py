@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from search_client.latency_table import LatencyTable
+from search_client.table.latency_table import LatencyTable
 
 
 def table_matrix(table: LatencyTable) -> tuple[np.ma.MaskedArray, list[str]]:

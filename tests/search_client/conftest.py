@@ -26,8 +26,8 @@ import torch
 
 from nas_ops.space import PRESETS, SearchSpace
 from nas_ops.spec import parse_spec
-from search_client.client import LatencyClient
-from search_client.latency_table import LatencyTable, table_specs
+from search_client.device.client import LatencyClient
+from search_client.table.latency_table import LatencyTable, table_specs
 from tests.live import LiveProfiler
 
 FAKE_FINGERPRINT = {"cpu": "fake-cpu", "cores": 2, "torch": "2.13.0"}

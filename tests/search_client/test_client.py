@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from nas_ops.space import PRESETS
-from search_client.client import LOOKUP_CHUNK, LatencyClient
+from search_client.device.client import LOOKUP_CHUNK, LatencyClient
 from search_client.errors import (
     AuthRefused,
     BadRequest,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from search_client.data import BatchStream, load_dataset, train_valid_split
+from search_client.training.data import BatchStream, load_dataset, train_valid_split
 
 
 def test_digits_are_upsampled_three_channel_and_normalised() -> None:

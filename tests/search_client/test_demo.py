@@ -10,14 +10,14 @@ import pytest
 
 from nas_ops.arch import load_architecture
 from nas_ops.space import load_space
-from search_client.latency_table import LatencyTable
+from search_client.table.latency_table import LatencyTable
 
 pytestmark = pytest.mark.live
 
 
 def test_quick_demo_writes_a_consistent_summary_and_leaves_no_process(tmp_path) -> None:
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "search_client.demo", "--quick", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "search_client.cli.demo", "--quick", "--out", str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "proxyless-hw demo: summary" in result.stdout

@@ -13,9 +13,9 @@ import torch
 from nas_ops.arch import load_architecture
 from nas_ops.network import build_network
 from nas_ops.space import PRESETS
-from search_client.derive import derive_architecture, derived_network, derived_state_dict, export_search_result
-from search_client.objective import MultiDeviceLatency
-from search_client.supernet import Supernet
+from search_client.nas.derive import derive_architecture, derived_network, derived_state_dict, export_search_result
+from search_client.table.objective import MultiDeviceLatency
+from search_client.nas.supernet import Supernet
 from tests.search_client.conftest import make_table
 
 torch.set_num_threads(1)

@@ -7,16 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from nas_ops.space import PRESETS
-from search_client.gradients import (
+from search_client.nas.gradients import (
     Reinforce,
     binary_connect_grad,
     gradient_arch_step,
     rescale_pair_alphas,
     set_binary_alpha_grads,
 )
-from search_client.losses import LatencyLoss
-from search_client.objective import MultiDeviceLatency
-from search_client.supernet import MixedOp, Supernet
+from search_client.nas.losses import LatencyLoss
+from search_client.table.objective import MultiDeviceLatency
+from search_client.nas.supernet import MixedOp, Supernet
 from tests.search_client.conftest import make_table
 
 torch.set_num_threads(1)

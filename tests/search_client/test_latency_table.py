@@ -11,7 +11,7 @@ import torch
 from nas_ops.space import PRESETS, Candidate, SearchSpace, Stage
 from nas_ops.spec import format_spec
 from search_client.errors import MissingEntriesError
-from search_client.latency_table import LatencyTable, build_table, table_specs
+from search_client.table.latency_table import LatencyTable, build_table, table_specs
 from tests.search_client.conftest import (
     FAKE_DEVICE,
     FAKE_FINGERPRINT,

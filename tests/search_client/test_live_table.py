@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from nas_ops.space import PRESETS
 from search_client.cli import app
-from search_client.client import LatencyClient
+from search_client.device.client import LatencyClient
 from search_client.errors import BadRequest
-from search_client.latency_table import LatencyTable, build_table, table_specs
+from search_client.table.latency_table import LatencyTable, build_table, table_specs
 
 pytestmark = pytest.mark.live
 MICRO = PRESETS["micro-16"]

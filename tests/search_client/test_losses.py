@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from search_client.losses import AdaptiveStrength, LatencyLoss, argmax_ratio, check_targets
-from search_client.objective import MultiDeviceLatency
+from search_client.nas.losses import AdaptiveStrength, LatencyLoss, argmax_ratio, check_targets
+from search_client.table.objective import MultiDeviceLatency
 from tests.search_client.conftest import make_table, softmax_probs
 
 

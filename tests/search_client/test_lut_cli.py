@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import search_client.commands.lut as lut_module
+import search_client.cli.commands.lut as lut_module
 from nas_ops.space import PRESETS
 from search_client.cli import app
-from search_client.client import LatencyClient
-from search_client.latency_table import LatencyTable, table_specs
+from search_client.device.client import LatencyClient
+from search_client.table.latency_table import LatencyTable, table_specs
 from search_client.plots.table_heatmap import table_matrix
 from tests.search_client.conftest import FakeDevice, fake_stats, make_table
 

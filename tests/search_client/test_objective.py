@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_client.objective import MultiDeviceLatency
+from search_client.table.objective import MultiDeviceLatency
 from tests.search_client.conftest import make_table, softmax_probs
 
 

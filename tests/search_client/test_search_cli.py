@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import search_client.commands.search as search_command
+import search_client.cli.commands.search as search_command
 from nas_ops.space import PRESETS
 from search_client.cli import app
-from search_client.client import LatencyClient
+from search_client.device.client import LatencyClient
 from tests.search_client.conftest import FakeDevice, fake_stats, make_table
 
 torch.set_num_threads(1)

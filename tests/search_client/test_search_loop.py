@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from search_client.latency_table import LatencyTable
-from search_client.search_loop import CHECKPOINT_NAME, SearchConfig, SearchRun, run_search
+from search_client.table.latency_table import LatencyTable
+from search_client.nas.search_loop import CHECKPOINT_NAME, SearchConfig, SearchRun, run_search
 from tests.search_client.conftest import make_table
 
 torch.set_num_threads(1)

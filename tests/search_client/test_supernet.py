@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from nas_ops.blocks import build_op
 from nas_ops.space import PRESETS
-from search_client.supernet import Supernet
+from search_client.nas.supernet import Supernet
 
 torch.set_num_threads(1)
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from search_client.losses import argmax_ratio
-from search_client.objective import MultiDeviceLatency
-from search_client.within_target import RATIO_STEP, derive_choices, target_bounds, within_target_choices
+from search_client.nas.losses import argmax_ratio
+from search_client.table.objective import MultiDeviceLatency
+from search_client.nas.within_target import RATIO_STEP, derive_choices, target_bounds, within_target_choices
 from tests.search_client.conftest import make_table, softmax_probs
 
 

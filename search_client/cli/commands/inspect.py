@@ -13,7 +13,7 @@ from rich.table import Table
 from nas_ops.arch import Architecture, load_architecture
 from nas_ops.counting import count_flops, count_params
 from nas_ops.spec import MAX_RESOLUTION, format_spec
-from search_client.cli_app import app
+from search_client.cli.app import app
 from search_client.errors import exit_on_error
 
 

@@ -9,7 +9,7 @@ final p (the sum over cells of log p_ij):
     maximise  sum_i log p_i[c_i]    subject to   low <= ratio(c) <= high
 
 ``ratio`` is the objective's combined latency ratio (table latency / target, weighted over devices or their max;
-see :class:`search_client.objective.MultiDeviceLatency`), ``[low, high] = [1 - band, 1 + band]``, or
+see :class:`search_client.table.objective.MultiDeviceLatency`), ``[low, high] = [1 - band, 1 + band]``, or
 ``[0, 1]`` for the hinge loss (the target is an upper bound there).
 
 Latency is additive over cells, so for a weighted objective this is a knapsack-like dynamic programme over the
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from search_client.losses import argmax_ratio
-from search_client.objective import MultiDeviceLatency
+from search_client.nas.losses import argmax_ratio
+from search_client.table.objective import MultiDeviceLatency
 
 RATIO_STEP = 1e-4
 DERIVE_RULES = ("within-target", "argmax")

@@ -27,8 +27,8 @@ import torch
 from nas_ops.arch import Architecture
 from nas_ops.export import export_onnx
 from nas_ops.network import Network, build_network
-from search_client.objective import MultiDeviceLatency
-from search_client.supernet import Supernet
+from search_client.table.objective import MultiDeviceLatency
+from search_client.nas.supernet import Supernet
 
 
 def device_key(table: Any) -> str:

@@ -50,7 +50,7 @@ from nas_ops.spec import format_spec
 from search_client.errors import MissingEntriesError
 
 if TYPE_CHECKING:
-    from search_client.client import LatencyClient
+    from search_client.device.client import LatencyClient
 
 FORMAT_MARKER = "proxyless-latency-table"
 FORMAT_VERSION = 1

@@ -13,7 +13,7 @@ the data streams' positions, the adaptive latency weight, the REINFORCE baseline
 gives the same result as not stopping.
 
 Output directory: ``log.jsonl`` and ``log.csv`` (one row per epoch), ``checkpoint.pt``, the plots
-``latency.png`` and ``probabilities.png``, and (see :func:`search_client.derive.export_search_result`)
+``latency.png`` and ``probabilities.png``, and (see :func:`search_client.nas.derive.export_search_result`)
 ``arch.json``, ``weights.pt``, ``model.onnx`` and ``summary.json``.
 """
 
@@ -32,17 +32,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from search_client.data import BatchStream, ImageDataset, load_dataset, train_valid_split
-from search_client.derive import device_keys, export_search_result
-from search_client.gradients import ARCH_MODES, Reinforce, gradient_arch_step
-from search_client.latency_table import LatencyTable
-from search_client.losses import LOSS_KINDS, AdaptiveStrength, LatencyLoss, argmax_ratio, check_targets
-from search_client.objective import MODES as DEVICE_MODES
-from search_client.objective import MultiDeviceLatency
+from search_client.training.data import BatchStream, ImageDataset, load_dataset, train_valid_split
+from search_client.nas.derive import device_keys, export_search_result
+from search_client.nas.gradients import ARCH_MODES, Reinforce, gradient_arch_step
+from search_client.table.latency_table import LatencyTable
+from search_client.nas.losses import LOSS_KINDS, AdaptiveStrength, LatencyLoss, argmax_ratio, check_targets
+from search_client.table.objective import MODES as DEVICE_MODES
+from search_client.table.objective import MultiDeviceLatency
 from search_client.plots.search_curves import plot_latency_curves, plot_probabilities
-from search_client.supernet import Supernet
-from search_client.train import train_step
-from search_client.within_target import DERIVE_RULES, Derived, derive_choices
+from search_client.nas.supernet import Supernet
+from search_client.training.train import train_step
+from search_client.nas.within_target import DERIVE_RULES, Derived, derive_choices
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "proxyless-search-checkpoint"
@@ -59,7 +59,7 @@ class SearchConfig:
     ``targets_ms`` holds one target per latency table. ``strength`` is the latency weight (None: the loss's
     default, 0: no latency term). ``target_band`` is the tolerance around the target (a ratio of 1 +- band meets
     it): the adaptive weight aims inside it, and the ``within-target`` derive rule (see
-    :mod:`search_client.within_target`) exports the most probable architecture inside it when the argmax is not.
+    :mod:`search_client.nas.within_target`) exports the most probable architecture inside it when the argmax is not.
     The defaults are the paper's and the release's, except ``derive`` (the paper's rule is ``argmax``).
     """
 
@@ -196,7 +196,7 @@ class SearchResult:
     """The finished (or stopped) search: its supernet, choices and per-epoch log.
 
     ``choices`` is the argmax while the search is unfinished, and the derived (exported) architecture once it is
-    finished; ``derived`` then says how it was derived (see :func:`search_client.within_target.derive_choices`).
+    finished; ``derived`` then says how it was derived (see :func:`search_client.nas.within_target.derive_choices`).
     """
 
     supernet: Supernet
@@ -538,7 +538,7 @@ def run_search(config: SearchConfig, tables: Sequence[LatencyTable], out_dir: st
     mistake). ``stop_after_epochs`` ends the run early after that many epochs (as if it were stopped), leaving
     a checkpoint to resume from.
 
-    ``summary.json`` of a finished search (besides what :func:`search_client.derive.export_search_result` writes:
+    ``summary.json`` of a finished search (besides what :func:`search_client.nas.derive.export_search_result` writes:
     space, choices, choice_names, predicted_latency_ms, targets_ms, min/max_latency_ms, files)::
 
         epochs, mode, grad_estimator, loss         the config's

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from search_client.latency_table import LatencyTable
+from search_client.table.latency_table import LatencyTable
 
 MODES = ("weighted", "max")
 

@@ -2,7 +2,7 @@
 
 The network is ``build_network(arch)`` with fresh weights (initialised under a forked global generator seeded
 with ``seed``); SGD Nesterov with cosine lr over every step, label smoothing; the data is split with the same
-rule and seed as the search (:func:`search_client.data.train_valid_split`), so the held-out split is the
+rule and seed as the search (:func:`search_client.training.data.train_valid_split`), so the held-out split is the
 search's validation split.
 """
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from nas_ops.arch import Architecture
 from nas_ops.network import Network, build_network
-from search_client.data import BatchStream, ImageDataset, load_dataset, train_valid_split
+from search_client.training.data import BatchStream, ImageDataset, load_dataset, train_valid_split
 
 
 @dataclass

@@ -12,14 +12,14 @@ import typer
 
 from nas_ops.arch import Architecture, load_architecture
 from nas_ops.space import SearchSpace, load_space
-from search_client.cli_app import app
-from search_client.client import LatencyClient
-from search_client.derive import device_keys
+from search_client.cli.app import app
+from search_client.device.client import LatencyClient
+from search_client.nas.derive import device_keys
 from search_client.errors import exit_on_error
-from search_client.latency_table import LatencyTable, build_table
-from search_client.search_loop import SearchConfig, run_search
-from search_client.train import TrainConfig, save_train_result, train_architecture
-from search_client.within_target import Derived
+from search_client.table.latency_table import LatencyTable, build_table
+from search_client.nas.search_loop import SearchConfig, run_search
+from search_client.training.train import TrainConfig, save_train_result, train_architecture
+from search_client.nas.within_target import Derived
 
 
 def make_client(url: str, token: str | None) -> LatencyClient:

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from search_client.losses import LatencyLoss, argmax_ratio
-from search_client.objective import MultiDeviceLatency
-from search_client.supernet import Supernet
+from search_client.nas.losses import LatencyLoss, argmax_ratio
+from search_client.table.objective import MultiDeviceLatency
+from search_client.nas.supernet import Supernet
 
 ARCH_MODES = ("two", "full", "full_v2", "darts")
 

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 
 from nas_ops.space import load_space
-from search_client.cli_app import app
-from search_client.client import LatencyClient
+from search_client.cli.app import app
+from search_client.device.client import LatencyClient
 from search_client.errors import exit_on_error
-from search_client.latency_table import LatencyTable, build_table
+from search_client.table.latency_table import LatencyTable, build_table
 from search_client.plots.table_heatmap import plot_table_heatmap
 
 

@@ -25,12 +25,12 @@ from rich.table import Table
 
 from nas_ops.arch import load_architecture
 from nas_ops.space import load_space
-from search_client.client import LatencyClient
-from search_client.latency_table import build_table
-from search_client.local_profiler import LocalProfiler
+from search_client.device.client import LatencyClient
+from search_client.table.latency_table import build_table
+from search_client.device.local_profiler import LocalProfiler
 from search_client.plots.table_heatmap import plot_table_heatmap
-from search_client.search_loop import SearchConfig, run_search
-from search_client.train import TrainConfig, train_architecture
+from search_client.nas.search_loop import SearchConfig, run_search
+from search_client.training.train import TrainConfig, train_architecture
 
 console = Console(stderr=True)
 BACKEND = "ort-cpu"

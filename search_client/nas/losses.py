@@ -1,7 +1,7 @@
 """The architecture loss: cross-entropy plus a latency term, its adaptive weight, and the target feasibility check.
 
 Loss forms (``E_d`` = E[LAT] on device d in ms, ``T_d`` its target, ``r`` = the objective's combined ratio
-``E_d / T_d``, weighted over the devices or their max; see :class:`search_client.objective.MultiDeviceLatency`)::
+``E_d / T_d``, weighted over the devices or their max; see :class:`search_client.table.objective.MultiDeviceLatency`)::
 
     mul#log      scale * CE * f ** strength,   f = combined (log(E_d / u) / log(T_d / u))    (the release's form;
                  scale = 0.2, strength = beta = 0.3; u = log_unit_ms, 1 ms in the release)
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from search_client.objective import MultiDeviceLatency
+from search_client.table.objective import MultiDeviceLatency
 
 LOSS_KINDS = ("mul#log", "add#linear", "hinge")
 DEFAULT_STRENGTH = {"mul#log": 0.3, "add#linear": 0.1, "hinge": 0.1}

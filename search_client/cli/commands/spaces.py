@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from nas_ops.space import PRESETS, SearchSpace, load_space
-from search_client.cli_app import app
+from search_client.cli.app import app
 from search_client.errors import exit_on_error
 
 

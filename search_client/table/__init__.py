@@ -1,0 +1,1 @@
+"""Latency tables: build from devices, file format, E[LAT], the multi-device objective."""
