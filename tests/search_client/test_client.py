@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import httpx
 import pytest
@@ -181,17 +182,38 @@ def test_wait_job_cancelled_raises_job_failed():
         client.wait_job(7, timeout_s=1, poll_s=0.01, progress=False)
 
 
-def test_job_that_never_finishes_is_request_timeout():
+class FakeClock:
+    """Stands in for the ``time`` module of the client: ``sleep`` advances ``monotonic`` and is recorded."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_job_that_never_finishes_is_request_timeout(monkeypatch):
+    clock = FakeClock()
+    # the module that defines LatencyClient, wherever it lives, polls on this clock instead of the wall clock
+    monkeypatch.setattr(sys.modules[LatencyClient.__module__], "time", clock)
     polls = []
 
     def handler(request):
-        polls.append(1)
+        polls.append(clock.now)
         return httpx.Response(200, json={"id": 3, "status": "running", "total": 10, "done": 4, "failed_items": []})
 
     client, _ = make_client(handler)
     with pytest.raises(RequestTimeout, match=r"job 3 .* not finished after 0.2 s \(4/10 done"):
         client.wait_job(3, timeout_s=0.2, poll_s=0.02, progress=False)
-    assert len(polls) >= 3
+    # one poll every poll_s until the deadline, then the timeout: about timeout_s / poll_s polls, no sleep past it
+    assert 10 <= len(polls) <= 12
+    assert all(s <= 0.02 + 1e-12 for s in clock.sleeps)
+    assert sum(clock.sleeps) == pytest.approx(0.2)
 
 
 def test_wait_job_with_progress_bar_returns_done_job(capsys):
