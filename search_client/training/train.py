@@ -1,9 +1,9 @@
 """Retrain a derived architecture from scratch and report its top-1 accuracy on the held-out split.
 
 The network is ``build_network(arch)`` with fresh weights (initialised under a forked global generator seeded
-with ``seed``); SGD Nesterov with cosine lr over every step, label smoothing; the data is split with the same
-rule and seed as the search (:func:`search_client.training.data.train_valid_split`), so the held-out split is the
-search's validation split.
+with ``seed``); SGD Nesterov with cosine lr over every step, label smoothing; the data comes from the same
+pipeline, split rule and seed as the search (:func:`search_client.training.datasets.open_search_data`), so the
+held-out split is the search's validation split.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 
 from nas_ops.arch import Architecture
 from nas_ops.network import Network, build_network
-from search_client.training.data import BatchStream, ImageDataset, load_dataset, train_valid_split
+from search_client.training.datasets import DEFAULT_VALID_FRACTION, DataOptions, open_search_data
 
 
 @dataclass
@@ -36,7 +37,11 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 4e-5
     label_smoothing: float = 0.1
-    valid_fraction: float = 0.2
+    valid_fraction: float = DEFAULT_VALID_FRACTION
+    valid_per_class: int | None = None
+    use_val_folder: bool = False
+    workers: int = 0
+    color_jitter: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -48,8 +53,16 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"train config field '{name}': must be a finite number >= 0, got {value!r}")
-        if not 0.0 < self.valid_fraction < 1.0:
-            raise ValueError(f"train config field 'valid_fraction': must be in (0, 1), got {self.valid_fraction!r}")
+        try:
+            self.data_options((1, 1), 1)
+        except ValueError as exc:
+            raise ValueError(f"train config: {exc}") from None
+
+    def data_options(self, input_size: tuple[int, int], in_chs: int) -> DataOptions:
+        """The data pipeline's options for a network of this input (the search's split rule and seed)."""
+        return DataOptions(self.data, input_size, in_chs, self.batch_size, seed=self.seed,
+                           valid_per_class=self.valid_per_class, valid_fraction=self.valid_fraction,
+                           use_val_folder=self.use_val_folder, workers=self.workers, color_jitter=self.color_jitter)
 
 
 @dataclass
@@ -76,31 +89,35 @@ def train_step(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], optimiz
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, dataset: ImageDataset, batch_size: int = 256) -> tuple[float, float]:
-    """(mean cross-entropy, top-1) of ``net`` in eval mode on ``dataset``; the net's mode is restored."""
+def evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """(mean cross-entropy, top-1) of ``net`` in eval mode over every sample of ``batches``; the net's mode is
+    restored. Each batch is moved to the device of the net's first parameter. ValueError when ``batches`` is
+    empty."""
     was_training = net.training
     net.eval()
-    loss, correct = 0.0, 0
+    device = next(net.parameters()).device
+    loss, correct, count = 0.0, 0, 0
     try:
-        for start in range(0, len(dataset), batch_size):
-            x, y = dataset.x[start:start + batch_size], dataset.y[start:start + batch_size]
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
             logits = net(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum").item())
             correct += int((logits.argmax(dim=1) == y).sum().item())
+            count += int(y.shape[0])
     finally:
         net.train(was_training)
-    return loss / len(dataset), correct / len(dataset)
+    if count == 0:
+        raise ValueError("evaluate: no samples in the batches")
+    return loss / count, correct / count
 
 
 def train_architecture(arch: Architecture, config: TrainConfig, *, progress: bool = False) -> TrainResult:
     """Train ``build_network(arch)`` from scratch on ``config.data``; top-1 on the held-out split."""
-    dataset = load_dataset(config.data, arch.input_size, arch.in_chs, seed=config.seed)
-    if dataset.num_classes > arch.num_classes:
-        raise ValueError(f"data: {config.data} has {dataset.num_classes} classes but the architecture's head has "
+    data = open_search_data(config.data_options(arch.input_size, arch.in_chs))
+    if data.num_classes > arch.num_classes:
+        raise ValueError(f"data: {config.data} has {data.num_classes} classes but the architecture's head has "
                          f"{arch.num_classes}")
-    train_set, valid_set = train_valid_split(dataset, config.valid_fraction, seed=config.seed)
-    stream = BatchStream(train_set, config.batch_size, seed=config.seed + 1,
-                         drop_last=len(train_set) >= config.batch_size)
+    stream = data.train
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = build_network(arch)
@@ -119,15 +136,14 @@ def train_architecture(arch: Architecture, config: TrainConfig, *, progress: boo
             scheduler.step()
             losses.append(loss)
             hits.append(acc)
-        valid_loss, top1 = evaluate(net, valid_set)
+        valid_loss, top1 = evaluate(net, data.eval_batches(config.batch_size))
         row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "train_acc": sum(hits) / len(hits),
                "valid_loss": valid_loss, "valid_top1": top1, "seconds": time.perf_counter() - start}
         history.append(row)
         if progress:
             print(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}, "
                   f"valid top-1 {top1:.4f}", flush=True)
-    valid_loss, top1 = evaluate(net, valid_set)
-    return TrainResult(net, top1, valid_loss, history)
+    return TrainResult(net, history[-1]["valid_top1"], history[-1]["valid_loss"], history)
 
 
 def save_train_result(result: TrainResult, arch: Architecture, config: TrainConfig, out_dir: str | Path
