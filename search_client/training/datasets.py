@@ -86,6 +86,12 @@ class SearchData:
         for start in range(0, len(self._held_out), batch_size):
             yield self._held_out.x[start:start + batch_size], self._held_out.y[start:start + batch_size]
 
+    def calibration_batches(self, images: int, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        """The first ``images`` training images (fixed order, no augmentation), inputs only: for re-estimating
+        batch-norm statistics of one architecture before it is evaluated."""
+        x = self.train.dataset.x[:images]
+        yield from x.split(batch_size)
+
 
 def open_search_data(options: DataOptions) -> SearchData:
     """Open ``options.source`` and split it; ValueError with a clear message for bad input."""
