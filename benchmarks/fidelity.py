@@ -47,6 +47,7 @@ from nas_ops.space import SearchSpace, load_space
 from nas_ops.spec import OpSpec, format_spec
 from profiler_service.engine.backends import Backend, get_backend
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
+from profiler_service.engine.calibration import CalibrationCache
 from profiler_service.engine.protocol import (
     PROTOCOL_VERSION,
     ProtocolParams,
@@ -186,7 +187,9 @@ def build_table(specs: Sequence[OpSpec], backend: Backend, args: argparse.Namesp
                 params: ProtocolParams) -> tuple[dict[OpSpec, Stats], float]:
     """Measure every spec once; return the table and its wall time (s)."""
     start = time.perf_counter()
-    table = {spec: measure_op(spec, backend, args.batch, "float32", args.threads, params) for spec in specs}
+    calibration = CalibrationCache()  # the table's ops share their calibration values
+    table = {spec: measure_op(spec, backend, args.batch, "float32", args.threads, params, calibration)
+             for spec in specs}
     return table, time.perf_counter() - start
 
 

@@ -125,6 +125,7 @@ def measure(
     """Measure ops on this machine without a server and print their stats (progress bar on long sweeps)."""
     from nas_ops.spec import parse_spec
     from profiler_service.engine.backends import get_backend
+    from profiler_service.engine.calibration import CalibrationCache
     from profiler_service.engine.protocol import measure_op
     from profiler_service.api.state import protocol_params_for, protocol_version_for
 
@@ -137,6 +138,7 @@ def measure(
     except ValueError as exc:
         fail(str(exc))
     results: dict[str, dict[str, float]] = {}
+    calibration = CalibrationCache()  # one session: the command's ops share their calibration values
     with Progress(TextColumn("[bold]measuring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.description}"), console=err, transient=True,
                   disable=len(texts) < 2) as progress:
@@ -144,7 +146,8 @@ def measure(
         for text in texts:
             progress.update(task, description=text)
             try:
-                results[text] = measure_op(parse_spec(text), engine, batch, dtype, threads, params).as_dict()
+                results[text] = measure_op(parse_spec(text), engine, batch, dtype, threads, params,
+                                           calibration).as_dict()
             except (RuntimeError, ValueError) as exc:
                 fail(f"{text}: {exc}", code=1)
             progress.advance(task)

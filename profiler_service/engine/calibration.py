@@ -21,9 +21,13 @@ Summed over a network, every inner shape S is followed by one boundary op in its
 by one in its consumer's: two boundary ops plus a graph output and a graph input of shape S, which is exactly what
 ``T_S - o`` holds, whatever the split between the two sides (a layout conversion in costing more than out, say);
 and every sandwich but the stem's pays ``o`` once more. The corrections therefore telescope to the network's cost,
-and T_S must be the same value for both neighbours: it is cached per measurement context (backend environment,
-batch, dtype, threads, protocol). ``o`` and each ``T_S`` are the lowest median of ``CALIBRATION_REPEATS`` timings
-(protocol version 2; version 1 timed them once).
+and T_S must be the same value for both neighbours: it is held in a :class:`CalibrationCache`, keyed by the
+measurement context (backend environment, batch, dtype, threads, protocol) and the shape. ``o`` and each ``T_S``
+are the lowest median of ``CALIBRATION_REPEATS`` timings (protocol version 2; version 1 timed them once).
+
+A cache belongs to one measurement session (a job, one CLI command, one benchmark run), never to the process: the
+ops of a session share their calibration values, and what one session measured never enters another's numbers,
+so a stored latency does not depend on what the process happened to measure before.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from nas_ops.spec import OpSpec
 # (batch, C, H, W) -> median latency (ms) of a module timed with the current protocol and context.
 TimeMedian = Callable[[nn.Module, tuple[int, int, int, int]], float]
 
-_CACHE: dict[tuple[Hashable, ...], float] = {}
 CALL_OVERHEAD_SHAPE = (1, 1, 1)
 # A calibration value is subtracted from every op of its shape, so one disturbed timing would shift them all: it is
 # the lowest median of this many timings (a disturbance only ever slows a run down). Seen on the project's
@@ -104,44 +107,54 @@ def boundary_pair(kind: str, chs: int) -> nn.Module:
     return nn.Sequential(boundary_op(kind, chs), boundary_op(kind, chs)).eval()
 
 
-def _cached(context: Hashable, key: Hashable, measure: Callable[[], float]) -> float:
-    """The cached value of ``key``, or the lowest of :data:`CALIBRATION_REPEATS` measurements of it."""
-    full_key = (context, key)
-    if full_key not in _CACHE:
-        _CACHE[full_key] = min(measure() for _ in range(CALIBRATION_REPEATS))
-    return _CACHE[full_key]
+class CalibrationCache:
+    """The calibration values (``o``, ``T_S``) of one measurement session, keyed by context and what was timed.
+
+    Each value is measured once per cache, as the lowest of :data:`CALIBRATION_REPEATS` timings, on first use.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[Hashable, Hashable], float] = {}
+
+    def value(self, context: Hashable, key: Hashable, measure: Callable[[], float]) -> float:
+        """The value of ``key`` in ``context``: cached, or the lowest of :data:`CALIBRATION_REPEATS` calls of
+        ``measure`` (then cached)."""
+        full_key = (context, key)
+        if full_key not in self._values:
+            self._values[full_key] = min(measure() for _ in range(CALIBRATION_REPEATS))
+        return self._values[full_key]
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
-def call_overhead_ms(context: Hashable, batch: int, time_median: TimeMedian) -> float:
+def call_overhead_ms(cache: CalibrationCache, context: Hashable, batch: int, time_median: TimeMedian) -> float:
     """``o``: median latency of an empty call (identity on one element per sample) in this context."""
     shape = (batch, *CALL_OVERHEAD_SHAPE)
-    return _cached(context, ("call", batch), lambda: time_median(nn.Identity(), shape))
+    return cache.value(context, ("call", batch), lambda: time_median(nn.Identity(), shape))
 
 
-def boundary_ms(context: Hashable, kind: str, batch: int, shape: tuple[int, int, int],
+def boundary_ms(cache: CalibrationCache, context: Hashable, kind: str, batch: int, shape: tuple[int, int, int],
                 time_median: TimeMedian) -> float:
     """``T_S``: median latency of ``B(S) -> B(S)`` on input (batch, *shape) in this context."""
     chs, height, width = shape
-    return _cached(context, ("pair", kind, batch, shape),
-                   lambda: time_median(boundary_pair(kind, chs), (batch, chs, height, width)))
+    return cache.value(context, ("pair", kind, batch, shape),
+                       lambda: time_median(boundary_pair(kind, chs), (batch, chs, height, width)))
 
 
-def correction_ms(spec: OpSpec, kind: str, context: Hashable, batch: int, time_median: TimeMedian) -> float:
-    """What to subtract from the sandwich's latency of ``spec`` (module docstring); measures what is not cached.
+def correction_ms(spec: OpSpec, kind: str, cache: CalibrationCache, context: Hashable, batch: int,
+                  time_median: TimeMedian) -> float:
+    """What to subtract from the sandwich's latency of ``spec`` (module docstring); measures what ``cache`` lacks.
 
     ``context`` identifies the backend, its environment, dtype, threads and protocol: calibration values are
-    reused only within one context.
+    reused only within one context of one cache.
     """
-    overhead = call_overhead_ms(context, batch, time_median)
+    overhead = call_overhead_ms(cache, context, batch, time_median)
     correction = 0.0
     if not is_entry(spec):
-        correction += overhead + (boundary_ms(context, kind, batch, spec.input_shape, time_median) - overhead) / 2
+        correction += overhead + (boundary_ms(cache, context, kind, batch, spec.input_shape, time_median)
+                                  - overhead) / 2
     if not is_exit(spec):
         out_shape = (spec.out_chs, spec.out_height, spec.out_width)
-        correction += (boundary_ms(context, kind, batch, out_shape, time_median) - overhead) / 2
+        correction += (boundary_ms(cache, context, kind, batch, out_shape, time_median) - overhead) / 2
     return correction
-
-
-def clear_cache() -> None:
-    """Forget every cached calibration value (the next op measures them again)."""
-    _CACHE.clear()

@@ -300,9 +300,16 @@ def measurement_context(backend: Backend, batch: int, dtype: str, threads: int,
 
 
 def measure_op(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: int,
-               params: ProtocolParams | None = None) -> Stats:
-    """Latency statistics of one op at ``batch`` on ``backend``, calibrated for summing (module docstring)."""
+               params: ProtocolParams | None = None,
+               calibration_cache: calibration.CalibrationCache | None = None) -> Stats:
+    """Latency statistics of one op at ``batch`` on ``backend``, calibrated for summing (module docstring).
+
+    ``calibration_cache`` holds the calibration values of the measurement session this op belongs to: pass the
+    same cache for every op of a job, so that neighbouring ops subtract the same boundary timings. None: a cache
+    of this call only (nothing shared with any other measurement).
+    """
     params = params or ProtocolParams()
+    cache = calibration.CalibrationCache() if calibration_cache is None else calibration_cache
     _check_batch(batch)
     with MEASURE_LOCK, pinned_cores(threads, params.affinity):
         with seeded(params.seed):
@@ -319,7 +326,8 @@ def measure_op(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: 
             timing = time_module(calibration_module, shape, backend, dtype, threads, params)
             return float(np.median(timing.samples))
 
-        return stats.shifted(-calibration.correction_ms(spec, backend.boundary_kind, context, batch, time_median))
+        correction = calibration.correction_ms(spec, backend.boundary_kind, cache, context, batch, time_median)
+        return stats.shifted(-correction)
 
 
 def measure_network(arch: Architecture, backend: Backend, batch: int, dtype: str, threads: int,

@@ -26,6 +26,7 @@ from latency_db.repository import (
 )
 from nas_ops.arch import architecture_from_json_obj
 from nas_ops.spec import parse_spec
+from profiler_service.engine.calibration import CalibrationCache
 from profiler_service.engine.protocol import measure_network, measure_op
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class JobWorker:
     def _run_ops(self, ctx: JobContext) -> None:
         with self.state.sessions() as session:
             items = [(item.id, item.op_spec) for item in pending_items(session, ctx.id)]
+        calibration = CalibrationCache()  # the job's ops share their calibration values, and no other job's
         for item_id, op_spec in items:
             if self._stop.is_set():
                 return  # resumes at the next start
@@ -137,7 +139,7 @@ class JobWorker:
                 return  # cancelled meanwhile
             if not ctx.force and self._skip_if_stored(ctx, item_id, op_spec):
                 continue
-            self._measure_item(ctx, item_id, op_spec)
+            self._measure_item(ctx, item_id, op_spec, calibration)
         self._finish(ctx.id)
 
     def _skip_if_stored(self, ctx: JobContext, item_id: int, op_spec: str) -> bool:
@@ -152,13 +154,13 @@ class JobWorker:
             self._complete(session, item_id, status="skipped", measurement_id=found[op_spec].id)
             return True
 
-    def _measure_item(self, ctx: JobContext, item_id: int, op_spec: str) -> None:
+    def _measure_item(self, ctx: JobContext, item_id: int, op_spec: str, calibration: CalibrationCache) -> None:
         state = self.state
         env, _ = state.environment(ctx.backend, ctx.threads)
         started = time.perf_counter()
         try:
             stats = measure_op(parse_spec(op_spec), state.backend(ctx.backend), ctx.batch, ctx.dtype, ctx.threads,
-                               state.protocol_params)
+                               state.protocol_params, calibration)
         except Exception as exc:  # an op that fails to build or run fails its item, not the job
             log.warning("measuring %s on %s failed: %s", op_spec, ctx.backend, exc)
             with state.sessions.begin() as session:

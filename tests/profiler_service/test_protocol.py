@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from nas_ops.arch import Architecture
+from nas_ops.blocks import build_op
 from nas_ops.space import load_space
 from nas_ops.spec import OpSpec, parse_spec
 from profiler_service.engine import calibration
@@ -267,13 +269,6 @@ def test_bad_batch_is_refused() -> None:
 
 
 # --- calibration ---------------------------------------------------------------------------------------------
-@pytest.fixture
-def fresh_calibration() -> Iterator[None]:
-    calibration.clear_cache()
-    yield
-    calibration.clear_cache()
-
-
 def _chain() -> list[OpSpec]:
     """A small network as a chain: stem, blocks (two shape changes, one identity), mix, head."""
     space = load_space("micro-16")
@@ -281,7 +276,7 @@ def _chain() -> list[OpSpec]:
     return arch.specs()
 
 
-def test_corrections_telescope_so_sums_match_an_additive_network(fresh_calibration: None) -> None:
+def test_corrections_telescope_so_sums_match_an_additive_network() -> None:
     """Synthetic runtime: a graph costs o + rin(first input) + rout(last output) + its ops, with rin != rout
     and boundary ops costing n(S). The corrected sandwich times must sum to the network's cost exactly."""
     o = 0.05
@@ -312,6 +307,7 @@ def test_corrections_telescope_so_sums_match_an_additive_network(fresh_calibrati
 
     specs = _chain()
     context = ("synthetic",)
+    cache = calibration.CalibrationCache()
     predicted = 0.0
     for spec in specs:
         a = spec.input_shape
@@ -320,14 +316,14 @@ def test_corrections_telescope_so_sums_match_an_additive_network(fresh_calibrati
         sandwich = o + kernel(spec) + (0 if entry else rin(a) + n(a)) + (0 if exit_ else n(b) + rout(b))
         sandwich += rin(a) if entry else 0.0  # the stem reads the network input as a network does
         sandwich += rout(spec.output_shape) if exit_ else 0.0
-        predicted += sandwich - calibration.correction_ms(spec, "depthwise_conv", context, 1, time_median)
+        predicted += sandwich - calibration.correction_ms(spec, "depthwise_conv", cache, context, 1, time_median)
     network = o + rin(specs[0].input_shape) + sum(kernel(s) for s in specs) + rout(specs[-1].output_shape)
     assert predicted == pytest.approx(network, rel=1e-12)
     # every calibration graph timed CALIBRATION_REPEATS times, once (then cached)
     assert sorted(calls) == sorted(list(set(calls)) * calibration.CALIBRATION_REPEATS)
 
 
-def test_a_disturbed_calibration_timing_is_not_kept(fresh_calibration: None) -> None:
+def test_a_disturbed_calibration_timing_is_not_kept() -> None:
     """A value shared by every op of its shape is the lowest of its repeated timings: one timing slowed down by
     something else on the machine (here the first, +40%) does not shift the ops."""
     timings = iter([0.014, 0.010, 0.0102])
@@ -335,13 +331,63 @@ def test_a_disturbed_calibration_timing_is_not_kept(fresh_calibration: None) -> 
     def time_median(module: nn.Module, shape: tuple[int, int, int, int]) -> float:
         return next(timings)
 
+    cache = calibration.CalibrationCache()
     assert calibration.CALIBRATION_REPEATS == 3
-    assert calibration.boundary_ms(("ctx",), "depthwise_conv", 1, (8, 4, 4), time_median) == 0.010
+    assert calibration.boundary_ms(cache, ("ctx",), "depthwise_conv", 1, (8, 4, 4), time_median) == 0.010
     # cached: no more timings
-    assert calibration.boundary_ms(("ctx",), "depthwise_conv", 1, (8, 4, 4), time_median) == 0.010
+    assert calibration.boundary_ms(cache, ("ctx",), "depthwise_conv", 1, (8, 4, 4), time_median) == 0.010
 
 
-def test_correction_formula_for_stem_inner_and_head(fresh_calibration: None) -> None:
+class CalibrationTimer:
+    """A scripted ``time_median``: the n-th timing of a calibration graph is ``base[shape] + n * drift``, so a
+    value measured later in the process comes out larger; records every timed shape."""
+
+    def __init__(self, base: dict[tuple[int, int, int, int], float], drift: float) -> None:
+        self.base, self.drift = base, drift
+        self.timed: list[tuple[int, int, int, int]] = []
+
+    def __call__(self, module: nn.Module, shape: tuple[int, int, int, int]) -> float:
+        self.timed.append(shape)
+        return self.base[shape] + len(self.timed) * self.drift
+
+
+def test_calibration_of_a_session_does_not_depend_on_what_the_process_measured_before() -> None:
+    """Two sessions measure the same two ops in opposite orders, after a third session measured one of their
+    shapes: each session times each of its calibration graphs itself (CALIBRATION_REPEATS times, once), and its
+    corrections are those of a session that ran alone."""
+    base = {(1, 1, 1, 1): 0.01, (1, 8, 8, 8): 0.21, (1, 16, 4, 4): 0.11, (1, 16, 2, 2): 0.05}
+    first = parse_spec("mbconv_r8x8_c8-16_k3_e3_s2_relu6")  # shapes (8, 8, 8) -> (16, 4, 4)
+    second = parse_spec("mbconv_r4x4_c16-16_k3_e3_s2_relu6")  # shapes (16, 4, 4) -> (16, 2, 2)
+    ctx = ("orders",)
+
+    def session(order: list[OpSpec]) -> tuple[dict[str, float], list[tuple[int, int, int, int]]]:
+        timer = CalibrationTimer(base, drift=0.0)
+        cache = calibration.CalibrationCache()
+        corrections = {str(spec): calibration.correction_ms(spec, "depthwise_conv", cache, ctx, 1, timer)
+                       for spec in order}
+        return corrections, timer.timed
+
+    # an earlier session on a drifting machine: its values must not leak into the later ones
+    noisy = calibration.CalibrationCache()
+    calibration.correction_ms(first, "depthwise_conv", noisy, ctx, 1, CalibrationTimer(base, drift=1.0))
+    forward, forward_timed = session([first, second])
+    backward, backward_timed = session([second, first])
+    assert forward == backward
+    assert forward[str(first)] == pytest.approx((0.21 + 0.11) / 2)
+    assert forward[str(second)] == pytest.approx((0.11 + 0.05) / 2)
+    for timed in (forward_timed, backward_timed):  # o and the three shapes, each timed by this session
+        assert sorted(timed) == sorted(list(base) * calibration.CALIBRATION_REPEATS)
+
+
+def test_calibration_values_are_kept_apart_per_context() -> None:
+    timer = CalibrationTimer({(1, 8, 4, 4): 0.02}, drift=0.0)
+    cache = calibration.CalibrationCache()
+    calibration.boundary_ms(cache, ("ort-cpu", "threads=1"), "depthwise_conv", 1, (8, 4, 4), timer)
+    calibration.boundary_ms(cache, ("ort-cpu", "threads=2"), "depthwise_conv", 1, (8, 4, 4), timer)
+    assert len(timer.timed) == 2 * calibration.CALIBRATION_REPEATS and len(cache) == 2
+
+
+def test_correction_formula_for_stem_inner_and_head() -> None:
     values = {(1, 1, 1, 1): 0.01, (1, 8, 8, 8): 0.21, (1, 16, 4, 4): 0.11}
 
     def time_median(module: nn.Module, shape: tuple[int, int, int, int]) -> float:
@@ -350,10 +396,14 @@ def test_correction_formula_for_stem_inner_and_head(fresh_calibration: None) -> 
     stem = parse_spec("conv_r16x16_c3-8_k3_s2_relu6")
     inner = parse_spec("mbconv_r8x8_c8-16_k3_e3_s2_relu6")
     head = parse_spec("head_r4x4_c16-10")
-    ctx = ("formula",)
-    assert calibration.correction_ms(stem, "depthwise_conv", ctx, 1, time_median) == pytest.approx((0.21 - 0.01) / 2)
-    assert calibration.correction_ms(inner, "depthwise_conv", ctx, 1, time_median) == pytest.approx((0.21 + 0.11) / 2)
-    assert calibration.correction_ms(head, "depthwise_conv", ctx, 1, time_median) == pytest.approx((0.11 + 0.01) / 2)
+    ctx, cache = ("formula",), calibration.CalibrationCache()
+
+    def correction(spec: OpSpec) -> float:
+        return calibration.correction_ms(spec, "depthwise_conv", cache, ctx, 1, time_median)
+
+    assert correction(stem) == pytest.approx((0.21 - 0.01) / 2)
+    assert correction(inner) == pytest.approx((0.21 + 0.11) / 2)
+    assert correction(head) == pytest.approx((0.11 + 0.01) / 2)
 
 
 def test_sandwich_and_boundary_ops() -> None:
@@ -368,14 +418,102 @@ def test_sandwich_and_boundary_ops() -> None:
         calibration.boundary_op("fancy", 4)
 
 
-# --- real measurements -------------------------------------------------------------------------------------------
+# --- measure_op on a scripted backend -----------------------------------------------------------------------
+class CostRunner(ScriptedRunner):
+    """Every run of the module costs the same, known time (ms)."""
+
+    def __init__(self, cost_ms: float) -> None:
+        super().__init__(lambda: cost_ms, FakeClock())
+
+
+class CostBackend(Backend):
+    """A backend whose runners take a known time: one call ``CALL_MS``, each boundary op ``BOUNDARY_MS``, any other
+    layer ``MS_PER_PARAM`` per parameter (an identity costs nothing). Records the shape of every prepared module."""
+
+    CALL_MS, BOUNDARY_MS, MS_PER_PARAM = 0.004, 0.0015, 1e-4
+    boundary_kind = "channel_scale"
+
+    def __init__(self) -> None:
+        self.name = "cost"
+        self.options = {}
+        self.prepared: list[tuple[int, int, int, int]] = []
+
+    @property
+    def available(self) -> bool:
+        return True
+
+    def environment(self, threads: int) -> dict:
+        return {"backend": self.name, "threads": threads}
+
+    def layer_ms(self, layer: nn.Module) -> float:
+        if isinstance(layer, calibration.ChannelScale):
+            return self.BOUNDARY_MS
+        return self.MS_PER_PARAM * sum(p.numel() for p in layer.parameters())
+
+    def _prepare(self, module: nn.Module, input_shape: tuple, dtype: str, threads: int, seed: int) -> Runner:
+        self.prepared.append(input_shape)
+        layers = list(module) if isinstance(module, nn.Sequential) else [module]
+        return CostRunner(self.CALL_MS + sum(self.layer_ms(layer) for layer in layers))
+
+
+SCRIPTED = ProtocolParams.fast().model_copy(update={"affinity": False})
+
+
+def location(stats: Stats) -> tuple[float, ...]:
+    """The location statistics, rounded past float noise (the runner's times are exact by construction)."""
+    return tuple(round(v, 12) for v in (stats.median_ms, stats.min_ms, stats.p10_ms, stats.p90_ms))
+
+
+def test_identity_costs_nothing_and_an_op_costs_its_own_time_after_calibration() -> None:
+    """The sandwich's call overhead and boundary ops are subtracted exactly: an identity (which a runtime removes)
+    comes out at 0 ms, a conv at what the conv itself costs."""
+    backend = CostBackend()
+    identity = measure_op(parse_spec("identity_r8x8_c8-8"), backend, 1, "float32", 1, SCRIPTED)
+    spec = parse_spec("mbconv_r8x8_c8-16_k3_e6_s2_relu6")
+    conv = measure_op(spec, backend, 1, "float32", 1, SCRIPTED)
+    conv_alone_ms = backend.layer_ms(build_op(spec))
+    assert identity.median_ms == pytest.approx(0.0, abs=1e-12) and identity.min_ms == pytest.approx(0.0, abs=1e-12)
+    assert conv.median_ms == pytest.approx(conv_alone_ms) and conv.p90_ms == pytest.approx(conv_alone_ms)
+    assert identity.median_ms < conv.median_ms
+    assert conv.std_ms == pytest.approx(0.0, abs=1e-12) and conv.samples >= SCRIPTED.min_runs
+
+
+def test_measure_op_shares_calibration_only_within_the_cache_it_is_given() -> None:
+    ops = [parse_spec("mbconv_r8x8_c8-16_k3_e6_s2_relu6"), parse_spec("mbconv_r4x4_c16-16_k3_e3_s1_relu6")]
+    calibration_graphs = {(1, 1, 1, 1), (1, 8, 8, 8), (1, 16, 4, 4)}
+
+    def calibrations(backend: CostBackend) -> list[tuple[int, int, int, int]]:
+        # prepared modules that are not the ops' sandwiches (which run on the ops' input shapes, once per op)
+        sandwiches = [(1, *spec.input_shape) for spec in ops]
+        timed = list(backend.prepared)
+        for shape in sandwiches:
+            timed.remove(shape)
+        return timed
+
+    shared, cache = CostBackend(), calibration.CalibrationCache()
+    together = [measure_op(spec, shared, 1, "float32", 1, SCRIPTED, cache) for spec in ops]
+    assert sorted(calibrations(shared)) == sorted(list(calibration_graphs) * calibration.CALIBRATION_REPEATS)
+    alone, reversed_order = CostBackend(), CostBackend()
+    each = [measure_op(spec, alone, 1, "float32", 1, SCRIPTED) for spec in ops]  # None: a cache per call
+    backward = [measure_op(spec, reversed_order, 1, "float32", 1, SCRIPTED) for spec in reversed(ops)][::-1]
+    # the same numbers whatever was measured before, in whichever order (how many runs a block holds follows the
+    # real clock, so only the values are compared)
+    assert [location(s) for s in together] == [location(s) for s in each] == [location(s) for s in backward]
+    per_call = [(1, 1, 1, 1), (1, 8, 8, 8), (1, 16, 4, 4), (1, 1, 1, 1), (1, 16, 4, 4)]  # op 2: in = out shape
+    assert sorted(calibrations(alone)) == sorted(per_call * calibration.CALIBRATION_REPEATS)
+
+
+# --- real measurements (behaviour only: real timings are never compared) ---------------------------------------
 @pytest.mark.parametrize("name", ["ort-cpu", "torch-cpu"])
-def test_identity_costs_about_nothing_and_a_network_is_measured(name: str) -> None:
+def test_real_ops_and_a_network_are_measured(name: str) -> None:
     backend = get_backend(name)
     params = ProtocolParams.fast().model_copy(update={"affinity": False})
-    identity = measure_op(parse_spec("identity_r8x8_c8-8"), backend, 1, "float32", 1, params)
-    conv = measure_op(parse_spec("mbconv_r8x8_c8-16_k3_e6_s2_relu6"), backend, 1, "float32", 1, params)
-    assert 0 <= identity.median_ms < conv.median_ms
+    cache = calibration.CalibrationCache()
+    for text in ("identity_r8x8_c8-8", "mbconv_r8x8_c8-16_k3_e6_s2_relu6"):
+        stats = measure_op(parse_spec(text), backend, 1, "float32", 1, params, cache)
+        assert all(math.isfinite(v) and v >= 0 for v in stats.as_dict().values()), stats
+        assert stats.samples >= params.min_runs
+    assert len(cache) == 3  # o and the two shapes of the conv (the identity's shape is the conv's input)
     arch = load_space("micro-16").architecture([0, 1, 2])
     network = measure_network(arch, backend, 2, "float32", 1, params)
-    assert network.median_ms > 0 and network.samples >= 3
+    assert math.isfinite(network.median_ms) and network.median_ms > 0 and network.samples >= params.min_runs
