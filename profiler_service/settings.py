@@ -43,6 +43,10 @@ class ProfilerSettings(BaseSettings):
     max_batch: int = Field(256, ge=1)
     max_op_mflops: float = Field(20_000.0, gt=0, description="per-op multiply-adds (batch included), in millions")
     max_network_mflops: float = Field(200_000.0, gt=0)
+    max_op_memory_mib: float = Field(2048.0, gt=0, description="per-op memory estimate (activations at the "
+                                     "request's batch and dtype + weights, nas_ops.counting.op_memory_bytes), MiB")
+    max_network_memory_mib: float = Field(4096.0, gt=0, description="whole-network memory estimate "
+                                          "(nas_ops.counting.network_memory_bytes), MiB")
     max_wait_s: float = Field(600.0, ge=0)
     max_list_jobs: int = Field(500, ge=1, le=1000)
 

@@ -1,20 +1,31 @@
-"""Validation of what a request asks the device to build, against the service's limits."""
+"""Validation of what a request asks the device to build, against the service's limits.
+
+Every check here runs before anything is built or allocated: a request over a limit is a 422 naming the limit.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from nas_ops.arch import Architecture
-from nas_ops.counting import count_flops
+from nas_ops.counting import activation_bytes, count_flops, network_memory_bytes, op_memory_bytes, weight_bytes
 from nas_ops.spec import OpSpec, parse_spec
 from profiler_service.engine.backends import Backend
 from profiler_service.api.errors import ApiError, bad_request
 from profiler_service.settings import ProfilerSettings
 
+MIB = 1 << 20
+OVER_LIMIT = "over_limit"
+
+
+def over_limit(detail: str) -> ApiError:
+    """422 for a well-formed request that asks for more than this service allows."""
+    return bad_request(detail, OVER_LIMIT)
+
 
 def check_batch(settings: ProfilerSettings, batch: int) -> None:
     if batch > settings.max_batch:
-        raise bad_request(f"batch: {batch} is above this service's limit of {settings.max_batch}")
+        raise over_limit(f"batch: {batch} is above this service's limit of {settings.max_batch}")
 
 
 def check_dtype(backend: Backend, dtype: str) -> None:
@@ -23,24 +34,45 @@ def check_dtype(backend: Backend, dtype: str) -> None:
         raise bad_request(f"dtype: {dtype} is not measured on {backend.name} (it measures {', '.join(backend.dtypes)})")
 
 
-def check_spec_limits(settings: ProfilerSettings, spec: OpSpec, batch: int, where: str) -> None:
-    """Channels, resolution and per-op multiply-adds (batch included) within the limits."""
+def check_wait(settings: ProfilerSettings, wait_s: float) -> None:
+    """A long-poll of at most ``max_wait_s``."""
+    if wait_s > settings.max_wait_s:
+        raise over_limit(f"wait_s: {wait_s:g} s is above this service's limit of {settings.max_wait_s:g} s")
+
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / MIB:.0f} MiB" if n_bytes >= MIB else f"{n_bytes / MIB:.2f} MiB"
+
+
+def check_spec_limits(settings: ProfilerSettings, spec: OpSpec, batch: int, dtype: str, where: str) -> None:
+    """Channels, resolution, per-op multiply-adds and per-op memory (batch and dtype included) within the limits.
+
+    The memory limit applies to every kind, zero and identity included: they cost no multiply-adds, but their
+    tensors take memory like any other op's.
+    """
     chans = max(spec.in_chs, spec.out_chs if spec.kind != "head" else 0, spec.mid_chs)
     if chans > settings.max_channels:
-        raise bad_request(f"{where}: {chans} channels is above this service's limit of {settings.max_channels}")
+        raise over_limit(f"{where}: {chans} channels is above this service's limit of {settings.max_channels}")
     if max(spec.height, spec.width) > settings.max_resolution:
-        raise bad_request(
+        raise over_limit(
             f"{where}: resolution {spec.height}x{spec.width} is above this service's limit of {settings.max_resolution}"
         )
     mflops = count_flops(spec) * batch / 1e6
     if mflops > settings.max_op_mflops:
-        raise bad_request(
+        raise over_limit(
             f"{where}: {mflops:.0f} M multiply-adds at batch {batch} is above this service's per-op limit of "
             f"{settings.max_op_mflops:.0f} M"
         )
+    memory = op_memory_bytes(spec, batch, dtype)
+    if memory > settings.max_op_memory_mib * MIB:
+        raise over_limit(
+            f"{where}: memory estimate {_mib(memory)} (activations {_mib(activation_bytes(spec, batch, dtype))} + "
+            f"weights {_mib(weight_bytes(spec, dtype))}) at batch {batch} {dtype} is above this service's per-op "
+            f"memory limit of {settings.max_op_memory_mib:g} MiB"
+        )
 
 
-def parse_ops(settings: ProfilerSettings, ops: Sequence[str], batch: int) -> list[OpSpec]:
+def parse_ops(settings: ProfilerSettings, ops: Sequence[str], batch: int, dtype: str) -> list[OpSpec]:
     """Parse and check every op of a request; the first bad one gives a 422 naming its index and field."""
     if len(ops) > settings.max_ops_per_request:
         raise ApiError(413, "too_many_ops",
@@ -52,19 +84,25 @@ def parse_ops(settings: ProfilerSettings, ops: Sequence[str], batch: int) -> lis
             spec = parse_spec(text)
         except ValueError as exc:
             raise bad_request(f"ops[{i}]: {exc}") from None
-        check_spec_limits(settings, spec, batch, f"ops[{i}] ({text})")
+        check_spec_limits(settings, spec, batch, dtype, f"ops[{i}] ({text})")
         specs.append(spec)
     return specs
 
 
-def check_architecture(settings: ProfilerSettings, arch: Architecture, batch: int) -> None:
-    """Every op within the per-op limits and the whole network within the network limit."""
+def check_architecture(settings: ProfilerSettings, arch: Architecture, batch: int, dtype: str) -> None:
+    """Every op within the per-op limits and the whole network within the network limits."""
     check_batch(settings, batch)
     for i, spec in enumerate(arch.specs()):
-        check_spec_limits(settings, spec, batch, f"architecture op {i} ({spec})")
+        check_spec_limits(settings, spec, batch, dtype, f"architecture op {i} ({spec})")
     mflops = count_flops(arch) * batch / 1e6
     if mflops > settings.max_network_mflops:
-        raise bad_request(
+        raise over_limit(
             f"architecture: {mflops:.0f} M multiply-adds at batch {batch} is above this service's limit of "
             f"{settings.max_network_mflops:.0f} M"
+        )
+    memory = network_memory_bytes(arch, batch, dtype)
+    if memory > settings.max_network_memory_mib * MIB:
+        raise over_limit(
+            f"architecture: memory estimate {_mib(memory)} at batch {batch} {dtype} is above this service's network "
+            f"memory limit of {settings.max_network_memory_mib:g} MiB"
         )

@@ -23,7 +23,7 @@ def stats_of(row: object) -> Stats:
 )
 def lookup(body: LookupRequest, state: StateDep, session: SessionDep) -> LookupResponse:
     check_dtype(state.backend(body.backend), body.dtype)
-    parse_ops(state.settings, body.ops, body.batch)
+    parse_ops(state.settings, body.ops, body.batch, body.dtype)
     threads = state.resolve_threads(body.threads)
     _, env_hash = state.environment(body.backend, threads)
     rows = lookup_measurements(

@@ -49,7 +49,7 @@ async def _answer(state: ServiceState, job_id: int, wait_s: float) -> JSONRespon
 )
 async def measure(body: MeasureRequest, state: StateDep, _: TokenDep) -> JSONResponse:
     check_dtype(state.backend(body.backend), body.dtype)
-    parse_ops(state.settings, body.ops, body.batch)
+    parse_ops(state.settings, body.ops, body.batch, body.dtype)
     job_id = _submit(state, body, "ops", body.ops, body.force, None)
     return await _answer(state, job_id, body.wait_s)
 
@@ -64,7 +64,7 @@ async def measure_architecture(body: ArchitectureRequest, state: StateDep, _: To
         arch = architecture_from_json_obj(body.architecture)
     except ValueError as exc:
         raise bad_request(f"architecture: {exc}") from None
-    check_architecture(state.settings, arch, body.batch)
+    check_architecture(state.settings, arch, body.batch, body.dtype)
     payload = arch.to_dict()
     payload["metadata"] = {}  # the job measures the network; metadata plays no part
     job_id = _submit(state, body, "architecture", [], False, payload)

@@ -1,0 +1,74 @@
+"""Hostile input to the REST API: every answer is a clear 4xx with ``{detail, code}``, never a 500, nothing stored.
+
+Each test here reproduces an input of issue 10 that passed validation before (and took a device down, answered 500,
+or stored a second key for one op).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from latency_db.models import Job, JobItem, Measurement
+from profiler_service.api.app import create_app
+from tests.profiler_service.conftest import make_settings
+
+ZERO_OP = "zero_r512x512_c2048-2048_s1"
+
+
+@pytest.fixture
+def hostile(service_db: str) -> Iterator[TestClient]:
+    """A client that answers a server error as a 500 response (instead of raising it in the test)."""
+    with TestClient(create_app(make_settings(service_db)), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def stored_rows(client: TestClient) -> int:
+    with client.app.state.service.sessions() as session:
+        return sum(session.scalar(select(func.count()).select_from(model)) for model in (Job, JobItem, Measurement))
+
+
+# --- point 3: memory, not only multiply-adds -------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/v1/measure", "/v1/lookup"])
+def test_zero_op_over_the_memory_limit_is_refused_before_anything_is_built(hostile: TestClient, path: str) -> None:
+    response = hostile.post(path, json={"backend": "ort-cpu", "ops": [ZERO_OP]})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "over_limit"
+    assert body["detail"] == (
+        f"ops[0] ({ZERO_OP}): memory estimate 4096 MiB (activations 4096 MiB + weights 0.00 MiB) at batch 1 float32 "
+        "is above this service's per-op memory limit of 2048 MiB"
+    )
+    assert stored_rows(hostile) == 0
+
+
+def test_identity_op_memory_grows_with_the_batch(hostile: TestClient) -> None:
+    # 1 GiB at batch 1 passes the lookup checks; batch 4 makes it 4 GiB
+    op = "identity_r512x512_c1024-1024"
+    assert hostile.post("/v1/lookup", json={"backend": "ort-cpu", "ops": [op]}).status_code == 200
+    response = hostile.post("/v1/lookup", json={"backend": "ort-cpu", "ops": [op], "batch": 4})
+    assert response.status_code == 422 and "memory estimate 4096 MiB" in response.json()["detail"]
+
+
+def test_memory_limit_comes_from_the_settings(service_db: str) -> None:
+    with TestClient(create_app(make_settings(service_db, max_op_memory_mib=1))) as small:
+        op = "mbconv_r64x64_c16-16_k3_e6_s1_relu6"  # 1.66 MiB at batch 1
+        response = small.post("/v1/measure", json={"backend": "ort-cpu", "ops": [op]})
+        assert response.status_code == 422, response.text
+        assert "memory limit of 1 MiB" in response.json()["detail"]
+        assert small.get("/v1/device").json()["limits"]["max_op_memory_mib"] == 1
+
+
+def test_network_memory_limit(service_db: str) -> None:
+    from nas_ops.space import load_space
+
+    space = load_space("micro-16")
+    arch = space.architecture([0] * len(space.cells())).to_dict()
+    with TestClient(create_app(make_settings(service_db, max_network_memory_mib=0.01))) as small:
+        response = small.post("/v1/measure/architecture", json={"backend": "ort-cpu", "architecture": arch})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith("architecture: memory estimate")
+        assert "network memory limit of 0.01 MiB" in response.json()["detail"]
