@@ -4,10 +4,12 @@ Supported URLs:
 
 - SQLite files: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (see :func:`sqlite_url`).
   Every connection gets ``journal_mode=WAL`` (readers never block the writer), ``busy_timeout`` (a writer waits up to
-  :data:`SQLITE_BUSY_TIMEOUT_S` for the lock instead of failing) and ``foreign_keys=ON``. Every transaction starts
-  with ``BEGIN IMMEDIATE``, i.e. takes the database's write lock up front: SQLite allows one writer at a time anyway,
-  and a deferred transaction that reads and then writes fails at once (SQLITE_BUSY, no waiting) when another writer
-  committed in between. Taking the lock first turns that failure into a short wait.
+  :data:`SQLITE_BUSY_TIMEOUT_S` for the lock instead of failing) and ``foreign_keys=ON``. A transaction starts with
+  a deferred ``BEGIN`` (a reader: it never takes the write lock, so concurrent lookups never block each other or a
+  writer), or with ``BEGIN IMMEDIATE`` when it was opened by :func:`latency_db.transactions.write_session` /
+  :func:`~latency_db.transactions.begin_write` (a writer: it takes the database's one write lock up front, because
+  a deferred transaction that reads and then writes fails at once, SQLITE_BUSY without waiting, when another writer
+  committed in between; taking the lock first turns that failure into a short wait).
 - PostgreSQL: ``postgresql+psycopg://user@host:port/dbname`` (psycopg 3). A plain ``postgresql://`` URL is taken to
   mean the same driver; any other driver is rejected.
 
@@ -25,6 +27,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
+
+from latency_db.transactions import WRITE_LOCK_OPTION
 
 #: Default store: a SQLite file named ``proxyless_latency.db`` in the current working directory.
 DEFAULT_DB_URL = "sqlite:///./proxyless_latency.db"
@@ -89,7 +93,8 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def _configure_sqlite(engine: Engine) -> None:
-    """Install the connect/begin hooks that set SQLite's pragmas and immediate transactions."""
+    """Install the connect/begin hooks that set SQLite's pragmas and start read (deferred) or write (immediate)
+    transactions."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -107,7 +112,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        writes = connection.get_execution_options().get(WRITE_LOCK_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
 def _enable_wal(cursor: sqlite3.Cursor) -> None:

@@ -2,9 +2,9 @@
 
 The migrations are the only way the schema is created or changed. :func:`upgrade_to_head` is idempotent and safe
 when several processes call it at once on the same database: each runs the whole upgrade inside one transaction
-that first takes a database-wide lock (SQLite: ``BEGIN IMMEDIATE``, the write lock, which the engine takes for every
-transaction; PostgreSQL: a transaction-level advisory lock). The second caller waits, then finds the schema at head
-and does nothing. Both databases have transactional DDL, so a failed upgrade leaves the schema as it was.
+that first takes a database-wide lock (SQLite: ``BEGIN IMMEDIATE``, the write lock, taken by
+:func:`latency_db.transactions.begin_write`; PostgreSQL: a transaction-level advisory lock). The second caller
+waits, then finds the schema at head and does nothing. Both databases have transactional DDL, so a failed upgrade leaves the schema as it was.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
 from latency_db.engine import make_engine, normalize_url
+from latency_db.transactions import begin_write
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -48,7 +49,7 @@ def head_revision() -> str:
 @contextmanager
 def locked_migration_transaction(engine: Engine) -> Iterator[Connection]:
     """Yield a connection inside a transaction that holds the database-wide migration lock; commit on exit."""
-    with engine.begin() as connection:
+    with begin_write(engine) as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY})
         yield connection

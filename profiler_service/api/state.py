@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from latency_db.engine import make_engine, make_session_factory
 from latency_db.repository import get_or_create_device
+from latency_db.transactions import write_session
 from profiler_service.engine.backends import Backend, available_backends, get_backend
 from profiler_service.api.errors import bad_request
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
@@ -64,7 +65,7 @@ class ServiceState:
         self.metrics = ServiceMetrics()
         self._env_cache: dict[tuple[str, int], tuple[dict[str, Any], str]] = {}
         self._env_lock = threading.Lock()
-        with self.sessions.begin() as session:
+        with write_session(self.sessions) as session:
             self.device_id = get_or_create_device(session, settings.device_name, self.fingerprint).id
         self.worker = JobWorker(self)
 

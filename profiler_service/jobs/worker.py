@@ -24,6 +24,7 @@ from latency_db.repository import (
     pending_items,
     upsert_measurement,
 )
+from latency_db.transactions import write_session
 from nas_ops.arch import architecture_from_json_obj
 from nas_ops.spec import parse_spec
 from profiler_service.engine.calibration import CalibrationCache
@@ -105,7 +106,7 @@ class JobWorker:
                 self.current_job = None
 
     def _claim(self) -> JobContext | None:
-        with self.state.sessions.begin() as session:
+        with write_session(self.state.sessions) as session:
             job = claim_next_job(session, device_id=self.state.device_id)
             return JobContext.of(job) if job is not None else None
 
@@ -117,7 +118,7 @@ class JobWorker:
 
     def _finish(self, job_id: int, **fields: Any) -> None:
         """Finish a job that is still running (a cancelled job stays cancelled)."""
-        with self.state.sessions.begin() as session:
+        with write_session(self.state.sessions) as session:
             job = session.get(Job, job_id)
             if job is not None and job.status == "running":
                 finish_job(session, job, **fields)
@@ -144,7 +145,7 @@ class JobWorker:
 
     def _skip_if_stored(self, ctx: JobContext, item_id: int, op_spec: str) -> bool:
         """Mark the item skipped when the same op is already stored under the same environment and protocol."""
-        with self.state.sessions.begin() as session:
+        with write_session(self.state.sessions) as session:
             found = lookup_measurements(
                 session, device_id=self.state.device_id, backend=ctx.backend, batch=ctx.batch, dtype=ctx.dtype,
                 threads=ctx.threads, env_hash=ctx.env_hash, protocol_version=ctx.protocol_version, op_specs=[op_spec],
@@ -163,13 +164,13 @@ class JobWorker:
                                state.protocol_params, calibration)
         except Exception as exc:  # an op that fails to build or run fails its item, not the job
             log.warning("measuring %s on %s failed: %s", op_spec, ctx.backend, exc)
-            with state.sessions.begin() as session:
+            with write_session(state.sessions) as session:
                 self._complete(session, item_id, status="failed", error=f"{type(exc).__name__}: {exc}")
             return
         state.metrics.measure_seconds.labels(ctx.backend).observe(time.perf_counter() - started)
         state.metrics.measurements.labels(ctx.backend, "op").inc()
         # The row and the item's status in one transaction: see the module docstring.
-        with state.sessions.begin() as session:
+        with write_session(state.sessions) as session:
             row = upsert_measurement(
                 session, device_id=state.device_id, backend=ctx.backend, op_spec=op_spec, batch=ctx.batch,
                 dtype=ctx.dtype, threads=ctx.threads, env_hash=ctx.env_hash, protocol_version=ctx.protocol_version,

@@ -8,6 +8,7 @@ from multiprocessing.synchronize import Barrier as ProcessBarrier
 
 from latency_db.engine import make_engine, make_session_factory
 from latency_db.repository import get_or_create_device, upsert_measurement
+from latency_db.transactions import write_session
 
 FINGERPRINT = {"cpu": "Concurrent CPU", "cores": 2}
 ENV_HASH = "ef" * 32
@@ -27,11 +28,11 @@ def write_all(url: str, n_keys: int, writer: int, barrier: threading.Barrier | P
     try:
         factory = make_session_factory(engine)
         barrier.wait(timeout=60)
-        with factory.begin() as session:
+        with write_session(factory) as session:
             device_id = get_or_create_device(session, "concurrent", FINGERPRINT).id
         for i in range(n_keys):
             median = float(writer + 1)
-            with factory.begin() as session:
+            with write_session(factory) as session:
                 upsert_measurement(
                     session,
                     device_id=device_id,

@@ -1,18 +1,20 @@
-"""Engine construction: URL checks, SQLite pragmas and transactions, PostgreSQL connection, UTC timestamps."""
+"""Engine construction: URL checks, SQLite pragmas, read and write transactions, PostgreSQL connection, UTC timestamps."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from latency_db.engine import DEFAULT_DB_URL, make_engine, normalize_url, sqlite_url
+from latency_db.engine import DEFAULT_DB_URL, make_engine, make_session_factory, normalize_url, sqlite_url
 from latency_db.models import Device
 from latency_db.repository import get_or_create_device, ping
+from latency_db.transactions import begin_write, write_session
 
 
 @pytest.mark.parametrize(
@@ -67,23 +69,89 @@ def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(sqlite_url: st
         engine.dispose()
 
 
-def test_sqlite_transactions_hold_the_write_lock(sqlite_url: str) -> None:
-    """BEGIN IMMEDIATE: a second writer cannot start while the first transaction is open."""
+def _try_write_lock(engine: Engine) -> None:
+    """Take the write lock from another connection, waiting at most 50 ms (raises "database is locked")."""
+    other = engine.raw_connection()
+    try:
+        cursor = other.cursor()
+        cursor.execute("PRAGMA busy_timeout = 50")
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def test_sqlite_read_transactions_leave_the_write_lock_free(sqlite_url: str) -> None:
+    """A plain session's transaction is deferred: while it reads (snapshot open), another writer gets the lock."""
     engine = make_engine(sqlite_url)
     try:
-        with engine.begin() as conn:
+        with make_session_factory(engine)() as reader:
+            assert reader.execute(text("SELECT count(*) FROM sqlite_master")).scalar_one() == 0
+            assert reader.in_transaction()
+            _try_write_lock(engine)  # no "database is locked"
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_write_transactions_hold_the_write_lock(sqlite_url: str) -> None:
+    """BEGIN IMMEDIATE for write_session and begin_write: a second writer cannot start while one is open."""
+    engine = make_engine(sqlite_url)
+    try:
+        with begin_write(engine) as conn:
             conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
-        with engine.connect() as first:
-            first.exec_driver_sql("INSERT INTO t VALUES (1)")
-            other = engine.raw_connection()
-            try:
-                cursor = other.cursor()
-                cursor.execute("PRAGMA busy_timeout = 50")
-                with pytest.raises(sqlite3.OperationalError, match="locked"):
-                    cursor.execute("BEGIN IMMEDIATE")
-            finally:
-                other.close()
-            first.rollback()
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                _try_write_lock(engine)
+        with write_session(make_session_factory(engine)) as session:
+            session.execute(text("SELECT count(*) FROM t")).scalar_one()  # a read first: the lock is already held
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                _try_write_lock(engine)
+            session.execute(text("INSERT INTO t VALUES (1)"))
+        _try_write_lock(engine)  # released at commit
+        with make_session_factory(engine)() as session:
+            assert session.execute(text("SELECT x FROM t")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_write_session_rolls_back_on_error(session_factory: sessionmaker[Session]) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with write_session(session_factory) as session:
+            get_or_create_device(session, "dev", {"k": "rolled back"})
+            raise RuntimeError("boom")
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Device)) == 0
+
+
+def test_read_then_write_transactions_in_threads_never_fail(sqlite_url: str) -> None:
+    """Writers that read before they write (get_or_create_device) in 4 threads at once: no "database is locked"
+    (the deferred read-to-write upgrade would fail at once when another writer committed in between)."""
+    from latency_db.migrate import upgrade_to_head
+
+    upgrade_to_head(sqlite_url)
+    engine = make_engine(sqlite_url)
+    factory = make_session_factory(engine)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def run(writer: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            for i in range(20):
+                with write_session(factory) as session:
+                    get_or_create_device(session, f"dev-{i % 5}", {"k": i % 5})
+        except BaseException as exc:  # reported below: a thread's exception would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(writer,)) for writer in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads)
+        assert errors == []
+        with factory() as session:
+            assert session.scalar(select(func.count()).select_from(Device)) == 5
     finally:
         engine.dispose()
 

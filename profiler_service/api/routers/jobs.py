@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from latency_db.repository import cancel_job, list_jobs
+from latency_db.transactions import write_session
 from profiler_service.api.deps import SessionDep, StateDep, TokenDep
 from profiler_service.api.errors import ApiError
 from profiler_service.jobs.views import device_job, job_out
@@ -38,11 +39,11 @@ def jobs(
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut,
              responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
              summary="Cancel a queued or running job (measured items are kept)")
-def cancel(job_id: int, session: SessionDep, state: StateDep, _: TokenDep) -> JobOut:
-    device_job(session, state, job_id)
-    try:
-        job = cancel_job(session, job_id)
-    except ValueError as exc:
-        raise ApiError(409, "job_finished", str(exc)) from None
-    session.commit()
-    return job_out(session, job)
+def cancel(job_id: int, state: StateDep, _: TokenDep) -> JobOut:
+    with write_session(state.sessions) as session:  # reads, then writes: hold the write lock from the start
+        device_job(session, state, job_id)
+        try:
+            job = cancel_job(session, job_id)
+        except ValueError as exc:
+            raise ApiError(409, "job_finished", str(exc)) from None
+        return job_out(session, job)

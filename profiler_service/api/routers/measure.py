@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from latency_db.repository import create_job
+from latency_db.transactions import write_session
 from nas_ops.arch import architecture_from_json_obj
 from profiler_service.api.deps import StateDep, TokenDep
 from profiler_service.api.errors import bad_request
@@ -21,9 +23,10 @@ ERRORS = {401: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": E
 
 def _submit(state: ServiceState, body: ContextBody, kind: str, op_specs: list[str], force: bool,
             payload: dict | None) -> int:
+    """Create the job (blocking database work: call it in the threadpool, never on the event loop)."""
     threads = state.resolve_threads(body.threads)
     _, env_hash = state.environment(body.backend, threads)
-    with state.sessions.begin() as session:
+    with write_session(state.sessions) as session:
         job = create_job(
             session, device_id=state.device_id, kind=kind, backend=body.backend, batch=body.batch, dtype=body.dtype,
             threads=threads, env_hash=env_hash, protocol_version=state.protocol_version, op_specs=op_specs,
@@ -50,7 +53,7 @@ async def _answer(state: ServiceState, job_id: int, wait_s: float) -> JSONRespon
 async def measure(body: MeasureRequest, state: StateDep, _: TokenDep) -> JSONResponse:
     check_dtype(state.backend(body.backend), body.dtype)
     parse_ops(state.settings, body.ops, body.batch, body.dtype)
-    job_id = _submit(state, body, "ops", body.ops, body.force, None)
+    job_id = await run_in_threadpool(_submit, state, body, "ops", body.ops, body.force, None)
     return await _answer(state, job_id, body.wait_s)
 
 
@@ -67,5 +70,5 @@ async def measure_architecture(body: ArchitectureRequest, state: StateDep, _: To
     check_architecture(state.settings, arch, body.batch, body.dtype)
     payload = arch.to_dict()
     payload["metadata"] = {}  # the job measures the network; metadata plays no part
-    job_id = _submit(state, body, "architecture", [], False, payload)
+    job_id = await run_in_threadpool(_submit, state, body, "architecture", [], False, payload)
     return await _answer(state, job_id, body.wait_s)
