@@ -255,6 +255,32 @@ def parse_spec(text: str) -> OpSpec:
         act=str(values.get("act", "none")),
         skip=bool(values.get("skip", False)),
     )
-    if format_spec(spec) != text.strip():
-        _fail("spec", f"{text!r} is not canonical; write it as {format_spec(spec)!r}")
+    _check_canonical(spec, text.strip(), text)
+    return spec
+
+
+class NonCanonicalSpec(ValueError):
+    """A valid op written in another spelling than its canonical one (``canonical`` holds that one)."""
+
+    def __init__(self, text: str, canonical: str) -> None:
+        super().__init__(f"op spec field 'spec': {text!r} is not canonical; write it as {canonical!r}")
+        self.canonical = canonical
+
+
+def _check_canonical(spec: OpSpec, spelled: str, text: str) -> None:
+    """The one rule of canonical spelling: ``spelled`` must be exactly what :func:`format_spec` writes."""
+    canonical = format_spec(spec)
+    if spelled != canonical:
+        raise NonCanonicalSpec(text, canonical)
+
+
+def parse_canonical_spec(text: str) -> OpSpec:
+    """Parse ``text`` and require it to BE the canonical string: the check for anything used as a key.
+
+    :func:`parse_spec` forgives surrounding whitespace (a spec typed in a file or a shell); a key may not carry
+    it, since ``"conv_... "`` and ``"conv_..."`` would be two keys of one op. Raises ValueError naming the canonical
+    form for any other spelling (leading/trailing whitespace, a no-break space, ...).
+    """
+    spec = parse_spec(text)
+    _check_canonical(spec, text, text)
     return spec

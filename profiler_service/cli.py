@@ -28,7 +28,7 @@ err = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr and a non-zero exit: the CLI's way to reject bad input."""
-    err.print(f"error: {message}", markup=False, highlight=False)
+    typer.echo(f"error: {message}", err=True)  # never wrapped: one line, whatever the terminal's width
     raise typer.Exit(code)
 
 
@@ -94,7 +94,7 @@ def serve(
 
 
 def _specs_from(specs: list[str], space: str | None) -> list[str]:
-    from nas_ops.spec import format_spec, parse_spec
+    from nas_ops.spec import format_spec, parse_canonical_spec
 
     texts = list(specs)
     if space:
@@ -105,8 +105,8 @@ def _specs_from(specs: list[str], space: str | None) -> list[str]:
         texts += [format_spec(c) for cell in loaded.cells() for c in cell.candidates if c.kind != "zero"]
     if not texts:
         fail("give op specs or --space")
-    for i, text in enumerate(texts):
-        parse_spec(text)  # ValueError names the field
+    for text in texts:
+        parse_canonical_spec(text)  # ValueError names the field (or the canonical spelling)
     return list(dict.fromkeys(texts))
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from nas_ops.arch import Architecture
 from nas_ops.counting import activation_bytes, count_flops, network_memory_bytes, op_memory_bytes, weight_bytes
-from nas_ops.spec import OpSpec, parse_spec
+from nas_ops.spec import NonCanonicalSpec, OpSpec, parse_canonical_spec
 from profiler_service.engine.backends import Backend
 from profiler_service.api.errors import ApiError, bad_request
 from profiler_service.settings import ProfilerSettings
@@ -81,9 +81,11 @@ def parse_ops(settings: ProfilerSettings, ops: Sequence[str], batch: int, dtype:
     specs = []
     for i, text in enumerate(ops):
         try:
-            spec = parse_spec(text)
+            spec = parse_canonical_spec(text)  # only canonical strings are looked up or stored: one key per op
+        except NonCanonicalSpec as exc:
+            raise bad_request(f"ops[{i}]: {exc}", "not_canonical") from None
         except ValueError as exc:
-            raise bad_request(f"ops[{i}]: {exc}") from None
+            raise bad_request(f"ops[{i}]: {exc}", "invalid_op") from None
         check_spec_limits(settings, spec, batch, dtype, f"ops[{i}] ({text})")
         specs.append(spec)
     return specs

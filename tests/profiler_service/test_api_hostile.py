@@ -72,3 +72,32 @@ def test_network_memory_limit(service_db: str) -> None:
         assert response.status_code == 422, response.text
         assert response.json()["detail"].startswith("architecture: memory estimate")
         assert "network memory limit of 0.01 MiB" in response.json()["detail"]
+
+
+# --- point 5: one canonical key per op ---------------------------------------------------------------------------------
+CANONICAL = "conv_r16x16_c3-8_k3_s1_relu6"
+
+
+@pytest.mark.parametrize("spelled", [CANONICAL + " ", "\n" + CANONICAL, CANONICAL + "\u00a0", "\t" + CANONICAL + "\r\n"])
+@pytest.mark.parametrize("path", ["/v1/measure", "/v1/lookup"])
+def test_non_canonical_spelling_is_refused_naming_the_canonical_form(hostile: TestClient, path: str,
+                                                                     spelled: str) -> None:
+    response = hostile.post(path, json={"backend": "ort-cpu", "ops": [CANONICAL, spelled]})
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "detail": f"ops[1]: op spec field 'spec': {spelled!r} is not canonical; write it as {CANONICAL!r}",
+        "code": "not_canonical",
+    }
+    assert stored_rows(hostile) == 0
+
+
+def test_only_the_canonical_string_is_stored_and_found(hostile: TestClient) -> None:
+    job = hostile.post("/v1/measure", json={"backend": "ort-cpu", "ops": [CANONICAL], "wait_s": 60})
+    assert job.status_code == 200, job.text
+    with hostile.app.state.service.sessions() as session:
+        assert list(session.scalars(select(Measurement.op_spec))) == [CANONICAL]
+    found = hostile.post("/v1/lookup", json={"backend": "ort-cpu", "ops": [CANONICAL]}).json()
+    assert list(found["found"]) == [CANONICAL] and found["missing"] == []
+    assert hostile.post("/v1/measure", json={"backend": "ort-cpu", "ops": [CANONICAL + " "]}).status_code == 422
+    with hostile.app.state.service.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1

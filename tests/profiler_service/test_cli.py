@@ -63,3 +63,9 @@ def test_info_json_lists_available_backends() -> None:
     if not torch.cuda.is_available():
         assert not any("cuda" in name for name in names)  # only what is available is advertised
     assert document["fingerprint"]["cpu_cores"] >= 1
+
+
+def test_measure_refuses_a_non_canonical_spec_naming_the_canonical_form() -> None:
+    result = runner.invoke(app, ["measure", "conv_r16x16_c3-8_k3_s2_relu6 ", "--backend", "ort-cpu"])
+    assert result.exit_code == 2
+    assert "is not canonical; write it as 'conv_r16x16_c3-8_k3_s2_relu6'" in result.output
