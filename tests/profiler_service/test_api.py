@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from latency_db.models import Job, JobItem, Measurement
-from tests.profiler_service.conftest import SMALL_OPS, make_settings
+from nas_ops.spec import parse_spec
+from tests.profiler_service.conftest import SMALL_OPS, RunnerGate, make_settings
 
 STAT_KEYS = {"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples"}
 
@@ -56,7 +57,8 @@ def test_measure_waits_stores_and_lookup_finds(client: TestClient) -> None:
     assert set(found) == set(SMALL_OPS)
     for stats in found.values():
         assert set(stats) == STAT_KEYS
-        assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["samples"] >= 1
+        # calibrated statistics are floored at 0 (module docstring of the protocol): order, not size, is checked
+        assert 0 <= stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["samples"] >= 1
     assert count_rows(client, Measurement) == 3
     # a different backend is a different table
     other = client.post("/v1/lookup", json={"backend": "torch-cpu", "ops": SMALL_OPS}).json()
@@ -67,37 +69,58 @@ def test_stored_items_are_skipped_unless_forced(client: TestClient) -> None:
     ops = SMALL_OPS[:2]
     client.post("/v1/measure", json={"backend": "ort-cpu", "ops": ops, "wait_s": 60})
     with client.app.state.service.sessions() as session:
-        before = {m.op_spec: m.updated_at for m in session.scalars(select(Measurement))}
+        before = {m.op_spec: (m.id, m.updated_at) for m in session.scalars(select(Measurement))}
     again = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": ops, "wait_s": 60}).json()
     assert again["skipped"] == 2 and again["done"] == 0
     forced = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": ops, "wait_s": 60, "force": True}).json()
     assert forced["done"] == 2
     with client.app.state.service.sessions() as session:
-        after = {m.op_spec: m.updated_at for m in session.scalars(select(Measurement))}
-    assert set(after) == set(before) and all(after[k] > before[k] for k in before)  # updated in place, one row each
+        after = {m.op_spec: (m.id, m.updated_at) for m in session.scalars(select(Measurement))}
+        forced_rows = {item.op_spec: item.measurement_id
+                       for item in session.scalars(select(JobItem).where(JobItem.job_id == forced["id"]))}
+    # updated in place, one row each: same ids, the forced job's items point at them, timestamps never go back
+    assert {op: row_id for op, (row_id, _) in after.items()} == {op: row_id for op, (row_id, _) in before.items()}
+    assert forced_rows == {op: row_id for op, (row_id, _) in before.items()}
+    assert all(after[op][1] >= before[op][1] for op in before)
 
 
-def test_measure_without_wait_answers_202_then_finishes(client: TestClient) -> None:
-    response = client.post("/v1/measure", json={"backend": "torch-cpu", "ops": SMALL_OPS[:1]})
-    assert response.status_code == 202
+def test_measure_without_wait_answers_202_then_finishes(gated_client: TestClient, gate: RunnerGate) -> None:
+    client = gated_client
+    response = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1]})
+    assert response.status_code == 202  # the gate holds every measurement: the job cannot have finished
+    assert response.json()["status"] in ("queued", "running") and response.json()["done"] == 0
+    gate.release()
     job = wait_done(client, response.json()["id"])
     assert job["status"] == "done" and job["done"] == 1
     listed = client.get("/v1/jobs", params={"status": "done"}).json()["jobs"]
     assert [j["id"] for j in listed] == [job["id"]]
 
 
-def test_cancel_keeps_measured_items_and_refuses_finished(client: TestClient) -> None:
-    ops = [f"mbconv_r8x8_c8-8_k{k}_e{e}_s1_relu6" for k in (3, 5, 7) for e in (3, 6)] * 1
+def test_cancel_keeps_measured_items_and_refuses_finished(gated_client: TestClient, gate: RunnerGate) -> None:
+    """The first item is measured, the worker is held inside the second (the gate holds modules of its input
+    shape, which no other item or calibration graph has) when the job is cancelled."""
+    client = gated_client
+    first, in_flight = "mbconv_r8x8_c8-8_k3_e3_s1_relu6", "mbconv_r16x16_c8-8_k3_e3_s1_relu6"
+    rest = [f"mbconv_r8x8_c8-8_k{k}_e{e}_s1_relu6" for k in (5, 7) for e in (3, 6)]
+    ops = [first, in_flight, *rest]
+    gate.shape = (1, *parse_spec(in_flight).input_shape)
     job = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": ops}).json()
+    gate.wait_entered()  # the worker is timing the second item: the job is running, one item done
     cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200
     body = cancelled.json()
-    assert body["status"] == "cancelled"
+    assert body["status"] == "cancelled" and body["done"] == 1 and body["pending"] == 0
     assert body["done"] + body["skipped"] + body["cancelled"] + body["failed"] == len(ops)
-    time.sleep(0.3)  # an item in flight finishes and is kept
+    gate.release()
+    # the worker runs one job at a time: once a later job is done, it has left the cancelled one
+    probe = "conv_r16x16_c3-8_k3_s2_relu6"
+    assert client.post("/v1/measure", json={"backend": "ort-cpu", "ops": [probe], "wait_s": 60}).json()["done"] == 1
     final = client.get(f"/v1/jobs/{job['id']}").json()
-    assert final["status"] == "cancelled" and final["pending"] == 0
-    assert count_rows(client, Measurement) >= final["done"]
+    assert final["status"] == "cancelled" and final["pending"] == 0 and final["done"] == 1
+    with client.app.state.service.sessions() as session:
+        stored = set(session.scalars(select(Measurement.op_spec)))
+    # the item measured before the cancel is kept; nothing after the item in flight was measured
+    assert {first, probe} <= stored <= {first, in_flight, probe}
     again = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
 
@@ -138,7 +161,8 @@ def test_metrics_exposition(client: TestClient) -> None:
     assert "profiler_stored_measurements" in text
 
 
-def test_token_guards_mutations_only(token_client: TestClient) -> None:
+def test_token_guards_mutations_only(gated_token_client: TestClient) -> None:
+    token_client = gated_token_client  # the gate holds the measurement: the accepted job is still unfinished
     body = {"backend": "ort-cpu", "ops": SMALL_OPS[:1]}
     missing = token_client.post("/v1/measure", json=body)
     assert missing.status_code == 401 and missing.json()["code"] == "auth_required"
