@@ -101,3 +101,45 @@ def test_only_the_canonical_string_is_stored_and_found(hostile: TestClient) -> N
     assert hostile.post("/v1/measure", json={"backend": "ort-cpu", "ops": [CANONICAL + " "]}).status_code == 422
     with hostile.app.state.service.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+# --- point 6: integers beyond what the database holds ---------------------------------------------------------------
+INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1
+TOO_LARGE = [INT32_MAX + 1, INT64_MAX + 1, 10**40]
+
+
+@pytest.mark.parametrize("value", TOO_LARGE)
+@pytest.mark.parametrize("path", ["GET /v1/jobs/{}", "POST /v1/jobs/{}/cancel"])
+def test_job_id_beyond_the_id_column_is_a_422(hostile: TestClient, path: str, value: int) -> None:
+    method, url = path.split()
+    response = hostile.request(method, url.format(value))
+    assert response.status_code == 422, response.text
+    assert response.json() == {"detail": f"job_id: Input should be less than or equal to {INT32_MAX}",
+                               "code": "invalid_input"}
+
+
+def test_largest_job_id_of_the_column_is_a_404(hostile: TestClient) -> None:
+    assert hostile.get(f"/v1/jobs/{INT32_MAX}").status_code == 404
+    assert hostile.post(f"/v1/jobs/{INT32_MAX}/cancel").status_code == 404
+
+
+@pytest.mark.parametrize("value", TOO_LARGE)
+@pytest.mark.parametrize("name", ["threads", "batch"])
+def test_table_filters_beyond_the_column_are_a_422(hostile: TestClient, name: str, value: int) -> None:
+    response = hostile.get("/v1/table", params={name: value})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == f"{name}: Input should be less than or equal to {INT32_MAX}"
+    assert hostile.get("/v1/table", params={name: INT32_MAX}).json()["measurements"] == []
+
+
+@pytest.mark.postgres
+def test_integer_bounds_on_postgresql(postgres_url: str) -> None:
+    from latency_db.migrate import upgrade_to_head
+
+    upgrade_to_head(postgres_url)
+    with TestClient(create_app(make_settings(postgres_url)), raise_server_exceptions=False) as pg:
+        for url in (f"/v1/jobs/{INT32_MAX + 1}", f"/v1/table?batch={INT32_MAX + 1}", f"/v1/table?threads={INT32_MAX + 1}"):
+            assert pg.get(url).status_code == 422, url
+        assert pg.post(f"/v1/jobs/{INT32_MAX + 1}/cancel").status_code == 422
+        assert pg.get(f"/v1/jobs/{INT32_MAX}").status_code == 404  # in range: asked of the database, not found
+        assert pg.get(f"/v1/table?batch={INT32_MAX}").json()["measurements"] == []

@@ -10,6 +10,7 @@ from latency_db.repository import cancel_job, list_jobs
 from latency_db.transactions import write_session
 from profiler_service.api.deps import SessionDep, StateDep, TokenDep
 from profiler_service.api.errors import ApiError
+from profiler_service.api.params import JobId
 from profiler_service.jobs.views import device_job, job_out
 from profiler_service.api.schemas import ErrorBody, JobList, JobOut
 
@@ -20,7 +21,7 @@ JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorBody}},
             summary="A job's status and progress")
-def job_status(job_id: int, session: SessionDep, state: StateDep) -> JobOut:
+def job_status(job_id: JobId, session: SessionDep, state: StateDep) -> JobOut:
     return job_out(session, device_job(session, state, job_id))
 
 
@@ -39,7 +40,7 @@ def jobs(
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut,
              responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
              summary="Cancel a queued or running job (measured items are kept)")
-def cancel(job_id: int, state: StateDep, _: TokenDep) -> JobOut:
+def cancel(job_id: JobId, state: StateDep, _: TokenDep) -> JobOut:
     with write_session(state.sessions) as session:  # reads, then writes: hold the write lock from the start
         device_job(session, state, job_id)
         try:

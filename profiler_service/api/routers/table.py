@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from latency_db.repository import export_rows, fingerprint_hash, list_measurements
 from profiler_service.api.deps import SessionDep, StateDep
+from profiler_service.api.params import BatchFilter, ThreadsFilter
 
 router = APIRouter(tags=["latency"])
 
@@ -24,9 +25,9 @@ def table(
     state: StateDep,
     session: SessionDep,
     backend: str | None = None,
-    batch: Annotated[int | None, Query(ge=1)] = None,
+    batch: BatchFilter = None,
     dtype: str | None = None,
-    threads: Annotated[int | None, Query(ge=1)] = None,
+    threads: ThreadsFilter = None,
     format: Literal["json", "csv"] = "json",
 ) -> Response:
     if backend is not None:
