@@ -127,7 +127,7 @@ def measure(
     from profiler_service.engine.backends import get_backend
     from profiler_service.engine.calibration import CalibrationCache
     from profiler_service.engine.protocol import measure_op
-    from profiler_service.api.state import protocol_params_for, protocol_version_for
+    from profiler_service.engine.presets import protocol_params_for, protocol_version_for
 
     try:
         texts = _specs_from(specs or [], space)

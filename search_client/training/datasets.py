@@ -1,32 +1,64 @@
 """The data of a search or a retraining: one entry point, :func:`open_search_data`, over every source.
 
 ``DataOptions`` names the source and how to read it; ``open_search_data`` returns a :class:`SearchData` with the
-weight-step stream (``train``), the architecture-step stream (``valid``), the deterministic held-out batches for
-evaluation (``eval_batches``), the number of classes and the source's name.
+weight-step stream (``train``: augmented), the architecture-step stream (``valid``: resize and centre crop,
+shuffled), the deterministic held-out batches for evaluation (:meth:`SearchData.eval_batches`), the first
+training images for batch-norm re-estimation (:meth:`SearchData.calibration_batches`), the number of classes and
+the source's name.
+
+Sources: ``digits``, ``synthetic[:N[:K]]`` and ``FILE.npz`` are small and held in memory
+(:mod:`search_client.training.memory_sources`); any directory is an image folder in the ImageNet or the flat
+layout (:mod:`search_client.training.folders`), read lazily (only paths and labels are held) and decoded per
+batch by DataLoader workers (:mod:`search_client.training.streams`) with the transforms of
+:mod:`search_client.training.transforms`.
+
+The architecture-step split (also the held-out split that evaluation reports on): the folder's ``val/`` with
+``use_val_folder``; else ``valid_per_class`` images of each class, or ``valid_fraction`` of each class, held out
+of the training images with the seed (:mod:`search_client.training.split`).
+
+Normalisation (``normalize``) of image folders: ``imagenet`` (ImageNet's RGB statistics), ``sample`` (per-channel
+statistics of ``NORMALIZATION_SAMPLE_IMAGES`` training images chosen with the seed, eval transform), or ``auto``:
+``imagenet`` for 3 input channels, ``sample`` for grey. In-memory sources are normalised with the statistics of
+their whole set (``auto`` and ``sample``); ``imagenet`` is refused for them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from search_client.training.data import BatchStream, ImageDataset, load_dataset, train_valid_split
+from search_client.training.folders import scan_image_folder
+from search_client.training.image_sets import FolderImages, FolderTransforms, ImageSet
+from search_client.training.memory_sources import is_memory_source, load_memory_source
+from search_client.training.split import stratified_split
+from search_client.training.streams import BatchStream
+from search_client.training.transforms import EvalTransform, Normalize, TrainTransform
 
 DEFAULT_VALID_FRACTION = 0.2
+NORMALIZATIONS = ("auto", "imagenet", "sample")
+NORMALIZATION_SAMPLE_IMAGES = 500
+_SAMPLE_BATCH = 50
+
+
+def _int_at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"data option '{name}': must be an integer >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class DataOptions:
-    """What to read and how.
+    """What to read and how (the fields are described in the module docstring).
 
-    ``source``: ``digits``, ``synthetic[:N[:K]]``, an image folder or a ``.npz`` file. ``input_size`` (H, W) and
+    ``source``: ``digits``, ``synthetic[:N[:K]]``, a ``.npz`` file or an image folder. ``input_size`` (H, W) and
     ``in_chs`` (1 or 3) shape every image. ``seed`` fixes the split, the shuffling and the augmentation.
-    The architecture-step split holds out ``valid_per_class`` images of each class when given, else
-    ``valid_fraction`` of each class, or (``use_val_folder``) is the folder's ``val/``. ``workers`` DataLoader
-    worker processes decode images; ``color_jitter`` (0: off) is the strength of the weight steps' colour jitter.
+    ``workers``: DataLoader worker processes (0: read in the calling process). ``color_jitter`` (0: off) is the
+    strength of the weight steps' colour jitter. ValueError with the field's name for a bad value.
     """
 
     source: str
@@ -39,6 +71,7 @@ class DataOptions:
     use_val_folder: bool = False
     workers: int = 0
     color_jitter: float = 0.0
+    normalize: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
@@ -48,59 +81,148 @@ class DataOptions:
             raise ValueError(f"data option 'input_size': expected two positive integers (H, W), got "
                              f"{self.input_size!r}")
         object.__setattr__(self, "input_size", size)
-        if self.in_chs not in (1, 3) or isinstance(self.in_chs, bool):
+        if isinstance(self.in_chs, bool) or self.in_chs not in (1, 3):
             raise ValueError(f"data option 'in_chs': must be 1 or 3, got {self.in_chs!r}")
-        for name, low in (("batch_size", 1), ("seed", 0), ("workers", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"data option '{name}': must be an integer >= {low}, got {value!r}")
-        if self.valid_per_class is not None and (isinstance(self.valid_per_class, bool)
-                                                 or not isinstance(self.valid_per_class, int)
-                                                 or self.valid_per_class < 1):
-            raise ValueError(f"data option 'valid_per_class': must be a positive integer or None, got "
-                             f"{self.valid_per_class!r}")
+        _int_at_least("batch_size", self.batch_size, 1)
+        _int_at_least("seed", self.seed, 0)
+        _int_at_least("workers", self.workers, 0)
+        if self.valid_per_class is not None:
+            _int_at_least("valid_per_class", self.valid_per_class, 1)
         vf = self.valid_fraction
         if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0.0 < vf < 1.0:
             raise ValueError(f"data option 'valid_fraction': must be in (0, 1), got {vf!r}")
+        if not isinstance(self.use_val_folder, bool):
+            raise ValueError(f"data option 'use_val_folder': must be a bool, got {self.use_val_folder!r}")
         if self.use_val_folder and self.valid_per_class is not None:
             raise ValueError("data options 'use_val_folder' and 'valid_per_class' exclude each other: the "
                              "architecture-step split is either the folder's val/ or held out of train/")
         cj = self.color_jitter
         if isinstance(cj, bool) or not isinstance(cj, (int, float)) or not math.isfinite(cj) or not 0.0 <= cj < 1.0:
             raise ValueError(f"data option 'color_jitter': must be in [0, 1), got {cj!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"data option 'normalize': expected one of {', '.join(NORMALIZATIONS)}, got "
+                             f"{self.normalize!r}")
 
 
 @dataclass
 class SearchData:
-    """The streams of one job: ``train`` (weight steps), ``valid`` (architecture steps), and the held-out split
-    for evaluation (:meth:`eval_batches`)."""
+    """The streams of one job and the held-out split (see the module docstring).
+
+    ``info`` describes the data for logs and summaries: source, layout, classes, train and valid image counts,
+    where the valid split comes from, the normalisation's mean and std, workers.
+    """
 
     train: BatchStream
     valid: BatchStream
     num_classes: int
     name: str
-    _held_out: ImageDataset
+    info: dict[str, Any] = field(default_factory=dict)
 
     def eval_batches(self, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The held-out split in a fixed order, without augmentation."""
-        for start in range(0, len(self._held_out), batch_size):
-            yield self._held_out.x[start:start + batch_size], self._held_out.y[start:start + batch_size]
+        """Every image of the held-out split once, in a fixed order, without augmentation (resize and centre
+        crop for image folders), with the same number of workers as the streams."""
+        stream = BatchStream(self.valid.images, batch_size, indices=self.valid.indices, shuffle=False,
+                             workers=self.valid.workers)
+        try:
+            yield from stream.epoch()
+        finally:
+            stream.close()
 
     def calibration_batches(self, images: int, batch_size: int = 256) -> Iterator[torch.Tensor]:
-        """The first ``images`` training images (fixed order, no augmentation), inputs only: for re-estimating
-        batch-norm statistics of one architecture before it is evaluated."""
-        x = self.train.dataset.x[:images]
-        yield from x.split(batch_size)
+        """The inputs of the first ``images`` training images (in index order, without augmentation), for
+        re-estimating batch-norm statistics of one architecture before it is evaluated."""
+        _int_at_least("images", images, 1)
+        stream = BatchStream(self.train.images, batch_size, indices=self.train.indices[:images], shuffle=False,
+                             workers=self.train.workers)
+        try:
+            for x, _ in stream.epoch():
+                yield x
+        finally:
+            stream.close()
+
+    def close(self) -> None:
+        """Stop the streams' worker processes."""
+        self.train.close()
+        self.valid.close()
+
+
+def _sample_statistics(images: FolderImages, train_idx: np.ndarray, seed: int, workers: int) -> Normalize:
+    """Per-channel statistics of up to NORMALIZATION_SAMPLE_IMAGES training images (eval transform)."""
+    gen = torch.Generator().manual_seed(seed)
+    count = min(NORMALIZATION_SAMPLE_IMAGES, len(train_idx))
+    chosen = np.sort(train_idx[torch.randperm(len(train_idx), generator=gen)[:count].numpy()])
+    stream = BatchStream(images, _SAMPLE_BATCH, indices=chosen, shuffle=False, workers=workers)
+    try:
+        return Normalize.from_batches(x for x, _ in stream.epoch())
+    finally:
+        stream.close()
+
+
+def _open_folder(options: DataOptions) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray, dict[str, Any]]:
+    """The train and valid sets and indices of an image folder, and its info."""
+    folder = scan_image_folder(options.source)
+    size, chans = options.input_size, options.in_chs
+    raw = FolderTransforms(TrainTransform(size, chans, float(options.color_jitter)), EvalTransform(size, chans), None)
+    train_raw = FolderImages(folder.train, len(folder.classes), options.source, raw)
+    if options.use_val_folder:
+        if folder.val is None:
+            raise ValueError(f"data: use_val_folder asks for {Path(options.source) / 'val'}/CLASS/IMAGE, which "
+                             f"{options.source} does not have (layout: {folder.layout})")
+        valid_raw = FolderImages(folder.val, len(folder.classes), options.source + "[val]", raw)
+        train_idx, valid_idx = np.arange(len(train_raw), dtype=np.int64), np.arange(len(valid_raw), dtype=np.int64)
+    else:
+        valid_raw = train_raw
+        train_idx, valid_idx = stratified_split(train_raw.labels, valid_per_class=options.valid_per_class,
+                                                valid_fraction=options.valid_fraction, seed=options.seed,
+                                                name=options.source)
+    kind = options.normalize if options.normalize != "auto" else ("imagenet" if chans == 3 else "sample")
+    if kind == "imagenet":
+        normalize = Normalize.imagenet(chans)
+        train_raw.read(int(train_idx[0]), None)  # an unreadable folder fails here, not in the first step
+    else:
+        normalize = _sample_statistics(train_raw, train_idx, options.seed, options.workers)
+    info = {"layout": folder.layout, "classes": len(folder.classes), "normalize": kind,
+            "mean": list(normalize.mean), "std": list(normalize.std)}
+    return train_raw.with_normalize(normalize), train_idx, valid_raw.with_normalize(normalize), valid_idx, info
+
+
+def _open_memory(options: DataOptions) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray, dict[str, Any]]:
+    """The in-memory set, its split and its info."""
+    if options.use_val_folder:
+        raise ValueError(f"data: use_val_folder needs an image folder with val/; {options.source!r} is an "
+                         "in-memory source")
+    if options.normalize == "imagenet":
+        raise ValueError(f"data option 'normalize': imagenet statistics are for image folders; {options.source!r} "
+                         "is normalised with its own statistics (auto or sample)")
+    images = load_memory_source(options.source, options.input_size, options.in_chs, seed=options.seed)
+    train_idx, valid_idx = stratified_split(images.labels, valid_per_class=options.valid_per_class,
+                                            valid_fraction=options.valid_fraction, seed=options.seed,
+                                            name=options.source)
+    info = {"layout": "memory", "classes": images.num_classes, "normalize": "whole set"}
+    return images, train_idx, images, valid_idx, info
 
 
 def open_search_data(options: DataOptions) -> SearchData:
-    """Open ``options.source`` and split it; ValueError with a clear message for bad input."""
-    if options.use_val_folder or options.valid_per_class is not None or options.workers or options.color_jitter:
-        raise ValueError("data: use_val_folder, valid_per_class, workers and color_jitter need the streamed "
-                         "image-folder pipeline, which this version does not have yet")
-    dataset = load_dataset(options.source, options.input_size, options.in_chs, seed=options.seed)
-    train_set, valid_set = train_valid_split(dataset, options.valid_fraction, seed=options.seed)
-    train = BatchStream(train_set, options.batch_size, seed=options.seed + 1,
-                        drop_last=len(train_set) >= options.batch_size)
-    valid = BatchStream(valid_set, min(options.batch_size, len(valid_set)), seed=options.seed + 2, drop_last=True)
-    return SearchData(train, valid, dataset.num_classes, dataset.name, valid_set)
+    """Open ``options.source``, split it and make its streams; ValueError with a clear message for an unknown
+    source, a missing or malformed folder or file, or a split that a class is too small for."""
+    if is_memory_source(options.source):
+        train_set, train_idx, valid_set, valid_idx, info = _open_memory(options)
+    elif Path(options.source).is_dir():
+        train_set, train_idx, valid_set, valid_idx, info = _open_folder(options)
+    else:
+        raise ValueError(f"data: unknown source {options.source!r}: expected 'digits', 'synthetic[:N[:K]]', an "
+                         "existing image folder or a .npz file")
+    bs = options.batch_size
+    train = BatchStream(train_set, bs, indices=train_idx, augment=True, seed=options.seed + 1,
+                        drop_last=len(train_idx) >= bs, workers=options.workers)
+    valid = BatchStream(valid_set, min(bs, len(valid_idx)), indices=valid_idx, seed=options.seed + 2,
+                        drop_last=True, workers=options.workers)
+    if options.use_val_folder:
+        valid_from = "val folder"
+    elif options.valid_per_class is not None:
+        valid_from = f"{options.valid_per_class} per class held out of train"
+    else:
+        valid_from = f"{options.valid_fraction:g} of each class held out of train"
+    info = {"source": options.source, **info, "train_images": len(train_idx), "valid_images": len(valid_idx),
+            "valid_from": valid_from, "workers": options.workers, "color_jitter": options.color_jitter}
+    return SearchData(train, valid, train_set.num_classes, options.source, info)

@@ -1,4 +1,4 @@
-"""Datasets (digits, synthetic, image folders, .npz), the seeded split and the resumable batch stream."""
+"""In-memory sources (digits, synthetic, .npz), the seeded stratified split and the resumable batch stream."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from search_client.training.data import BatchStream, load_dataset, train_valid_split
+from search_client.training.image_sets import TensorImages
+from search_client.training.memory_sources import load_memory_source as load_dataset
+from search_client.training.split import stratified_split
+from search_client.training.streams import BatchStream
+
+
+def _split(ds: TensorImages, fraction: float, seed: int) -> tuple[TensorImages, TensorImages]:
+    train, valid = stratified_split(ds.labels, valid_fraction=fraction, seed=seed)
+    return ds.subset(train), ds.subset(valid)
 
 
 def test_digits_are_upsampled_three_channel_and_normalised() -> None:
@@ -33,7 +40,7 @@ def test_synthetic_is_seeded_and_sized() -> None:
 
 def test_synthetic_is_learnable_by_class_means() -> None:
     ds = load_dataset("synthetic:400:4", (8, 8), 3, seed=0)
-    train, valid = train_valid_split(ds, 0.25, seed=0)
+    train, valid = _split(ds, 0.25, seed=0)
     means = torch.stack([train.x[train.y == k].mean(0) for k in range(4)])
     pred = ((valid.x[:, None] - means[None]) ** 2).sum(dim=(2, 3, 4)).argmin(1)
     assert (pred == valid.y).float().mean() > 0.9
@@ -66,21 +73,8 @@ def test_npz_errors(tmp_path: Path) -> None:
         load_dataset(str(tmp_path / "none.npz"), (5, 5))
 
 
-def test_image_folder(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    for name in ["cat", "dog"]:
-        (tmp_path / name).mkdir()
-        for i in range(3):
-            size = (7 + i, 9)  # images of different sizes are resized
-            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
-    (tmp_path / "dog" / "notes.txt").write_text("not an image")
-    ds = load_dataset(str(tmp_path), (12, 12), 3)
-    assert ds.x.shape == (6, 3, 12, 12)
-    assert ds.y.tolist() == [0, 0, 0, 1, 1, 1]
-
-
 def test_unknown_sources() -> None:
-    with pytest.raises(ValueError, match="unknown source"):
+    with pytest.raises(ValueError, match="not an in-memory source"):
         load_dataset("imagenet", (8, 8))
     with pytest.raises(ValueError, match="SAMPLES"):
         load_dataset("synthetic:many", (8, 8))
@@ -90,15 +84,15 @@ def test_unknown_sources() -> None:
 
 def test_split_is_stratified_disjoint_and_seeded() -> None:
     ds = load_dataset("synthetic:200:4", (4, 4), 3)
-    train, valid = train_valid_split(ds, 0.2, seed=3)
+    train, valid = _split(ds, 0.2, seed=3)
     assert len(train) + len(valid) == 200
     assert torch.bincount(valid.y).tolist() == [10, 10, 10, 10]
     rows = {tuple(r) for r in torch.cat([train.x, valid.x]).flatten(1).tolist()}
     assert len(rows) == 200  # every sample exactly once
-    again, other = train_valid_split(ds, 0.2, seed=3)[1], train_valid_split(ds, 0.2, seed=4)[1]
+    again, other = _split(ds, 0.2, seed=3)[1], _split(ds, 0.2, seed=4)[1]
     assert torch.equal(valid.x, again.x) and not torch.equal(valid.x, other.x)
     with pytest.raises(ValueError, match="valid_fraction"):
-        train_valid_split(ds, 1.0)
+        stratified_split(ds.labels, valid_fraction=1.0)
 
 
 def test_batch_stream_is_seeded_and_resumable() -> None:
@@ -117,3 +111,26 @@ def test_batch_stream_is_seeded_and_resumable() -> None:
     assert [c.next_batch()[1].tolist() for _ in range(10)] == expected
     with pytest.raises(ValueError, match="batch_size"):
         BatchStream(ds, 0)
+
+
+def test_split_per_class_is_exact_disjoint_and_seeded() -> None:
+    labels = np.repeat(np.arange(5), [12, 7, 9, 30, 4])
+    train, valid = stratified_split(labels, valid_per_class=3, seed=1)
+    assert np.bincount(labels[valid]).tolist() == [3] * 5
+    assert np.intersect1d(train, valid).size == 0
+    assert np.array_equal(np.sort(np.concatenate([train, valid])), np.arange(len(labels)))
+    assert np.array_equal(valid, stratified_split(labels, valid_per_class=3, seed=1)[1])
+    assert not np.array_equal(valid, stratified_split(labels, valid_per_class=3, seed=2)[1])
+    with pytest.raises(ValueError, match="class 4 .* 4 image.*at least 5"):
+        stratified_split(labels, valid_per_class=4, name="d")
+
+
+def test_batch_stream_over_memory_with_workers_matches_the_calling_process() -> None:
+    ds = load_dataset("synthetic:60:3", (4, 4), 3)
+    a = BatchStream(ds, 8, seed=4, workers=0)
+    b = BatchStream(ds, 8, seed=4, workers=2)
+    for _ in range(12):  # more than one pass
+        xa, ya = a.next_batch()
+        xb, yb = b.next_batch()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    b.close()

@@ -24,14 +24,10 @@ ERRORS = {401: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": E
 def _submit(state: ServiceState, body: ContextBody, kind: str, op_specs: list[str], force: bool,
             payload: dict | None) -> int:
     """Create the job (blocking database work: call it in the threadpool, never on the event loop)."""
-    threads = state.resolve_threads(body.threads)
-    _, env_hash = state.environment(body.backend, threads)
+    context = state.context(body.backend, body.batch, body.dtype, body.threads)
     with write_session(state.sessions) as session:
-        job = create_job(
-            session, device_id=state.device_id, kind=kind, backend=body.backend, batch=body.batch, dtype=body.dtype,
-            threads=threads, env_hash=env_hash, protocol_version=state.protocol_version, op_specs=op_specs,
-            force=force, payload=payload,
-        )
+        job = create_job(session, device_id=state.device_id, kind=kind, context=context, op_specs=op_specs,
+                         force=force, payload=payload)
         job_id = job.id
     state.worker.wake()
     return job_id
