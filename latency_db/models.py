@@ -31,6 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from latency_db.context import MeasurementContext
+
 JOB_KINDS = ("ops", "architecture")
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 #: Statuses after which a job never changes again.
@@ -186,6 +188,12 @@ class Job(Base):
     items: Mapped[list[JobItem]] = relationship(
         back_populates="job", order_by="JobItem.position", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    @property
+    def context(self) -> MeasurementContext:
+        """The measurement context the job was submitted in."""
+        return MeasurementContext(self.backend, self.batch, self.dtype, self.threads, self.env_hash,
+                                  self.protocol_version)
 
 
 class JobItem(Base):

@@ -73,10 +73,9 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the REST API (migrates the database to head first). Health: GET /v1/health."""
-    import uvicorn
-
     from latency_db.migrate import upgrade_to_head
     from profiler_service.api.app import create_app
+    from profiler_service.api.server import bind_socket, serve_app
 
     settings = build_settings(
         host=host, port=port, db_url=db, backends=backends, threads=threads, token=token,
@@ -88,9 +87,10 @@ def serve(
         application = create_app(settings)
     except ValueError as exc:
         fail(str(exc))
+    sock = bind_socket(settings.host, settings.port)
     err.print(f"proxyless-profiler: serving on http://{settings.host}:{settings.port} (db {settings.db_url})",
               markup=False, highlight=False)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
+    serve_app(application, application.state.stopping, sock, log_level, settings.shutdown_grace_s)
 
 
 def _specs_from(specs: list[str], space: str | None) -> list[str]:

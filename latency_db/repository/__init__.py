@@ -5,6 +5,7 @@ Every function takes a Session and only flushes: the caller owns the transaction
 ``health`` (ping).
 """
 
+from latency_db.repository._checks import check_context
 from latency_db.repository.devices import fingerprint_hash, get_or_create_device
 from latency_db.repository.health import ping
 from latency_db.repository.jobs import (
@@ -41,6 +42,7 @@ __all__ = [
     "LOOKUP_CHUNK",
     "JobNotFoundError",
     "cancel_job",
+    "check_context",
     "claim_next_job",
     "complete_item",
     "create_job",

@@ -6,6 +6,8 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from latency_db.context import MeasurementContext
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -44,3 +46,17 @@ def check_dict(field: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{field}: expected a JSON object (dict), got {type(value).__name__}")
     return dict(value)
+
+
+def check_context(value: Any) -> MeasurementContext:
+    """A MeasurementContext whose fields fit the columns: backend and dtype non-empty (64 / 16 characters), batch
+    and threads >= 1, env_hash a sha256 hex digest, protocol_version non-empty (32 characters)."""
+    if not isinstance(value, MeasurementContext):
+        raise ValueError(f"context: expected a MeasurementContext, got {type(value).__name__}")
+    check_text("backend", value.backend, 64)
+    check_positive_int("batch", value.batch)
+    check_text("dtype", value.dtype, 16)
+    check_positive_int("threads", value.threads)
+    check_hash("env_hash", value.env_hash)
+    check_text("protocol_version", value.protocol_version, 32)
+    return value

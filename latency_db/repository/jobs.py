@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from latency_db.context import MeasurementContext
 from latency_db.models import (
     FINISHED_JOB_STATUSES,
     ITEM_STATUSES,
@@ -25,7 +26,7 @@ from latency_db.models import (
     JobItem,
     utcnow,
 )
-from latency_db.repository._checks import check_choice, check_dict, check_hash, check_positive_int, check_text
+from latency_db.repository._checks import check_choice, check_context, check_dict, check_positive_int, check_text
 
 #: Statuses a worker may give an item.
 ITEM_FINAL_STATUSES = ("done", "skipped", "failed", "cancelled")
@@ -43,17 +44,12 @@ def create_job(
     *,
     device_id: int,
     kind: str,
-    backend: str,
-    batch: int,
-    dtype: str,
-    threads: int,
-    env_hash: str,
-    protocol_version: str,
+    context: MeasurementContext,
     op_specs: Sequence[str],
     force: bool = False,
     payload: dict[str, Any] | None = None,
 ) -> Job:
-    """Create a queued job with one pending item per op spec, in order (positions 0..n-1); flushes.
+    """Create a queued job in ``context`` with one pending item per op spec, in order (positions 0..n-1); flushes.
 
     An "ops" job needs at least one op spec; an "architecture" job may have none (its work is in ``payload``).
     Raises ValueError naming the bad argument.
@@ -70,12 +66,7 @@ def create_job(
         device_id=check_positive_int("device_id", device_id),
         kind=kind,
         status="queued",
-        backend=check_text("backend", backend, 64),
-        batch=check_positive_int("batch", batch),
-        dtype=check_text("dtype", dtype, 16),
-        threads=check_positive_int("threads", threads),
-        env_hash=check_hash("env_hash", env_hash),
-        protocol_version=check_text("protocol_version", protocol_version, 32),
+        **check_context(context).as_dict(),
         force=force,
         payload=None if payload is None else check_dict("payload", payload),
         items=[JobItem(position=i, op_spec=spec, status="pending") for i, spec in enumerate(specs)],

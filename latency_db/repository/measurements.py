@@ -12,8 +12,9 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from latency_db.context import MeasurementContext
 from latency_db.models import OP_SPEC_MAX_LEN, STATS_KEYS, Measurement, utcnow
-from latency_db.repository._checks import check_dict, check_hash, check_positive_int, check_text
+from latency_db.repository._checks import check_context, check_dict, check_positive_int, check_text
 
 #: Columns that identify a measurement (its unique constraint), in order.
 IDENTITY_COLUMNS = ("device_id", "backend", "op_spec", "batch", "dtype", "threads", "env_hash", "protocol_version")
@@ -62,18 +63,14 @@ def upsert_measurement(
     session: Session,
     *,
     device_id: int,
-    backend: str,
+    context: MeasurementContext,
     op_spec: str,
-    batch: int,
-    dtype: str,
-    threads: int,
-    env_hash: str,
-    protocol_version: str,
     environment: dict[str, Any],
     protocol_params: dict[str, Any],
     stats: Mapping[str, float | int],
 ) -> Measurement:
-    """Insert the measurement, or overwrite the stats, environment and parameters of the row with the same identity.
+    """Insert the measurement of ``op_spec`` in ``context``, or overwrite the stats, environment and parameters of
+    the row with the same identity.
 
     One ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` statement, so concurrent writers of the same key end with
     one row and no error. ``created_at`` keeps the first insert's time; ``updated_at`` is now. Returns the row (the
@@ -81,13 +78,8 @@ def upsert_measurement(
     """
     values: dict[str, Any] = {
         "device_id": check_positive_int("device_id", device_id),
-        "backend": check_text("backend", backend, 64),
+        **check_context(context).as_dict(),
         "op_spec": check_text("op_spec", op_spec, OP_SPEC_MAX_LEN),
-        "batch": check_positive_int("batch", batch),
-        "dtype": check_text("dtype", dtype, 16),
-        "threads": check_positive_int("threads", threads),
-        "env_hash": check_hash("env_hash", env_hash),
-        "protocol_version": check_text("protocol_version", protocol_version, 32),
         "environment": check_dict("environment", environment),
         "protocol_params": check_dict("protocol_params", protocol_params),
         **validate_stats(stats),
@@ -107,28 +99,18 @@ def upsert_measurement(
 
 
 def lookup_measurements(
-    session: Session,
-    *,
-    device_id: int,
-    backend: str,
-    batch: int,
-    dtype: str,
-    threads: int,
-    env_hash: str,
-    protocol_version: str,
-    op_specs: Sequence[str],
+    session: Session, *, device_id: int, context: MeasurementContext, op_specs: Sequence[str]
 ) -> dict[str, Measurement]:
     """Return the stored measurements of ``op_specs`` in one context, keyed by op spec; missing specs are absent.
 
     One query (one per :data:`LOOKUP_CHUNK` distinct specs).
     """
+    check_context(context)
     specs = list(dict.fromkeys(op_specs))
     found: dict[str, Measurement] = {}
     for start in range(0, len(specs), LOOKUP_CHUNK):
         chunk = specs[start : start + LOOKUP_CHUNK]
-        stmt = _context_query(device_id, backend, batch, dtype, threads, env_hash, protocol_version).where(
-            Measurement.op_spec.in_(chunk)
-        )
+        stmt = _context_query(device_id, context).where(Measurement.op_spec.in_(chunk))
         for measurement in session.scalars(stmt, execution_options={"populate_existing": True}):
             found[measurement.op_spec] = measurement
     return found
@@ -177,15 +159,13 @@ def export_rows(measurements: Iterable[Measurement]) -> list[dict[str, Any]]:
     return rows
 
 
-def _context_query(
-    device_id: int, backend: str, batch: int, dtype: str, threads: int, env_hash: str, protocol_version: str
-) -> Select[tuple[Measurement]]:
+def _context_query(device_id: int, context: MeasurementContext) -> Select[tuple[Measurement]]:
     return select(Measurement).where(
         Measurement.device_id == device_id,
-        Measurement.backend == backend,
-        Measurement.batch == batch,
-        Measurement.dtype == dtype,
-        Measurement.threads == threads,
-        Measurement.env_hash == env_hash,
-        Measurement.protocol_version == protocol_version,
+        Measurement.backend == context.backend,
+        Measurement.batch == context.batch,
+        Measurement.dtype == context.dtype,
+        Measurement.threads == context.threads,
+        Measurement.env_hash == context.env_hash,
+        Measurement.protocol_version == context.protocol_version,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -62,6 +63,7 @@ class _TooLarge(Exception):
 def create_app(settings: ProfilerSettings | None = None) -> FastAPI:
     """The service app. Its lifespan opens the database (already migrated to head) and runs the job worker."""
     settings = settings or ProfilerSettings()
+    stopping = threading.Event()  # set when the server begins to shut down: long-polls answer at once
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,7 +73,8 @@ def create_app(settings: ProfilerSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            state.close()
+            stopping.set()
+            state.close()  # the worker stops after the item in flight
 
     app = FastAPI(
         title="proxyless-hw profiler",

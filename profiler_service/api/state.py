@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from latency_db.context import MeasurementContext
 from latency_db.engine import make_engine, make_session_factory
 from latency_db.repository import get_or_create_device
 from latency_db.transactions import write_session
@@ -14,34 +15,9 @@ from profiler_service.engine.backends import Backend, available_backends, get_ba
 from profiler_service.api.errors import bad_request
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
 from profiler_service.api.metrics import ServiceMetrics
-from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
+from profiler_service.engine.presets import protocol_params_for, protocol_version_for
 from profiler_service.settings import ProfilerSettings
 from profiler_service.jobs.worker import JobWorker
-
-
-PROTOCOL_PRESETS = ("default", "warm", "fast")
-
-
-def protocol_params_for(preset: str) -> ProtocolParams:
-    """The protocol parameters of a preset.
-
-    ``default``: the full protocol, caches flushed before every run (networks whose working set exceeds the
-    cache, like the ImageNet-size spaces); ``warm``: the same with warm caches (small networks that fit in the
-    cache, like the 32x32 presets); ``fast``: short runs for tests and smoke checks.
-    """
-    if preset == "fast":
-        return ProtocolParams.fast()
-    if preset == "warm":
-        return ProtocolParams(cache_flush_kib=0)
-    if preset == "default":
-        return ProtocolParams()
-    raise ValueError(f"protocol must be one of {', '.join(PROTOCOL_PRESETS)}, got {preset!r}")
-
-
-def protocol_version_for(preset: str) -> str:
-    """The stored protocol version: a preset other than the default is part of a measurement's identity, so a
-    service never reuses numbers measured under another preset."""
-    return PROTOCOL_VERSION if preset == "default" else f"{PROTOCOL_VERSION}+{preset}"
 
 
 def select_backends(names: list[str] | None) -> dict[str, Backend]:
@@ -67,7 +43,11 @@ class ServiceState:
         self._env_lock = threading.Lock()
         with write_session(self.sessions) as session:
             self.device_id = get_or_create_device(session, settings.device_name, self.fingerprint).id
-        self.worker = JobWorker(self)
+        self.worker = JobWorker(
+            sessions=self.sessions, device_id=self.device_id, backends=self.backends,
+            protocol_params=self.protocol_params, protocol_version=self.protocol_version,
+            environment=self.environment, poll_s=settings.worker_poll_s, on_measured=self._count_measurement,
+        )
 
     def backend(self, name: str) -> Backend:
         """The served backend ``name``; a 422 listing the served ones otherwise."""
@@ -77,7 +57,16 @@ class ServiceState:
         return self.backends[name]
 
     def resolve_threads(self, threads: int | None) -> int:
+        """The thread count of a request: its own, or the service default for None."""
         return self.settings.threads if threads is None else threads
+
+    def context(self, backend_name: str, batch: int, dtype: str, threads: int | None) -> MeasurementContext:
+        """The measurement context of a request on this service: its backend, batch, dtype and threads (None: the
+        default) in this service's current environment and protocol version (422 for a backend not served)."""
+        threads = self.resolve_threads(threads)
+        _, current_hash = self.environment(backend_name, threads)
+        return MeasurementContext(backend=backend_name, batch=batch, dtype=dtype, threads=threads,
+                                  env_hash=current_hash, protocol_version=self.protocol_version)
 
     def environment(self, backend_name: str, threads: int) -> tuple[dict[str, Any], str]:
         """(environment, its hash) of a backend at a thread count: part of every measurement's identity."""
@@ -87,6 +76,10 @@ class ServiceState:
                 env = environment(self.backend(backend_name), threads)
                 self._env_cache[key] = (env, env_hash(env))
             return self._env_cache[key]
+
+    def _count_measurement(self, backend_name: str, kind: str, seconds: float) -> None:
+        self.metrics.measure_seconds.labels(backend_name).observe(seconds)
+        self.metrics.measurements.labels(backend_name, kind).inc()
 
     def close(self) -> None:
         self.worker.stop()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 from multiprocessing.synchronize import Barrier as ProcessBarrier
 
+from latency_db.context import MeasurementContext
 from latency_db.engine import make_engine, make_session_factory
 from latency_db.repository import get_or_create_device, upsert_measurement
 from latency_db.transactions import write_session
 
 FINGERPRINT = {"cpu": "Concurrent CPU", "cores": 2}
-ENV_HASH = "ef" * 32
+CONTEXT = MeasurementContext(backend="torch-cpu", batch=1, dtype="float32", threads=1, env_hash="ef" * 32,
+                             protocol_version="1")
 
 
 def op_spec(i: int) -> str:
@@ -36,13 +38,8 @@ def write_all(url: str, n_keys: int, writer: int, barrier: threading.Barrier | P
                 upsert_measurement(
                     session,
                     device_id=device_id,
-                    backend="torch-cpu",
+                    context=CONTEXT,
                     op_spec=op_spec(i),
-                    batch=1,
-                    dtype="float32",
-                    threads=1,
-                    env_hash=ENV_HASH,
-                    protocol_version="1",
                     environment={"writer": writer},
                     protocol_params={},
                     stats={

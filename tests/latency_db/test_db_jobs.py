@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from latency_db.context import MeasurementContext
 from latency_db.models import Job, JobItem
 from latency_db.repository import (
     JobNotFoundError,
@@ -26,19 +27,19 @@ from latency_db.repository import (
     pending_items,
     upsert_measurement,
 )
+from tests.latency_db.conftest import split_overrides
 from tests.latency_db.db_test_data import spec
 
 NewJob = Callable[..., Job]
 
 
 @pytest.fixture
-def new_job(session: Session, context: dict[str, Any]) -> NewJob:
-    """Create an "ops" job in the context: ``new_job(n_ops, **overrides)``."""
+def new_job(session: Session, device_id: int, context: MeasurementContext) -> NewJob:
+    """Create an "ops" job in the context: ``new_job(n_ops, **overrides)`` (context fields may be overridden)."""
 
     def build(n_ops: int = 3, /, **overrides: Any) -> Job:
-        args = {**context, "kind": "ops", "op_specs": [spec(i) for i in range(n_ops)]}
-        args.update(overrides)
-        return create_job(session, **args)
+        args = {"device_id": device_id, "kind": "ops", "op_specs": [spec(i) for i in range(n_ops)], **overrides}
+        return create_job(session, **split_overrides(context, args))
 
     return build
 

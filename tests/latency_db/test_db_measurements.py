@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from latency_db.context import MeasurementContext
 from latency_db.models import STATS_KEYS, Measurement
 from latency_db.repository import (
     EXPORT_COLUMNS,
@@ -90,30 +91,30 @@ def test_each_identity_column_separates_rows(
 
 
 def test_lookup_returns_found_and_leaves_out_missing_in_one_query(
-    session: Session, upsert_args: Args, context: dict[str, Any]
+    session: Session, upsert_args: Args, device_id: int, context: MeasurementContext
 ) -> None:
     for i in range(5):
         upsert_measurement(session, **upsert_args(spec(i), 1.0 + i))
     upsert_measurement(session, **upsert_args(spec(7), 9.0, batch=2))  # other context: not found
     wanted = [spec(0), spec(3), spec(7), "mbconv_r99x99_c8-8_k3_e3_s1_relu6_skip", spec(3)]
     with _counting_selects(session) as selects:
-        found = lookup_measurements(session, **context, op_specs=wanted)
+        found = lookup_measurements(session, device_id=device_id, context=context, op_specs=wanted)
     assert len(selects) == 1
     assert sorted(found) == [spec(0), spec(3)]
     assert found[spec(3)].median_ms == 4.0
     assert found[spec(0)].op_spec == spec(0)
-    assert lookup_measurements(session, **context, op_specs=[]) == {}
+    assert lookup_measurements(session, device_id=device_id, context=context, op_specs=[]) == {}
 
 
 def test_lookup_of_many_specs_chunks_the_in_list(
-    session: Session, upsert_args: Args, context: dict[str, Any]
+    session: Session, upsert_args: Args, device_id: int, context: MeasurementContext
 ) -> None:
     stored = [spec(i) for i in range(0, 2 * LOOKUP_CHUNK + 50, 10)]
     for i, op_spec in enumerate(stored):
         upsert_measurement(session, **upsert_args(op_spec, 1.0 + i))
     wanted = [spec(i) for i in range(2 * LOOKUP_CHUNK + 50)]
     with _counting_selects(session) as selects:
-        found = lookup_measurements(session, **context, op_specs=wanted)
+        found = lookup_measurements(session, device_id=device_id, context=context, op_specs=wanted)
     assert len(selects) == 3  # ceil(1850 / 900)
     assert set(found) == set(stored)
     assert found[stored[-1]].median_ms == 1.0 + len(stored) - 1
@@ -233,3 +234,13 @@ def test_invalid_identity_or_json_arguments_are_rejected(
 ) -> None:
     with pytest.raises(ValueError, match=field):
         upsert_measurement(session, **upsert_args(spec(0), **{field: value}))
+
+
+def test_context_must_be_a_measurement_context(session: Session, upsert_args: Args, device_id: int,
+                                               context: MeasurementContext) -> None:
+    args = upsert_args(spec(0))
+    args["context"] = context.as_dict()
+    with pytest.raises(ValueError, match="context: expected a MeasurementContext, got dict"):
+        upsert_measurement(session, **args)
+    with pytest.raises(ValueError, match="context"):
+        lookup_measurements(session, device_id=device_id, context=None, op_specs=[spec(0)])  # type: ignore[arg-type]

@@ -24,17 +24,12 @@ def stats_of(row: object) -> Stats:
 def lookup(body: LookupRequest, state: StateDep, session: SessionDep) -> LookupResponse:
     check_dtype(state.backend(body.backend), body.dtype)
     parse_ops(state.settings, body.ops, body.batch, body.dtype)
-    threads = state.resolve_threads(body.threads)
-    _, env_hash = state.environment(body.backend, threads)
-    rows = lookup_measurements(
-        session, device_id=state.device_id, backend=body.backend, batch=body.batch, dtype=body.dtype,
-        threads=threads, env_hash=env_hash, protocol_version=state.protocol_version, op_specs=body.ops,
-    )
+    context = state.context(body.backend, body.batch, body.dtype, body.threads)
+    rows = lookup_measurements(session, device_id=state.device_id, context=context, op_specs=body.ops)
     found = {spec: stats_of(row) for spec, row in rows.items()}
     missing = list(dict.fromkeys(op for op in body.ops if op not in found))
     state.metrics.lookups.labels("found").inc(len(found))
     state.metrics.lookups.labels("missing").inc(len(missing))
     return LookupResponse(
-        backend=body.backend, batch=body.batch, dtype=body.dtype, threads=threads, env_hash=env_hash,
-        protocol_version=state.protocol_version, found=found, missing=missing,
+        **context.as_dict(), found=found, missing=missing,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -12,7 +12,7 @@ from nas_ops.arch import architecture_from_json_obj
 from profiler_service.api.deps import StateDep, TokenDep
 from profiler_service.api.errors import bad_request
 from profiler_service.jobs.views import FINISHED, wait_for_job
-from profiler_service.api.limits import check_architecture, check_dtype, parse_ops
+from profiler_service.api.limits import check_architecture, check_dtype, check_wait, parse_ops
 from profiler_service.api.schemas import ArchitectureRequest, ContextBody, ErrorBody, JobOut, MeasureRequest
 from profiler_service.api.state import ServiceState
 
@@ -33,9 +33,10 @@ def _submit(state: ServiceState, body: ContextBody, kind: str, op_specs: list[st
     return job_id
 
 
-async def _answer(state: ServiceState, job_id: int, wait_s: float) -> JSONResponse:
-    """200 with the finished job, or 202 with its progress when it is still queued or running."""
-    view = await wait_for_job(state, job_id, wait_s)
+async def _answer(request: Request, state: ServiceState, job_id: int, wait_s: float) -> JSONResponse:
+    """200 with the finished job, or 202 with its progress when it is still queued or running (also when the
+    server began to shut down, or the client went away, during the wait)."""
+    view = await wait_for_job(state, job_id, wait_s, request.app.state.stopping, request.is_disconnected)
     code = 200 if view.status in FINISHED else 202
     return JSONResponse(view.model_dump(mode="json"), status_code=code)
 
@@ -46,18 +47,21 @@ async def _answer(state: ServiceState, job_id: int, wait_s: float) -> JSONRespon
     description="Creates a persistent job. Ops already stored under the same environment are skipped unless "
     "`force`. Answers 202 with the job, or 200 when it finished within `wait_s`.",
 )
-async def measure(body: MeasureRequest, state: StateDep, _: TokenDep) -> JSONResponse:
+async def measure(body: MeasureRequest, request: Request, state: StateDep, _: TokenDep) -> JSONResponse:
+    check_wait(state.settings, body.wait_s)
     check_dtype(state.backend(body.backend), body.dtype)
     parse_ops(state.settings, body.ops, body.batch, body.dtype)
     job_id = await run_in_threadpool(_submit, state, body, "ops", body.ops, body.force, None)
-    return await _answer(state, job_id, body.wait_s)
+    return await _answer(request, state, job_id, body.wait_s)
 
 
 @router.post(
     "/measure/architecture", response_model=JobOut, status_code=202, responses=ERRORS,
     summary="Measure a whole network end to end (a job; its result holds the stats)",
 )
-async def measure_architecture(body: ArchitectureRequest, state: StateDep, _: TokenDep) -> JSONResponse:
+async def measure_architecture(body: ArchitectureRequest, request: Request, state: StateDep,
+                               _: TokenDep) -> JSONResponse:
+    check_wait(state.settings, body.wait_s)
     check_dtype(state.backend(body.backend), body.dtype)
     try:
         arch = architecture_from_json_obj(body.architecture)
@@ -67,4 +71,4 @@ async def measure_architecture(body: ArchitectureRequest, state: StateDep, _: To
     payload = arch.to_dict()
     payload["metadata"] = {}  # the job measures the network; metadata plays no part
     job_id = await run_in_threadpool(_submit, state, body, "architecture", [], False, payload)
-    return await _answer(state, job_id, body.wait_s)
+    return await _answer(request, state, job_id, body.wait_s)
