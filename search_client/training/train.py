@@ -22,7 +22,7 @@ from torch import nn
 
 from nas_ops.arch import Architecture
 from nas_ops.network import Network, build_network
-from search_client.training.datasets import DEFAULT_VALID_FRACTION, DataOptions, open_search_data
+from search_client.training.datasets import DEFAULT_VALID_FRACTION, DataOptions, SearchData, open_search_data
 
 
 @dataclass
@@ -67,12 +67,14 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """The trained network, its final held-out top-1 and loss, and one log row per epoch."""
+    """The trained network, its final held-out top-1 and loss, one log row per epoch, and the data's
+    description (:attr:`search_client.training.datasets.SearchData.info`)."""
 
     network: Network
     top1: float
     valid_loss: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def train_step(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], optimizer: torch.optim.Optimizer, *,
@@ -117,10 +119,19 @@ def train_architecture(arch: Architecture, config: TrainConfig, *, progress: boo
     if data.num_classes > arch.num_classes:
         raise ValueError(f"data: {config.data} has {data.num_classes} classes but the architecture's head has "
                          f"{arch.num_classes}")
-    stream = data.train
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = build_network(arch)
+    try:
+        history = _fit(net, data, config, progress=progress)
+    finally:
+        data.close()
+    return TrainResult(net, history[-1]["valid_top1"], history[-1]["valid_loss"], history, dict(data.info))
+
+
+def _fit(net: Network, data: SearchData, config: TrainConfig, *, progress: bool) -> list[dict[str, Any]]:
+    """The training loop: SGD with a cosine lr over every step, the held-out evaluation after each epoch."""
+    stream = data.train
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
     total_steps = config.epochs * len(stream)
@@ -143,7 +154,7 @@ def train_architecture(arch: Architecture, config: TrainConfig, *, progress: boo
         if progress:
             print(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}, "
                   f"valid top-1 {top1:.4f}", flush=True)
-    return TrainResult(net, history[-1]["valid_top1"], history[-1]["valid_loss"], history)
+    return history
 
 
 def save_train_result(result: TrainResult, arch: Architecture, config: TrainConfig, out_dir: str | Path
@@ -154,7 +165,7 @@ def save_train_result(result: TrainResult, arch: Architecture, config: TrainConf
     files = {"weights": out / "weights.pt", "log": out / "train_log.jsonl", "summary": out / "train_summary.json"}
     torch.save(result.network.state_dict(), files["weights"])
     files["log"].write_text("".join(json.dumps(row) + "\n" for row in result.history), encoding="utf-8")
-    summary = {"top1": result.top1, "valid_loss": result.valid_loss, "config": asdict(config),
+    summary = {"top1": result.top1, "valid_loss": result.valid_loss, "config": asdict(config), "data": result.data,
                "architecture": arch.to_dict()}
     files["summary"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return files

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
-from search_client.training.train import TrainConfig, evaluate
+from nas_ops.space import load_space
+from search_client.training.datasets import open_search_data
+from search_client.training.train import TrainConfig, evaluate, save_train_result, train_architecture
 
 
 class _Fixed(nn.Module):
@@ -42,3 +49,26 @@ def test_train_config_checks_its_data_options() -> None:
     assert options.valid_per_class == 5 and options.workers == 2 and options.input_size == (16, 16)
     with pytest.raises(ValueError, match="train config: .*workers"):
         TrainConfig(workers=-1)
+
+
+def test_retraining_reads_an_image_folder_through_the_search_pipeline(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for label, level in (("dark", 40), ("light", 215)):  # two classes a net separates at once
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(level + rng.normal(0, 20, (24, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / label / f"{i}.jpg")
+    arch = load_space("micro-16").architecture([0, 0, 0])
+    config = TrainConfig(data=str(tmp_path / "data"), epochs=3, batch_size=8, lr=0.1, valid_per_class=3,
+                         workers=2, color_jitter=0.2)
+    result = train_architecture(arch, config)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert result.data["layout"] == "flat" and result.data["valid_images"] == 6 and result.data["workers"] == 2
+    # the held-out split is the one the search's pipeline gives for the same options
+    held_out = open_search_data(config.data_options(arch.input_size, arch.in_chs)).eval_batches(4)
+    assert result.top1 == pytest.approx(evaluate(result.network, held_out)[1])
+    assert result.top1 >= 5 / 6
+    files = save_train_result(result, arch, config, tmp_path / "out")
+    summary = json.loads(files["summary"].read_text())
+    assert summary["data"]["valid_from"] == "3 per class held out of train"
+    assert summary["config"]["workers"] == 2
