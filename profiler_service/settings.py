@@ -47,7 +47,9 @@ class ProfilerSettings(BaseSettings):
                                      "request's batch and dtype + weights, nas_ops.counting.op_memory_bytes), MiB")
     max_network_memory_mib: float = Field(4096.0, gt=0, description="whole-network memory estimate "
                                           "(nas_ops.counting.network_memory_bytes), MiB")
-    max_wait_s: float = Field(600.0, ge=0)
+    max_wait_s: float = Field(600.0, ge=0, allow_inf_nan=False, description="longest wait_s of a measure request")
+    shutdown_grace_s: float = Field(5.0, ge=0, le=300, description="at SIGTERM, how long requests in flight may "
+                                    "take to finish before they are cancelled (long-polls answer at once)")
     max_list_jobs: int = Field(500, ge=1, le=1000)
 
     @field_validator("token", mode="before")

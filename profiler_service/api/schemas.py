@@ -58,12 +58,15 @@ class LookupResponse(BaseModel):
 class MeasureRequest(ContextBody):
     ops: list[str] = Field(min_length=1, examples=[EXAMPLE_OPS])
     force: bool = Field(False, description="measure again even when stored under the same environment")
-    wait_s: float = Field(0.0, ge=0, description="wait up to this many seconds for the job to finish")
+    wait_s: float = Field(0.0, ge=0, allow_inf_nan=False, strict=True,
+                          description="wait up to this many seconds for the job to finish (at most the service's "
+                          "max_wait_s; the wait ends early when the service shuts down)")
 
 
 class ArchitectureRequest(ContextBody):
     architecture: dict[str, Any] = Field(description="an architecture file (ours or an official net.config)")
-    wait_s: float = Field(0.0, ge=0)
+    wait_s: float = Field(0.0, ge=0, allow_inf_nan=False, strict=True,
+                          description="wait up to this many seconds for the job to finish (at most max_wait_s)")
 
 
 class FailedItem(BaseModel):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,6 +18,7 @@ from profiler_service.api.state import ServiceState
 
 FINISHED = ("done", "failed", "cancelled")
 MAX_FAILED_ITEMS_SHOWN = 50
+POLL_S = 0.1  # how often a long-poll looks at its job
 
 
 def job_out(session: Session, job: Job) -> JobOut:
@@ -58,11 +61,16 @@ def load_job_out(state: ServiceState, job_id: int) -> JobOut:
         return job_out(session, device_job(session, state, job_id))
 
 
-async def wait_for_job(state: ServiceState, job_id: int, wait_s: float) -> JobOut:
-    """Poll the job until it is finished or ``wait_s`` has passed (the event loop stays free meanwhile)."""
-    deadline = time.monotonic() + min(wait_s, state.settings.max_wait_s)
+async def wait_for_job(state: ServiceState, job_id: int, wait_s: float, stopping: threading.Event,
+                       client_gone: Callable[[], Awaitable[bool]] | None = None) -> JobOut:
+    """Poll the job until it is finished, ``wait_s`` has passed, the server is ``stopping`` (a SIGTERM: the
+    long-poll answers at once with the progress so far) or the client has gone (``client_gone``); the event loop
+    stays free meanwhile. The caller has bounded ``wait_s`` (finite, at most the service's ``max_wait_s``)."""
+    deadline = time.monotonic() + wait_s
     view = await asyncio.to_thread(load_job_out, state, job_id)
-    while view.status not in FINISHED and time.monotonic() < deadline:
-        await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+    while view.status not in FINISHED and time.monotonic() < deadline and not stopping.is_set():
+        if client_gone is not None and await client_gone():
+            break
+        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
         view = await asyncio.to_thread(load_job_out, state, job_id)
     return view

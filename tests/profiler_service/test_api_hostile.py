@@ -143,3 +143,28 @@ def test_integer_bounds_on_postgresql(postgres_url: str) -> None:
         assert pg.post(f"/v1/jobs/{INT32_MAX + 1}/cancel").status_code == 422
         assert pg.get(f"/v1/jobs/{INT32_MAX}").status_code == 404  # in range: asked of the database, not found
         assert pg.get(f"/v1/table?batch={INT32_MAX}").json()["measurements"] == []
+
+
+# --- point 8: a bounded, strictly typed wait ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("raw", "needle"), [
+    (b"1e309", "wait_s: Input should be a finite number"),
+    (b"-1", "wait_s: Input should be greater than or equal to 0"),
+    (b"false", "wait_s: Input should be a valid number"),
+    (b'"1"', "wait_s: Input should be a valid number"),
+    (b"600.5", "wait_s: 600.5 s is above this service's limit of 600 s"),
+])
+@pytest.mark.parametrize("path", ["/v1/measure", "/v1/measure/architecture"])
+def test_wait_s_is_finite_bounded_and_never_coerced(hostile: TestClient, path: str, raw: bytes, needle: str) -> None:
+    what = b'"ops": ["' + CANONICAL.encode() + b'"]' if path == "/v1/measure" else b'"architecture": {"x": 1}'
+    body = b'{"backend": "ort-cpu", ' + what + b', "wait_s": ' + raw + b"}"
+    response = hostile.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert needle in response.json()["detail"]
+    assert stored_rows(hostile) == 0
+
+
+def test_wait_s_up_to_the_limit_is_accepted(service_db: str) -> None:
+    with TestClient(create_app(make_settings(service_db, max_wait_s=30))) as client:
+        response = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": [CANONICAL], "wait_s": 30})
+        assert response.status_code == 200 and response.json()["status"] == "done"
+        assert client.get("/v1/device").json()["limits"]["max_wait_s"] == 30

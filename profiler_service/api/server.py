@@ -1,0 +1,50 @@
+"""The HTTP server of ``proxyless-profiler serve``: uvicorn, told at the first signal that the service is stopping.
+
+uvicorn stops on SIGTERM/SIGINT by closing its listeners and then WAITING for every request in flight, before the
+app's lifespan shutdown runs: a long-poll (``POST /v1/measure`` with ``wait_s``) would hold the process for up to
+``max_wait_s``. This server sets the app's ``stopping`` event as soon as the signal arrives, so a long-poll answers
+at once (202 with the job's progress), then uvicorn finishes the shutdown: the lifespan stops the worker after the
+item in flight. ``timeout_graceful_shutdown`` bounds what is left (any other slow request).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import FrameType
+
+import uvicorn
+
+
+class ProfilerServer(uvicorn.Server):
+    """A uvicorn server whose exit signal also sets ``stopping`` (the app's ``app.state.stopping``)."""
+
+    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+        super().__init__(config)
+        self.stopping = stopping
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+        super().handle_exit(sig, frame)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (OSError when the port is in use or the address is not this host's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT, not one with a listener
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_app(app: object, stopping: threading.Event, sock: socket.socket, log_level: str,
+              grace_s: float) -> None:
+    """Serve ``app`` on the already bound ``sock`` until SIGTERM/SIGINT (see the module docstring)."""
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace_s)
+    ProfilerServer(config, stopping).run(sockets=[sock])
