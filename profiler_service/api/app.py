@@ -82,6 +82,7 @@ def create_app(settings: ProfilerSettings | None = None) -> FastAPI:
         description="Measures candidate ops on this device and serves their latency F(o) for ProxylessNAS.",
         lifespan=lifespan,
     )
+    app.state.stopping = stopping
     install_error_handlers(app)
     for module in (health, device, lookup, measure, jobs, table, metrics):
         app.include_router(module.router, prefix=API_PREFIX)
