@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 from typer.testing import CliRunner
 
 from nas_ops.space import PRESETS
+from nas_ops.spec import format_spec
 from search_client.cli import app
 from search_client.device.client import LatencyClient
-from search_client.errors import BadRequest
-from search_client.table.latency_table import LatencyTable, build_table, table_specs
+from search_client.device.errors import BadRequest
+from search_client.table.latency_table import STATS_FIELDS, LatencyTable, build_table, table_specs
 
 pytestmark = pytest.mark.live
 MICRO = PRESETS["micro-16"]
@@ -28,18 +30,27 @@ def test_build_micro16_table_from_scratch_then_offline(live_profiler, tmp_path):
     print(f"micro-16 table built from scratch in {elapsed:.1f} s")  # shown with pytest -s
     assert after.missing == [] and after.env_hash == table.env_hash
 
+    # real timings: only their form is checked (finite, >= 0: calibrated stats are floored at 0), never their size
+    assert all(math.isfinite(v) and v >= 0 for s in table.stats.values() for v in s.values()), table.stats
+    assert all(s["samples"] > 0 for s in table.stats.values())
+    # the table holds exactly what the device stored
+    assert {spec: {f: after.found[spec][f] for f in STATS_FIELDS} for spec in table.stats} == table.stats
+
     path = table.save(tmp_path / "micro16.json")
     offline = LatencyTable.load(path)
     assert offline == table
     assert set(offline.stats) == set(table_specs(MICRO))
-    assert all(s["samples"] > 0 and s["median_ms"] > 0 for s in offline.stats.values())
-    assert offline.fixed_ms > 0 and offline.threads == 1
+    assert offline.threads == 1
     assert offline.device["fingerprint_hash"] == info["fingerprint_hash"]
     assert offline.device["url"] == live_profiler.url
     assert offline.protocol_version == info["protocol"]["version"]
+    assert offline.fixed_ms == pytest.approx(sum(offline.stats[format_spec(s)]["median_ms"]
+                                                 for s in MICRO.fixed_specs()))
     for cell, row in zip(MICRO.cells(), offline.entries):
         assert len(row) == len(cell.candidates)
-        assert all((v == 0.0) == (j == cell.zero_index) for j, v in enumerate(row))
+        for j, (op, value) in enumerate(zip(cell.candidates, row)):
+            expected = 0.0 if j == cell.zero_index else offline.stats[format_spec(op)]["median_ms"]
+            assert value == expected, (j, op)
 
 
 def test_lut_cli_no_measure_reuses_stored_entries(live_profiler, tmp_path):
