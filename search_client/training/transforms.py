@@ -175,9 +175,10 @@ class Normalize:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.shape[1] != len(self.mean):
             raise ValueError(f"normalise: {batch.shape[1]}-channel batch, statistics for {len(self.mean)}")
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
-        return (batch.float() / 255.0 - mean) / std
+        std = torch.tensor(self.std, dtype=torch.float64).view(1, -1, 1, 1)
+        scale = (1.0 / (255.0 * std)).float()
+        shift = (-torch.tensor(self.mean, dtype=torch.float64).view(1, -1, 1, 1) / std).float()
+        return batch.to(torch.float32, copy=True).mul_(scale).add_(shift)  # one float copy, then in place
 
     @classmethod
     def imagenet(cls, chans: int) -> Normalize:
