@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from profiler_service import __version__
 from profiler_service.api.errors import install_error_handlers
-from profiler_service.api.routers import device, health, jobs, lookup, measure, metrics, table
+from profiler_service.api.routers import device, fleet, health, jobs, lookup, measure, metrics, page, spaces, table
 from profiler_service.settings import ProfilerSettings
 from profiler_service.api.state import ServiceState
 
@@ -84,8 +84,10 @@ def create_app(settings: ProfilerSettings | None = None) -> FastAPI:
     )
     app.state.stopping = stopping
     install_error_handlers(app)
-    for module in (health, device, lookup, measure, jobs, table, metrics):
+    for module in (health, device, lookup, measure, jobs, table, metrics, fleet, spaces):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(page.router)
+    app.mount(page.ASSETS_URL, page.assets(), name="web")
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -1,0 +1,160 @@
+"""The fleet: every device of the database this service uses, and one op's latency on each of them side by side.
+
+Several profilers (one per device) can share one PostgreSQL database; these read-only endpoints look across all of
+them. On a service with its own SQLite file the fleet is this one device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
+
+from latency_db.models import OP_SPEC_MAX_LEN
+from latency_db.repository.fleet import MAX_FLEET_ROWS, device_summaries, list_devices, op_on_devices
+from nas_ops.spec import format_spec, parse_spec
+from profiler_service.api.deps import SessionDep, StateDep
+from profiler_service.api.errors import ApiError, bad_request
+from profiler_service.api.routers.lookup import stats_of
+from profiler_service.api.schemas import DType, ErrorBody, Stats
+
+router = APIRouter(prefix="/fleet", tags=["fleet"])
+
+#: Seconds a client should wait before asking again when the database does not answer.
+RETRY_AFTER_S = 5
+#: The largest batch/threads a filter may name (the database's integer columns are 32-bit).
+MAX_INT_FILTER = 2**31 - 1
+#: The characters of a canonical op spec (no whitespace): the full grammar is checked by nas_ops.spec.
+SPEC_PATTERN = r"^[a-z0-9_.\-]+$"
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorBody, "description": "a parameter is malformed or out of range"},
+    503: {"model": ErrorBody, "description": "the database is unreachable (see Retry-After)"},
+}
+
+
+class FleetDevice(BaseModel):
+    """One device of the database and what it holds."""
+
+    id: int
+    name: str
+    this_device: bool = Field(description="the device this service runs on")
+    fingerprint_hash: str
+    fingerprint: dict[str, Any]
+    first_seen: datetime
+    last_seen: datetime = Field(description="when its service last started")
+    measurements: int = Field(description="stored measurements (every backend and context)")
+    ops: int = Field(description="distinct op specs among them")
+    backends: list[str]
+    last_measured_at: datetime | None = Field(description="when its newest measurement was stored")
+
+
+class FleetDevices(BaseModel):
+    devices: list[FleetDevice]
+
+
+class DeviceRef(BaseModel):
+    id: int
+    name: str
+    this_device: bool
+
+
+class FleetOpRow(BaseModel):
+    """One stored measurement of the op on one device, in one context."""
+
+    device: DeviceRef
+    backend: str
+    batch: int
+    dtype: str
+    threads: int
+    protocol_version: str
+    env_hash: str
+    stats: Stats
+    updated_at: datetime
+
+
+class FleetOp(BaseModel):
+    op_spec: str
+    rows: list[FleetOpRow]
+    missing_on: list[DeviceRef] = Field(description="devices with no measurement of the op matching the filters")
+
+
+@contextmanager
+def database_answers() -> Iterator[None]:
+    """Turn a database that does not answer into a 503 with Retry-After (a client's problem is never a 500)."""
+    try:
+        yield
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        raise ApiError(503, "database_unavailable", f"the database is unreachable: {reason}",
+                       {"Retry-After": str(RETRY_AFTER_S)}) from None
+
+
+def canonical_spec(text: str, field: str) -> str:
+    """``text`` when it is a valid op spec in its canonical form; a 422 naming the field (or the canonical form)."""
+    try:
+        canonical = format_spec(parse_spec(text))
+    except ValueError as exc:
+        raise bad_request(f"{field}: {exc}") from None
+    if canonical != text:
+        raise bad_request(f"{field}: {text!r} is not canonical; write it as {canonical!r}", "not_canonical")
+    return canonical
+
+
+@router.get("/devices", response_model=FleetDevices, responses=ERRORS,
+            summary="Every device of the database: last seen, how many ops it holds, its backends")
+def fleet_devices(
+    session: SessionDep,
+    state: StateDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_FLEET_ROWS, description="at most this many devices")] = 200,
+) -> FleetDevices:
+    with database_answers():
+        summaries = device_summaries(session, limit=limit)
+    return FleetDevices(devices=[
+        FleetDevice(
+            id=s.device.id, name=s.device.name, this_device=s.device.id == state.device_id,
+            fingerprint_hash=s.device.fingerprint_hash, fingerprint=s.device.fingerprint,
+            first_seen=s.device.first_seen, last_seen=s.device.last_seen, measurements=s.measurements, ops=s.ops,
+            backends=list(s.backends), last_measured_at=s.last_measured_at,
+        )
+        for s in summaries
+    ])
+
+
+@router.get("/op", response_model=FleetOp, responses=ERRORS,
+            summary="One op's stored latency on every device of the database, side by side")
+def fleet_op(
+    session: SessionDep,
+    state: StateDep,
+    spec: Annotated[str, Query(min_length=1, max_length=OP_SPEC_MAX_LEN, pattern=SPEC_PATTERN,
+                               description="the op spec, in canonical form",
+                               examples=["mbconv_r56x56_c24-24_k3_e6_s1_relu6_skip"])],
+    backend: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    batch: Annotated[int | None, Query(ge=1, le=MAX_INT_FILTER)] = None,
+    dtype: DType | None = None,
+    threads: Annotated[int | None, Query(ge=1, le=256)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_FLEET_ROWS, description="at most this many rows")] = 500,
+) -> FleetOp:
+    op_spec = canonical_spec(spec, "spec")
+    with database_answers():
+        found = op_on_devices(session, op_spec, backend=backend, batch=batch, dtype=dtype, threads=threads,
+                              limit=limit)
+        devices = list_devices(session, limit=MAX_FLEET_ROWS)
+
+    def ref(device_id: int, name: str) -> DeviceRef:
+        return DeviceRef(id=device_id, name=name, this_device=device_id == state.device_id)
+
+    rows = [
+        FleetOpRow(device=ref(device.id, device.name), backend=m.backend, batch=m.batch, dtype=m.dtype,
+                   threads=m.threads, protocol_version=m.protocol_version, env_hash=m.env_hash, stats=stats_of(m),
+                   updated_at=m.updated_at)
+        for device, m in found
+    ]
+    holding = {device.id for device, _ in found}
+    missing = sorted((ref(d.id, d.name) for d in devices if d.id not in holding), key=lambda r: (r.name, r.id))
+    return FleetOp(op_spec=op_spec, rows=rows, missing_on=missing)

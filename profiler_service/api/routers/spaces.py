@@ -1,0 +1,103 @@
+"""Search spaces (the presets of nas_ops.space): their cells and the op spec of every candidate.
+
+A client (the web page's heatmap) looks the specs up with ``POST /v1/lookup`` to see which entries of a space's
+latency table F[cell, candidate] this device holds. Only presets are served: a request never names a file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
+
+from nas_ops.space import PRESETS, ZERO_NAME, SearchSpace
+from nas_ops.spec import MAX_RESOLUTION, format_spec
+from profiler_service.api.errors import bad_request, not_found
+from profiler_service.api.schemas import ErrorBody
+
+router = APIRouter(tags=["spaces"])
+
+#: The smallest input size a space may be moved to (a stride-2 stem and stages need something to halve).
+MIN_SPACE_RESOLUTION = 8
+
+
+class SpaceSummary(BaseModel):
+    name: str
+    input_size: list[int]
+    cell_count: int
+    candidate_names: list[str] = Field(description="the column names of the space's table (Zero last, if any)")
+
+
+class SpaceList(BaseModel):
+    spaces: list[SpaceSummary]
+
+
+class FixedOp(BaseModel):
+    role: str = Field(description="stem, first_block, mix or head")
+    spec: str
+
+
+class SpaceCell(BaseModel):
+    index: int
+    stage: int
+    in_chs: int
+    out_chs: int
+    height: int
+    width: int
+    stride: int
+    candidates: list[str] = Field(description="op spec of each candidate, in the order of candidate_names")
+    candidate_names: list[str]
+    zero_index: int | None = Field(description="position of Zero among the candidates (costs 0 ms), if allowed")
+
+
+class SpaceDetail(SpaceSummary):
+    fixed: list[FixedOp]
+    cells: list[SpaceCell] = Field(description="the searchable cells in execution order")
+
+
+def _column_names(space: SearchSpace) -> list[str]:
+    names = [candidate.name for candidate in space.candidates]
+    if any(cell.zero_index is not None for cell in space.cells()):
+        names.append(ZERO_NAME)
+    return names
+
+
+def _summary(space: SearchSpace) -> dict[str, Any]:
+    return {"name": space.name, "input_size": list(space.input_size), "cell_count": len(space.cells()),
+            "candidate_names": _column_names(space)}
+
+
+@router.get("/spaces", response_model=SpaceList, summary="The search-space presets")
+def spaces() -> SpaceList:
+    return SpaceList(spaces=[SpaceSummary(**_summary(space)) for space in PRESETS.values()])
+
+
+@router.get(
+    "/spaces/{name}", response_model=SpaceDetail, summary="A preset's cells and candidate op specs",
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+def space(
+    name: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9.\-]*$",
+                              examples=["tiny-32"])],
+    resolution: Annotated[int | None, Query(ge=MIN_SPACE_RESOLUTION, le=MAX_RESOLUTION,
+                                            description="move the space to this square input size")] = None,
+) -> SpaceDetail:
+    if name not in PRESETS:
+        raise not_found(f"search space {name!r} is not a preset; known: {', '.join(PRESETS)}")
+    chosen = PRESETS[name]
+    if resolution is not None:
+        try:
+            chosen = chosen.with_resolution(resolution, resolution)
+        except ValueError as exc:
+            raise bad_request(f"resolution: {exc}") from None
+    fixed = chosen.fixed_specs()
+    roles = ["stem", "first_block", *(["mix"] if chosen.mix_chs is not None else []), "head"]
+    cells = [
+        SpaceCell(index=cell.index, stage=cell.stage, in_chs=cell.in_chs, out_chs=cell.out_chs, height=cell.height,
+                  width=cell.width, stride=cell.stride, candidates=[format_spec(c) for c in cell.candidates],
+                  candidate_names=list(cell.candidate_names), zero_index=cell.zero_index)
+        for cell in chosen.cells()
+    ]
+    return SpaceDetail(**_summary(chosen), fixed=[FixedOp(role=r, spec=format_spec(s)) for r, s in zip(roles, fixed)],
+                       cells=cells)

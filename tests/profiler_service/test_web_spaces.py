@@ -1,0 +1,53 @@
+"""The search-space endpoints of the web page: the presets, and a space's cells with every candidate's op spec."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from nas_ops.space import PRESETS
+from nas_ops.spec import format_spec
+
+
+def test_spaces_lists_every_preset(client: TestClient) -> None:
+    body = client.get("/v1/spaces").json()
+    assert [s["name"] for s in body["spaces"]] == list(PRESETS)
+    tiny = next(s for s in body["spaces"] if s["name"] == "tiny-32")
+    assert tiny["input_size"] == [32, 32] and tiny["cell_count"] == len(PRESETS["tiny-32"].cells())
+    assert tiny["candidate_names"] == [c.name for c in PRESETS["tiny-32"].candidates] + ["Zero"]
+
+
+def test_space_gives_each_cell_and_its_candidate_specs(client: TestClient) -> None:
+    body = client.get("/v1/spaces/micro-16").json()
+    space = PRESETS["micro-16"]
+    assert [f["role"] for f in body["fixed"]] == ["stem", "first_block", "head"]
+    assert [f["spec"] for f in body["fixed"]] == [format_spec(s) for s in space.fixed_specs()]
+    assert len(body["cells"]) == 3
+    for cell, expected in zip(body["cells"], space.cells()):
+        assert cell["candidates"] == [format_spec(c) for c in expected.candidates]
+        assert cell["candidate_names"] == list(expected.candidate_names)
+        assert cell["zero_index"] == expected.zero_index
+        assert (cell["in_chs"], cell["out_chs"], cell["height"], cell["stride"]) == (
+            expected.in_chs, expected.out_chs, expected.height, expected.stride)
+    assert [c["zero_index"] for c in body["cells"]] == [6, 6, None]
+
+
+def test_space_moves_to_another_resolution(client: TestClient) -> None:
+    body = client.get("/v1/spaces/tiny-32", params={"resolution": 64}).json()
+    moved = PRESETS["tiny-32"].with_resolution(64, 64)
+    assert body["input_size"] == [64, 64]
+    assert body["cells"][0]["candidates"] == [format_spec(c) for c in moved.cells()[0].candidates]
+
+
+@pytest.mark.parametrize(("path", "status", "named"), [
+    ("/v1/spaces/no-such-space", 404, "known: proxyless-mobile"),
+    ("/v1/spaces/Tiny_32", 422, "name"),
+    ("/v1/spaces/tiny-32?resolution=7", 422, "resolution"),
+    ("/v1/spaces/tiny-32?resolution=1025", 422, "resolution"),
+    ("/v1/spaces/tiny-32?resolution=9223372036854775808", 422, "resolution"),
+])
+def test_space_rejects_unknown_names_and_bad_resolutions(client: TestClient, path: str, status: int,
+                                                         named: str) -> None:
+    response = client.get(path)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"detail", "code"} and named in response.json()["detail"]
