@@ -24,6 +24,7 @@ their whole set (``auto`` and ``sample``); ``imagenet`` is refused for them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -108,8 +109,10 @@ class DataOptions:
 class SearchData:
     """The streams of one job and the held-out split (see the module docstring).
 
-    ``info`` describes the data for logs and summaries: source, layout, classes, train and valid image counts,
-    where the valid split comes from, the normalisation's mean and std, workers.
+    ``info`` describes the data for logs and summaries: source, layout, classes, ``content_hash`` (SHA-256 of
+    the images and labels in memory, of the file list of a folder; a resumed search can check it), train and
+    valid image counts, where the valid split comes from, the normalisation (and its mean and std for folders),
+    workers, colour jitter.
     """
 
     train: BatchStream
@@ -223,6 +226,9 @@ def open_search_data(options: DataOptions) -> SearchData:
         valid_from = f"{options.valid_per_class} per class held out of train"
     else:
         valid_from = f"{options.valid_fraction:g} of each class held out of train"
-    info = {"source": options.source, **info, "train_images": len(train_idx), "valid_images": len(valid_idx),
+    content = train_set.content_hash() if valid_set is train_set else hashlib.sha256(
+        (train_set.content_hash() + valid_set.content_hash()).encode()).hexdigest()
+    info = {"source": options.source, **info, "content_hash": content,
+            "train_images": len(train_idx), "valid_images": len(valid_idx),
             "valid_from": valid_from, "workers": options.workers, "color_jitter": options.color_jitter}
     return SearchData(train, valid, train_set.num_classes, options.source, info)

@@ -8,6 +8,7 @@ reading an image, for the stratified split.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,11 @@ class ImageSet(torch.utils.data.Dataset, ABC):
         return x[0], int(y[0])
 
     @abstractmethod
+    def content_hash(self) -> str:
+        """A SHA-256 hex digest of what identifies the set's content (a checkpoint made on other data refuses
+        to resume)."""
+
+    @abstractmethod
     def batch(self, indices: np.ndarray, seeds: Sequence[ItemSeed] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Items ``indices`` as an N x C x H x W float32 batch and N int64 labels; augmented with one seed per
         item when ``seeds`` is given, as evaluation sees them when it is None."""
@@ -64,6 +70,12 @@ class TensorImages(ImageSet):
     def batch(self, indices: np.ndarray, seeds: Sequence[ItemSeed] | None) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
         return self.x[idx], self.y[idx]
+
+    def content_hash(self) -> str:
+        """Digest of the images' values and the labels."""
+        digest = hashlib.sha256(self.x.contiguous().numpy().tobytes())
+        digest.update(self.y.numpy().tobytes())
+        return digest.hexdigest()
 
     def subset(self, indices: np.ndarray | torch.Tensor, name: str | None = None) -> TensorImages:
         """The samples at ``indices`` (1-D int64), in that order."""
@@ -94,6 +106,13 @@ class FolderImages(ImageSet):
         """The same files and transforms with ``normalize``."""
         t = self.transforms
         return FolderImages(self.files, self.num_classes, self.name, FolderTransforms(t.train, t.eval, normalize))
+
+    def content_hash(self) -> str:
+        """Digest of the file list (relative paths and labels; the pixels are not read)."""
+        digest = hashlib.sha256(self.files.buffer.tobytes())
+        digest.update(self.files.offsets.tobytes())
+        digest.update(self.labels.tobytes())
+        return digest.hexdigest()
 
     def read(self, index: int, seed: ItemSeed | None) -> torch.Tensor:
         """Image ``index`` decoded and transformed (uint8 C x H x W); ImageReadError for an unreadable file."""

@@ -14,7 +14,8 @@ pass's order and seed and the number of batches taken, so a restored stream yiel
 original would have, with or without workers (batches a worker had prefetched are simply read again).
 
 Workers are started when the first batch is asked for and kept for the stream's life (``persistent_workers``);
-each runs ``torch.set_num_threads(1)`` so N workers do not start N thread pools.
+each runs ``torch.set_num_threads(1)`` (torch's worker loop does too; the init function makes it explicit) so N
+workers do not start N thread pools.
 """
 
 from __future__ import annotations

@@ -75,6 +75,9 @@ def test_search_data_of_an_in_memory_source() -> None:
     assert sum(len(y) for _, y in held) == 20  # 20% of each class
     again = list(data.eval_batches(7))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(held, again))
+    assert len(data.info["content_hash"]) == 64
+    assert data.info["content_hash"] != open_search_data(DataOptions("synthetic:100:4", (8, 8), 3, 16, seed=2)
+                                                         ).info["content_hash"]
     with pytest.raises(ValueError, match="use_val_folder needs an image folder"):
         open_search_data(DataOptions("digits", (8, 8), 3, 16, use_val_folder=True))
     with pytest.raises(ValueError, match="imagenet statistics are for image folders"):
@@ -128,6 +131,9 @@ def test_folder_streams_are_shaped_normalised_and_lazy(imagenet_dir: Path) -> No
     high = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(1, 3, 1, 1)
     assert bool(((x >= low - 1e-5) & (x <= high + 1e-5)).all())
     assert len(data.train) == 18 // 4 and len(data.valid) == 6 // 4
+    assert data.info["content_hash"] == open_search_data(_options(imagenet_dir, seed=9)).info["content_hash"]
+    assert data.info["content_hash"] != open_search_data(_options(imagenet_dir, use_val_folder=True)).info[
+        "content_hash"]  # val/ is part of the content then
     grey = open_search_data(_options(imagenet_dir, in_chs=1))
     gx, _ = grey.train.next_batch()
     assert gx.shape == (4, 1, 16, 16) and grey.info["normalize"] == "sample"
