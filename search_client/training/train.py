@@ -53,7 +53,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"train config field '{name}': must be a finite number >= 0, got {value!r}")
-        try:
+        try:  # the data fields are checked by DataOptions' own rules (the input size is the network's, later)
             self.data_options((1, 1), 1)
         except ValueError as exc:
             raise ValueError(f"train config: {exc}") from None
