@@ -72,10 +72,14 @@ def serve(
     protocol: Annotated[str | None, typer.Option(help="protocol preset: default | warm | fast")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Serve the REST API (migrates the database to head first). Health: GET /v1/health."""
-    from latency_db.migrate import upgrade_to_head
+    """Serve the REST API (migrates the database to head first). Health: GET /v1/health.
+
+    Every start-up problem (unknown backend, port in use, database missing or not writable) is one line on stderr
+    and a non-zero exit, before anything says "serving on".
+    """
     from profiler_service.api.app import create_app
-    from profiler_service.api.server import bind_socket, serve_app
+    from profiler_service.api.server import serve_app
+    from profiler_service.api.startup import StartupError, open_service, shown_url
 
     settings = build_settings(
         host=host, port=port, db_url=db, backends=backends, threads=threads, token=token,
@@ -83,13 +87,12 @@ def serve(
     )
     check_bind(settings)
     try:
-        upgrade_to_head(settings.db_url)
-        application = create_app(settings)
-    except ValueError as exc:
-        fail(str(exc))
-    sock = bind_socket(settings.host, settings.port)
-    err.print(f"proxyless-profiler: serving on http://{settings.host}:{settings.port} (db {settings.db_url})",
-              markup=False, highlight=False)
+        sock, state = open_service(settings)
+    except StartupError as exc:
+        fail(str(exc), code=exc.exit_code)
+    application = create_app(settings, state)
+    where = f"http://{settings.host}:{settings.port} (db {shown_url(settings.db_url)})"
+    typer.echo(f"proxyless-profiler: serving on {where}", err=True)
     serve_app(application, application.state.stopping, sock, log_level, settings.shutdown_grace_s)
 
 

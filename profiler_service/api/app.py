@@ -60,21 +60,25 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(settings: ProfilerSettings | None = None) -> FastAPI:
-    """The service app. Its lifespan opens the database (already migrated to head) and runs the job worker."""
+def create_app(settings: ProfilerSettings | None = None, state: ServiceState | None = None) -> FastAPI:
+    """The service app. Its lifespan opens the database (already migrated to head) and runs the job worker.
+
+    ``state``: a service state already opened (``serve`` opens it before the server starts, so that a database
+    error is one clear line, not a traceback from inside the server); None: the lifespan opens it.
+    """
     settings = settings or ProfilerSettings()
     stopping = threading.Event()  # set when the server begins to shut down: long-polls answer at once
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = ServiceState(settings)
-        state.worker.start()  # resumes jobs a killed process left pending
-        app.state.service = state
+        service = state if state is not None else ServiceState(settings)
+        service.worker.start()  # resumes jobs a killed process left pending
+        app.state.service = service
         try:
             yield
         finally:
             stopping.set()
-            state.close()  # the worker stops after the item in flight
+            service.close()  # the worker stops after the item in flight
 
     app = FastAPI(
         title="proxyless-hw profiler",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 
+import pytest
 import torch
 
 from typer.testing import CliRunner
 
 from profiler_service.cli import app, is_loopback
-from tests.live import PROFILER
+from tests.live import PROFILER, free_port
 
 runner = CliRunner()
 
@@ -69,3 +71,51 @@ def test_measure_refuses_a_non_canonical_spec_naming_the_canonical_form() -> Non
     result = runner.invoke(app, ["measure", "conv_r16x16_c3-8_k3_s2_relu6 ", "--backend", "ort-cpu"])
     assert result.exit_code == 2
     assert "is not canonical; write it as 'conv_r16x16_c3-8_k3_s2_relu6'" in result.output
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess:
+    """``serve`` as a subprocess that is expected to fail at start-up (a generous deadline: it must not serve)."""
+    return subprocess.run([str(PROFILER), "serve", "--log-level", "warning", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, *needles: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result.stderr
+    assert len(lines) < 5 and "Traceback" not in result.stderr, result.stderr
+    assert "serving on" not in result.stderr + result.stdout
+    assert lines[-1].startswith("error: ") and all(needle in lines[-1] for needle in needles), result.stderr
+
+
+def test_serve_unknown_backend_is_one_line(tmp_path) -> None:
+    result = run_serve("--port", str(free_port()), "--backends", "gpu", "--db", f"sqlite:///{tmp_path}/x.db")
+    assert_one_clear_line(result, "unknown backend 'gpu'", "ort-cpu")
+    assert result.returncode == 2
+    assert not (tmp_path / "x.db").exists()  # refused before touching the database
+
+
+@pytest.mark.postgres
+def test_serve_missing_postgresql_database_is_one_line(postgres_server: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_server).set(database="nosuchdb").render_as_string(hide_password=False)
+    result = run_serve("--port", str(free_port()), "--backends", "ort-cpu", "--db", url)
+    assert_one_clear_line(result, 'database "nosuchdb" does not exist')
+    assert result.returncode == 1
+
+
+def test_serve_port_in_use_is_one_line(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_serve("--port", str(port), "--backends", "ort-cpu", "--db", f"sqlite:///{tmp_path}/x.db")
+    assert_one_clear_line(result, f"port {port} on 127.0.0.1 is already in use")
+    assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("where", ["/proc/profiler.db", "{tmp}"])  # /proc: unwritable even as root; a folder
+def test_serve_unwritable_sqlite_path_is_one_line(tmp_path, where: str) -> None:
+    path = where.format(tmp=tmp_path)
+    result = run_serve("--port", str(free_port()), "--backends", "ort-cpu", "--db", f"sqlite:///{path}")
+    assert_one_clear_line(result, f"database sqlite:///{path}: unable to open database file")
