@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -151,7 +152,8 @@ def test_architecture_measured_end_to_end(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["kind"] == "architecture" and job["status"] == "done" and job["total"] == 1 and job["done"] == 1
-    assert job["result"]["median_ms"] > 0 and set(job["result"]) == STAT_KEYS
+    assert set(job["result"]) == STAT_KEYS and job["result"]["samples"] >= 1
+    assert all(math.isfinite(v) and v >= 0 for v in job["result"].values())  # real timings: form, not size
 
 
 def test_metrics_exposition(client: TestClient) -> None:

@@ -516,4 +516,5 @@ def test_real_ops_and_a_network_are_measured(name: str) -> None:
     assert len(cache) == 3  # o and the two shapes of the conv (the identity's shape is the conv's input)
     arch = load_space("micro-16").architecture([0, 1, 2])
     network = measure_network(arch, backend, 2, "float32", 1, params)
-    assert math.isfinite(network.median_ms) and network.median_ms > 0 and network.samples >= params.min_runs
+    assert all(math.isfinite(v) and v >= 0 for v in network.as_dict().values()), network
+    assert network.samples >= params.min_runs

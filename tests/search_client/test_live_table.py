@@ -70,7 +70,7 @@ def test_architecture_measurement_and_bad_request(live_profiler):
     arch = MICRO.architecture([0, 6, 3])
     with LatencyClient(live_profiler.url) as client:
         stats = client.measure_architecture(arch, "ort-cpu", progress=False, poll_s=0.1, timeout_s=120)
-        assert stats["median_ms"] > 0 and stats["samples"] > 0
+        assert math.isfinite(stats["median_ms"]) and stats["median_ms"] >= 0 and stats["samples"] > 0
         with pytest.raises(BadRequest) as info:
             client.lookup(["mbconv_r8x8_c8-8_k4_e3_s1_relu6"], "ort-cpu")
     assert info.value.status == 422 and "kernel" in str(info.value)
