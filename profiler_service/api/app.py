@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from profiler_service import __version__
+from profiler_service.api.docs import install_offline_docs
 from profiler_service.api.errors import install_error_handlers
 from profiler_service.api.routers import device, fleet, health, jobs, lookup, measure, metrics, page, spaces, table
 from profiler_service.settings import ProfilerSettings
@@ -85,9 +86,12 @@ def create_app(settings: ProfilerSettings | None = None, state: ServiceState | N
         version=__version__,
         description="Measures candidate ops on this device and serves their latency F(o) for ProxylessNAS.",
         lifespan=lifespan,
+        docs_url=None,  # served from packaged assets instead of a CDN: install_offline_docs
+        redoc_url=None,
     )
     app.state.stopping = stopping
     install_error_handlers(app)
+    install_offline_docs(app)
     for module in (health, device, lookup, measure, jobs, table, metrics, fleet, spaces):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(page.router)
