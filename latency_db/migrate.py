@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
 from latency_db.engine import make_engine, normalize_url
-from latency_db.transactions import begin_write
+from latency_db.transactions import write_transaction
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -48,11 +48,37 @@ def head_revision() -> str:
 
 @contextmanager
 def locked_migration_transaction(engine: Engine) -> Iterator[Connection]:
-    """Yield a connection inside a transaction that holds the database-wide migration lock; commit on exit."""
-    with begin_write(engine) as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY})
-        yield connection
+    """Yield a connection inside a transaction that holds the database-wide migration lock; commit on exit.
+
+    SQLite: foreign keys are off for the connection while it migrates (SQLite's documented procedure for
+    rebuilding a table that others reference: the pragma cannot change inside a transaction), and
+    ``PRAGMA foreign_key_check`` must find nothing before the commit.
+    """
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            _sqlite_foreign_keys(connection, enabled=False)
+        try:
+            with write_transaction(connection):
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY})
+                yield connection
+                if sqlite:
+                    _check_sqlite_foreign_keys(connection)
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(connection, enabled=True)
+
+
+def _sqlite_foreign_keys(connection: Connection, *, enabled: bool) -> None:
+    # On the driver's connection, outside any transaction (SQLAlchemy would begin one for its own execute).
+    connection.connection.driver_connection.execute(f"PRAGMA foreign_keys = {'ON' if enabled else 'OFF'}")
+
+
+def _check_sqlite_foreign_keys(connection: Connection) -> None:
+    violations = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if violations:
+        raise RuntimeError(f"migration left {len(violations)} foreign key violation(s), e.g. {tuple(violations[0])}")
 
 
 def upgrade_to_head(url: str) -> None:

@@ -1,6 +1,6 @@
 """ORM models of the latency store (SQLAlchemy 2.0 typed declarative mapping).
 
-Tables: ``devices`` (one row per hardware/software fingerprint), ``measurements`` (the latency table F(o): one row
+Tables: ``devices`` (one row per device name and hardware/software fingerprint), ``measurements`` (the latency table F(o): one row
 per op spec and measurement context), ``jobs`` (requests to measure ops or a whole architecture) and ``job_items``
 (one op of a job). The schema is created by the Alembic migrations in ``latency_db/migrations`` only; these classes
 must stay in step with them (a test compares the two).
@@ -44,6 +44,7 @@ STATS_KEYS = ("median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "i
 OP_SPEC_MAX_LEN = 128
 NAME_MAX_LEN = 128
 HASH_LEN = 64
+LEASE_OWNER_MAX_LEN = 128
 
 # Deterministic constraint names, so migrations can refer to them on every database.
 NAMING_CONVENTION = {
@@ -98,14 +99,18 @@ class Base(DeclarativeBase):
 
 
 class Device(Base):
-    """A device: one hardware + software fingerprint (identified by the sha256 of its canonical JSON)."""
+    """A device: its name plus its hardware + software fingerprint (identified by the sha256 of its canonical JSON).
+
+    Two profilers with different names on one host are two devices; a row is never renamed.
+    """
 
     __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("name", "fingerprint_hash", name="uq_devices_identity"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX_LEN))
     fingerprint: Mapped[dict[str, Any]]
-    fingerprint_hash: Mapped[str] = mapped_column(String(HASH_LEN), unique=True)
+    fingerprint_hash: Mapped[str] = mapped_column(String(HASH_LEN))
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -156,7 +161,9 @@ class Job(Base):
     """A request to measure a list of ops (kind "ops") or one whole network (kind "architecture").
 
     Status: queued -> running -> done | failed | cancelled. ``payload`` holds the request's extra data (the
-    architecture for kind "architecture"); ``result`` the Stats of the network once measured.
+    architecture for kind "architecture"); ``result`` the Stats of the network once measured. A running job is
+    leased: ``lease_owner`` (one worker of one service process) holds it until ``lease_expires_at``, renewing the
+    lease while it works; once the lease has expired (its owner was killed) another worker may take the job over.
     """
 
     __tablename__ = "jobs"
@@ -184,6 +191,8 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(LEASE_OWNER_MAX_LEN))
+    lease_expires_at: Mapped[datetime | None]
 
     items: Mapped[list[JobItem]] = relationship(
         back_populates="job", order_by="JobItem.position", cascade="all, delete-orphan", passive_deletes=True

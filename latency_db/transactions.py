@@ -38,7 +38,14 @@ def write_session(factory: sessionmaker[Session]) -> Iterator[Session]:
 def begin_write(engine: Engine) -> Iterator[Connection]:
     """A connection inside one write transaction (the Core counterpart of :func:`write_session`); commits on
     exit, rolls back on an exception."""
-    with engine.connect() as connection:
-        connection.execution_options(**{WRITE_LOCK_OPTION: True})
-        with connection.begin():
-            yield connection
+    with engine.connect() as connection, write_transaction(connection):
+        yield connection
+
+
+@contextmanager
+def write_transaction(connection: Connection) -> Iterator[Connection]:
+    """Begin a write transaction on an open ``connection`` that is not in a transaction yet; commits on exit,
+    rolls back on an exception."""
+    connection.execution_options(**{WRITE_LOCK_OPTION: True})
+    with connection.begin():
+        yield connection

@@ -19,9 +19,12 @@ from latency_db.repository.jobs import (
     failed_items,
     finish_job,
     get_job,
+    holds_lease,
     job_counts,
     list_jobs,
     pending_items,
+    release_lease,
+    renew_lease,
 )
 from latency_db.repository.measurements import (
     EXPORT_COLUMNS,
@@ -52,12 +55,15 @@ __all__ = [
     "finish_job",
     "get_job",
     "get_or_create_device",
+    "holds_lease",
     "job_counts",
     "list_jobs",
     "list_measurements",
     "lookup_measurements",
     "pending_items",
     "ping",
+    "release_lease",
+    "renew_lease",
     "upsert_measurement",
     "validate_stats",
 ]

@@ -1,4 +1,5 @@
-"""Devices: one row per fingerprint (hardware + software), found by the fingerprint's hash."""
+"""Devices: one row per device name and fingerprint (hardware + software), found by the name and the fingerprint's
+hash. Two profilers with different names on one host are two devices; a row is never renamed."""
 
 from __future__ import annotations
 
@@ -26,30 +27,31 @@ def fingerprint_hash(fp: dict[str, Any]) -> str:
 
 
 def get_or_create_device(session: Session, name: str, fingerprint: dict[str, Any]) -> Device:
-    """Return the device with this fingerprint, creating it on first sight; flushes, does not commit.
+    """Return the device with this name and fingerprint, creating it on first sight; flushes, does not commit.
 
-    ``last_seen`` is set to now and ``name`` to the given name (a device renamed in its settings keeps its rows).
-    Safe when another transaction creates the same device at the same time: the insert runs in a savepoint, and on
-    a unique-constraint conflict the row the other transaction committed is read instead.
+    ``last_seen`` is set to now. The identity is (name, fingerprint hash): a device given another name is another
+    device (its rows stay with the old name's device), and a changed fingerprint (new runtime, new hardware) under
+    the same name is another device too. Safe when another transaction creates the same device at the same time:
+    the insert runs in a savepoint, and on a unique-constraint conflict the row the other transaction committed is
+    read instead.
     """
     check_text("name", name, NAME_MAX_LEN)
     fp_hash = fingerprint_hash(fingerprint)
-    device = _device_by_hash(session, fp_hash)
+    device = _device_by_identity(session, name, fp_hash)
     if device is None:
         try:
             with session.begin_nested():
                 device = Device(name=name, fingerprint=dict(fingerprint), fingerprint_hash=fp_hash)
                 session.add(device)
         except IntegrityError:
-            device = _device_by_hash(session, fp_hash)
-            if device is None:  # the conflict was not on the fingerprint: nothing to recover
+            device = _device_by_identity(session, name, fp_hash)
+            if device is None:  # the conflict was not on the identity: nothing to recover
                 raise
-    device.name = name
     device.last_seen = utcnow()
     session.flush()
     return device
 
 
-def _device_by_hash(session: Session, fp_hash: str) -> Device | None:
-    stmt = select(Device).where(Device.fingerprint_hash == fp_hash)
+def _device_by_identity(session: Session, name: str, fp_hash: str) -> Device | None:
+    stmt = select(Device).where(Device.name == name, Device.fingerprint_hash == fp_hash)
     return session.scalars(stmt, execution_options={"populate_existing": True}).one_or_none()

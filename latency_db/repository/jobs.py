@@ -1,18 +1,22 @@
 """Jobs and their items: create, claim for work, record progress, finish, cancel, report.
 
-Lifecycle: a job is created "queued" with one "pending" item per op (positions 0..n-1). A worker claims it
-(:func:`claim_next_job` -> "running"), completes its pending items one by one (:func:`complete_item` -> "done",
-"skipped", "failed" or "cancelled") and finishes it (:func:`finish_job`). :func:`cancel_job` cancels a queued or
-running job and its pending items. Rows that change state are read ``FOR UPDATE`` (PostgreSQL; on SQLite every
-transaction already holds the write lock), so a cancel and a worker do not overwrite each other.
+Lifecycle: a job is created "queued" with one "pending" item per op (positions 0..n-1). A worker claims it with a
+lease (:func:`claim_next_job` -> "running", owner and expiry), renews the lease while it works
+(:func:`renew_lease`), completes its pending items one by one (:func:`complete_item` -> "done", "skipped", "failed"
+or "cancelled") and finishes it (:func:`finish_job`); a worker that stops early gives the lease back
+(:func:`release_lease`). A job whose owner died is taken over once its lease has expired; a live owner's job never
+is. :func:`cancel_job` cancels a queued or running job and its pending items. Rows that change state are read
+``FOR UPDATE`` (PostgreSQL; on SQLite a write transaction holds the write lock, see
+:mod:`latency_db.transactions`), so a cancel, a claim and a worker do not overwrite each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from latency_db.context import MeasurementContext
@@ -21,6 +25,7 @@ from latency_db.models import (
     ITEM_STATUSES,
     JOB_KINDS,
     JOB_STATUSES,
+    LEASE_OWNER_MAX_LEN,
     OP_SPEC_MAX_LEN,
     Job,
     JobItem,
@@ -76,31 +81,77 @@ def create_job(
     return job
 
 
-def claim_next_job(session: Session, *, device_id: int | None = None) -> Job | None:
-    """Take the oldest queued or running job (of ``device_id`` when given) for work; None when there is none.
+def claim_next_job(
+    session: Session, *, device_id: int, owner: str, lease_s: float, now: datetime | None = None
+) -> Job | None:
+    """Lease the oldest claimable job of ``device_id`` to ``owner`` for ``lease_s`` seconds; None when there is none.
 
-    A running job is included so that a restarted worker resumes what it was doing. Sets status "running" and
-    ``started_at`` (if unset); flushes. On PostgreSQL the row is locked with ``FOR UPDATE SKIP LOCKED``, so two
-    workers claiming at the same moment get different jobs. Profilers sharing one database must pass their
-    ``device_id``.
+    Claimable: queued, or running without a live lease of another owner (its lease expired because its owner was
+    killed, was released by a stopping owner, or is ``owner``'s own, e.g. a worker that restarted its loop). A job
+    whose lease another owner holds is never returned. Sets status "running", ``started_at`` (if unset), the
+    owner and ``lease_expires_at = now + lease_s``; flushes. Call it in a write transaction: on PostgreSQL the row
+    is locked with ``FOR UPDATE SKIP LOCKED`` (two claimers at the same moment get different jobs), on SQLite the
+    transaction holds the database's write lock.
     """
+    check_positive_int("device_id", device_id)
+    check_text("owner", owner, LEASE_OWNER_MAX_LEN)
+    duration = _lease_duration(lease_s)
+    now = utcnow() if now is None else now
+    lease_free = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now, Job.lease_owner == owner)
     stmt = (
         select(Job)
-        .where(Job.status.in_(("queued", "running")))
+        .where(Job.device_id == device_id, or_(Job.status == "queued", and_(Job.status == "running", lease_free)))
         .order_by(Job.created_at, Job.id)
         .limit(1)
         .with_for_update(skip_locked=True)  # SQLite renders no FOR UPDATE: its write lock is already held
     )
-    if device_id is not None:
-        stmt = stmt.where(Job.device_id == device_id)
     job = session.scalars(stmt, execution_options={"populate_existing": True}).first()
     if job is None:
         return None
     job.status = "running"
     if job.started_at is None:
-        job.started_at = utcnow()
+        job.started_at = now
+    job.lease_owner = owner
+    job.lease_expires_at = now + duration
     session.flush()
     return job
+
+
+def renew_lease(session: Session, job_id: int, *, owner: str, lease_s: float, now: datetime | None = None) -> bool:
+    """Extend ``owner``'s lease of a running job to ``now + lease_s``; flushes.
+
+    Returns False, changing nothing, when the job is no longer running or its lease belongs to another owner
+    (it was taken over after the lease expired): the caller must stop working on it.
+    """
+    check_text("owner", owner, LEASE_OWNER_MAX_LEN)
+    expires = (utcnow() if now is None else now) + _lease_duration(lease_s)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .values(lease_expires_at=expires)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def release_lease(session: Session, job_id: int, *, owner: str) -> bool:
+    """Give up ``owner``'s lease of a running job (it stays running: any worker may take it over at once);
+    flushes. Returns False, changing nothing, when ``owner`` does not hold it."""
+    check_text("owner", owner, LEASE_OWNER_MAX_LEN)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def holds_lease(session: Session, job_id: int, *, owner: str) -> bool:
+    """Whether the job is running under ``owner``'s lease (the row read ``FOR UPDATE``: in a write transaction, no
+    claim can take the job over before the transaction ends)."""
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    return job is not None and job.status == "running" and job.lease_owner == owner
 
 
 def get_job(session: Session, job_id: int) -> Job | None:
@@ -232,6 +283,12 @@ def job_counts(session: Session, job_id: int) -> dict[str, int]:
         counts[item_status] = count
         counts["total"] += count
     return counts
+
+
+def _lease_duration(lease_s: float) -> timedelta:
+    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s < 10**6:
+        raise ValueError(f"lease_s: expected a number of seconds in (0, 1e6), got {lease_s!r}")
+    return timedelta(seconds=lease_s)
 
 
 def _items_with_status(session: Session, job_id: int, status: str) -> list[JobItem]:

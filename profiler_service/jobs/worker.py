@@ -2,7 +2,12 @@
 
 Crash safety: an item's measurement row and the item's ``done`` status are written in ONE transaction, so a process
 killed at any point leaves each item either pending (nothing stored: it is measured when the service restarts) or
-done with its row (never measured again). Jobs left ``running`` by a killed process are claimed again at start.
+done with its row (never measured again).
+
+Leases: a worker claims a job with a lease (owner = this worker, expiry ``lease_s`` ahead) and renews it every
+``lease_s / 3`` seconds while it works (:class:`~profiler_service.jobs.lease.LeaseKeeper`). Services sharing one
+database never run the same job: a live owner's job is never claimed by another worker; a killed owner's job is
+taken over once its lease has expired; a stopping worker gives its lease back, so a restart resumes at once.
 
 The worker gets what it needs and nothing of the web service: a session factory, this device's id, the served
 backends, the protocol (parameters and stored version) and an environment resolver.
@@ -14,27 +19,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from latency_db.context import MeasurementContext
-from latency_db.models import Job, JobItem
-from latency_db.repository import (
-    claim_next_job,
-    complete_item,
-    finish_job,
-    lookup_measurements,
-    pending_items,
-    upsert_measurement,
-)
-from latency_db.transactions import write_session
 from nas_ops.arch import architecture_from_json_obj
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends import Backend
 from profiler_service.engine.calibration import CalibrationCache
 from profiler_service.engine.protocol import ProtocolParams, Stats, measure_network, measure_op
+from profiler_service.jobs.lease import LeaseKeeper
+from profiler_service.jobs.store import ClaimedJob, JobStore, new_owner_id
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +42,8 @@ MeasuredHook = Callable[[str, str, float], None]
 OpMeasurer = Callable[..., Stats]
 NetworkMeasurer = Callable[..., Stats]
 
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    """What the worker needs of a claimed job, read once so that no ORM object outlives its session."""
-
-    id: int
-    kind: str
-    context: MeasurementContext
-    force: bool
-    payload: Any
-
-    @classmethod
-    def of(cls, job: Job) -> ClaimedJob:
-        """The claimed view of a job row."""
-        return cls(job.id, job.kind, job.context, job.force, job.payload)
+#: Seconds a claimed job stays leased without a renewal (renewed every third of it while the worker works).
+DEFAULT_LEASE_S = 15.0
 
 
 class JobWorker:
@@ -76,17 +59,20 @@ class JobWorker:
         protocol_version: str,
         environment: EnvironmentResolver,
         poll_s: float,
+        lease_s: float = DEFAULT_LEASE_S,
+        owner: str | None = None,
         on_measured: MeasuredHook | None = None,
         measure_op: OpMeasurer = measure_op,
         measure_network: NetworkMeasurer = measure_network,
     ) -> None:
-        self.sessions = sessions
         self.device_id = device_id
         self.backends = backends
         self.protocol_params = protocol_params
         self.protocol_version = protocol_version
         self.environment = environment
         self.poll_s = poll_s
+        self.lease_s = lease_s
+        self.store = JobStore(sessions, device_id, owner or new_owner_id(), lease_s)
         self.on_measured = on_measured
         self.measure_op = measure_op
         self.measure_network = measure_network
@@ -95,13 +81,19 @@ class JobWorker:
         self._thread: threading.Thread | None = None
         self.current_job: int | None = None
 
+    @property
+    def owner(self) -> str:
+        """This worker's lease owner id."""
+        return self.store.owner
+
     def start(self) -> None:
-        """Start the worker thread (it resumes the jobs a killed process left running)."""
+        """Start the worker thread (it resumes the jobs a killed process left running, once their leases expire)."""
         self._thread = threading.Thread(target=self._run, name="profiler-worker", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Ask the worker to stop after the item in flight; the job stays running and resumes at the next start."""
+        """Ask the worker to stop after the item in flight; the job stays running, its lease is given back, and it
+        resumes at the next start."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -120,75 +112,52 @@ class JobWorker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                job = self._claim()
+                job = self.store.claim()
                 if job is None:
                     self._wake.wait(self.poll_s)
                     self._wake.clear()
                     continue
-                self.current_job = job.id
-                if job.kind == "architecture":
-                    self._run_architecture(job)
-                else:
-                    self._run_ops(job)
+                self._run_job(job)
             except Exception:  # keep serving: a DB hiccup must not kill the worker
                 log.exception("worker loop error")
                 self._stop.wait(1.0)
-            finally:
-                self.current_job = None
 
-    def _claim(self) -> ClaimedJob | None:
-        with write_session(self.sessions) as session:
-            job = claim_next_job(session, device_id=self.device_id)
-            return ClaimedJob.of(job) if job is not None else None
-
-    def _complete(self, session: Session, item_id: int, **fields: Any) -> None:
-        """Complete an item; a no-op unless it is still pending (it may have been cancelled meanwhile)."""
-        item = session.get(JobItem, item_id)
-        if item is not None:
-            complete_item(session, item, **fields)
-
-    def _finish(self, job_id: int, **fields: Any) -> None:
-        """Finish a job that is still running (a cancelled job stays cancelled)."""
-        with write_session(self.sessions) as session:
-            job = session.get(Job, job_id)
-            if job is not None and job.status == "running":
-                finish_job(session, job, **fields)
-
-    def _job_status(self, job_id: int) -> str:
-        with self.sessions() as session:
-            job = session.get(Job, job_id)
-            return job.status if job is not None else "cancelled"
+    def _run_job(self, job: ClaimedJob) -> None:
+        self.current_job = job.id
+        try:
+            with LeaseKeeper(lambda: self.store.renew(job.id), self.lease_s / 3) as lease:
+                if job.kind == "architecture":
+                    self._run_architecture(job, lease)
+                else:
+                    self._run_ops(job, lease)
+            if self._stop.is_set() and not lease.lost:
+                self.store.release(job.id)  # left unfinished: whoever starts next resumes it at once
+        finally:
+            self.current_job = None
 
     def _measured(self, backend: str, kind: str, started: float) -> None:
         if self.on_measured is not None:
             self.on_measured(backend, kind, time.perf_counter() - started)
 
+    def _keeps_working(self, job: ClaimedJob, lease: LeaseKeeper) -> bool:
+        """Not stopping, and the job still runs under this worker's lease (not cancelled, not taken over)."""
+        return not self._stop.is_set() and not lease.lost and self.store.holds(job.id)
+
     # --- ops jobs --------------------------------------------------------------------------------------------------
-    def _run_ops(self, job: ClaimedJob) -> None:
-        with self.sessions() as session:
-            items = [(item.id, item.op_spec) for item in pending_items(session, job.id)]
+    def _run_ops(self, job: ClaimedJob, lease: LeaseKeeper) -> None:
         calibration = CalibrationCache()  # the job's ops share their calibration values, and no other job's
-        for item_id, op_spec in items:
-            if self._stop.is_set():
-                return  # resumes at the next start
-            if self._job_status(job.id) != "running":
-                return  # cancelled meanwhile
-            if not job.force and self._skip_if_stored(job.context, item_id, op_spec):
+        for item_id, op_spec in self.store.pending_items(job.id):
+            if not self._keeps_working(job, lease):
+                return  # stopping (resumes at the next start), cancelled, or taken over
+            if not job.force and self.store.skip_if_stored(job.id, item_id, job.context, op_spec):
                 continue
-            self._measure_item(job.context, item_id, op_spec, calibration)
-        self._finish(job.id)
+            if not self._measure_item(job, item_id, op_spec, calibration):
+                return
+        self.store.finish(job.id)
 
-    def _skip_if_stored(self, context: MeasurementContext, item_id: int, op_spec: str) -> bool:
-        """Mark the item skipped when the same op is already stored in the same context."""
-        with write_session(self.sessions) as session:
-            found = lookup_measurements(session, device_id=self.device_id, context=context, op_specs=[op_spec])
-            if op_spec not in found:
-                return False
-            self._complete(session, item_id, status="skipped", measurement_id=found[op_spec].id)
-            return True
-
-    def _measure_item(self, context: MeasurementContext, item_id: int, op_spec: str,
-                      calibration: CalibrationCache) -> None:
+    def _measure_item(self, job: ClaimedJob, item_id: int, op_spec: str, calibration: CalibrationCache) -> bool:
+        """Measure one item and store it; False when the job is no longer this worker's."""
+        context = job.context
         env, _ = self.environment(context.backend, context.threads)
         started = time.perf_counter()
         try:
@@ -196,21 +165,17 @@ class JobWorker:
                                     context.dtype, context.threads, self.protocol_params, calibration)
         except Exception as exc:  # an op that fails to build or run fails its item, not the job
             log.warning("measuring %s on %s failed: %s", op_spec, context.backend, exc)
-            with write_session(self.sessions) as session:
-                self._complete(session, item_id, status="failed", error=f"{type(exc).__name__}: {exc}")
-            return
+            return self.store.fail_item(job.id, item_id, f"{type(exc).__name__}: {exc}")
         self._measured(context.backend, "op", started)
-        # The row and the item's status in one transaction: see the module docstring.
-        with write_session(self.sessions) as session:
-            row = upsert_measurement(
-                session, device_id=self.device_id, context=context, op_spec=op_spec, environment=env,
-                protocol_params=self.protocol_params.model_dump(), stats=stats.as_dict(),
-            )
-            self._complete(session, item_id, status="done", measurement_id=row.id)
+        stored = self.store.store_measurement(job.id, item_id, context, op_spec, env,
+                                              self.protocol_params.model_dump(), stats.as_dict())
+        if not stored:
+            log.warning("job %s is no longer this worker's: the measurement of %s was not stored", job.id, op_spec)
+        return stored
 
     # --- architecture jobs -----------------------------------------------------------------------------------------
-    def _run_architecture(self, job: ClaimedJob) -> None:
-        context = job.context
+    def _run_architecture(self, job: ClaimedJob, lease: LeaseKeeper) -> None:
+        context: MeasurementContext = job.context
         started = time.perf_counter()
         try:
             arch = architecture_from_json_obj(job.payload)
@@ -218,7 +183,8 @@ class JobWorker:
                                          context.threads, self.protocol_params)
         except Exception as exc:
             log.warning("measuring architecture job %s failed: %s", job.id, exc)
-            self._finish(job.id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            self.store.finish(job.id, status="failed", error=f"{type(exc).__name__}: {exc}")
             return
         self._measured(context.backend, "network", started)
-        self._finish(job.id, status="done", result=stats.as_dict())
+        if not lease.lost:
+            self.store.finish(job.id, status="done", result=stats.as_dict())

@@ -1,4 +1,4 @@
-"""Devices: fingerprint hash, get-or-create by hash, last_seen, argument checks."""
+"""Devices: fingerprint hash, get-or-create by (name, fingerprint hash), last_seen, argument checks."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_fingerprint_hash_rejects_non_json(fp: object, message: str) -> None:
         fingerprint_hash(fp)  # type: ignore[arg-type]
 
 
-def test_get_or_create_returns_the_same_device_for_the_same_fingerprint(
+def test_get_or_create_returns_the_same_device_for_the_same_name_and_fingerprint(
     session_factory: sessionmaker[Session],
 ) -> None:
     with session_factory.begin() as session:
@@ -39,18 +39,28 @@ def test_get_or_create_returns_the_same_device_for_the_same_fingerprint(
         first_id, first_seen = first.id, first.last_seen
     time.sleep(0.01)
     with session_factory.begin() as session:
-        again = get_or_create_device(session, "box-renamed", {"cores": 4, "cpu": "A"})
+        again = get_or_create_device(session, "box", {"cores": 4, "cpu": "A"})
         assert again.id == first_id
-        assert again.name == "box-renamed"
         assert again.last_seen > first_seen
         assert again.first_seen == first.first_seen
         other = get_or_create_device(session, "box", {"cpu": "A", "cores": 8})
         assert other.id != first_id
+
+
+def test_two_names_on_one_host_are_two_devices_and_no_row_is_renamed(
+    session_factory: sessionmaker[Session],
+) -> None:
+    host = {"cpu": "A", "cores": 4}
+    with session_factory.begin() as session:
+        board_a = get_or_create_device(session, "board-a", host).id
+        board_b = get_or_create_device(session, "board-b", host).id
+        assert board_a != board_b
+        assert get_or_create_device(session, "board-a", host).id == board_a  # the first again: not renamed
     with session_factory() as session:
         rows = session.scalars(select(Device).order_by(Device.id)).all()
-        assert [(d.name, d.fingerprint_hash) for d in rows] == [
-            ("box-renamed", fingerprint_hash({"cpu": "A", "cores": 4})),
-            ("box", fingerprint_hash({"cpu": "A", "cores": 8})),
+        assert [(d.id, d.name, d.fingerprint_hash) for d in rows] == [
+            (board_a, "board-a", fingerprint_hash(host)),
+            (board_b, "board-b", fingerprint_hash(host)),
         ]
 
 
@@ -62,20 +72,20 @@ def test_device_created_by_another_session_meanwhile_is_reused(
     with session_factory.begin() as other:
         created_id = get_or_create_device(other, "first", fp).id
 
-    real_lookup = devices_module._device_by_hash
+    real_lookup = devices_module._device_by_identity
     calls: list[str] = []
 
-    def lookup_missing_once(session: Session, fp_hash: str) -> Device | None:
+    def lookup_missing_once(session: Session, name: str, fp_hash: str) -> Device | None:
         calls.append(fp_hash)
-        return None if len(calls) == 1 else real_lookup(session, fp_hash)
+        return None if len(calls) == 1 else real_lookup(session, name, fp_hash)
 
-    monkeypatch.setattr(devices_module, "_device_by_hash", lookup_missing_once)
+    monkeypatch.setattr(devices_module, "_device_by_identity", lookup_missing_once)
     with session_factory() as session:
-        device = get_or_create_device(session, "second", fp)
+        device = get_or_create_device(session, "first", fp)
         assert len(calls) == 2  # missed, then re-read after the IntegrityError
         session.commit()
         assert device.id == created_id
-        assert device.name == "second"
+        assert device.name == "first"
         assert session.scalar(select(func.count()).select_from(Device)) == 1
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from latency_db.context import MeasurementContext
-from latency_db.models import Job, JobItem
+from latency_db.models import Device, Job, JobItem, utcnow
 from latency_db.repository import (
     JobNotFoundError,
     cancel_job,
@@ -22,15 +22,27 @@ from latency_db.repository import (
     finish_job,
     get_job,
     get_or_create_device,
+    holds_lease,
     job_counts,
     list_jobs,
     pending_items,
+    release_lease,
+    renew_lease,
     upsert_measurement,
 )
+from latency_db.transactions import write_session
 from tests.latency_db.conftest import split_overrides
 from tests.latency_db.db_test_data import spec
 
 NewJob = Callable[..., Job]
+OWNER = "host:1:worker-a"
+LEASE_S = 30.0
+
+
+def claim(session: Session, owner: str = OWNER, now: datetime | None = None) -> Job | None:
+    """claim_next_job for the test device (the first device created), leased for LEASE_S."""
+    device_id = session.scalars(select(Device.id).order_by(Device.id)).first()
+    return claim_next_job(session, device_id=device_id, owner=owner, lease_s=LEASE_S, now=now)
 
 
 @pytest.fixture
@@ -91,7 +103,7 @@ def test_full_lifecycle(session: Session, new_job: NewJob, upsert_args: Callable
     job = new_job(4)
     session.commit()
 
-    claimed = claim_next_job(session)
+    claimed = claim(session)
     assert claimed is not None and claimed.id == job.id
     assert claimed.status == "running" and claimed.started_at is not None
     started = claimed.started_at
@@ -122,12 +134,12 @@ def test_full_lifecycle(session: Session, new_job: NewJob, upsert_args: Callable
     assert [(item.position, item.error) for item in failed_items(session, job.id)] == [(2, "out of memory")]
     stored = session.get(JobItem, items[0].id)
     assert stored.measurement_id == measured.id and stored.finished_at is not None
-    assert claim_next_job(session) is None
+    assert claim(session) is None
 
 
 def test_finish_job_computes_done_and_takes_result(session: Session, new_job: NewJob) -> None:
     job = new_job(2)
-    claim_next_job(session)
+    claim(session)
     for item in pending_items(session, job.id):
         complete_item(session, item, status="skipped")
     finished = finish_job(session, job, result={"median_ms": 3.0})
@@ -136,7 +148,7 @@ def test_finish_job_computes_done_and_takes_result(session: Session, new_job: Ne
 
 def test_finish_job_with_explicit_status_cancels_pending_items(session: Session, new_job: NewJob) -> None:
     job = new_job(3)
-    claim_next_job(session)
+    claim(session)
     complete_item(session, pending_items(session, job.id)[0], status="done")
     finished = finish_job(session, job, status="failed", error="backend vanished")
     assert (finished.status, finished.error) == ("failed", "backend vanished")
@@ -167,7 +179,7 @@ def test_complete_item_checks_status_and_error(session: Session, new_job: NewJob
 
 def test_cancel_job(session_factory: sessionmaker[Session], session: Session, new_job: NewJob) -> None:
     job = new_job(3)
-    claim_next_job(session)
+    claim(session)
     worker_item = pending_items(session, job.id)[0]
     complete_item(session, pending_items(session, job.id)[1], status="done")
     session.commit()
@@ -185,12 +197,12 @@ def test_cancel_job(session_factory: sessionmaker[Session], session: Session, ne
         finish_job(session, job)
     with pytest.raises(ValueError, match=f"job {job.id} is already cancelled"):
         cancel_job(session, job.id)
-    assert claim_next_job(session) is None
+    assert claim(session) is None
 
 
 def test_cancel_finished_or_unknown_job(session: Session, new_job: NewJob) -> None:
     job = new_job(1)
-    claim_next_job(session)
+    claim(session)
     complete_item(session, pending_items(session, job.id)[0], status="done")
     finish_job(session, job)
     with pytest.raises(ValueError, match=f"job {job.id} is already done"):
@@ -208,23 +220,23 @@ def test_claim_order_oldest_first_running_included(session: Session, new_job: Ne
     third.created_at = first.created_at - timedelta(seconds=5)  # the oldest
     session.commit()
 
-    assert claim_next_job(session).id == third.id
+    assert claim(session).id == third.id
     # still running (e.g. the worker restarted): claimed again before newer jobs
-    assert claim_next_job(session).id == third.id
+    assert claim(session).id == third.id
     cancel_job(session, third.id)
-    assert claim_next_job(session).id == first.id
+    assert claim(session).id == first.id
     finish_job(session, first, status="done")
-    assert claim_next_job(session).id == second.id
+    assert claim(session).id == second.id
     cancel_job(session, second.id)
-    assert claim_next_job(session) is None
+    assert claim(session) is None
 
 
 def test_claim_started_at_is_kept_on_reclaim(session: Session, new_job: NewJob) -> None:
     job = new_job(1)
-    started = claim_next_job(session).started_at
+    started = claim(session).started_at
     job.started_at = started - timedelta(minutes=1)
     session.commit()
-    assert claim_next_job(session).started_at == started - timedelta(minutes=1)
+    assert claim(session).started_at == started - timedelta(minutes=1)
 
 
 def test_claim_by_device(session: Session, new_job: NewJob) -> None:
@@ -233,8 +245,8 @@ def test_claim_by_device(session: Session, new_job: NewJob) -> None:
     mine = new_job(1)
     theirs.created_at = mine.created_at - timedelta(seconds=1)
     session.commit()
-    assert claim_next_job(session, device_id=mine.device_id).id == mine.id
-    assert claim_next_job(session, device_id=other_device).id == theirs.id
+    assert claim(session).id == mine.id
+    assert claim_next_job(session, device_id=other_device, owner=OWNER, lease_s=30).id == theirs.id
 
 
 def test_list_jobs(session: Session, new_job: NewJob) -> None:
@@ -261,3 +273,77 @@ def test_deleting_a_job_deletes_its_items(session: Session, new_job: NewJob) -> 
     session.execute(delete(Job).where(Job.id == job.id))  # database-level ON DELETE CASCADE
     session.commit()
     assert session.scalar(select(func.count()).select_from(JobItem)) == 0
+
+
+def test_a_live_lease_is_never_taken_over_and_an_expired_one_is(session: Session, new_job: NewJob) -> None:
+    t0 = utcnow()
+    job = new_job(2)
+    session.commit()
+    claimed = claim(session, "A", now=t0)
+    assert (claimed.id, claimed.lease_owner, claimed.lease_expires_at) == (job.id, "A", t0 + timedelta(seconds=30))
+    session.commit()
+    assert claim(session, "B", now=t0 + timedelta(seconds=29)) is None  # A's lease is live
+    assert renew_lease(session, job.id, owner="A", lease_s=LEASE_S, now=t0 + timedelta(seconds=20))
+    session.commit()
+    assert claim(session, "B", now=t0 + timedelta(seconds=49)) is None  # renewed until t0 + 50
+    assert holds_lease(session, job.id, owner="A")
+
+    taken = claim(session, "B", now=t0 + timedelta(seconds=51))  # A stopped renewing (killed): B takes over
+    assert (taken.id, taken.status, taken.lease_owner) == (job.id, "running", "B")
+    session.commit()
+    assert not renew_lease(session, job.id, owner="A", lease_s=LEASE_S)  # A learns it lost the job
+    assert not holds_lease(session, job.id, owner="A") and holds_lease(session, job.id, owner="B")
+    assert claim(session, "B", now=t0 + timedelta(seconds=52)).id == job.id  # its own lease: B may re-claim
+
+
+def test_a_released_lease_is_taken_over_at_once(session: Session, new_job: NewJob) -> None:
+    t0 = utcnow()
+    job = new_job(1)
+    claim(session, "A", now=t0)
+    assert release_lease(session, job.id, owner="A")
+    assert not release_lease(session, job.id, owner="A")  # no longer A's
+    session.commit()
+    stored = get_job(session, job.id)
+    assert (stored.status, stored.lease_owner, stored.lease_expires_at) == ("running", None, None)
+    assert claim(session, "B", now=t0 + timedelta(seconds=1)).lease_owner == "B"
+
+
+def test_a_finished_job_has_no_lease_to_renew(session: Session, new_job: NewJob) -> None:
+    job = new_job(1)
+    claim(session, "A")
+    cancel_job(session, job.id)
+    assert not renew_lease(session, job.id, owner="A", lease_s=LEASE_S)
+    assert not holds_lease(session, job.id, owner="A")
+    assert claim(session, "A") is None
+
+
+@pytest.mark.parametrize(("owner", "lease_s", "field"), [("", 30.0, "owner"), ("x" * 129, 30.0, "owner"),
+                                                         ("A", 0, "lease_s"), ("A", True, "lease_s")])
+def test_claim_checks_owner_and_lease(session: Session, device_id: int, owner: str, lease_s: float,
+                                      field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        claim_next_job(session, device_id=device_id, owner=owner, lease_s=lease_s)
+
+
+@pytest.mark.postgres
+def test_two_claimers_at_the_same_moment_get_different_jobs_on_postgresql(postgres_url: str) -> None:
+    """FOR UPDATE SKIP LOCKED: while A's claim transaction is open, B's claim skips A's job."""
+    from latency_db.engine import make_engine, make_session_factory
+    from latency_db.migrate import upgrade_to_head
+    from tests.latency_db.db_test_data import ENV_HASH, FINGERPRINT
+
+    upgrade_to_head(postgres_url)
+    engine = make_engine(postgres_url)
+    try:
+        factory = make_session_factory(engine)
+        context = MeasurementContext("ort-cpu", 1, "float32", 1, ENV_HASH, "2")
+        with write_session(factory) as session:
+            device = get_or_create_device(session, "pg", FINGERPRINT).id
+            jobs = [create_job(session, device_id=device, kind="ops", context=context, op_specs=[spec(i)]).id
+                    for i in range(2)]
+        with write_session(factory) as first, write_session(factory) as second:
+            a = claim_next_job(first, device_id=device, owner="A", lease_s=LEASE_S)
+            b = claim_next_job(second, device_id=device, owner="B", lease_s=LEASE_S)
+            assert (a.id, b.id) == (jobs[0], jobs[1])
+    finally:
+        engine.dispose()

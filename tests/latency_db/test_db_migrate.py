@@ -5,17 +5,28 @@ from __future__ import annotations
 import fnmatch
 import multiprocessing
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 from latency_db.engine import make_engine, make_session_factory
-from latency_db.migrate import MIGRATIONS_DIR, current_revision, head_revision, upgrade_to_head
-from latency_db.models import Base, Device
-from latency_db.repository import get_or_create_device
+from latency_db.migrate import (
+    MIGRATIONS_DIR,
+    alembic_config,
+    current_revision,
+    head_revision,
+    locked_migration_transaction,
+    upgrade_to_head,
+)
+from latency_db.models import Base, Device, Job
+from latency_db.repository import fingerprint_hash, get_or_create_device
+from latency_db.transactions import begin_write
 from tests.latency_db import db_migrate_worker
 
 EXPECTED_TABLES = {"alembic_version", "devices", "measurements", "jobs", "job_items"}
@@ -39,7 +50,7 @@ def test_upgrade_creates_every_table_at_head(raw_url: str) -> None:
     assert current_revision(raw_url) is None
     upgrade_to_head(raw_url)
     assert _tables(raw_url) == EXPECTED_TABLES
-    assert current_revision(raw_url) == head_revision() == "0001"
+    assert current_revision(raw_url) == head_revision() == "0002"
 
 
 def test_upgrade_is_idempotent_and_keeps_data(raw_url: str) -> None:
@@ -109,3 +120,67 @@ def test_package_data_ships_every_migration_file() -> None:
     assert any(name.startswith("migrations/versions/") for name in files)
     unshipped = [name for name in files if not any(fnmatch.fnmatch(name, glob) for glob in globs)]
     assert unshipped == []
+
+
+def _migrate(url: str, direction: str, target: str) -> None:
+    """Run ``alembic upgrade|downgrade target`` the way latency_db.migrate does (locked transaction)."""
+    engine = make_engine(url)
+    try:
+        with locked_migration_transaction(engine) as connection:
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            getattr(command, direction)(config, target)
+    finally:
+        engine.dispose()
+
+
+def test_0002_keeps_rows_and_references_and_makes_name_part_of_the_device(raw_url: str) -> None:
+    """A 0001 store with a device, a job and its item: after 0002 everything is there and still linked, a second
+    name on the same host is a second device, and foreign keys are enforced again."""
+    fingerprint = {"cpu": "A"}
+    _migrate(raw_url, "upgrade", "0001")
+    engine = make_engine(raw_url)
+    try:
+        with begin_write(engine) as conn:
+            now = {"now": datetime(2025, 1, 1, tzinfo=UTC).replace(tzinfo=None)}
+            device_id = conn.execute(text(
+                "INSERT INTO devices (name, fingerprint, fingerprint_hash, first_seen, last_seen) "
+                "VALUES ('box', '{\"cpu\":\"A\"}', :hash, :now, :now) RETURNING id"),
+                {"hash": fingerprint_hash(fingerprint), **now}).scalar_one()
+            job_id = conn.execute(text(
+                "INSERT INTO jobs (device_id, kind, status, backend, batch, dtype, threads, env_hash, "
+                "protocol_version, force, created_at, updated_at) VALUES (:device, 'ops', 'running', 'ort-cpu', 1, "
+                "'float32', 1, :hash, '2', false, :now, :now) RETURNING id"),
+                {"device": device_id, "hash": "cd" * 32, **now}).scalar_one()
+            conn.execute(text("INSERT INTO job_items (job_id, position, op_spec, status) "
+                              "VALUES (:job, 0, 'x', 'pending')"), {"job": job_id})
+    finally:
+        engine.dispose()
+
+    upgrade_to_head(raw_url)
+    assert current_revision(raw_url) == "0002"
+    engine = make_engine(raw_url)
+    try:
+        with make_session_factory(engine)() as session:
+            job = session.get(Job, job_id)
+            assert (job.device_id, job.status, job.lease_owner, job.lease_expires_at) == (
+                device_id, "running", None, None)
+            assert [item.op_spec for item in job.items] == ["x"]
+            assert session.get(Device, device_id).name == "box"
+        with make_session_factory(engine).begin() as session:
+            assert get_or_create_device(session, "box", fingerprint).id == device_id
+            second = get_or_create_device(session, "box-2", fingerprint)
+            assert second.id != device_id and second.fingerprint_hash == fingerprint_hash(fingerprint)
+        with pytest.raises(IntegrityError, match="(?i)foreign key"), begin_write(engine) as conn:
+            conn.execute(text("INSERT INTO job_items (job_id, position, op_spec, status) "
+                              "VALUES (:job, 0, 'y', 'pending')"), {"job": job_id + 999})
+    finally:
+        engine.dispose()
+
+
+def test_0002_downgrades_and_upgrades_again(raw_url: str) -> None:
+    upgrade_to_head(raw_url)
+    _migrate(raw_url, "downgrade", "0001")
+    assert current_revision(raw_url) == "0001"
+    upgrade_to_head(raw_url)
+    assert current_revision(raw_url) == "0002"

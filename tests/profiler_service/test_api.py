@@ -248,9 +248,10 @@ def test_service_on_postgresql(postgres_url: str) -> None:
 def test_jobs_of_another_device_sharing_the_database_are_invisible_and_never_claimed(client: TestClient) -> None:
     from latency_db.context import MeasurementContext
     from latency_db.repository import create_job, get_or_create_device
+    from latency_db.transactions import write_session
 
     state = client.app.state.service
-    with state.sessions.begin() as session:
+    with write_session(state.sessions) as session:
         other = get_or_create_device(session, "other-board", {"cpu_model": "some ARM core", "cpu_cores": 4})
         foreign = create_job(session, device_id=other.id, kind="ops", context=MeasurementContext(
                              "ort-cpu", 1, "float32", 1, "0" * 64, state.protocol_version), op_specs=SMALL_OPS[:1])
