@@ -125,11 +125,6 @@ class BatchStream:
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    @property
-    def num_samples(self) -> int:
-        """Samples in the stream's view (one pass reads all of them, or all but the last partial batch)."""
-        return len(self.indices)
-
     # --- passes -------------------------------------------------------------------------------------------------
     def _start_pass_if_done(self) -> torch.Tensor:
         """The current pass's order, after drawing a new pass when there is none or it is used up."""
