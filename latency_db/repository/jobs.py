@@ -211,6 +211,19 @@ def complete_item(
     return True
 
 
+def fail_pending_items(session: Session, job_id: int, error: str) -> int:
+    """Mark every pending item of the job failed with ``error`` (e.g. its backend is gone); flushes. Returns how many
+    items were failed."""
+    check_text("error", error, 10_000)
+    result = session.execute(
+        update(JobItem)
+        .where(JobItem.job_id == job_id, JobItem.status == "pending")
+        .values(status="failed", error=error, finished_at=utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
+    return result.rowcount
+
+
 def finish_job(
     session: Session,
     job: Job,

@@ -20,6 +20,7 @@ from latency_db.models import LEASE_OWNER_MAX_LEN, Job, JobItem
 from latency_db.repository import (
     claim_next_job,
     complete_item,
+    fail_pending_items,
     finish_job,
     holds_lease,
     lookup_measurements,
@@ -130,6 +131,16 @@ class JobStore:
             return _complete(session, item_id, status="failed", error=error)
 
     # --- the job -----------------------------------------------------------------------------------------------
+    def fail_job(self, job_id: int, error: str) -> bool:
+        """Fail the job and every pending item of it with ``error`` (nothing of it can be measured here), if it
+        still runs under this worker's lease; True when it was failed here."""
+        with write_session(self.sessions) as session:
+            if not holds_lease(session, job_id, owner=self.owner):
+                return False
+            fail_pending_items(session, job_id, error)
+            finish_job(session, session.get(Job, job_id), status="failed", error=error)
+            return True
+
     def finish(self, job_id: int, **fields: Any) -> bool:
         """Finish the job (see ``finish_job`` for ``fields``) if it still runs under this worker's lease (a job
         cancelled meanwhile stays cancelled); True when it was finished here."""

@@ -9,6 +9,11 @@ Leases: a worker claims a job with a lease (owner = this worker, expiry ``lease_
 database never run the same job: a live owner's job is never claimed by another worker; a killed owner's job is
 taken over once its lease has expired; a stopping worker gives its lease back, so a restart resumes at once.
 
+Where a job runs: a claimed job is measured on a backend this worker serves, in the environment and protocol
+version of now (resolved inside the job's error handling): a job whose backend is no longer served fails, with
+each pending item, "backend X is no longer served by this device", and the worker goes on with the next job; a
+job resumed after a restart with another runtime stores its rows under the environment they were measured in.
+
 The worker gets what it needs and nothing of the web service: a session factory, this device's id, the served
 backends, the protocol (parameters and stored version) and an environment resolver.
 """
@@ -19,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -125,62 +131,85 @@ class JobWorker:
     def _run_job(self, job: ClaimedJob) -> None:
         self.current_job = job.id
         try:
+            try:
+                run = self._in_current_environment(job)
+            except Exception as exc:  # nothing of this job can be measured here: fail it, go on with the next
+                log.warning("job %s cannot run here: %s", job.id, exc)
+                self.store.fail_job(job.id, str(exc))
+                return
             with LeaseKeeper(lambda: self.store.renew(job.id), self.lease_s / 3) as lease:
                 if job.kind == "architecture":
-                    self._run_architecture(job, lease)
+                    self._run_architecture(run, lease)
                 else:
-                    self._run_ops(job, lease)
+                    self._run_ops(run, lease)
             if self._stop.is_set() and not lease.lost:
                 self.store.release(job.id)  # left unfinished: whoever starts next resumes it at once
         finally:
             self.current_job = None
 
+    def _in_current_environment(self, job: ClaimedJob) -> _Run:
+        """The job as this worker measures it: on a served backend, in the environment and protocol version of NOW
+        (a job resumed after a restart with another runtime stores its rows under the environment they were
+        measured in, never under the one it was submitted in). Raises BackendGone / the resolver's error."""
+        name = job.context.backend
+        if name not in self.backends:
+            served = ", ".join(sorted(self.backends)) or "none"
+            raise BackendGone(f"backend {name!r} is no longer served by this device (served: {served})")
+        try:
+            environment, current_hash = self.environment(name, job.context.threads)
+        except Exception as exc:
+            raise RuntimeError(f"the environment of backend {name!r} cannot be read: {type(exc).__name__}: {exc}"
+                               ) from exc
+        context = job.context.in_environment(current_hash, self.protocol_version)
+        return _Run(job, self.backends[name], context, environment)
+
     def _measured(self, backend: str, kind: str, started: float) -> None:
         if self.on_measured is not None:
             self.on_measured(backend, kind, time.perf_counter() - started)
 
-    def _keeps_working(self, job: ClaimedJob, lease: LeaseKeeper) -> bool:
+    def _keeps_working(self, run: _Run, lease: LeaseKeeper) -> bool:
         """Not stopping, and the job still runs under this worker's lease (not cancelled, not taken over)."""
-        return not self._stop.is_set() and not lease.lost and self.store.holds(job.id)
+        return not self._stop.is_set() and not lease.lost and self.store.holds(run.job.id)
 
     # --- ops jobs --------------------------------------------------------------------------------------------------
-    def _run_ops(self, job: ClaimedJob, lease: LeaseKeeper) -> None:
+    def _run_ops(self, run: _Run, lease: LeaseKeeper) -> None:
+        job = run.job
         calibration = CalibrationCache()  # the job's ops share their calibration values, and no other job's
         for item_id, op_spec in self.store.pending_items(job.id):
-            if not self._keeps_working(job, lease):
+            if not self._keeps_working(run, lease):
                 return  # stopping (resumes at the next start), cancelled, or taken over
-            if not job.force and self.store.skip_if_stored(job.id, item_id, job.context, op_spec):
+            if not job.force and self.store.skip_if_stored(job.id, item_id, run.context, op_spec):
                 continue
-            if not self._measure_item(job, item_id, op_spec, calibration):
+            if not self._measure_item(run, item_id, op_spec, calibration):
                 return
         self.store.finish(job.id)
 
-    def _measure_item(self, job: ClaimedJob, item_id: int, op_spec: str, calibration: CalibrationCache) -> bool:
+    def _measure_item(self, run: _Run, item_id: int, op_spec: str, calibration: CalibrationCache) -> bool:
         """Measure one item and store it; False when the job is no longer this worker's."""
-        context = job.context
-        env, _ = self.environment(context.backend, context.threads)
+        context = run.context
         started = time.perf_counter()
         try:
-            stats = self.measure_op(parse_spec(op_spec), self.backends[context.backend], context.batch,
-                                    context.dtype, context.threads, self.protocol_params, calibration)
+            stats = self.measure_op(parse_spec(op_spec), run.backend, context.batch, context.dtype, context.threads,
+                                    self.protocol_params, calibration)
         except Exception as exc:  # an op that fails to build or run fails its item, not the job
             log.warning("measuring %s on %s failed: %s", op_spec, context.backend, exc)
-            return self.store.fail_item(job.id, item_id, f"{type(exc).__name__}: {exc}")
+            return self.store.fail_item(run.job.id, item_id, f"{type(exc).__name__}: {exc}")
         self._measured(context.backend, "op", started)
-        stored = self.store.store_measurement(job.id, item_id, context, op_spec, env,
+        stored = self.store.store_measurement(run.job.id, item_id, context, op_spec, run.environment,
                                               self.protocol_params.model_dump(), stats.as_dict())
         if not stored:
-            log.warning("job %s is no longer this worker's: the measurement of %s was not stored", job.id, op_spec)
+            log.warning("job %s is no longer this worker's: the measurement of %s was not stored", run.job.id,
+                        op_spec)
         return stored
 
     # --- architecture jobs -----------------------------------------------------------------------------------------
-    def _run_architecture(self, job: ClaimedJob, lease: LeaseKeeper) -> None:
-        context: MeasurementContext = job.context
+    def _run_architecture(self, run: _Run, lease: LeaseKeeper) -> None:
+        job, context = run.job, run.context
         started = time.perf_counter()
         try:
             arch = architecture_from_json_obj(job.payload)
-            stats = self.measure_network(arch, self.backends[context.backend], context.batch, context.dtype,
-                                         context.threads, self.protocol_params)
+            stats = self.measure_network(arch, run.backend, context.batch, context.dtype, context.threads,
+                                         self.protocol_params)
         except Exception as exc:
             log.warning("measuring architecture job %s failed: %s", job.id, exc)
             self.store.finish(job.id, status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -188,3 +217,17 @@ class JobWorker:
         self._measured(context.backend, "network", started)
         if not lease.lost:
             self.store.finish(job.id, status="done", result=stats.as_dict())
+
+
+class BackendGone(LookupError):
+    """A claimed job's backend is not served by this device (any more)."""
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A claimed job on the backend, in the context and the environment it is measured in now."""
+
+    job: ClaimedJob
+    backend: Backend
+    context: MeasurementContext
+    environment: dict[str, Any]

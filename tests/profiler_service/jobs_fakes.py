@@ -30,10 +30,14 @@ FINGERPRINT = {"cpu_model": "Scripted CPU", "cpu_cores": 2}
 DEADLINE_S = 60.0
 
 
-def environment_named(name: str) -> Callable[[str, int], tuple[dict[str, Any], str]]:
-    """An environment resolver whose environment is ``{"env": name, ...}`` (so env "A" and env "B" differ)."""
+def environment_named(name: str, served: tuple[str, ...] | None = None
+                      ) -> Callable[[str, int], tuple[dict[str, Any], str]]:
+    """An environment resolver whose environment is ``{"env": name, ...}`` (so env "A" and env "B" differ). Like
+    the service's, it raises for a backend outside ``served`` (None: any backend)."""
 
     def resolve(backend: str, threads: int) -> tuple[dict[str, Any], str]:
+        if served is not None and backend not in served:
+            raise LookupError(f"backend {backend!r} is not served")
         env = {"env": name, "backend": backend, "threads": threads}
         return env, canonical_hash(env)
 
@@ -121,7 +125,7 @@ def make_worker(store: Store, measurer: Callable[..., Stats], *, env: str = "A",
     return JobWorker(
         sessions=store.sessions, device_id=store.device_id, backends={name: get_backend(name) for name in backends},
         protocol_params=protocol_params_for(protocol), protocol_version=protocol_version_for(protocol),
-        environment=environment_named(env), measure_op=measurer, **{"poll_s": 0.02, **options},
+        environment=environment_named(env, backends), measure_op=measurer, **{"poll_s": 0.02, **options},
     )
 
 
