@@ -158,6 +158,10 @@
     return list;
   }
 
+  // "key: value, ..." of a backend's options (nested values as JSON).
+  const optionsText = (options) => Object.entries(options || {})
+    .map(([k, v]) => `${k}: ${v !== null && typeof v === "object" ? JSON.stringify(v) : v}`).join(", ") || "\u2014";
+
   function card(title, ...content) {
     return el("div", { class: "card" }, el("h3", { text: title }), ...content);
   }
@@ -174,7 +178,8 @@
     page.device = device;
     document.title = `${device.name} \u2014 proxyless-hw profiler`;
     $("device-title").textContent = device.name;
-    const ready = await request("v1/ready");
+    const [ready, health] = await Promise.all([request("v1/ready"), request("v1/health")]);
+    if (health.body && health.body.version) $("footer-version").textContent = `proxyless-hw profiler ${health.body.version}`;
     const readiness = ready.body && typeof ready.body === "object" ? Object.entries(ready.body)
       : [["status", ready.status === 0 ? "the service does not answer" : `HTTP ${ready.status}`]];
 
@@ -183,7 +188,7 @@
         el("th", { text: "options" }))),
       el("tbody", {}, ...device.backends.map((b) => el("tr", { "data-backend": b.name },
         el("td", { text: b.name }), el("td", { class: "spec", text: b.env_hash }),
-        el("td", { class: "spec", text: JSON.stringify(b.options) })))));
+        el("td", { class: "spec", text: optionsText(b.options) })))));
     const protocolParams = el("details", {}, el("summary", { text: "parameters" }),
       kvList(Object.entries(device.protocol.params || {})));
     $("device-body").replaceChildren(
@@ -427,13 +432,15 @@
   // --- jobs ---------------------------------------------------------------------------------------------
   const ACTIVE = new Set(["queued", "running"]);
 
+  // The bar fills with the items worked on (done, skipped, failed); cancelled ones are counted, not filled.
   function progressCell(job) {
-    const finished = job.done + job.skipped + job.failed + job.cancelled;
+    const worked = job.done + job.skipped + job.failed;
     return el("td", { class: "progress" },
-      el("progress", { max: Math.max(job.total, 1), value: finished }),
+      el("progress", { max: Math.max(job.total, 1), value: worked }),
       el("span", { "data-field": "done", text: job.done }), " done, ",
-      el("span", { "data-field": "skipped", text: job.skipped }), " skipped of ",
-      el("span", { "data-field": "total", text: job.total }));
+      el("span", { "data-field": "skipped", text: job.skipped }), " skipped, ",
+      job.cancelled ? el("span", {}, el("span", { "data-field": "cancelled", text: job.cancelled }), " cancelled, ") : null,
+      "of ", el("span", { "data-field": "total", text: job.total }));
   }
 
   function errorText(job) {
@@ -675,9 +682,9 @@
     await loadDevice();
     await loadTable();
     await loadSpaces();
-    if (!page.heatmapShown && page.tableLoaded && page.spaces.length && page.device) {
+    if (!page.heatmapShown && page.spaces.length && page.device) {
       try {
-        await pickDefaultSpace();
+        if (page.tableLoaded) await pickDefaultSpace();
         await showHeatmap();
       } catch (error) {
         showMessage("heatmap-message", await explain(error), "error");
