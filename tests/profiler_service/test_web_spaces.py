@@ -40,7 +40,7 @@ def test_space_moves_to_another_resolution(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(("path", "status", "named"), [
-    ("/v1/spaces/no-such-space", 404, "known: proxyless-mobile"),
+    ("/v1/spaces/no-such-space", 422, "'proxyless-mobile'"),
     ("/v1/spaces/Tiny_32", 422, "name"),
     ("/v1/spaces/tiny-32?resolution=7", 422, "resolution"),
     ("/v1/spaces/tiny-32?resolution=1025", 422, "resolution"),

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from latency_db.models import OP_SPEC_MAX_LEN
 from latency_db.repository.fleet import MAX_FLEET_ROWS, device_summaries, list_devices, op_on_devices
-from nas_ops.spec import format_spec, parse_spec
+from nas_ops.spec import NonCanonicalSpec, format_spec, parse_canonical_spec
 from profiler_service.api.deps import SessionDep, StateDep
 from profiler_service.api.errors import ApiError, bad_request
 from profiler_service.api.routers.lookup import stats_of
@@ -98,12 +98,11 @@ def database_answers() -> Iterator[None]:
 def canonical_spec(text: str, field: str) -> str:
     """``text`` when it is a valid op spec in its canonical form; a 422 naming the field (or the canonical form)."""
     try:
-        canonical = format_spec(parse_spec(text))
+        return format_spec(parse_canonical_spec(text))
+    except NonCanonicalSpec as exc:
+        raise bad_request(f"{field}: {exc}", "not_canonical") from None
     except ValueError as exc:
-        raise bad_request(f"{field}: {exc}") from None
-    if canonical != text:
-        raise bad_request(f"{field}: {text!r} is not canonical; write it as {canonical!r}", "not_canonical")
-    return canonical
+        raise bad_request(f"{field}: {exc}", "invalid_op") from None
 
 
 @router.get("/devices", response_model=FleetDevices, responses=ERRORS,
