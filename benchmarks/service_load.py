@@ -13,7 +13,8 @@ For each database (``--db sqlite|postgres|both``) the benchmark
 4. runs the scenarios, while a separate process probes ``GET /v1/health`` every 100 ms:
 
    - ``lookup_100`` and ``lookup_1000``: 8 concurrent client processes, each sending lookups of 100 (a slice of
-     the table) or of all 1,000 specs;
+     the table) or of all 1,000 specs; ``lookup_1000_1client``: one client alone (a request's cost without
+     queueing, for comparison);
    - ``lookup_during_measure``: the same 1,000-spec lookups while a measure job of new ops runs;
    - ``measure_burst``: rounds of 5 concurrent ``POST /v1/measure`` (new ops each) mixed with 100-spec lookups
      from the 8 clients; then the burst's jobs are awaited (bounded) and a failed job counts as an error.
@@ -77,6 +78,7 @@ class Plan:
 
     lookups_100: int = 40  # per client
     lookups_1000: int = 25  # per client
+    lookups_single: int = 10  # 1,000-spec lookups of one client alone: the cost of a request without queueing
     lookups_during_measure: int = 25  # per client, at most (they stop when the job ends)
     measure_job_ops: int = 12
     burst_rounds: int = 3
@@ -88,8 +90,8 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(lookups_100=3, lookups_1000=3, lookups_during_measure=3, measure_job_ops=2, burst_rounds=1,
-                   burst_measure_ops=1, burst_lookups=2, scenario_cap_s=5.0, request_timeout_s=5.0, job_wait_s=10.0)
+        return cls(lookups_100=3, lookups_1000=3, lookups_single=2, lookups_during_measure=3, measure_job_ops=2, burst_rounds=1,
+                   burst_measure_ops=1, burst_lookups=2, scenario_cap_s=4.0, request_timeout_s=5.0, job_wait_s=5.0)
 
 
 @dataclass
@@ -436,6 +438,8 @@ def run_database(db: str, db_url: str, plan: Plan, budget: Budget, tmp: Path) ->
             scenarios: list[tuple[str, float, Callable[[], list[Series]]]] = [
                 ("lookup_100", plan.request_timeout_s + 2, lambda: [lookups(
                     "lookup_100", pool, profiler.url, slices, plan.lookups_100, plan, budget)]),
+                ("lookup_1000_1client", plan.request_timeout_s + 2, lambda: [lookups(
+                    "lookup_1000_1client", pool, profiler.url, [list(table)], plan.lookups_single, plan, budget)]),
                 ("lookup_1000", plan.request_timeout_s + 2, lambda: [lookups(
                     "lookup_1000", pool, profiler.url, [list(table)] * CLIENTS, plan.lookups_1000, plan, budget)]),
                 ("lookup_during_measure", plan.request_timeout_s + 2, lambda: [lookups_during_measure(
