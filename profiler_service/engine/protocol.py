@@ -73,6 +73,12 @@ MEASURE_LOCK = threading.RLock()
 
 Clock = Callable[[], float]
 StopReason = Literal["precision", "budget", "max_runs"]
+#: Asked between runs of the warm-up and between timed blocks; True gives the measurement up (MeasurementStopped).
+StopCheck = Callable[[], bool]
+
+
+class MeasurementStopped(Exception):
+    """A measurement given up because its ``should_stop`` hook said so (its job was cancelled, the worker stops)."""
 
 
 class ProtocolParams(BaseModel):
@@ -210,8 +216,18 @@ def cache_flusher(kib: int) -> Callable[[], None] | None:
     return flush
 
 
-def time_runner(runner: Runner, params: ProtocolParams, clock: Clock = time.perf_counter) -> Timing:
-    """Warm up, then time ``runner`` in blocks until the stopping rule of the protocol holds (module docstring)."""
+def _check_stop(should_stop: StopCheck | None) -> None:
+    if should_stop is not None and should_stop():
+        raise MeasurementStopped("measurement stopped: its job was cancelled or the worker is stopping")
+
+
+def time_runner(runner: Runner, params: ProtocolParams, clock: Clock = time.perf_counter,
+                should_stop: StopCheck | None = None) -> Timing:
+    """Warm up, then time ``runner`` in blocks until the stopping rule of the protocol holds (module docstring).
+
+    ``should_stop`` is asked before every warm-up run and every timed block: when it answers True the loop raises
+    MeasurementStopped (nothing is returned; the caller keeps the op to measure another time).
+    """
     flush = cache_flusher(params.cache_flush_kib)
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -219,6 +235,7 @@ def time_runner(runner: Runner, params: ProtocolParams, clock: Clock = time.perf
         # warm-up, by count and by time; it also estimates the wall time of one run
         warm_start, warm_runs = clock(), 0
         while warm_runs < params.warmup_runs or clock() - warm_start < params.warmup_s:
+            _check_stop(should_stop)
             runner.time_runs(1, flush)
             warm_runs += 1
         per_run_s = (clock() - warm_start) / warm_runs if warm_runs else 0.0
@@ -230,6 +247,7 @@ def time_runner(runner: Runner, params: ProtocolParams, clock: Clock = time.perf
         blocks: list[list[float]] = []
         runs = 0
         while True:
+            _check_stop(should_stop)
             blocks.append(runner.time_runs(min(block_runs, params.max_runs - runs), flush))
             runs += len(blocks[-1])
             kept = kept_blocks(blocks, params.disturbed_block_rel)
@@ -283,11 +301,12 @@ def _check_batch(batch: int) -> None:
 
 
 def time_module(module: nn.Module, input_shape: tuple[int, int, int, int], backend: Backend, dtype: str,
-                threads: int, params: ProtocolParams, clock: Clock = time.perf_counter) -> Timing:
+                threads: int, params: ProtocolParams, clock: Clock = time.perf_counter,
+                should_stop: StopCheck | None = None) -> Timing:
     """Prepare ``module`` on ``backend`` and run the timing loop on it (the caller holds the lock and the cores)."""
     runner = backend.prepare(module, input_shape, dtype, threads, seed=params.seed)
     try:
-        return time_runner(runner, params, clock)
+        return time_runner(runner, params, clock, should_stop)
     finally:
         runner.close()
 
@@ -301,12 +320,14 @@ def measurement_context(backend: Backend, batch: int, dtype: str, threads: int,
 
 def measure_op(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: int,
                params: ProtocolParams | None = None,
-               calibration_cache: calibration.CalibrationCache | None = None) -> Stats:
+               calibration_cache: calibration.CalibrationCache | None = None,
+               should_stop: StopCheck | None = None) -> Stats:
     """Latency statistics of one op at ``batch`` on ``backend``, calibrated for summing (module docstring).
 
     ``calibration_cache`` holds the calibration values of the measurement session this op belongs to: pass the
     same cache for every op of a job, so that neighbouring ops subtract the same boundary timings. None: a cache
-    of this call only (nothing shared with any other measurement).
+    of this call only (nothing shared with any other measurement). ``should_stop``: see :func:`time_runner`
+    (asked in the op's timing and in its calibration timings).
     """
     params = params or ProtocolParams()
     cache = calibration.CalibrationCache() if calibration_cache is None else calibration_cache
@@ -317,13 +338,14 @@ def measure_op(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: 
             if params.calibrate:
                 module = calibration.sandwich(spec, module, backend.boundary_kind)
         input_shape = (batch, *spec.input_shape)
-        stats = Stats.from_samples(time_module(module, input_shape, backend, dtype, threads, params).samples)
+        stats = Stats.from_samples(time_module(module, input_shape, backend, dtype, threads, params,
+                                               should_stop=should_stop).samples)
         if not params.calibrate:
             return stats
         context = measurement_context(backend, batch, dtype, threads, params)
 
         def time_median(calibration_module: nn.Module, shape: tuple[int, int, int, int]) -> float:
-            timing = time_module(calibration_module, shape, backend, dtype, threads, params)
+            timing = time_module(calibration_module, shape, backend, dtype, threads, params, should_stop=should_stop)
             return float(np.median(timing.samples))
 
         correction = calibration.correction_ms(spec, backend.boundary_kind, cache, context, batch, time_median)
@@ -331,12 +353,14 @@ def measure_op(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: 
 
 
 def measure_network(arch: Architecture, backend: Backend, batch: int, dtype: str, threads: int,
-                    params: ProtocolParams | None = None) -> Stats:
-    """Latency statistics of the whole network of ``arch`` at ``batch`` on ``backend`` (no calibration)."""
+                    params: ProtocolParams | None = None, should_stop: StopCheck | None = None) -> Stats:
+    """Latency statistics of the whole network of ``arch`` at ``batch`` on ``backend`` (no calibration);
+    ``should_stop``: see :func:`time_runner`."""
     params = params or ProtocolParams()
     _check_batch(batch)
     with MEASURE_LOCK, pinned_cores(threads, params.affinity):
         with seeded(params.seed):
             module = build_network(arch).eval()
         input_shape = (batch, arch.in_chs, *arch.input_size)
-        return Stats.from_samples(time_module(module, input_shape, backend, dtype, threads, params).samples)
+        return Stats.from_samples(time_module(module, input_shape, backend, dtype, threads, params,
+                                              should_stop=should_stop).samples)

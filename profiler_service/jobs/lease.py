@@ -1,9 +1,11 @@
-"""The heartbeat of a claimed job: a thread that renews the worker's lease while the worker works on the job."""
+"""The watch over a claimed job: a thread that renews the worker's lease and notices when the job is no longer the
+worker's to run (cancelled, taken over, finished), while the worker works on it."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 
@@ -11,25 +13,29 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Calls ``renew()`` every ``every_s`` seconds until the block ends (use it as a context manager).
+    """Until the block ends (use it as a context manager): every ``renew_s`` seconds calls ``renew()``, and in
+    between, every ``check_s`` seconds, ``still_held()``.
 
-    ``renew`` returns False once the job is no longer the worker's (taken over, cancelled, finished): the keeper
-    then sets :attr:`lost` and stops. A renewal that raises (the database is briefly unreachable) is logged and
-    tried again at the next beat: the lease lasts several beats, so one missed beat loses nothing.
+    Either answering False (the job was cancelled, taken over after the lease expired, or finished) sets
+    :attr:`lost` and ends the watch: the worker then stops working on the job, also in the middle of an item. A
+    call that raises (the database is briefly unreachable) is logged and tried again at the next beat: the lease
+    lasts several renewal periods, so one missed beat loses nothing.
     """
 
-    def __init__(self, renew: Callable[[], bool], every_s: float) -> None:
-        if not every_s > 0:
-            raise ValueError(f"every_s: expected seconds > 0, got {every_s!r}")
-        self._renew = renew
-        self._every_s = every_s
+    def __init__(self, renew: Callable[[], bool], renew_s: float, still_held: Callable[[], bool],
+                 check_s: float) -> None:
+        for name, value in (("renew_s", renew_s), ("check_s", check_s)):
+            if not value > 0:
+                raise ValueError(f"{name}: expected seconds > 0, got {value!r}")
+        self._renew, self._renew_s = renew, renew_s
+        self._still_held, self._check_s = still_held, check_s
         self._done = threading.Event()
         self._lost = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="profiler-lease", daemon=True)
+        self._thread = threading.Thread(target=self._watch, name="profiler-lease", daemon=True)
 
     @property
     def lost(self) -> bool:
-        """True once a renewal found the job no longer the worker's."""
+        """True once the job was found no longer the worker's (cancelled, taken over, finished)."""
         return self._lost.is_set()
 
     def __enter__(self) -> LeaseKeeper:
@@ -41,13 +47,18 @@ class LeaseKeeper:
         self._done.set()
         self._thread.join()
 
-    def _beat(self) -> None:
-        while not self._done.wait(self._every_s):
+    def _watch(self) -> None:
+        next_renewal = time.monotonic() + self._renew_s
+        while not self._done.wait(min(self._check_s, max(0.0, next_renewal - time.monotonic()))):
+            renewing = time.monotonic() >= next_renewal
             try:
-                renewed = self._renew()
-            except Exception as exc:  # retried at the next beat
-                log.warning("renewing a job lease failed: %s: %s", type(exc).__name__, exc)
+                held = self._renew() if renewing else self._still_held()
+            except Exception as exc:  # tried again at the next beat
+                log.warning("watching a job's lease failed: %s: %s", type(exc).__name__, exc)
                 continue
-            if not renewed:
+            finally:
+                if renewing:
+                    next_renewal = time.monotonic() + self._renew_s
+            if not held:
                 self._lost.set()
                 return

@@ -9,6 +9,10 @@ Leases: a worker claims a job with a lease (owner = this worker, expiry ``lease_
 database never run the same job: a live owner's job is never claimed by another worker; a killed owner's job is
 taken over once its lease has expired; a stopping worker gives its lease back, so a restart resumes at once.
 
+Cancel and stop: the measurement asks a stop hook between timed blocks (``should_stop``), answered True once the
+worker is stopping or the watch found the job cancelled or taken over (checked every ``check_s`` seconds), so a
+cancelled job does not keep the device busy with its item in flight; the given-up item is not stored.
+
 Where a job runs: a claimed job is measured on a backend this worker serves, in the environment and protocol
 version of now (resolved inside the job's error handling): a job whose backend is no longer served fails, with
 each pending item, "backend X is no longer served by this device", and the worker goes on with the next job; a
@@ -34,7 +38,13 @@ from nas_ops.arch import architecture_from_json_obj
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends import Backend
 from profiler_service.engine.calibration import CalibrationCache
-from profiler_service.engine.protocol import ProtocolParams, Stats, measure_network, measure_op
+from profiler_service.engine.protocol import (
+    MeasurementStopped,
+    ProtocolParams,
+    Stats,
+    measure_network,
+    measure_op,
+)
 from profiler_service.jobs.lease import LeaseKeeper
 from profiler_service.jobs.store import ClaimedJob, JobStore, new_owner_id
 
@@ -50,6 +60,9 @@ NetworkMeasurer = Callable[..., Stats]
 
 #: Seconds a claimed job stays leased without a renewal (renewed every third of it while the worker works).
 DEFAULT_LEASE_S = 15.0
+#: Seconds between two checks that the job in work was not cancelled: a cancel stops the item in flight this fast
+#: (plus one timed block).
+DEFAULT_CHECK_S = 0.5
 
 
 class JobWorker:
@@ -66,6 +79,7 @@ class JobWorker:
         environment: EnvironmentResolver,
         poll_s: float,
         lease_s: float = DEFAULT_LEASE_S,
+        check_s: float = DEFAULT_CHECK_S,
         owner: str | None = None,
         on_measured: MeasuredHook | None = None,
         measure_op: OpMeasurer = measure_op,
@@ -78,6 +92,7 @@ class JobWorker:
         self.environment = environment
         self.poll_s = poll_s
         self.lease_s = lease_s
+        self.check_s = check_s
         self.store = JobStore(sessions, device_id, owner or new_owner_id(), lease_s)
         self.on_measured = on_measured
         self.measure_op = measure_op
@@ -98,8 +113,8 @@ class JobWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Ask the worker to stop after the item in flight; the job stays running, its lease is given back, and it
-        resumes at the next start."""
+        """Stop the worker: the item in flight is given up between two timed blocks and stays pending, the job
+        stays running, its lease is given back, and it resumes at the next start."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -137,7 +152,8 @@ class JobWorker:
                 log.warning("job %s cannot run here: %s", job.id, exc)
                 self.store.fail_job(job.id, str(exc))
                 return
-            with LeaseKeeper(lambda: self.store.renew(job.id), self.lease_s / 3) as lease:
+            with LeaseKeeper(lambda: self.store.renew(job.id), self.lease_s / 3, lambda: self.store.holds(job.id),
+                             min(self.check_s, self.lease_s / 3)) as lease:
                 if job.kind == "architecture":
                     self._run_architecture(run, lease)
                 else:
@@ -171,6 +187,10 @@ class JobWorker:
         """Not stopping, and the job still runs under this worker's lease (not cancelled, not taken over)."""
         return not self._stop.is_set() and not lease.lost and self.store.holds(run.job.id)
 
+    def _should_stop(self, lease: LeaseKeeper) -> Callable[[], bool]:
+        """The measurement's stop hook: the worker is stopping, or the job was cancelled or taken over."""
+        return lambda: self._stop.is_set() or lease.lost
+
     # --- ops jobs --------------------------------------------------------------------------------------------------
     def _run_ops(self, run: _Run, lease: LeaseKeeper) -> None:
         job = run.job
@@ -180,17 +200,21 @@ class JobWorker:
                 return  # stopping (resumes at the next start), cancelled, or taken over
             if not job.force and self.store.skip_if_stored(job.id, item_id, run.context, op_spec):
                 continue
-            if not self._measure_item(run, item_id, op_spec, calibration):
+            if not self._measure_item(run, item_id, op_spec, calibration, self._should_stop(lease)):
                 return
         self.store.finish(job.id)
 
-    def _measure_item(self, run: _Run, item_id: int, op_spec: str, calibration: CalibrationCache) -> bool:
-        """Measure one item and store it; False when the job is no longer this worker's."""
+    def _measure_item(self, run: _Run, item_id: int, op_spec: str, calibration: CalibrationCache,
+                      should_stop: Callable[[], bool]) -> bool:
+        """Measure one item and store it; False when the job is no longer this worker's or the worker stops."""
         context = run.context
         started = time.perf_counter()
         try:
             stats = self.measure_op(parse_spec(op_spec), run.backend, context.batch, context.dtype, context.threads,
-                                    self.protocol_params, calibration)
+                                    self.protocol_params, calibration, should_stop=should_stop)
+        except MeasurementStopped:
+            log.info("measuring %s of job %s stopped (cancelled or stopping)", op_spec, run.job.id)
+            return False
         except Exception as exc:  # an op that fails to build or run fails its item, not the job
             log.warning("measuring %s on %s failed: %s", op_spec, context.backend, exc)
             return self.store.fail_item(run.job.id, item_id, f"{type(exc).__name__}: {exc}")
@@ -209,7 +233,10 @@ class JobWorker:
         try:
             arch = architecture_from_json_obj(job.payload)
             stats = self.measure_network(arch, run.backend, context.batch, context.dtype, context.threads,
-                                         self.protocol_params)
+                                         self.protocol_params, should_stop=self._should_stop(lease))
+        except MeasurementStopped:
+            log.info("measuring architecture job %s stopped (cancelled or stopping)", job.id)
+            return
         except Exception as exc:
             log.warning("measuring architecture job %s failed: %s", job.id, exc)
             self.store.finish(job.id, status="failed", error=f"{type(exc).__name__}: {exc}")
