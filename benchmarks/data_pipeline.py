@@ -9,7 +9,10 @@ What it does:
    reads cost no disk time: the figures are decode + augmentation + transfer).
 2. Throughput: for each ``--workers`` count, in a fresh subprocess, ``open_search_data`` on the largest folder
    at ``--input-size`` (224) and batch ``--batch``; the train stream (random-resized crop, flip, normalise) is
-   read for ``--throughput-batches`` batches after one warm-up batch (worker start-up excluded): images/s.
+   read for ``--throughput-batches`` batches after one warm-up batch (worker start-up excluded): images/s, and
+   the CPU time it got (the main process's over the timed batches, the workers' over their whole lives, read
+   from getrusage once they are reaped): ``cores_obtained`` = CPU seconds / wall seconds says how much of the
+   machine the run had, which decides whether more workers can help.
 3. Peak memory of a search epoch: for each folder, in a fresh subprocess, ``open_search_data`` (valid split: 5 per
    class held out) with ``--epoch-workers`` workers, then one whole epoch as the search reads it: every train
    batch (train transform) and one valid batch (eval transform) every 5 train batches, as the architecture
@@ -20,8 +23,10 @@ What it does:
    splits shared pages between processes, so the sum is not inflated by the shared torch libraries).
 
 Targets (the last line): the largest folder's main-process peak RSS within 1.2x the smallest's; N workers at
-least 1.6x the images/s of 0 workers. On a machine with 2 cores shared with other jobs (the load average is
-recorded before and after), 2 workers compete with the main process and the neighbours for those 2 cores.
+least 1.6x the images/s of 0 workers. On a machine with 2 cores shared with other jobs (the load average and
+whether the scheduler's autogroup is on are recorded), 2 workers compete with the neighbours for those 2 cores;
+with autogroup, the kernel shares CPU time between sessions, not processes, so extra worker processes do not
+get this run a larger share of a loaded machine.
 
 Writes ``data_pipeline.json`` and ``.md`` (``data_pipeline_quick.*`` with ``--quick``) to ``--out-dir``.
 
@@ -146,16 +151,19 @@ def child_throughput(args: argparse.Namespace) -> dict[str, Any]:
     batches = min(args.throughput_batches, len(stream) - 1)
     stream.next_batch()  # workers started, first batches in flight
     start = time.perf_counter()
-    cpu_start = time.process_time()
+    cpu_start = time.process_time()  # this process's CPU time only
     images = 0
     for _ in range(batches):
         x, _ = stream.next_batch()
         images += int(x.shape[0])
     seconds = time.perf_counter() - start
     main_cpu = time.process_time() - cpu_start
-    data.close()
+    data.close()  # the workers exit and are reaped: their CPU time is in RUSAGE_CHILDREN
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers_cpu = children.ru_utime + children.ru_stime  # the whole workers' lives (start-up and warm-up too)
     return {"workers": args.child_workers, "images": images, "seconds": seconds, "images_per_s": images / seconds,
-            "main_cpu_s": main_cpu}
+            "main_cpu_s": main_cpu, "workers_cpu_s": workers_cpu,
+            "cores_obtained": (main_cpu + workers_cpu) / seconds}
 
 
 def _pss_kib(pid: int) -> int:
@@ -265,6 +273,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _autogroup() -> bool | None:
+    """Whether the kernel shares CPU time fairly between sessions rather than processes (None: unknown)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
+
+
 def evaluate_targets(throughput: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> dict[str, Any]:
     """The two targets' figures: RSS ratio of the largest to the smallest folder, speed-up of the most workers."""
     rss_ratio = epochs[-1]["main_peak_rss_mb"] / epochs[0]["main_peak_rss_mb"]
@@ -296,12 +312,15 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"Generated ImageNet-layout JPEG folders at {report['image_size']}x{report['image_size']}, input "
         f"{report['input_size']}x{report['input_size']}, batch {report['batch']}. Load average before "
         f"{m['load_before'][0]:.2f}, after {m['load_after'][0]:.2f} (1 min) on {m['cores']} cores shared with "
-        "other jobs.", "",
+        f"other jobs; scheduler autogroup {m['sched_autogroup']} (when true, CPU time is shared fairly between "
+        "sessions, so this run's workers share one session's slice of a loaded machine).", "",
         "## Loader throughput (train stream: random-resized crop, flip, normalise)", "",
-        "| workers | images | seconds | images/s | main CPU s |", "| ---: | ---: | ---: | ---: | ---: |",
+        "| workers | images | seconds | images/s | main CPU s | workers CPU s (whole life) | cores obtained |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [f"| {r['workers']} | {r['images']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | "
-              f"{r['main_cpu_s']:.2f} |" for r in report["throughput"]]
+              f"{r['main_cpu_s']:.2f} | {r['workers_cpu_s']:.2f} | {r['cores_obtained']:.2f} |"
+              for r in report["throughput"]]
     lines += [
         "", f"## Peak memory of a search epoch ({report['epochs'][0]['workers']} workers; every train batch and a "
         f"valid batch every {ARCH_EVERY}; no model step)", "",
@@ -360,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "image_size": args.image_size, "input_size": args.input_size, "batch": args.batch,
         "epoch_workers": args.epoch_workers, "model_step": None, "generated": generated,
         "throughput": throughput, "epochs": epochs, "targets": evaluate_targets(throughput, epochs),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "load_before": load_before,
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "sched_autogroup": _autogroup(),
+                    "load_before": load_before,
                     "load_after": list(os.getloadavg()), "python": platform.python_version()},
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)

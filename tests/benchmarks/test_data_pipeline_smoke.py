@@ -21,7 +21,9 @@ def test_quick_run_writes_complete_reports(tmp_path: Path) -> None:
     assert [g["images"] for g in report["generated"]] == [120, 400]
     assert [t["workers"] for t in report["throughput"]] == [0, 2]
     for run in report["throughput"]:
-        assert run["images"] > 0 and run["images_per_s"] > 0
+        assert run["images"] > 0 and run["images_per_s"] > 0 and run["cores_obtained"] > 0
+        assert run["main_cpu_s"] >= 0 and run["workers_cpu_s"] >= 0
+    assert report["throughput"][1]["workers_cpu_s"] > 0  # the two workers' decoding is counted
     for run, size in zip(report["epochs"], (120, 400)):
         assert run["images"] == size and run["workers"] == 2
         # every train batch of the epoch was read (10 classes, 5 images each held out), a valid batch every 5
@@ -32,7 +34,7 @@ def test_quick_run_writes_complete_reports(tmp_path: Path) -> None:
     targets = report["targets"]
     assert set(targets) >= {"rss_ratio", "rss_met", "speedup", "speedup_met", "tree_pss_ratio"}
     assert targets["rss_ratio"] == report["epochs"][1]["main_peak_rss_mb"] / report["epochs"][0]["main_peak_rss_mb"]
-    assert {"cpu", "cores", "load_before", "load_after"} <= set(report["machine"])
+    assert {"cpu", "cores", "sched_autogroup", "load_before", "load_after"} <= set(report["machine"])
     last = done.stdout.strip().splitlines()[-1]
     pattern = (r"data_pipeline w0_img_s=[\d.]+ w2_img_s=[\d.]+ speedup=[\d.]+ \(target >= 1\.6: (met|NOT met)\) "
                r"rss_120=[\d.]+MB rss_400=[\d.]+MB rss_ratio=[\d.]+ \(target <= 1\.2: (met|NOT met)\) "
