@@ -231,13 +231,15 @@ def seed_table(url: str, db_url: str, specs: Sequence[str]) -> dict[str, Any]:
 # --- request loops (client processes) ------------------------------------------------------------------------
 def lookup_client(url: str, ops: list[str], count: int, deadline_wall: float, timeout_s: float,
                   stop_file: str | None = None) -> list[Sample]:
-    """Up to ``count`` lookups of ``ops``, none started after ``deadline_wall`` (time.time()) nor once
-    ``stop_file`` exists; a lookup that does not answer 200 with every op found is an error."""
+    """Up to ``count`` lookups of ``ops``, none but the first started after ``deadline_wall`` (time.time()) nor
+    once ``stop_file`` exists; a lookup that does not answer 200 with every op found is an error."""
     samples: list[Sample] = []
     body = {"backend": BACKEND, "ops": ops}
     with httpx.Client(timeout=timeout_s) as client:
-        for _ in range(count):
-            if time.time() >= deadline_wall or (stop_file is not None and os.path.exists(stop_file)):
+        for index in range(count):
+            if stop_file is not None and os.path.exists(stop_file):
+                break
+            if index > 0 and time.time() >= deadline_wall:
                 break
             started, t0 = time.time(), time.perf_counter()
             error: str | None = None
@@ -284,6 +286,22 @@ def collect_probes(prober: Any, out: Any) -> list[Sample]:
         samples = []
     prober.join(10)
     return samples
+
+
+def client_pid(hold_s: float) -> int:
+    """The client process's id, after holding it ``hold_s`` (so that concurrent calls land in distinct processes)."""
+    time.sleep(hold_s)
+    return os.getpid()
+
+
+def start_clients(pool: ProcessPoolExecutor, timeout_s: float = 60.0) -> None:
+    """Make the pool start all CLIENTS processes (it starts them on demand) before anything is timed."""
+    deadline = time.monotonic() + timeout_s
+    pids: set[int] = set()
+    while len(pids) < CLIENTS and time.monotonic() < deadline:
+        pids |= set(pool.map(client_pid, [0.5] * CLIENTS))
+    if len(pids) < CLIENTS:
+        raise RuntimeError(f"only {len(pids)} of {CLIENTS} client processes started within {timeout_s:g} s")
 
 
 def run_clients(pool: ProcessPoolExecutor, url: str, bodies: Sequence[list[str]], count: int, cap_s: float,
@@ -373,7 +391,7 @@ def lookups_during_measure(pool: ProcessPoolExecutor, url: str, table: Sequence[
         status = str(ended["status"])
     else:  # still running when the clients stopped (or never created)
         status = job_status(url, job_id, plan.request_timeout_s) if job_id is not None else "not created"
-    series.notes.update(job_ops=len(new_ops), job_status=status,
+    series.notes.update(job_ops=len(new_ops), job_status=status, failed_jobs=int(status == "failed"),
                         lookups_while_job_ran=sum(1 for s in series.samples if s.started < end_at))
     return series
 
@@ -432,7 +450,7 @@ def run_database(db: str, db_url: str, plan: Plan, budget: Budget, tmp: Path) ->
         context = seed_table(profiler.url, db_url, table)
         seeded_s = time.monotonic() - started - startup_s
         with ProcessPoolExecutor(CLIENTS, mp_context=ctx) as pool:
-            list(pool.map(time.sleep, [0.0] * CLIENTS))  # start the client processes before timing anything
+            start_clients(pool)
             slices = [list(table[i * 100:(i + 1) * 100]) for i in range(CLIENTS)]
             # (name, the budget it needs to run at all, how to run it)
             scenarios: list[tuple[str, float, Callable[[], list[Series]]]] = [
