@@ -11,7 +11,7 @@ expand ratio in every cell, so the comparison is like for like):
     darts         DARTS architecture step: the softmax mixture of all N paths, every path's graph in memory
     darts_weight  DARTS weight step through the mixture
 
-The steps are the search code's own (``search_loop.weight_step``, ``gradients.gradient_arch_step``,
+The steps are the search code's own (``weight_step.weight_step``, ``gradients.gradient_arch_step``,
 ``train.train_step``); the heaviest path is made the sampled one by setting its alpha to 20 (the runner-up's,
 the second path of ``two``, to 10), which fixes the paths without touching the sampling code.
 
@@ -57,7 +57,7 @@ from nas_ops.network import build_network  # noqa: E402
 from nas_ops.space import SearchSpace, load_space  # noqa: E402
 from search_client.nas.gradients import gradient_arch_step  # noqa: E402
 from search_client.nas.losses import LatencyLoss  # noqa: E402
-from search_client.nas.search_loop import weight_step  # noqa: E402
+from search_client.nas.weight_step import weight_step  # noqa: E402
 from search_client.nas.supernet import Supernet  # noqa: E402
 from search_client.training.train import train_step  # noqa: E402
 

@@ -7,6 +7,8 @@ import search_client.cli.commands.inspect  # noqa: E402,F401
 import search_client.cli.commands.lut  # noqa: E402,F401
 import search_client.cli.commands.search  # noqa: E402,F401
 import search_client.cli.commands.spaces  # noqa: E402,F401
+import search_client.cli.commands.train  # noqa: E402,F401
+import search_client.cli.commands.verify  # noqa: E402,F401
 
 __all__ = ["app"]
 

@@ -4,24 +4,26 @@ The search side never imports the profiler: it asks a device for latencies over 
 
 - Explicit timeouts (:data:`DEFAULT_TIMEOUT`); an injectable ``transport`` (``httpx.MockTransport`` in tests).
 - Connection errors and 5xx answers are retried with exponential backoff (``backoff_s * 2**k``); 4xx never are.
-- Every failure is one of the documented exceptions of :mod:`search_client.errors`.
+- Every failure is one of the documented exceptions of :mod:`search_client.device.errors`.
+- No terminal output: a job's progress goes to an optional callback (``progress``, called with a
+  :class:`JobProgress` after every poll); the command line draws its bars from it.
+
+This package imports httpx and nas_ops only (no torch, no rich).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 import httpx
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nas_ops.arch import Architecture
 from nas_ops.spec import OpSpec, format_spec
-from search_client.errors import (
+from search_client.device.errors import (
     AuthRefused,
     BadRequest,
     DeviceUnreachable,
@@ -40,6 +42,20 @@ FINISHED = ("done", "failed", "cancelled")
 # have been received; repeating a long measurement request would not help).
 _CONNECTION_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError,
                       httpx.RemoteProtocolError)
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Where a job stands after one poll: its id, status, items done and total (None while unknown)."""
+
+    job_id: int
+    status: str | None
+    done: int
+    total: int | None
+
+
+ProgressCallback = Callable[[JobProgress], None]
+"""Called after every poll of a job (see :meth:`LatencyClient.wait_job`)."""
 
 
 @dataclass
@@ -276,35 +292,31 @@ class LatencyClient:
         """``POST /v1/jobs/{id}/cancel``."""
         return self._json("POST", f"/v1/jobs/{int(job_id)}/cancel")
 
-    def wait_job(self, job_id: int, timeout_s: float = 3600.0, poll_s: float = 1.0, progress: bool = True
-                 ) -> dict[str, Any]:
+    def wait_job(self, job_id: int, timeout_s: float = 3600.0, poll_s: float = 1.0,
+                 progress: ProgressCallback | None = None) -> dict[str, Any]:
         """Poll a job until it finishes; return its JSON when ``done`` without failed items.
 
-        Shows a progress bar (done/total) on stderr when ``progress``. Raises :class:`JobFailed` when the job
-        ends ``failed``/``cancelled`` or with failed items, :class:`RequestTimeout` when it is not finished
-        after ``timeout_s`` seconds (the job keeps running on the device).
+        ``progress`` (optional) is called with a :class:`JobProgress` after every poll. Raises :class:`JobFailed`
+        when the job ends ``failed``/``cancelled`` or with failed items, :class:`RequestTimeout` when it is not
+        finished after ``timeout_s`` seconds (the job keeps running on the device).
         """
         if not timeout_s > 0 or not poll_s > 0:
             raise ValueError(f"timeout_s and poll_s: must be > 0, got {timeout_s!r} and {poll_s!r}")
         deadline = time.monotonic() + timeout_s
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=Console(stderr=True), disable=not progress, transient=False)
-        with bar:
-            task = bar.add_task(f"job {job_id}", total=None)
-            while True:
-                job = self.job(job_id)
-                bar.update(task, total=job.get("total"), completed=job.get("done", 0),
-                           description=f"job {job_id} {job.get('status')}")
-                if job.get("status") in FINISHED:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RequestTimeout(
-                        f"job {job_id} on {self.base_url} not finished after {timeout_s:g} s "
-                        f"({job.get('done', 0)}/{job.get('total', '?')} done, status {job.get('status')}); "
-                        "it keeps running on the device"
-                    )
-                time.sleep(min(poll_s, remaining))
+        while True:
+            job = self.job(job_id)
+            if progress:
+                progress(JobProgress(int(job_id), job.get("status"), int(job.get("done") or 0), job.get("total")))
+            if job.get("status") in FINISHED:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimeout(
+                    f"job {job_id} on {self.base_url} not finished after {timeout_s:g} s "
+                    f"({job.get('done', 0)}/{job.get('total', '?')} done, status {job.get('status')}); "
+                    "it keeps running on the device"
+                )
+            time.sleep(min(poll_s, remaining))
         return self._check_finished(job)
 
     def _check_finished(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -332,11 +344,12 @@ class LatencyClient:
         *,
         timeout_s: float = 3600.0,
         poll_s: float = 1.0,
-        progress: bool = True,
+        progress: ProgressCallback | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Stats of every op of ``ops``: look up, measure the missing ones through jobs, look up again.
 
         Returns ``{spec: Stats}`` for every spec; raises :class:`MissingEntriesError` if some are still missing.
+        ``progress`` receives every poll of the jobs (see :meth:`wait_job`).
         """
         specs = spec_strings(ops)
         result = self.lookup(specs, backend, batch, dtype, threads)
@@ -363,7 +376,7 @@ class LatencyClient:
         *,
         timeout_s: float = 3600.0,
         poll_s: float = 1.0,
-        progress: bool = True,
+        progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
         """End-to-end Stats of the whole network ``arch`` (``POST /v1/measure/architecture``, then wait)."""
         body = {"backend": backend, "batch": batch, "dtype": dtype, "threads": threads,

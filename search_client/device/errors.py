@@ -1,4 +1,4 @@
-"""Errors of the search client: what went wrong when talking to a device, or building a latency table.
+"""Errors of the device client: what went wrong when talking to a device, or what a device lacks.
 
 Tree (in the spirit of httpx's own)::
 
@@ -12,17 +12,14 @@ Tree (in the spirit of httpx's own)::
 
     MissingEntriesError(ValueError)   a latency table lacks entries; lists every missing op spec
 
-Command lines map them to exit codes with :func:`exit_on_error`: 2 for bad input (ValueError, BadRequest, a local
-file that cannot be read or written), 1 for device and data problems (every other error here, MissingEntriesError).
+The command line maps them to exit codes (:func:`search_client.cli.errors.exit_code`).
 
 Every message names the device URL (or the table) and says what to do where there is something to do.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -88,26 +85,3 @@ class MissingEntriesError(ValueError):
         self.missing = list(missing)
         where = f" {context}" if context else ""
         super().__init__(f"{len(self.missing)} op spec(s) missing{where}: {', '.join(self.missing)}")
-
-
-def exit_code(exc: BaseException) -> int:
-    """Exit code of the command line for ``exc``: 2 for bad input (incl. local files), 1 for device and data problems.
-
-    Order matters: a :class:`MissingEntriesError` is a ValueError but means the device lacks data (1);
-    a :class:`BadRequest` means the caller asked for something the device refuses (2).
-    """
-    if isinstance(exc, MissingEntriesError):
-        return 1
-    if isinstance(exc, (ValueError, BadRequest, OSError)):
-        return 2
-    return 1
-
-
-@contextmanager
-def exit_on_error() -> Iterator[None]:
-    """For command lines: turn a known error into one line on stderr and :func:`exit_code`, no traceback."""
-    try:
-        yield
-    except (LatencyClientError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exit_code(exc)) from None

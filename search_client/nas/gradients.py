@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from search_client.nas.losses import LatencyLoss, argmax_ratio
+from search_client.nas.losses import LatencyLoss
 from search_client.table.objective import MultiDeviceLatency
 from search_client.nas.supernet import Supernet
 
@@ -164,7 +164,7 @@ class Reinforce:
             choices = supernet.sample_single(generator)
             with torch.no_grad():
                 acc = float((supernet(x).argmax(dim=1) == y).float().mean().item())
-            ratio = None if objective is None else argmax_ratio(objective, choices)
+            ratio = None if objective is None else objective.ratio_of(choices)
             rewards.append(self.reward(acc, ratio))
             accs.append(acc)
             log_probs.append(sum(torch.log_softmax(cell.alpha, 0)[c] for cell, c in zip(supernet.cells, choices)))

@@ -1,16 +1,24 @@
-"""The architecture loss: cross-entropy plus a latency term, its adaptive weight, and the target feasibility check.
+"""The architecture loss: cross-entropy plus a latency term, and its adaptive weight.
 
-Loss forms (``E_d`` = E[LAT] on device d in ms, ``T_d`` its target, ``r`` = the objective's combined ratio
-``E_d / T_d``, weighted over the devices or their max; see :class:`search_client.table.objective.MultiDeviceLatency`)::
+Loss forms (``E_d`` = E[LAT] on device d in ms, ``T_d`` its target, ``r`` = the combined ratio of the ``E_d / T_d``,
+weighted over the devices or their max, by :meth:`search_client.table.objective.MultiDeviceLatency.combine`)::
 
-    mul#log      scale * CE * f ** strength,   f = combined (log(E_d / u) / log(T_d / u))    (the release's form;
-                 scale = 0.2, strength = beta = 0.3; u = log_unit_ms, 1 ms in the release)
-    add#linear   CE + strength * (r - 1)        single device: CE + lambda * (E - T) / T     (lambda = 0.1)
-    hinge        CE + strength * relu(r - 1)    no push once the expected latency is under the target
+    mul#ratio    scale * CE * r ** strength                     the default: unit-free, any target (strength 0.3)
+    mul#log      scale * CE * f ** strength,                     the release's form (scale 0.2, beta 0.3, u 1 ms)
+                 f = combined (log(E_d / u) / log(T_d / u))
+    add#linear   CE + strength * (r - 1)                         single device: CE + lambda * (E - T) / T (0.1)
+    hinge        CE + strength * relu(r - 1)                     a latency budget: no push under the target
 
-``strength`` is the latency weight: beta for ``mul#log``, lambda otherwise; 0 turns the latency term off.
-:class:`AdaptiveStrength` moves it during the search until the argmax architecture meets its target (for
-``add#linear`` and ``mul#log`` it may turn negative, pulling the latency up to the target).
+``mul#ratio`` is the multiplicative form without a unit: ``log(loss) = log(scale * CE) + strength * log(r)``, the
+soft constraint of MnasNet. It is defined for every latency and target. ``mul#log`` (the paper's code) divides by
+``log(T / u)`` with latencies in units ``u = log_unit_ms``: it is undefined when a latency or the target is at or
+below ``u`` (with u = 1 ms: every sub-millisecond target) and refused then (:meth:`LatencyLoss.check_units`).
+Near the target the two agree when ``strength_ratio = beta / log(T / u)`` (``f = 1 + log(r) / log(T / u)``), so at
+the paper's mobile target (80 ms) beta 0.3 acts like a ``mul#ratio`` strength of 0.07.
+
+``strength`` is the latency weight: the exponent of the ``mul#`` forms, lambda otherwise; 0 turns the latency term
+off. :class:`AdaptiveStrength` moves it during the search until the argmax architecture meets its target (for
+every form but ``hinge`` it may turn negative, pulling the latency up to the target).
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ from typing import Any
 
 import torch
 
+from search_client.nas.target import target_bounds
 from search_client.table.objective import MultiDeviceLatency
 
-LOSS_KINDS = ("mul#log", "add#linear", "hinge")
-DEFAULT_STRENGTH = {"mul#log": 0.3, "add#linear": 0.1, "hinge": 0.1}
+LOSS_KINDS = ("mul#ratio", "mul#log", "add#linear", "hinge")
+DEFAULT_STRENGTH = {"mul#ratio": 0.3, "mul#log": 0.3, "add#linear": 0.1, "hinge": 0.1}
+MULTIPLICATIVE = ("mul#ratio", "mul#log")
 
 
 def _number(name: str, value: Any, *, positive: bool = False) -> float:
@@ -36,20 +46,11 @@ def _number(name: str, value: Any, *, positive: bool = False) -> float:
     return float(value)
 
 
-def _combine(values: Sequence[torch.Tensor], objective: MultiDeviceLatency) -> torch.Tensor:
-    """Combine per-device values the way the objective combines its ratios (weighted sum or max)."""
-    stacked = torch.stack(list(values))
-    if objective.mode == "max":
-        return stacked.max()
-    weights = torch.tensor(objective.weights, dtype=stacked.dtype, device=stacked.device)
-    return (weights * stacked).sum()
-
-
 @dataclass
 class LatencyLoss:
     """CE + latency term of one of :data:`LOSS_KINDS` (formulas in the module docstring)."""
 
-    kind: str = "mul#log"
+    kind: str = "mul#ratio"
     strength: float | None = None
     scale: float = 0.2
     log_unit_ms: float = 1.0
@@ -64,12 +65,15 @@ class LatencyLoss:
         self.log_unit_ms = _number("loss log_unit_ms", self.log_unit_ms, positive=True)
 
     def latency_factor(self, objective: MultiDeviceLatency, probs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The latency part alone: f ** strength (mul#log) or the added term (add#linear, hinge)."""
+        """The latency part alone: the factor ``r ** strength`` / ``f ** strength`` of the multiplicative forms, the
+        added term of ``add#linear`` and ``hinge``."""
         if self.kind == "mul#log":
-            ratios = [torch.log(lat / self.log_unit_ms) / math.log(target / self.log_unit_ms)
-                      for lat, target in zip(objective.per_device(probs), objective.targets_ms)]
-            return _combine(ratios, objective) ** self.strength
+            logs = [torch.log(lat / self.log_unit_ms) / math.log(target / self.log_unit_ms)
+                    for lat, target in zip(objective.per_device(probs), objective.targets_ms)]
+            return objective.combine(logs) ** self.strength
         r = objective.expected(probs)
+        if self.kind == "mul#ratio":
+            return r ** self.strength
         if self.kind == "add#linear":
             return self.strength * (r - 1.0)
         return self.strength * torch.relu(r - 1.0)
@@ -78,7 +82,7 @@ class LatencyLoss:
                  probs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The architecture loss for cross-entropy ``ce`` and per-cell path weights ``probs``."""
         term = self.latency_factor(objective, probs).to(ce.dtype)
-        if self.kind == "mul#log":
+        if self.kind in MULTIPLICATIVE:
             return self.scale * ce * term
         return ce + term
 
@@ -93,7 +97,7 @@ class LatencyLoss:
                     f"loss mul#log on device {d} ({table.device.get('name', '?')}): log(latency / "
                     f"{self.log_unit_ms:g} ms) must be > 0, but the space's minimum latency is {low:.4g} ms and the "
                     f"target {target:.4g} ms; use a smaller log unit (e.g. {_suggest_unit(min(low, target)):g} ms) "
-                    "or the add#linear / hinge loss"
+                    "or the unit-free mul#ratio (the default), add#linear or hinge loss"
                 )
 
 
@@ -102,41 +106,19 @@ def _suggest_unit(smallest_ms: float) -> float:
     return 10.0 ** math.floor(math.log10(smallest_ms) - 1)
 
 
-def check_targets(objective: MultiDeviceLatency) -> None:
-    """Refuse a target outside [fastest, slowest] architecture latency of its device's table, naming both."""
-    for d, (table, target) in enumerate(zip(objective.tables, objective.targets_ms)):
-        low, high = table.min_latency()[0], table.max_latency()[0]
-        name = table.device.get("name") or table.device.get("url") or f"device {d}"
-        if target < low:
-            raise ValueError(f"target {target:.4g} ms on {name} ({table.backend}) is below the space's minimum "
-                             f"latency {low:.4g} ms (maximum {high:.4g} ms): no architecture can meet it")
-        if target > high:
-            raise ValueError(f"target {target:.4g} ms on {name} ({table.backend}) is above the space's maximum "
-                             f"latency {high:.4g} ms (minimum {low:.4g} ms): every architecture meets it, the "
-                             "latency term would be meaningless")
-
-
-def argmax_ratio(objective: MultiDeviceLatency, choices: Sequence[int]) -> float:
-    """Table latency of an architecture over its target, combined over the devices like the objective."""
-    ratios = [lat / target for lat, target in zip(objective.latency_of(choices), objective.targets_ms)]
-    if objective.mode == "max":
-        return max(ratios)
-    return sum(w * r for w, r in zip(objective.weights, ratios))
-
-
 @dataclass
 class AdaptiveStrength:
     """Moves a :class:`LatencyLoss`'s latency weight after each architecture step until the argmax architecture
     meets its target.
 
-    With ``ratio`` = argmax table latency / target (combined over devices like the objective) the target is met inside
-    ``[1 - band, 1 + band]`` for ``add#linear`` and ``mul#log``, inside ``[1 - band, 1]`` for ``hinge`` (an upper
-    bound). Above that range the weight steps up, below it steps down, inside it stays. A step is the weight's
-    own magnitude times ``rate - 1``, at least ``floor``: the weight grows or shrinks geometrically and passes
-    zero in steps of ``floor``; ``|weight| <= ceiling``. For ``add#linear`` and ``mul#log`` the weight may become
-    negative: the latency term then pulls the latency UP towards the target (a two-sided target, like MnasNet's
-    soft constraint), because a penalty can only push down and the search may undershoot by far. ``hinge``
-    never pulls up: its weight stops at 0.
+    ``ratio`` is the argmax architecture's table latency over its target (combined over devices like the objective);
+    it meets the target inside :func:`search_client.nas.target.target_bounds` (``[1 - band, 1 + band]``, or
+    ``[0, 1]`` for the ``hinge`` budget). Above that range the weight steps up, below it steps down, inside it
+    stays. A step is the weight's own magnitude times ``rate - 1``, at least ``floor``: the weight grows or shrinks
+    geometrically and passes zero in steps of ``floor``; ``|weight| <= ceiling``. For every form but ``hinge`` the
+    weight may become negative: the latency term then pulls the latency UP towards the target (a two-sided
+    target, like MnasNet's soft constraint), because a penalty can only push down and the search may undershoot by
+    far. ``hinge`` never steps down (nothing is under its range).
     """
 
     rate: float = 1.05
@@ -156,11 +138,10 @@ class AdaptiveStrength:
         """Adjust ``loss.strength`` for the argmax architecture's latency ``ratio``; returns the new weight."""
         weight = float(loss.strength or 0.0)
         step = max(abs(weight) * (self.rate - 1.0), self.floor)
-        upper = 1.0 if loss.kind == "hinge" else 1.0 + self.band
-        if ratio > upper:
+        low, high = target_bounds(self.band, loss.kind)
+        if ratio > high:
             weight += step
-        elif ratio < 1.0 - self.band:
+        elif ratio < low:
             weight -= step
-        low = 0.0 if loss.kind == "hinge" else -self.ceiling
-        loss.strength = min(max(weight, low), self.ceiling)
+        loss.strength = min(max(weight, -self.ceiling), self.ceiling)
         return loss.strength

@@ -8,9 +8,9 @@ final p (the sum over cells of log p_ij):
 
     maximise  sum_i log p_i[c_i]    subject to   low <= ratio(c) <= high
 
-``ratio`` is the objective's combined latency ratio (table latency / target, weighted over devices or their max;
-see :class:`search_client.table.objective.MultiDeviceLatency`), ``[low, high] = [1 - band, 1 + band]``, or
-``[0, 1]`` for the hinge loss (the target is an upper bound there).
+``ratio`` is the objective's combined latency ratio (:meth:`search_client.table.objective.MultiDeviceLatency.ratio_of`)
+and ``[low, high]`` the range that meets the target (:func:`search_client.nas.target.target_bounds`:
+``[1 - band, 1 + band]``, or ``[0, 1]`` for the hinge loss, whose target is a budget).
 
 Latency is additive over cells, so for a weighted objective this is a knapsack-like dynamic programme over the
 ratio, quantized in steps of :data:`RATIO_STEP`. The band is shrunk by the worst rounding error (half a step per
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from search_client.nas.losses import argmax_ratio
+from search_client.nas.target import meets_target, target_bounds
 from search_client.table.objective import MultiDeviceLatency
 
 RATIO_STEP = 1e-4
@@ -47,13 +47,6 @@ class Derived:
     @property
     def from_argmax(self) -> bool:
         return self.choices == self.argmax_choices
-
-
-def target_bounds(band: float, loss_kind: str) -> tuple[float, float]:
-    """``[low, high]`` of the latency ratio that meets the target."""
-    if not 0.0 <= band < 1.0:
-        raise ValueError(f"target band: must be in [0, 1), got {band!r}")
-    return (0.0, 1.0) if loss_kind == "hinge" else (1.0 - band, 1.0 + band)
 
 
 def _most_probable(log_p: Sequence[np.ndarray], costs: Sequence[np.ndarray], fixed: float,
@@ -117,7 +110,7 @@ def within_target_choices(probs: Sequence[torch.Tensor], objective: MultiDeviceL
     for d in range(len(objective.tables)):
         fixed, costs = _device_costs(objective, d)
         choices = _most_probable(log_p, costs, fixed, low, high)
-        if choices is not None and low <= argmax_ratio(objective, choices) <= high:
+        if choices is not None and low <= objective.ratio_of(choices) <= high:
             found.append((sum(float(lp[c]) for lp, c in zip(log_p, choices)), choices))
     return max(found, key=lambda item: item[0])[1] if found else None
 
@@ -134,9 +127,9 @@ def derive_choices(probs: Sequence[torch.Tensor], objective: MultiDeviceLatency,
         raise ValueError(f"derive rule: expected one of {', '.join(DERIVE_RULES)}, got {rule!r}")
     low, high = target_bounds(band, loss_kind)
     argmax = [int(torch.argmax(p).item()) for p in probs]
-    a_ratio = argmax_ratio(objective, argmax)
+    a_ratio = objective.ratio_of(argmax)
     choices = argmax
-    if rule == "within-target" and not low <= a_ratio <= high:
+    if rule == "within-target" and not meets_target(a_ratio, band, loss_kind):
         choices = within_target_choices(probs, objective, low, high) or argmax
-    ratio = argmax_ratio(objective, choices)
-    return Derived(choices, ratio, argmax, a_ratio, rule, low <= ratio <= high)
+    ratio = objective.ratio_of(choices)
+    return Derived(choices, ratio, argmax, a_ratio, rule, meets_target(ratio, band, loss_kind))

@@ -47,10 +47,10 @@ import torch
 
 from nas_ops.space import SearchSpace
 from nas_ops.spec import format_spec
-from search_client.errors import MissingEntriesError
+from search_client.device.errors import MissingEntriesError
 
 if TYPE_CHECKING:
-    from search_client.device.client import LatencyClient
+    from search_client.device.client import LatencyClient, ProgressCallback
 
 FORMAT_MARKER = "proxyless-latency-table"
 FORMAT_VERSION = 1
@@ -318,14 +318,15 @@ def build_table(
     dtype: str = "float32",
     threads: int | None = None,
     measure_missing: bool = True,
-    progress: bool = True,
+    progress: ProgressCallback | None = None,
     timeout_s: float = 3600.0,
     poll_s: float = 1.0,
 ) -> LatencyTable:
     """The table of ``space`` on the device behind ``client``.
 
     Looks up every spec of :func:`table_specs`; the missing ones are measured through a job when
-    ``measure_missing`` (waiting up to ``timeout_s``), else :class:`MissingEntriesError` lists them.
+    ``measure_missing`` (waiting up to ``timeout_s``; ``progress`` receives every poll of those jobs), else
+    :class:`MissingEntriesError` lists them.
     """
     info = client.device_info()
     device = {"url": client.base_url, "name": info["name"], "fingerprint": info["fingerprint"],

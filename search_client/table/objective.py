@@ -5,18 +5,25 @@ Each device d contributes its normalised expected latency ``r_d = E[LAT_d] / tar
 - ``mode="weighted"``: ``sum_d w_d * r_d`` with weights normalised to sum 1 (default: equal weights), so the
   objective is 1.0 when every device is exactly on target.
 - ``mode="max"``: ``max_d r_d``, the device furthest over its target (its gradient reaches that device's term only).
+
+:meth:`MultiDeviceLatency.combine` is that rule, written once: the expected ratio (a tensor with gradient), an
+architecture's table ratio (floats) and the per-device terms of a loss (see :mod:`search_client.nas.losses`) are
+all combined by it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 
 from search_client.table.latency_table import LatencyTable
 
 MODES = ("weighted", "max")
+
+Value = TypeVar("Value", float, torch.Tensor)
 
 
 def _positive(name: str, values: Sequence[float], allow_zero: bool = False) -> list[float]:
@@ -71,13 +78,25 @@ class MultiDeviceLatency:
         """E[LAT_d] / target_d per device."""
         return [lat / target for lat, target in zip(self.per_device(probs), self.targets_ms)]
 
-    def expected(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The combined objective (scalar tensor): weighted sum or max of the per-device ratios."""
-        ratios = torch.stack(self.ratios(probs))
+    def combine(self, values: Sequence[Value]) -> Value:
+        """One value per device combined into one: ``sum_d w_d * v_d`` (weighted) or ``max_d v_d`` (max).
+
+        Works on floats and on scalar tensors (the result keeps the gradient; in ``max`` mode it flows to the
+        largest value only)."""
+        values = list(values)
+        if len(values) != len(self.tables):
+            raise ValueError(f"combine: {len(values)} values for {len(self.tables)} devices")
         if self.mode == "max":
-            return ratios.max()
-        weights = torch.tensor(self.weights, dtype=ratios.dtype, device=ratios.device)
-        return (weights * ratios).sum()
+            return max(values)
+        return sum(w * v for w, v in zip(self.weights, values))
+
+    def expected(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The combined objective (scalar tensor with gradient to ``probs``) of the per-device expected ratios."""
+        return self.combine(self.ratios(probs))
+
+    def ratio_of(self, choices: Sequence[int]) -> float:
+        """Table latency of one architecture over its target, combined over the devices (1.0 = on target)."""
+        return self.combine([lat / target for lat, target in zip(self.latency_of(choices), self.targets_ms)])
 
     def latency_of(self, choices: Sequence[int]) -> list[float]:
         """Predicted latency (ms) of one architecture on every device."""

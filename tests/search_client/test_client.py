@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from nas_ops.space import PRESETS
-from search_client.device.client import LOOKUP_CHUNK, LatencyClient
-from search_client.errors import (
+from search_client.device.client import LOOKUP_CHUNK, JobProgress, LatencyClient
+from search_client.device.errors import (
     AuthRefused,
     BadRequest,
     DeviceUnreachable,
@@ -166,7 +166,7 @@ def test_wait_job_failed_raises_job_failed_with_items():
     with device.client() as client:
         job = client.submit_measure(["conv_r16x16_c3-8_k3_s1_relu6", "conv_r8x8_c3-8_k3_s1_relu6"], "ort-cpu")
         with pytest.raises(JobFailed) as info:
-            client.wait_job(job["id"], timeout_s=5, poll_s=0.01, progress=False)
+            client.wait_job(job["id"], timeout_s=5, poll_s=0.01)
     assert info.value.status == "failed"
     assert info.value.failed_items == [{"op": "conv_r16x16_c3-8_k3_s1_relu6", "error": "out of memory"}]
     assert "conv_r16x16_c3-8_k3_s1_relu6: out of memory" in str(info.value)
@@ -179,7 +179,7 @@ def test_wait_job_cancelled_raises_job_failed():
 
     client, _ = make_client(handler)
     with pytest.raises(JobFailed, match="job 7 .* ended cancelled: cancelled by the user"):
-        client.wait_job(7, timeout_s=1, poll_s=0.01, progress=False)
+        client.wait_job(7, timeout_s=1, poll_s=0.01)
 
 
 class FakeClock:
@@ -216,14 +216,16 @@ def test_job_that_never_finishes_is_request_timeout(monkeypatch):
     assert sum(clock.sleeps) == pytest.approx(0.2)
 
 
-def test_wait_job_with_progress_bar_returns_done_job(capsys):
+def test_wait_job_reports_every_poll_to_the_progress_callback():
     device = FakeDevice(polls_to_finish=3)
+    seen: list[JobProgress] = []
     with device.client() as client:
         job = client.submit_measure(["conv_r16x16_c3-8_k3_s1_relu6"], "ort-cpu")
-        done = client.wait_job(job["id"], timeout_s=5, poll_s=0.01, progress=True)
+        done = client.wait_job(job["id"], timeout_s=5, poll_s=0.01, progress=seen.append)
     assert done["status"] == "done" and done["done"] == 1
     assert device.polls[job["id"]] == 3
-    assert "1/1" in capsys.readouterr().err
+    assert seen == [JobProgress(job["id"], "queued", 0, 1), JobProgress(job["id"], "queued", 0, 1),
+                    JobProgress(job["id"], "done", 1, 1)]
 
 
 def test_measure_missing_measures_only_missing_ops():
@@ -231,7 +233,7 @@ def test_measure_missing_measures_only_missing_ops():
     device = FakeDevice(stored={stored_op: fake_stats(stored_op)})
     ops = [stored_op, "conv_r8x8_c3-8_k3_s1_relu6", "mbconv_r8x8_c8-8_k3_e3_s1_relu6_skip"]
     with device.client() as client:
-        found = client.measure_missing(ops, "ort-cpu", poll_s=0.01, progress=False)
+        found = client.measure_missing(ops, "ort-cpu", poll_s=0.01)
     assert list(found) == ops
     assert found[ops[1]] == fake_stats(ops[1])
     assert device.measured == ops[1:]
@@ -249,7 +251,7 @@ def test_measure_missing_still_missing_raises():
 
     client, _ = make_client(handler)
     with pytest.raises(MissingEntriesError) as info:
-        client.measure_missing(["conv_r16x16_c3-8_k3_s1_relu6"], "ort-cpu", progress=False)
+        client.measure_missing(["conv_r16x16_c3-8_k3_s1_relu6"], "ort-cpu")
     assert info.value.missing == ["conv_r16x16_c3-8_k3_s1_relu6"]
 
 
@@ -257,7 +259,7 @@ def test_measure_architecture_returns_network_stats():
     device = FakeDevice(polls_to_finish=2)
     arch = PRESETS["micro-16"].architecture([0, 1, 2])
     with device.client() as client:
-        stats = client.measure_architecture(arch, "ort-cpu", poll_s=0.01, progress=False)
+        stats = client.measure_architecture(arch, "ort-cpu", poll_s=0.01)
     assert stats == fake_stats("architecture")
     assert ("POST", "/v1/measure/architecture") in device.requests
 

@@ -23,7 +23,7 @@ def test_build_micro16_table_from_scratch_then_offline(live_profiler, tmp_path):
     with LatencyClient(live_profiler.url) as client:
         assert client.lookup(table_specs(MICRO), "ort-cpu").found == {}  # empty database: all measured by a job
         started = time.perf_counter()
-        table = build_table(client, MICRO, backend="ort-cpu", progress=False, poll_s=0.1, timeout_s=240)
+        table = build_table(client, MICRO, backend="ort-cpu", poll_s=0.1, timeout_s=240)
         elapsed = time.perf_counter() - started
         info = client.device_info()
         after = client.lookup(table_specs(MICRO), "ort-cpu")
@@ -56,7 +56,7 @@ def test_build_micro16_table_from_scratch_then_offline(live_profiler, tmp_path):
 def test_lut_cli_no_measure_reuses_stored_entries(live_profiler, tmp_path):
     # the first test of this module stored every entry; --no-measure must now find them all
     with LatencyClient(live_profiler.url) as client:
-        table = build_table(client, MICRO, backend="ort-cpu", progress=False, poll_s=0.1, timeout_s=240)
+        table = build_table(client, MICRO, backend="ort-cpu", poll_s=0.1, timeout_s=240)
     out = tmp_path / "cli.json"
     result = CliRunner().invoke(app, ["lut", "--space", "micro-16", "--device", live_profiler.url, "--backend",
                                       "ort-cpu", "--no-measure", "--out", str(out)])
@@ -69,7 +69,7 @@ def test_lut_cli_no_measure_reuses_stored_entries(live_profiler, tmp_path):
 def test_architecture_measurement_and_bad_request(live_profiler):
     arch = MICRO.architecture([0, 6, 3])
     with LatencyClient(live_profiler.url) as client:
-        stats = client.measure_architecture(arch, "ort-cpu", progress=False, poll_s=0.1, timeout_s=120)
+        stats = client.measure_architecture(arch, "ort-cpu", poll_s=0.1, timeout_s=120)
         assert math.isfinite(stats["median_ms"]) and stats["median_ms"] >= 0 and stats["samples"] > 0
         with pytest.raises(BadRequest) as info:
             client.lookup(["mbconv_r8x8_c8-8_k4_e3_s1_relu6"], "ort-cpu")

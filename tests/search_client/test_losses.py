@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from search_client.nas.losses import AdaptiveStrength, LatencyLoss, argmax_ratio, check_targets
+from search_client.nas.losses import AdaptiveStrength, LatencyLoss
+from search_client.nas.target import check_targets
 from search_client.table.objective import MultiDeviceLatency
 from tests.search_client.conftest import make_table, softmax_probs
 
@@ -113,8 +114,11 @@ def test_adaptive_strength_moves_towards_the_target() -> None:
     assert rule.update(loss, 0.5) == pytest.approx(-0.01)  # through zero in floor steps: now pulls latency up
     assert rule.update(loss, 0.5) == pytest.approx(-0.02)
     hinge = LatencyLoss("hinge", 0.01)
-    assert rule.update(hinge, 0.5) == 0.0 and rule.update(hinge, 0.5) == 0.0  # an upper bound: never negative
-    assert rule.update(hinge, 1.05) == pytest.approx(0.01)  # over a hinge target: a zero weight starts growing
+    # a budget: anything at or under it meets it, so the weight never steps down (nor below 0)
+    assert rule.update(hinge, 0.5) == 0.01 and rule.update(hinge, 1.0) == 0.01
+    assert rule.update(hinge, 1.05) == pytest.approx(0.02)  # over the budget (even inside the band): stronger
+    zero = LatencyLoss("hinge", 0.0)
+    assert rule.update(zero, 0.2) == 0.0 and rule.update(zero, 1.05) == pytest.approx(0.01)  # grows from 0
     capped = AdaptiveStrength(rate=10.0, ceiling=1.0)
     assert capped.update(LatencyLoss("mul#log", 0.5), 2.0) == 1.0
     with pytest.raises(ValueError, match="adaptive rate"):
@@ -142,8 +146,8 @@ def test_several_devices() -> None:
     worst = MultiDeviceLatency([fast, slow], targets, mode="max")
     choices = fast.max_latency()[1]
     ratios = [fast.latency_of(choices) / targets[0], slow.latency_of(choices) / targets[1]]
-    assert argmax_ratio(weighted, choices) == pytest.approx(0.25 * ratios[0] + 0.75 * ratios[1])
-    assert argmax_ratio(worst, choices) == pytest.approx(max(ratios))
+    assert weighted.ratio_of(choices) == pytest.approx(0.25 * ratios[0] + 0.75 * ratios[1])
+    assert worst.ratio_of(choices) == pytest.approx(max(ratios))
     _, probs = softmax_probs(fast)
     ce = torch.tensor(1.0, dtype=torch.float64)
     e = [v.item() for v in weighted.per_device(probs)]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import search_client.cli.commands.lut as lut_module
+import search_client.cli.devices as devices_module
 from nas_ops.space import PRESETS
 from search_client.cli import app
 from search_client.device.client import LatencyClient
@@ -29,7 +29,7 @@ def device(monkeypatch) -> FakeDevice:
     def client(url, token=None, **kwargs):
         return LatencyClient(url, token, transport=httpx.MockTransport(fake.handle), **kwargs)
 
-    monkeypatch.setattr(lut_module, "LatencyClient", client)
+    monkeypatch.setattr(devices_module, "make_client", client)
     return fake
 
 
@@ -81,7 +81,7 @@ def test_lut_bad_request_from_device_is_exit_2(device, tmp_path):
 
 
 def test_lut_unreachable_device_is_exit_1(monkeypatch, tmp_path):
-    monkeypatch.setattr(lut_module, "LatencyClient", lambda url, token=None: LatencyClient(url, token, backoff_s=0))
+    monkeypatch.setattr(devices_module, "make_client", lambda url, token=None: LatencyClient(url, token, backoff_s=0))
     result = runner.invoke(app, ["lut", "--space", "micro-16", "--device", "http://127.0.0.1:9", "--backend",
                                  "ort-cpu", "--out", str(tmp_path / "t.json")])
     assert result.exit_code == 1

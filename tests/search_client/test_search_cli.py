@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import search_client.cli.commands.search as search_command
+import search_client.cli.devices as devices_module
 from nas_ops.space import PRESETS
 from search_client.cli import app
 from search_client.device.client import LatencyClient
@@ -83,7 +83,7 @@ def test_search_missing_table_file(tmp_path: Path) -> None:
 
 def test_search_on_a_device_then_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         fake_device: FakeDevice) -> None:
-    monkeypatch.setattr(search_command, "make_client", lambda url, token: LatencyClient(
+    monkeypatch.setattr(devices_module, "make_client", lambda url, token: LatencyClient(
         url, token, transport=httpx.MockTransport(fake_device.handle)))
     table = make_table("micro-16")
     out = tmp_path / "out"

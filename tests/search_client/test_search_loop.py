@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from search_client.table.latency_table import LatencyTable
-from search_client.nas.search_loop import CHECKPOINT_NAME, SearchConfig, SearchRun, run_search
+from search_client.nas.checkpoint import CHECKPOINT_NAME
+from search_client.nas.config import SearchConfig
+from search_client.nas.search_loop import SearchRun, run_search
+from search_client.plots.search_curves import plot_search_result
 from tests.search_client.conftest import make_table
 
 torch.set_num_threads(1)
@@ -24,7 +27,7 @@ def _table() -> LatencyTable:
 def _config(table: LatencyTable, **overrides: Any) -> SearchConfig:
     low, high = table.min_latency()[0], table.max_latency()[0]
     base: dict[str, Any] = dict(targets_ms=[low + 0.4 * (high - low)], data="synthetic:160:4", epochs=2,
-                                warmup_epochs=0, batch_size=16, loss="add#linear", arch_every=2, arch_lr=0.05)
+                                warmup_epochs=0, batch_size=16, loss="add#linear", arch_every=2)
     return SearchConfig(**{**base, **overrides})
 
 
@@ -36,12 +39,12 @@ def test_same_seed_same_architecture(tmp_path: Path) -> None:
     table = _table()
     runs = []
     for name in ("a", "b"):
-        run = SearchRun(_config(table, mode="two"), [table], tmp_path / name, progress=False)
+        run = SearchRun(_config(table, mode="two"), [table], tmp_path / name)
         run.run()
         runs.append(run)
     assert torch.equal(_alphas(runs[0]), _alphas(runs[1]))
     assert runs[0].supernet.argmax_choices() == runs[1].supernet.argmax_choices()
-    other = SearchRun(_config(table, seed=1), [table], tmp_path / "c", progress=False)
+    other = SearchRun(_config(table, seed=1), [table], tmp_path / "c")
     other.run()
     assert not torch.equal(_alphas(runs[0]), _alphas(other))
 
@@ -51,12 +54,12 @@ def test_same_seed_same_architecture(tmp_path: Path) -> None:
 def test_resume_equals_not_stopping(tmp_path: Path, overrides: dict[str, Any]) -> None:
     table = _table()
     config = _config(table, **overrides)
-    straight = SearchRun(config, [table], tmp_path / "straight", progress=False)
+    straight = SearchRun(config, [table], tmp_path / "straight")
     straight.run()
-    first = SearchRun(config, [table], tmp_path / "stopped", progress=False)
+    first = SearchRun(config, [table], tmp_path / "stopped")
     first.run(stop_after_epochs=1)
     assert first.epoch == 1
-    resumed = SearchRun(config, [table], tmp_path / "stopped", progress=False)
+    resumed = SearchRun(config, [table], tmp_path / "stopped")
     resumed.resume()
     resumed.run()
     assert torch.equal(_alphas(straight), _alphas(resumed))
@@ -70,7 +73,7 @@ def test_resume_equals_not_stopping(tmp_path: Path, overrides: dict[str, Any]) -
 
 def test_checkpoint_holds_everything(tmp_path: Path) -> None:
     table = _table()
-    run = SearchRun(_config(table, epochs=1), [table], tmp_path, progress=False)
+    run = SearchRun(_config(table, epochs=1), [table], tmp_path)
     run.run()
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     for key in ("config", "table_hashes", "epoch", "joint_steps", "supernet", "weight_optimizer", "arch_optimizer",
@@ -83,22 +86,22 @@ def test_checkpoint_holds_everything(tmp_path: Path) -> None:
 
 def test_resume_refuses_other_config_or_tables(tmp_path: Path) -> None:
     table = _table()
-    SearchRun(_config(table, epochs=1), [table], tmp_path, progress=False).run()
-    changed = SearchRun(_config(table, epochs=1, seed=5, arch_lr=0.1), [table], tmp_path, progress=False)
+    SearchRun(_config(table, epochs=1), [table], tmp_path).run()
+    changed = SearchRun(_config(table, epochs=1, seed=5, arch_lr=0.1), [table], tmp_path)
     with pytest.raises(ValueError, match="config differs .* in seed, arch_lr"):
         changed.resume()
     other_table = make_table("micro-16", scale=1.5)
     config = _config(table, epochs=1)
-    other = SearchRun(config, [other_table], tmp_path, progress=False)
+    other = SearchRun(config, [other_table], tmp_path)
     with pytest.raises(ValueError, match="latency tables differ"):
         other.resume()
     with pytest.raises(ValueError, match="no checkpoint"):
-        SearchRun(config, [table], tmp_path / "empty", progress=False).resume()
+        SearchRun(config, [table], tmp_path / "empty").resume()
 
 
 def test_warmup_trains_weights_only(tmp_path: Path) -> None:
     table = _table()
-    run = SearchRun(_config(table, warmup_epochs=1, epochs=1), [table], tmp_path, progress=False)
+    run = SearchRun(_config(table, warmup_epochs=1, epochs=1), [table], tmp_path)
     before = _alphas(run).clone()
     weights = [p.detach().clone() for p in run.supernet.weight_parameters()]
     run.run(stop_after_epochs=1)
@@ -106,12 +109,12 @@ def test_warmup_trains_weights_only(tmp_path: Path) -> None:
     assert any(not torch.equal(p.detach(), w) for p, w in zip(run.supernet.weight_parameters(), weights))
     assert run.history[0]["phase"] == "warmup"
     run.run()
-    assert run.arch_steps == len(run.train_stream) // 2 and not torch.equal(_alphas(run), before)
+    assert run.arch_steps == len(run.data.train) // 2 and not torch.equal(_alphas(run), before)
 
 
 def test_logs_have_one_row_per_epoch(tmp_path: Path) -> None:
     table = _table()
-    run = SearchRun(_config(table, warmup_epochs=1, epochs=2), [table], tmp_path, progress=False)
+    run = SearchRun(_config(table, warmup_epochs=1, epochs=2), [table], tmp_path)
     run.run()
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -129,9 +132,9 @@ def test_latency_weight_pushes_the_architecture_down(tmp_path: Path) -> None:
     table = make_table("micro-16")
     low, high = table.min_latency()[0], table.max_latency()[0]
     common = dict(epochs=3, arch_every=1, arch_lr=0.1, targets_ms=[low * 1.05])
-    free = SearchRun(_config(table, strength=0.0, **common), [table], tmp_path / "free", progress=False)
+    free = SearchRun(_config(table, strength=0.0, **common), [table], tmp_path / "free")
     free.run()
-    pushed = SearchRun(_config(table, strength=5.0, **common), [table], tmp_path / "pushed", progress=False)
+    pushed = SearchRun(_config(table, strength=5.0, **common), [table], tmp_path / "pushed")
     pushed.run()
     free_ms = table.latency_of(free.supernet.argmax_choices())
     pushed_ms = table.latency_of(pushed.supernet.argmax_choices())
@@ -141,16 +144,19 @@ def test_latency_weight_pushes_the_architecture_down(tmp_path: Path) -> None:
 
 def test_run_search_writes_every_output(tmp_path: Path) -> None:
     table = _table()
-    result = run_search(_config(table, epochs=1), [table], tmp_path, progress=False)
+    result = run_search(_config(table, epochs=1), [table], tmp_path)
     assert result.finished
-    for name in ("log.jsonl", "log.csv", "checkpoint.pt", "latency.png", "probabilities.png", "arch.json",
-                 "weights.pt", "model.onnx", "summary.json"):
+    for name in ("log.jsonl", "log.csv", "checkpoint.pt", "arch.json", "weights.pt", "model.onnx", "summary.json"):
         assert (tmp_path / name).stat().st_size > 0, name
+    assert not (tmp_path / "latency.png").exists()  # the loop draws nothing; the plots come from the result
+    assert plot_search_result(result) == {"latency_plot": tmp_path / "latency.png",
+                                          "probabilities_plot": tmp_path / "probabilities.png"}
+    assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "probabilities.png").stat().st_size > 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["choices"] == result.choices
     assert summary["predicted_latency_ms"]["fake/ort-cpu"] == pytest.approx(table.latency_of(result.choices))
     with pytest.raises(ValueError, match="already holds a search checkpoint"):
-        run_search(_config(table, epochs=1), [table], tmp_path, progress=False)
+        run_search(_config(table, epochs=1), [table], tmp_path)
 
 
 def test_bad_configs() -> None:
@@ -170,14 +176,14 @@ def test_bad_configs() -> None:
     with pytest.raises(ValueError, match="'target_band': must be a finite number >= 0, got -0.1"):
         _config(table, target_band=-0.1)
     with pytest.raises(ValueError, match="targets_ms: 2 target"):
-        SearchRun(_config(table, targets_ms=[1.0, 2.0]), [table], "unused", progress=False)
+        SearchRun(_config(table, targets_ms=[1.0, 2.0]), [table], "unused")
     with pytest.raises(ValueError, match="below the space's minimum"):
-        SearchRun(_config(table, targets_ms=[table.min_latency()[0] / 2]), [table], "unused", progress=False)
+        SearchRun(_config(table, targets_ms=[table.min_latency()[0] / 2]), [table], "unused")
     with pytest.raises(ValueError, match="not a torch device"):
-        SearchRun(_config(table), [table], "unused", progress=False, device="gpu0")
+        SearchRun(_config(table), [table], "unused", device="gpu0")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            SearchRun(_config(table), [table], "unused", progress=False, device="cuda")
+            SearchRun(_config(table), [table], "unused", device="cuda")
 
 
 @pytest.mark.parametrize("overrides", [{"mode": "full"}, {"mode": "full_v2"}, {"mode": "darts"},
@@ -185,10 +191,10 @@ def test_bad_configs() -> None:
                                        {"loss": "mul#log", "log_unit_ms": 0.01, "adaptive": True}])
 def test_every_mode_searches(tmp_path: Path, overrides: dict[str, Any]) -> None:
     table = _table()
-    run = SearchRun(_config(table, epochs=1, **overrides), [table], tmp_path, progress=False)
+    run = SearchRun(_config(table, epochs=1, **overrides), [table], tmp_path)
     before = _alphas(run).clone()
     run.run()
-    assert run.arch_steps == len(run.train_stream) // 2
+    assert run.arch_steps == len(run.data.train) // 2
     assert not torch.equal(_alphas(run), before)
     assert torch.isfinite(_alphas(run)).all()
 
@@ -196,8 +202,7 @@ def test_every_mode_searches(tmp_path: Path, overrides: dict[str, Any]) -> None:
 def test_two_devices(tmp_path: Path) -> None:
     fast, slow = make_table("micro-16"), make_table("micro-16", scale=2.0)
     targets = [(t.min_latency()[0] + t.max_latency()[0]) / 2 for t in (fast, slow)]
-    result = run_search(_config(fast, targets_ms=targets, device_mode="max"), [fast, slow], tmp_path,
-                        progress=False)
+    result = run_search(_config(fast, targets_ms=targets, device_mode="max"), [fast, slow], tmp_path)
     row = result.history[-1]
     assert len(row["expected_ms"]) == 2 and row["targets_ms"] == targets
     assert row["choices"] == result.derived.argmax_choices
@@ -216,7 +221,7 @@ def test_derive_rule_decides_the_exported_architecture(tmp_path: Path, rule: str
     # a target far below where one epoch of search leaves the argmax
     low, high = table.min_latency()[0], table.max_latency()[0]
     config = _config(table, epochs=1, targets_ms=[low + 0.02 * (high - low)], derive=rule, target_band=0.05)
-    result = run_search(config, [table], tmp_path, progress=False)
+    result = run_search(config, [table], tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     last = result.history[-1]
     assert summary["argmax_choices"] == last["choices"] == result.derived.argmax_choices

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from search_client.nas.losses import argmax_ratio
 from search_client.table.objective import MultiDeviceLatency
-from search_client.nas.within_target import RATIO_STEP, derive_choices, target_bounds, within_target_choices
+from search_client.nas.target import target_bounds
+from search_client.nas.within_target import RATIO_STEP, derive_choices, within_target_choices
 from tests.search_client.conftest import make_table, softmax_probs
 
 
@@ -62,7 +62,7 @@ def test_within_target_is_the_most_probable_architecture_in_the_band(seed: int, 
     _, feasible = _brute_force(probs, objective, low, high)
     assert feasible.any()
     assert choices is not None
-    assert low <= argmax_ratio(objective, choices) <= high
+    assert low <= objective.ratio_of(choices) <= high
     _assert_optimal(probs, objective, low, high, choices)
 
 
@@ -98,7 +98,7 @@ def test_argmax_outside_the_band_is_replaced_and_reported() -> None:
     assert derived.argmax_ratio == pytest.approx(1.3)
     assert not derived.from_argmax and derived.target_met
     assert 0.9 <= derived.ratio <= 1.1
-    assert derived.ratio == pytest.approx(argmax_ratio(objective, derived.choices))
+    assert derived.ratio == pytest.approx(objective.ratio_of(derived.choices))
     # the argmax rule exports the argmax and says it misses
     plain = derive_choices(probs, objective, rule="argmax", band=0.1, loss_kind="add#linear")
     assert plain.choices == argmax and not plain.target_met
@@ -128,7 +128,7 @@ def test_two_devices(mode: str) -> None:
     choices = within_target_choices(probs, objective, low, high)
     _, feasible = _brute_force(probs, objective, low, high)
     assert feasible.any() and choices is not None
-    assert low <= argmax_ratio(objective, choices) <= high
+    assert low <= objective.ratio_of(choices) <= high
     if mode == "weighted":
         _assert_optimal(probs, objective, low, high, choices)
 

@@ -14,7 +14,7 @@ from nas_ops.arch import Architecture, load_architecture
 from nas_ops.counting import count_flops, count_params
 from nas_ops.spec import MAX_RESOLUTION, format_spec
 from search_client.cli.app import app
-from search_client.errors import exit_on_error
+from search_client.cli.errors import exit_on_error
 
 
 def _load(path: Path, resolution: int | None) -> Architecture:

@@ -9,22 +9,12 @@ from typing import Annotated
 import typer
 
 from nas_ops.space import load_space
+from search_client.cli import devices
 from search_client.cli.app import app
-from search_client.device.client import LatencyClient
-from search_client.errors import exit_on_error
-from search_client.table.latency_table import LatencyTable, build_table
+from search_client.cli.errors import exit_on_error
+from search_client.cli.progress import JobBars
 from search_client.plots.table_heatmap import plot_table_heatmap
-
-
-def _pick_backend(client: LatencyClient, backend: str | None) -> str:
-    """``backend`` when given, else the first backend the device advertises (said on stdout)."""
-    if backend:
-        return backend
-    names = [b["name"] for b in client.device_info().get("backends", [])]
-    if not names:
-        raise ValueError(f"--backend: device {client.base_url} advertises no backend")
-    typer.echo(f"backend: {names[0]} (first of the device's {', '.join(names)}; choose with --backend)")
-    return names[0]
+from search_client.table.latency_table import LatencyTable, build_table
 
 
 def describe_table(table: LatencyTable) -> str:
@@ -61,10 +51,10 @@ def lut(
     with exit_on_error():
         started = time.perf_counter()
         search_space = load_space(space)
-        with LatencyClient(device, token) as client:
-            chosen = _pick_backend(client, backend)
+        with devices.make_client(device, token) as client, JobBars() as bars:
+            chosen = devices.pick_backend(client, backend, announce=typer.echo)
             table = build_table(client, search_space, backend=chosen, batch=batch, dtype=dtype, threads=threads,
-                                measure_missing=not no_measure, timeout_s=timeout)
+                                measure_missing=not no_measure, timeout_s=timeout, progress=bars)
         table.save(out)
         typer.echo(describe_table(table))
         typer.echo(f"saved {out} (content hash {table.content_hash()[:12]}) in {time.perf_counter() - started:.1f} s")

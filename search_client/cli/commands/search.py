@@ -1,45 +1,43 @@
-"""``proxyless-search search`` (the device-specific search job), ``verify`` (measure a derived net on the
-device) and ``train`` (retrain a derived net from scratch)."""
+"""``proxyless-search search``: the device-specific search job (tables from devices or files, search, plots).
+
+Every option that is a :class:`search_client.nas.config.SearchConfig` field takes its default from there.
+Ctrl-C stops the search with exit code 130 and prints where the checkpoint is and the command that resumes it.
+"""
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
-import torch
+import click
 import typer
 
-from nas_ops.arch import Architecture, load_architecture
 from nas_ops.space import SearchSpace, load_space
+from search_client.cli import devices
 from search_client.cli.app import app
-from search_client.device.client import LatencyClient
+from search_client.cli.command_line import given_arguments, join
+from search_client.cli.errors import EXIT_INTERRUPTED, exit_on_error
+from search_client.cli.progress import JobBars, SearchBars
+from search_client.cli.threads import set_threads
+from search_client.nas.checkpoint import checkpoint_epoch, checkpoint_path
+from search_client.nas.config import SearchConfig
 from search_client.nas.derive import device_keys
-from search_client.errors import exit_on_error
-from search_client.table.latency_table import LatencyTable, build_table
-from search_client.nas.search_loop import SearchConfig, run_search
-from search_client.training.train import TrainConfig, save_train_result, train_architecture
+from search_client.nas.schedule import PAPER_ARCH_EVERY, PAPER_ARCH_LR
+from search_client.nas.search_loop import run_search
 from search_client.nas.within_target import Derived
+from search_client.plots.search_curves import plot_search_result
+from search_client.table.latency_table import LatencyTable, build_table
+
+D = SearchConfig.defaults()
+PROGRAM = "proxyless-search"
+DEVICE_PARAMS = ("device", "space", "backend", "batch", "threads", "token")
 
 
-def make_client(url: str, token: str | None) -> LatencyClient:
-    """The client of one device (a module-level function so tests can route it to a fake device)."""
-    return LatencyClient(url, token)
-
-
-def _device_backend(client: LatencyClient, backend: str | None) -> str:
-    if backend:
-        return backend
-    names = [b["name"] for b in client.device_info().get("backends", [])]
-    if not names:
-        raise ValueError(f"--backend: device {client.base_url} advertises no backend")
-    return names[0]
-
-
-def _tables(space: str | None, devices: list[str], table_files: list[Path], *, backend: str | None, batch: int,
-            threads: int | None, token: str | None, out: Path) -> list[LatencyTable]:
-    """The latency tables: loaded from files, or built on each device (and saved into ``out``)."""
-    if bool(devices) == bool(table_files):
+def _tables(space: str | None, urls: list[str], table_files: list[Path], *, backend: str | None, batch: int,
+            threads: int | None, token: str | None, out: Path, progress: bool) -> list[LatencyTable]:
+    """The latency tables: loaded from files, or built on each device (and saved as ``out/table_<d>.json``)."""
+    if bool(urls) == bool(table_files):
         raise ValueError("give either --device URL (one or more) or --table FILE (one or more), not both/neither")
     if table_files:
         tables = [LatencyTable.load(path) for path in table_files]
@@ -54,19 +52,18 @@ def _tables(space: str | None, devices: list[str], table_files: list[Path], *, b
     search_space: SearchSpace = load_space(space)
     out.mkdir(parents=True, exist_ok=True)
     tables = []
-    for d, url in enumerate(devices):
-        with make_client(url, token) as client:
-            table = build_table(client, search_space, backend=_device_backend(client, backend), batch=batch,
-                                threads=threads)
-        table.save(out / f"table_{d}.json")
+    for d, url in enumerate(urls):
+        with devices.make_client(url, token) as client, JobBars(progress) as bars:
+            table = build_table(client, search_space, backend=devices.pick_backend(client, backend), batch=batch,
+                                threads=threads, progress=bars)
+        table.save(_saved_table(out, d))
         tables.append(table)
     return tables
 
 
-def _set_threads(threads: int | None) -> None:
-    """Fix torch's CPU thread count (more threads than free cores slows training down by far more than 2x)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+def _saved_table(out: Path, d: int) -> Path:
+    """Where a search on devices saves the table of device ``d``."""
+    return out / f"table_{d}.json"
 
 
 def _targets(targets: list[float], n_tables: int) -> list[float]:
@@ -77,37 +74,89 @@ def _targets(targets: list[float], n_tables: int) -> list[float]:
     return targets
 
 
+def _arch_schedule(ctx: click.Context, paper: bool, arch_lr: float | None, arch_every: int) -> tuple[float | None, int]:
+    """The architecture lr and period: as given, or the paper's with ``--paper-schedule`` (then not both)."""
+    if not paper:
+        return arch_lr, arch_every
+    if arch_lr is not None or ctx.get_parameter_source("arch_every") is click.core.ParameterSource.COMMANDLINE:
+        raise ValueError(f"--paper-schedule: it sets --arch-lr {PAPER_ARCH_LR:g} --arch-every {PAPER_ARCH_EVERY}; "
+                         "give either it or those options")
+    return PAPER_ARCH_LR, PAPER_ARCH_EVERY
+
+
+def _resume_command(ctx: click.Context, out: Path, n_devices: int) -> list[str]:
+    """The arguments that continue this search: the given ones plus ``--resume``; a search on devices continues
+    from the tables it saved (offline, so no device or token is needed)."""
+    if n_devices:
+        args = given_arguments(ctx, skip=(*DEVICE_PARAMS, "resume"))
+        tables = [arg for d in range(n_devices) for arg in ("--table", str(_saved_table(out, d)))]
+        return [*tables, *args, "--resume"]
+    return [*given_arguments(ctx, skip=("resume",)), "--resume"]
+
+
+def _report_interrupt(ctx: click.Context, out: Path, n_devices: int) -> None:
+    """Say where the checkpoint is and how to continue (or that there is none yet)."""
+    epoch = checkpoint_epoch(out)
+    if epoch is None:
+        typer.echo("interrupted before the first epoch finished: there is no checkpoint yet; start again with: "
+                   f"{join(PROGRAM, ['search', *given_arguments(ctx)])}", err=True)
+        return
+    typer.echo(f"interrupted: the checkpoint {checkpoint_path(out)} holds {epoch} finished epoch(s); the epoch "
+               "that was running starts again on resume", err=True)
+    typer.echo(f"resume with: {join(PROGRAM, ['search', *_resume_command(ctx, out, n_devices)])}", err=True)
+
+
 @app.command("search")
 def search(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="output directory (logs, plots, checkpoint, exports)")],
     target_ms: Annotated[list[float], typer.Option("--target-ms", help="latency target (ms); once, or per device")],
-    epochs: Annotated[int, typer.Option(help="joint search epochs (after the warm-up)")],
-    data: Annotated[str, typer.Option(help="digits | synthetic[:N[:K]] | image folder | .npz file")] = "digits",
+    epochs: Annotated[int, typer.Option(help="joint search epochs (after the warm-up)")] = D["epochs"],
+    data: Annotated[str, typer.Option(help="digits | synthetic[:N[:K]] | image folder | .npz file")] = D["data"],
     space: Annotated[Optional[str], typer.Option(help="preset or space file; default: the tables' space")] = None,
     device: Annotated[Optional[list[str]], typer.Option("--device", help="profiler URL (repeat per device)")] = None,
     table: Annotated[Optional[list[Path]], typer.Option("--table", help="latency table file (repeat)")] = None,
-    warmup_epochs: Annotated[int, typer.Option(min=0, help="weight-only epochs before the search")] = 0,
+    warmup_epochs: Annotated[int, typer.Option(min=0, help="weight-only epochs before the search")
+                             ] = D["warmup_epochs"],
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/checkpoint.pt")] = False,
-    mode: Annotated[str, typer.Option(help="full_v2 (the release default) | full | two | darts")] = "full_v2",
-    grad_estimator: Annotated[str, typer.Option(help="binary | reinforce")] = "binary",
-    loss: Annotated[str, typer.Option(help="mul#log | add#linear | hinge")] = "mul#log",
-    strength: Annotated[Optional[float], typer.Option(help="latency weight (beta of mul#log, lambda otherwise; "
-                                                           "0 = off); default: the loss's")] = None,
+    mode: Annotated[str, typer.Option(help="full_v2 (the release default) | full | two | darts")] = D["mode"],
+    grad_estimator: Annotated[str, typer.Option(help="binary | reinforce")] = D["grad_estimator"],
+    loss: Annotated[str, typer.Option(help="mul#ratio (unit-free, any target) | mul#log (the paper's; needs "
+                                           "latencies above --log-unit-ms) | add#linear | hinge")] = D["loss"],
+    strength: Annotated[Optional[float], typer.Option(help="latency weight (the exponent of mul#ratio and mul#log, "
+                                                           "lambda otherwise; 0 = off); default: the loss's")
+                        ] = D["strength"],
     adaptive: Annotated[bool, typer.Option("--adaptive", help="adapt the latency weight until the target is met")
-                        ] = False,
+                        ] = D["adaptive"],
     log_unit_ms: Annotated[float, typer.Option(help="mul#log: latencies in units of this many ms inside log()")
-                           ] = 1.0,
-    target_band: Annotated[float, typer.Option(help="tolerance around the target (0.1: within +-10%)")] = 0.1,
+                           ] = D["log_unit_ms"],
+    target_band: Annotated[float, typer.Option(help="tolerance around the target (0.1: within +-10%)")
+                           ] = D["target_band"],
     derive: Annotated[str, typer.Option(help="within-target (the argmax if it meets the target, else the most "
-                                             "probable architecture that does) | argmax")] = "within-target",
-    seed: Annotated[int, typer.Option(min=0)] = 0,
-    batch_size: Annotated[int, typer.Option(min=1, help="training batch size")] = 64,
-    lr: Annotated[float, typer.Option(help="weight lr of the joint phase (cosine)")] = 0.025,
-    warmup_lr: Annotated[float, typer.Option(help="weight lr of the warm-up (cosine)")] = 0.05,
-    arch_lr: Annotated[float, typer.Option(help="Adam lr of the architecture parameters")] = 1e-3,
-    arch_every: Annotated[int, typer.Option(min=1, help="weight steps per architecture step")] = 5,
-    device_mode: Annotated[str, typer.Option(help="several devices: weighted | max")] = "weighted",
-    device_weight: Annotated[Optional[list[float]], typer.Option(help="per-device weight (repeat)")] = None,
+                                             "probable architecture that does) | argmax")] = D["derive"],
+    seed: Annotated[int, typer.Option(min=0)] = D["seed"],
+    batch_size: Annotated[int, typer.Option(min=1, help="training batch size")] = D["batch_size"],
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes that decode images")
+                       ] = D["workers"],
+    valid_per_class: Annotated[Optional[int], typer.Option(min=1, help="images per class held out of train for "
+                                                                       "the architecture steps; default: a fraction")
+                               ] = D["valid_per_class"],
+    val_folder: Annotated[bool, typer.Option("--val-folder", help="architecture steps on the folder's val/")
+                          ] = D["val_folder"],
+    color_jitter: Annotated[float, typer.Option(min=0.0, help="colour jitter strength of the weight steps (0: off)")
+                            ] = D["color_jitter"],
+    lr: Annotated[float, typer.Option(help="weight lr of the joint phase (cosine)")] = D["lr"],
+    warmup_lr: Annotated[float, typer.Option(help="weight lr of the warm-up (cosine)")] = D["warmup_lr"],
+    arch_lr: Annotated[Optional[float], typer.Option(help="Adam lr of the architecture parameters; default: "
+                                                          "scaled to the run's number of architecture steps")
+                       ] = D["arch_lr"],
+    arch_every: Annotated[int, typer.Option(min=1, help="weight steps per architecture step")] = D["arch_every"],
+    paper_schedule: Annotated[bool, typer.Option(
+        "--paper-schedule", help=f"the paper's architecture schedule (--arch-lr {PAPER_ARCH_LR:g} --arch-every "
+                                 f"{PAPER_ARCH_EVERY}), made for ~100,000 architecture steps")] = False,
+    device_mode: Annotated[str, typer.Option(help="several devices: weighted | max")] = D["device_mode"],
+    device_weight: Annotated[Optional[list[float]], typer.Option(help="per-device weight (repeat; weighted mode)")
+                             ] = D["device_weights"],
     token: Annotated[Optional[str], typer.Option(envvar="PROXYLESS_TOKEN", help="bearer token of the devices")
                      ] = None,
     backend: Annotated[Optional[str], typer.Option(help="backend on the devices; default: each one's first")
@@ -123,17 +172,26 @@ def search(
 ) -> None:
     """Search an architecture for the target latency on the given device(s) or latency table(s)."""
     with exit_on_error():
-        _set_threads(train_threads)
-        tables = _tables(space, device or [], table or [], backend=backend, batch=batch, threads=threads,
-                         token=token, out=out)
+        set_threads(train_threads)
+        lr_arch, every = _arch_schedule(ctx, paper_schedule, arch_lr, arch_every)
         config = SearchConfig(
-            targets_ms=_targets(target_ms, len(tables)), data=data, epochs=epochs, warmup_epochs=warmup_epochs,
-            seed=seed, batch_size=batch_size, mode=mode, grad_estimator=grad_estimator, loss=loss,
-            strength=strength, log_unit_ms=log_unit_ms, adaptive=adaptive, device_weights=device_weight,
-            device_mode=device_mode, warmup_lr=warmup_lr, lr=lr, arch_lr=arch_lr, arch_every=arch_every,
-            target_band=target_band, derive=derive,
+            targets_ms=list(target_ms), data=data, epochs=epochs, warmup_epochs=warmup_epochs, seed=seed,
+            batch_size=batch_size, valid_per_class=valid_per_class, val_folder=val_folder, workers=workers,
+            color_jitter=color_jitter, mode=mode, grad_estimator=grad_estimator, loss=loss, strength=strength,
+            log_unit_ms=log_unit_ms, adaptive=adaptive, device_weights=device_weight, device_mode=device_mode,
+            warmup_lr=warmup_lr, lr=lr, arch_lr=lr_arch, arch_every=every, target_band=target_band, derive=derive,
         )
-        result = run_search(config, tables, out, resume=resume, progress=progress, device=train_device)
+        urls = device or []
+        try:
+            tables = _tables(space, urls, table or [], backend=backend, batch=batch, threads=threads, token=token,
+                             out=out, progress=progress)
+            config = replace(config, targets_ms=_targets(config.targets_ms, len(tables)))
+            with SearchBars(progress) as bars:
+                result = run_search(config, tables, out, resume=resume, callbacks=bars, device=train_device)
+        except KeyboardInterrupt:
+            _report_interrupt(ctx, out, len(urls))
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        result.files.update(plot_search_result(result))
         arch_names = [cell.cell.candidate_names[c] for cell, c in zip(result.supernet.cells, result.choices)]
         typer.echo(f"architecture: {' '.join(arch_names)}")
         if result.derived is not None:
@@ -154,70 +212,3 @@ def _derive_line(derived: Derived) -> str:
         how = f"the most probable architecture within the target (the argmax's ratio was {derived.argmax_ratio:.3f})"
     met = "meets" if derived.target_met else "MISSES"
     return f"derive ({derived.rule}): {how}; latency ratio {derived.ratio:.3f}, {met} the target"
-
-
-def _predicted(arch: Architecture, table_file: Path | None, url: str, backend: str) -> tuple[float, str]:
-    """Predicted latency: from a table file when given, else from the architecture's search metadata."""
-    if table_file is not None:
-        tbl = LatencyTable.load(table_file)
-        choices = arch.metadata.get("choices")
-        if not isinstance(choices, list) or tbl.space.architecture(choices).specs() != arch.specs():
-            raise ValueError(f"--table {table_file}: the architecture is not one of its space {tbl.space.name!r}")
-        return tbl.latency_of(choices), f"table {table_file}"
-    for entry in arch.metadata.get("devices", []):
-        if entry.get("url") == url.rstrip("/") and entry.get("backend") == backend:
-            return float(entry["predicted_ms"]), "architecture metadata"
-    raise ValueError(f"no prediction for {url} / {backend} in the architecture's metadata; give --table FILE")
-
-
-@app.command("verify")
-def verify(
-    arch_file: Annotated[Path, typer.Argument(metavar="ARCH", help="architecture file written by 'search'")],
-    device: Annotated[str, typer.Option("--device", help="profiler service URL")],
-    backend: Annotated[Optional[str], typer.Option(help="default: the architecture's, else the device's first")
-                       ] = None,
-    table: Annotated[Optional[Path], typer.Option("--table", help="latency table file for the prediction")] = None,
-    batch: Annotated[int, typer.Option(min=1)] = 1,
-    threads: Annotated[Optional[int], typer.Option(min=1)] = None,
-    token: Annotated[Optional[str], typer.Option(envvar="PROXYLESS_TOKEN")] = None,
-    timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the measurement")] = 3600.0,
-) -> None:
-    """Measure the derived network end to end on the device; print predicted vs measured latency."""
-    with exit_on_error():
-        arch = load_architecture(arch_file)
-        with make_client(device, token) as client:
-            chosen = backend or arch.metadata.get("backend") or _device_backend(client, None)
-            predicted, source = _predicted(arch, table, client.base_url, chosen)
-            stats = client.measure_architecture(arch, chosen, batch, threads=threads, timeout_s=timeout,
-                                                progress=False)
-        measured = float(stats["median_ms"])
-        error = (predicted - measured) / measured
-        typer.echo(f"device {device} / {chosen}, batch {batch}")
-        typer.echo(f"predicted {predicted:.4f} ms ({source})")
-        typer.echo(f"measured  {measured:.4f} ms (median of {stats.get('samples')} runs, IQR {stats.get('iqr_ms')})")
-        typer.echo(f"relative error {100 * error:+.2f}%")
-        typer.echo(json.dumps({"predicted_ms": predicted, "measured_ms": measured, "relative_error": error}))
-
-
-@app.command("train")
-def train(
-    arch_file: Annotated[Path, typer.Argument(metavar="ARCH", help="architecture file")],
-    out: Annotated[Path, typer.Option("--out", help="output directory")],
-    epochs: Annotated[int, typer.Option(min=1)],
-    data: Annotated[str, typer.Option(help="digits | synthetic[:N[:K]] | image folder | .npz file")] = "digits",
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    lr: Annotated[float, typer.Option(help="initial lr (cosine)")] = 0.05,
-    seed: Annotated[int, typer.Option(min=0)] = 0,
-    train_threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads; default: torch's")
-                             ] = None,
-) -> None:
-    """Train a derived architecture from scratch; report top-1 on the held-out split."""
-    with exit_on_error():
-        _set_threads(train_threads)
-        arch = load_architecture(arch_file)
-        config = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-        result = train_architecture(arch, config, progress=True)
-        files: dict[str, Any] = save_train_result(result, arch, config, out)
-        typer.echo(f"top-1 {result.top1:.4f} on the held-out split of {data} ({epochs} epochs)")
-        for name, path in files.items():
-            typer.echo(f"{name}: {path}")

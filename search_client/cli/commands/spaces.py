@@ -9,7 +9,7 @@ import typer
 
 from nas_ops.space import PRESETS, SearchSpace, load_space
 from search_client.cli.app import app
-from search_client.errors import exit_on_error
+from search_client.cli.errors import exit_on_error
 
 
 def space_summary(space: SearchSpace) -> dict[str, object]:

@@ -1,0 +1,51 @@
+"""``proxyless-search train``: retrain a derived architecture from scratch (defaults: :class:`TrainConfig`'s)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from nas_ops.arch import load_architecture
+from search_client.cli.app import app
+from search_client.cli.errors import exit_on_error
+from search_client.cli.threads import set_threads
+from search_client.training.train import TrainConfig, save_train_result, train_architecture
+
+T = {f.name: f.default for f in fields(TrainConfig)}
+
+
+@app.command("train")
+def train(
+    arch_file: Annotated[Path, typer.Argument(metavar="ARCH", help="architecture file")],
+    out: Annotated[Path, typer.Option("--out", help="output directory")],
+    epochs: Annotated[int, typer.Option(min=1)] = T["epochs"],
+    data: Annotated[str, typer.Option(help="digits | synthetic[:N[:K]] | image folder | .npz file")] = T["data"],
+    batch_size: Annotated[int, typer.Option(min=1)] = T["batch_size"],
+    lr: Annotated[float, typer.Option(help="initial lr (cosine)")] = T["lr"],
+    seed: Annotated[int, typer.Option(min=0)] = T["seed"],
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes that decode images")
+                       ] = T["workers"],
+    valid_per_class: Annotated[Optional[int], typer.Option(min=1, help="images per class held out (the search's "
+                                                                       "split); default: a fraction")
+                               ] = T["valid_per_class"],
+    val_folder: Annotated[bool, typer.Option("--val-folder", help="evaluate on the folder's val/")
+                          ] = T["use_val_folder"],
+    color_jitter: Annotated[float, typer.Option(min=0.0, help="colour jitter strength (0: off)")
+                            ] = T["color_jitter"],
+    train_threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads; default: torch's")
+                             ] = None,
+) -> None:
+    """Train a derived architecture from scratch; report top-1 on the held-out split."""
+    with exit_on_error():
+        set_threads(train_threads)
+        arch = load_architecture(arch_file)
+        config = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
+                             valid_per_class=valid_per_class, use_val_folder=val_folder, color_jitter=color_jitter)
+        result = train_architecture(arch, config, progress=True)
+        files: dict[str, Any] = save_train_result(result, arch, config, out)
+        typer.echo(f"top-1 {result.top1:.4f} on the held-out split of {data} ({epochs} epochs)")
+        for name, path in files.items():
+            typer.echo(f"{name}: {path}")
