@@ -2,12 +2,12 @@
 
 Every function takes a Session and only flushes: the caller owns the transaction and commits. The modules:
 ``devices`` (fingerprints), ``measurements`` (the latency table), ``jobs`` (measurement jobs and their items),
-``health`` (ping).
+``health`` (ping, check_writable).
 """
 
 from latency_db.repository._checks import check_context
 from latency_db.repository.devices import fingerprint_hash, get_or_create_device
-from latency_db.repository.health import ping
+from latency_db.repository.health import MIN_FREE_BYTES, StoreNotWritable, check_writable, ping
 from latency_db.repository.jobs import (
     COUNT_KEYS,
     ITEM_FINAL_STATUSES,
@@ -44,9 +44,12 @@ __all__ = [
     "IDENTITY_COLUMNS",
     "ITEM_FINAL_STATUSES",
     "LOOKUP_CHUNK",
+    "MIN_FREE_BYTES",
     "JobNotFoundError",
+    "StoreNotWritable",
     "cancel_job",
     "check_context",
+    "check_writable",
     "claim_next_job",
     "complete_item",
     "create_job",

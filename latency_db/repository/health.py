@@ -1,9 +1,20 @@
-"""Database liveness check."""
+"""Database health: liveness (ping) and whether the store can take a write (readiness)."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+
+#: A SQLite store whose disk has less free space than this is not writable (a measurement row is ~1 KiB, but the
+#: WAL and its checkpoints need room: a nearly full disk fails writes at random).
+MIN_FREE_BYTES = 32 * 2**20
+
+
+class StoreNotWritable(RuntimeError):
+    """The database answers but would not take a write (e.g. its disk is full)."""
 
 
 def ping(session: Session) -> None:
@@ -11,3 +22,29 @@ def ping(session: Session) -> None:
     value = session.execute(text("SELECT 1")).scalar_one()
     if value != 1:
         raise RuntimeError(f"database ping returned {value!r} instead of 1")
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the file system of ``folder``."""
+    return shutil.disk_usage(folder).free
+
+
+def check_writable(session: Session) -> None:
+    """Prove the store takes a write; call it in a write transaction (nothing is changed).
+
+    SQLite: the database file's disk must have :data:`MIN_FREE_BYTES` free (StoreNotWritable otherwise). Both
+    databases: an UPDATE of a device row in a savepoint that is rolled back (raises the driver's error when the
+    database is read-only, refuses writes or its write lock cannot be had).
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "sqlite":
+        folder = Path(str(bind.url.database)).expanduser().resolve().parent
+        free = free_bytes(folder)
+        if free < MIN_FREE_BYTES:
+            raise StoreNotWritable(f"the disk of {folder} is full: {free // 2**20} MiB free, "
+                                   f"{MIN_FREE_BYTES // 2**20} MiB needed")
+    savepoint = session.begin_nested()
+    try:
+        session.execute(text("UPDATE devices SET last_seen = last_seen WHERE id = (SELECT min(id) FROM devices)"))
+    finally:
+        savepoint.rollback()

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from profiler_service import __version__
 from profiler_service.api.docs import install_offline_docs
 from profiler_service.api.errors import install_error_handlers
+from profiler_service.api.db_errors import install_db_error_handlers
 from profiler_service.api.routers import device, fleet, health, jobs, lookup, measure, metrics, page, spaces, table
 from profiler_service.settings import ProfilerSettings
 from profiler_service.api.state import ServiceState

@@ -130,6 +130,16 @@ class JobStore:
                 return False
             return _complete(session, item_id, status="failed", error=error)
 
+    def abandon(self, job_id: int, item_id: int, item_error: str, job_error: str) -> bool:
+        """In one transaction: the item fails with ``item_error`` and the job ends "failed" with ``job_error``
+        (its other pending items cancelled); False when the job is no longer this worker's."""
+        with write_session(self.sessions) as session:
+            if not holds_lease(session, job_id, owner=self.owner):
+                return False
+            _complete(session, item_id, status="failed", error=item_error)
+            finish_job(session, session.get(Job, job_id), status="failed", error=job_error)
+            return True
+
     # --- the job -----------------------------------------------------------------------------------------------
     def fail_job(self, job_id: int, error: str) -> bool:
         """Fail the job and every pending item of it with ``error`` (nothing of it can be measured here), if it

@@ -13,6 +13,11 @@ Cancel and stop: the measurement asks a stop hook between timed blocks (``should
 worker is stopping or the watch found the job cancelled or taken over (checked every ``check_s`` seconds), so a
 cancelled job does not keep the device busy with its item in flight; the given-up item is not stored.
 
+Database errors: every database operation of a job gets a bounded number of tries with exponential back-off
+(:mod:`profiler_service.jobs.retry`); when the store keeps refusing (a full disk), the item fails with that error
+and the job ends failed, instead of being measured again and again. Errors outside a job (claims while the
+database is down) make the loop wait longer each time (1 s doubling to 60 s), never spin.
+
 Where a job runs: a claimed job is measured on a backend this worker serves, in the environment and protocol
 version of now (resolved inside the job's error handling): a job whose backend is no longer served fails, with
 each pending item, "backend X is no longer served by this device", and the worker goes on with the next job; a
@@ -29,11 +34,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from latency_db.context import MeasurementContext
+from latency_db.errors import describe_store_error, is_store_unavailable
 from nas_ops.arch import architecture_from_json_obj
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends import Backend
@@ -46,9 +52,11 @@ from profiler_service.engine.protocol import (
     measure_op,
 )
 from profiler_service.jobs.lease import LeaseKeeper
+from profiler_service.jobs.retry import Backoff, Interrupted, Sleep, StoreUnavailable, with_retries
 from profiler_service.jobs.store import ClaimedJob, JobStore, new_owner_id
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: (backend name, threads) -> (environment, its hash): the environment a measurement runs in.
 EnvironmentResolver = Callable[[str, int], tuple[dict[str, Any], str]]
@@ -63,6 +71,11 @@ DEFAULT_LEASE_S = 15.0
 #: Seconds between two checks that the job in work was not cancelled: a cancel stops the item in flight this fast
 #: (plus one timed block).
 DEFAULT_CHECK_S = 0.5
+#: Tries of one database operation of a job (waits 0.5, 1, 2, 4 s between them) before the item fails.
+STORE_BACKOFF = Backoff(attempts=5, first_s=0.5, factor=2.0, max_s=30.0)
+#: Waits of the loop after consecutive errors outside a job (e.g. claims while the database is down): 1, 2, 4 ...
+#: up to 60 s; back to 1 s after a success.
+LOOP_BACKOFF = Backoff(attempts=1, first_s=1.0, factor=2.0, max_s=60.0)
 
 
 class JobWorker:
@@ -80,6 +93,9 @@ class JobWorker:
         poll_s: float,
         lease_s: float = DEFAULT_LEASE_S,
         check_s: float = DEFAULT_CHECK_S,
+        backoff: Backoff = STORE_BACKOFF,
+        loop_backoff: Backoff = LOOP_BACKOFF,
+        sleep: Sleep | None = None,
         owner: str | None = None,
         on_measured: MeasuredHook | None = None,
         measure_op: OpMeasurer = measure_op,
@@ -93,6 +109,8 @@ class JobWorker:
         self.poll_s = poll_s
         self.lease_s = lease_s
         self.check_s = check_s
+        self.backoff = backoff
+        self.loop_backoff = loop_backoff
         self.store = JobStore(sessions, device_id, owner or new_owner_id(), lease_s)
         self.on_measured = on_measured
         self.measure_op = measure_op
@@ -100,6 +118,7 @@ class JobWorker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sleep: Sleep = sleep or self._stop.wait
         self.current_job: int | None = None
 
     @property
@@ -131,17 +150,28 @@ class JobWorker:
 
     # --- loop ----------------------------------------------------------------------------------------------------
     def _run(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 job = self.store.claim()
+                failures = 0
                 if job is None:
                     self._wake.wait(self.poll_s)
                     self._wake.clear()
                     continue
                 self._run_job(job)
-            except Exception:  # keep serving: a DB hiccup must not kill the worker
-                log.exception("worker loop error")
-                self._stop.wait(1.0)
+            except Exception as exc:  # keep serving: a DB outage must not kill the worker, nor make it spin
+                failures += 1
+                wait = self.loop_backoff.wait_s(failures)
+                if is_store_unavailable(exc) or isinstance(exc, StoreUnavailable):
+                    log.warning("worker: the database is unavailable (%s); next try in %.0f s", exc, wait)
+                else:
+                    log.exception("worker loop error; next try in %.0f s", wait)
+                self._sleep(wait)
+
+    def _retry(self, what: str, operation: Callable[[], T]) -> T:
+        """A database operation of a job, with bounded retries (see :mod:`profiler_service.jobs.retry`)."""
+        return with_retries(operation, what, self.backoff, self._sleep)
 
     def _run_job(self, job: ClaimedJob) -> None:
         self.current_job = job.id
@@ -150,18 +180,29 @@ class JobWorker:
                 run = self._in_current_environment(job)
             except Exception as exc:  # nothing of this job can be measured here: fail it, go on with the next
                 log.warning("job %s cannot run here: %s", job.id, exc)
-                self.store.fail_job(job.id, str(exc))
+                self._retry(f"failing job {job.id}", lambda: self.store.fail_job(job.id, str(exc)))
                 return
             with LeaseKeeper(lambda: self.store.renew(job.id), self.lease_s / 3, lambda: self.store.holds(job.id),
                              min(self.check_s, self.lease_s / 3)) as lease:
-                if job.kind == "architecture":
-                    self._run_architecture(run, lease)
-                else:
-                    self._run_ops(run, lease)
+                try:
+                    if job.kind == "architecture":
+                        self._run_architecture(run, lease)
+                    else:
+                        self._run_ops(run, lease)
+                except StoreUnavailable as exc:  # not even the failure could be written: the job stays running
+                    log.error("job %s: %s; it resumes when the database answers again", job.id, exc)
+                except Interrupted:
+                    pass  # stopping during a back-off wait
             if self._stop.is_set() and not lease.lost:
-                self.store.release(job.id)  # left unfinished: whoever starts next resumes it at once
+                self._release(job.id)  # left unfinished: whoever starts next resumes it at once
         finally:
             self.current_job = None
+
+    def _release(self, job_id: int) -> None:
+        try:
+            self.store.release(job_id)
+        except Exception as exc:  # the lease then expires on its own
+            log.warning("giving back the lease of job %s failed: %s", job_id, describe_store_error(exc))
 
     def _in_current_environment(self, job: ClaimedJob) -> _Run:
         """The job as this worker measures it: on a served backend, in the environment and protocol version of NOW
@@ -185,7 +226,9 @@ class JobWorker:
 
     def _keeps_working(self, run: _Run, lease: LeaseKeeper) -> bool:
         """Not stopping, and the job still runs under this worker's lease (not cancelled, not taken over)."""
-        return not self._stop.is_set() and not lease.lost and self.store.holds(run.job.id)
+        if self._stop.is_set() or lease.lost:
+            return False
+        return self._retry(f"reading job {run.job.id}", lambda: self.store.holds(run.job.id))
 
     def _should_stop(self, lease: LeaseKeeper) -> Callable[[], bool]:
         """The measurement's stop hook: the worker is stopping, or the job was cancelled or taken over."""
@@ -195,14 +238,17 @@ class JobWorker:
     def _run_ops(self, run: _Run, lease: LeaseKeeper) -> None:
         job = run.job
         calibration = CalibrationCache()  # the job's ops share their calibration values, and no other job's
-        for item_id, op_spec in self.store.pending_items(job.id):
+        items = self._retry(f"reading the items of job {job.id}", lambda: self.store.pending_items(job.id))
+        for item_id, op_spec in items:
             if not self._keeps_working(run, lease):
                 return  # stopping (resumes at the next start), cancelled, or taken over
-            if not job.force and self.store.skip_if_stored(job.id, item_id, run.context, op_spec):
+            if not job.force and self._retry(
+                f"looking up {op_spec}", lambda: self.store.skip_if_stored(job.id, item_id, run.context, op_spec)
+            ):
                 continue
             if not self._measure_item(run, item_id, op_spec, calibration, self._should_stop(lease)):
                 return
-        self.store.finish(job.id)
+        self._retry(f"finishing job {job.id}", lambda: self.store.finish(job.id))
 
     def _measure_item(self, run: _Run, item_id: int, op_spec: str, calibration: CalibrationCache,
                       should_stop: Callable[[], bool]) -> bool:
@@ -217,14 +263,37 @@ class JobWorker:
             return False
         except Exception as exc:  # an op that fails to build or run fails its item, not the job
             log.warning("measuring %s on %s failed: %s", op_spec, context.backend, exc)
-            return self.store.fail_item(run.job.id, item_id, f"{type(exc).__name__}: {exc}")
+            return self._fail_item(run, item_id, f"{type(exc).__name__}: {exc}")
         self._measured(context.backend, "op", started)
-        stored = self.store.store_measurement(run.job.id, item_id, context, op_spec, run.environment,
-                                              self.protocol_params.model_dump(), stats.as_dict())
+        try:
+            stored = self._retry(f"storing the measurement of {op_spec}", lambda: self.store.store_measurement(
+                run.job.id, item_id, context, op_spec, run.environment, self.protocol_params.model_dump(),
+                stats.as_dict()))
+        except StoreUnavailable as exc:  # e.g. the disk is full: fail the item and end the job, no retry storm
+            self._abandon(run, item_id, f"the measurement could not be stored: {exc}")
+            return False
+        except Exception as exc:  # refused for good (e.g. stats the store rejects): the item fails, the job goes on
+            return self._fail_item(run, item_id, f"storing failed: {type(exc).__name__}: {exc}")
         if not stored:
             log.warning("job %s is no longer this worker's: the measurement of %s was not stored", run.job.id,
                         op_spec)
         return stored
+
+    def _fail_item(self, run: _Run, item_id: int, error: str) -> bool:
+        """Mark the item failed (the job goes on); False when the job is no longer this worker's."""
+        try:
+            return self._retry(f"failing an item of job {run.job.id}",
+                               lambda: self.store.fail_item(run.job.id, item_id, error))
+        except StoreUnavailable as exc:
+            self._abandon(run, item_id, f"{error}; and the failure could not be stored: {exc}")
+            return False
+
+    def _abandon(self, run: _Run, item_id: int, error: str) -> None:
+        """The store refuses writes: the item fails with ``error`` and the job ends failed (its other pending items
+        cancelled), in one transaction (retried; StoreUnavailable when even that cannot be written)."""
+        log.error("job %s: %s; the job ends", run.job.id, error)
+        job_error = f"stopped: {error}; the job's other pending items were cancelled"
+        self._retry(f"failing job {run.job.id}", lambda: self.store.abandon(run.job.id, item_id, error, job_error))
 
     # --- architecture jobs -----------------------------------------------------------------------------------------
     def _run_architecture(self, run: _Run, lease: LeaseKeeper) -> None:
@@ -239,11 +308,13 @@ class JobWorker:
             return
         except Exception as exc:
             log.warning("measuring architecture job %s failed: %s", job.id, exc)
-            self.store.finish(job.id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            self._retry(f"failing job {job.id}", lambda: self.store.finish(
+                job.id, status="failed", error=f"{type(exc).__name__}: {exc}"))
             return
         self._measured(context.backend, "network", started)
         if not lease.lost:
-            self.store.finish(job.id, status="done", result=stats.as_dict())
+            self._retry(f"finishing job {job.id}", lambda: self.store.finish(
+                job.id, status="done", result=stats.as_dict()))
 
 
 class BackendGone(LookupError):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from latency_db.repository import ping
+from latency_db.errors import describe_store_error
+from latency_db.repository import StoreNotWritable, check_writable, ping
+from latency_db.transactions import write_session
 from profiler_service import __version__
 from profiler_service.api.deps import StateDep
 from profiler_service.api.schemas import Health, Readiness
@@ -19,16 +21,19 @@ def health() -> Health:
 
 
 @router.get(
-    "/ready", response_model=Readiness, summary="Readiness: the database answers and the worker runs",
-    responses={503: {"model": Readiness, "description": "the database or the worker is down"}},
+    "/ready", response_model=Readiness, summary="Readiness: the database takes a write and the worker runs",
+    responses={503: {"model": Readiness, "description": "the database is down or full, or the worker stopped"}},
 )
 def ready(state: StateDep) -> Readiness | JSONResponse:
     try:
-        with state.sessions() as session:
+        with write_session(state.sessions) as session:
             ping(session)
+            check_writable(session)  # a full disk or a read-only store is not ready either
         database = "ok"
-    except Exception as exc:  # report, don't raise: readiness is a question, not a failure
-        database = f"error: {type(exc).__name__}"
+    except StoreNotWritable as exc:  # report, don't raise: readiness is a question, not a failure
+        database = f"not writable: {exc}"
+    except Exception as exc:
+        database = f"error: {describe_store_error(exc)}"
     worker = "ok" if state.worker.alive else "stopped"
     body = Readiness(status="ready" if database == "ok" and worker == "ok" else "unavailable",
                      database=database, worker=worker)
