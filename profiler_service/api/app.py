@@ -99,6 +99,7 @@ def create_app(settings: ProfilerSettings | None = None, state: ServiceState | N
     app.mount(page.ASSETS_URL, page.assets(), name="web")
 
     @app.middleware("http")
+    install_db_error_handlers(app)
     async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
         response = await call_next(request)
         # The route's template (not the raw path) keeps the label set small: /v1/jobs/{job_id}.
