@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -32,17 +32,20 @@ def test_fingerprint_hash_rejects_non_json(fp: object, message: str) -> None:
 
 
 def test_get_or_create_returns_the_same_device_for_the_same_name_and_fingerprint(
-    session_factory: sessionmaker[Session],
+    session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    seen = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    monkeypatch.setattr(devices_module, "utcnow", lambda: seen)  # last_seen on a fixed clock, no pause
     with session_factory.begin() as session:
         first = get_or_create_device(session, "box", {"cpu": "A", "cores": 4})
-        first_id, first_seen = first.id, first.last_seen
-    time.sleep(0.01)
+        first_id, first_seen = first.id, first.first_seen
+        assert first.last_seen == seen
+    seen += timedelta(minutes=5)
     with session_factory.begin() as session:
         again = get_or_create_device(session, "box", {"cores": 4, "cpu": "A"})
         assert again.id == first_id
-        assert again.last_seen > first_seen
-        assert again.first_seen == first.first_seen
+        assert again.last_seen == seen
+        assert again.first_seen == first_seen
         other = get_or_create_device(session, "box", {"cpu": "A", "cores": 8})
         assert other.id != first_id
 

@@ -7,12 +7,14 @@ import io
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+import latency_db.repository.measurements as measurements_module
 from latency_db.context import MeasurementContext
 from latency_db.models import STATS_KEYS, Measurement
 from latency_db.repository import (
@@ -33,11 +35,20 @@ def _count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Measurement))
 
 
-def test_upsert_inserts_then_updates_the_same_row(session_factory: sessionmaker[Session], upsert_args: Args) -> None:
+def test_upsert_inserts_then_updates_the_same_row(
+    session_factory: sessionmaker[Session], upsert_args: Args, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """created_at keeps the first insert's time, updated_at takes the update's: checked exactly on a frozen clock
+    (the row's times are moved an hour back between the writes), never on two readings of a real clock."""
+    now = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    earlier = now - timedelta(hours=1)
+    monkeypatch.setattr(measurements_module, "utcnow", lambda: now)
     with session_factory.begin() as session:
         first = upsert_measurement(session, **upsert_args(spec(0), 2.0))
-        first_id, created = first.id, first.created_at
+        first_id = first.id
         assert first.median_ms == 2.0 and first.samples == 50
+        assert first.created_at == first.updated_at == now
+        session.execute(update(Measurement).values(created_at=earlier, updated_at=earlier))
     with session_factory.begin() as session:
         second = upsert_measurement(
             session, **upsert_args(spec(0), 3.0, environment={"torch": "2.13.0", "note": "rerun"})
@@ -46,8 +57,7 @@ def test_upsert_inserts_then_updates_the_same_row(session_factory: sessionmaker[
         assert second.median_ms == 3.0
         assert second.p90_ms == pytest.approx(3.3)
         assert second.environment == {"torch": "2.13.0", "note": "rerun"}
-        assert second.created_at == created
-        assert second.updated_at > created
+        assert (second.created_at, second.updated_at) == (earlier, now)
     with session_factory() as session:
         assert _count(session) == 1
         row = session.scalars(select(Measurement)).one()
