@@ -4,8 +4,8 @@
   failing instead when CI=true).
 - ``postgres_db``: :class:`PostgresDatabases` on the test server, every one dropped after the module (a fleet
   shares one; a dropped one is the unreachable-database state).
-- ``screenshots``: the folder the tests save their screenshots in: ``docs/screenshots/`` (or
-  ``$WEB_SCREENSHOTS_DIR``).
+- ``screenshots``: the folder the tests save their screenshots in: a temporary folder, or ``$WEB_SCREENSHOTS_DIR``
+  (``WEB_SCREENSHOTS_DIR=docs/screenshots`` refreshes the committed ones; a plain test run never rewrites them).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from tests.conftest import _admin_connect_args
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
-SCREENSHOTS = Path(os.environ.get("WEB_SCREENSHOTS_DIR", Path(__file__).resolve().parents[2] / "docs" / "screenshots"))
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +78,8 @@ def postgres_db(postgres_server: str) -> Iterator[PostgresDatabases]:
 
 
 @pytest.fixture(scope="session")
-def screenshots() -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chosen = os.environ.get("WEB_SCREENSHOTS_DIR")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
