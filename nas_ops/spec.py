@@ -24,6 +24,7 @@ KERNELS: tuple[int, ...] = (1, 3, 5, 7, 9, 11)
 STRIDES: tuple[int, ...] = (1, 2)
 MIN_EXPAND, MAX_EXPAND = 1.0, 8.0
 MAX_SPEC_LENGTH = 128
+ZERO_STRIDES: tuple[int, ...] = (1,)  # a zero op only stands where the cell has stride 1
 
 # Which fields each kind carries, in canonical order ("r" and "c" always come first).
 _FIELDS: dict[str, tuple[str, ...]] = {
@@ -140,7 +141,7 @@ def validate(spec: OpSpec) -> None:
 
     if spec.kind in ("zero", "identity") and spec.in_chs != spec.out_chs:
         _fail("out_chs", f"a {spec.kind} op keeps its channels: in {spec.in_chs} != out {spec.out_chs}")
-    if spec.kind == "zero" and spec.stride != 1:
+    if spec.kind == "zero" and spec.stride not in ZERO_STRIDES:
         _fail("stride", "a zero op only stands where the cell has stride 1")
     if spec.skip and (spec.stride != 1 or spec.in_chs != spec.out_chs):
         _fail("skip", "an identity shortcut needs stride 1 and in_chs == out_chs")
@@ -284,3 +285,101 @@ def parse_canonical_spec(text: str) -> OpSpec:
     spec = parse_spec(text)
     _check_canonical(spec, text, text)
     return spec
+
+
+# --- the grammar as one regular expression ----------------------------------------------------------------------
+# Built from the tables above (kinds, their fields in canonical order, bounds, kernels, strides, activations) so
+# that the parser and the pattern have one definition; the API publishes it as the op spec's JSON Schema ``pattern``
+# and a schema fuzzer generates valid specs from it. tests/nas_ops/test_spec_pattern.py checks that it matches
+# exactly the strings parse_canonical_spec accepts.
+
+
+def _same_length_ranges(lo: str, hi: str) -> list[str]:
+    """Regex pieces matching the digit strings lo..hi, both of one length (inner digits may be 0)."""
+    if lo == hi:
+        return [lo]
+    if len(lo) == 1:
+        return [f"[{lo}-{hi}]"]
+    if lo[0] == hi[0]:
+        return [lo[0] + piece for piece in _same_length_ranges(lo[1:], hi[1:])]
+    rest = len(lo) - 1
+    pieces, first, last, tail = [], int(lo[0]), int(hi[0]), []
+    if lo[1:] != "0" * rest:
+        pieces += [lo[0] + piece for piece in _same_length_ranges(lo[1:], "9" * rest)]
+        first += 1
+    if hi[1:] != "9" * rest:
+        tail = [hi[0] + piece for piece in _same_length_ranges("0" * rest, hi[1:])]
+        last -= 1
+    if first <= last:
+        digit = str(first) if first == last else f"[{first}-{last}]"
+        pieces.append(digit + ("[0-9]" if rest == 1 else f"[0-9]{{{rest}}}"))
+    return pieces + tail
+
+
+def int_range_pattern(low: int, high: int) -> str:
+    """A regex group matching the decimal integers ``low..high`` (``low >= 0``) written without leading zeros."""
+    if not 0 <= low <= high:
+        raise ValueError(f"int_range_pattern: need 0 <= low <= high, got {low}, {high}")
+    pieces: list[str] = []
+    for n_digits in range(len(str(low)), len(str(high)) + 1):
+        start = max(low, 10 ** (n_digits - 1) if n_digits > 1 else 0)
+        end = min(high, 10**n_digits - 1)
+        if start <= end:
+            pieces += _same_length_ranges(str(start), str(end))
+    return "(?:" + "|".join(pieces) + ")"
+
+
+def _choice(values: tuple[object, ...]) -> str:
+    return "(?:" + "|".join(re.escape(str(v)) for v in values) + ")"
+
+
+def _expand_pattern() -> str:
+    """``e`` values as format_spec writes them: an integer, or at most two decimals without a trailing zero."""
+    if not (float(MIN_EXPAND).is_integer() and float(MAX_EXPAND).is_integer()):
+        raise ValueError("the expand-ratio bounds must be integers for the pattern")
+    low, high = int(MIN_EXPAND), int(MAX_EXPAND)
+    return f"(?:{int_range_pattern(low, high)}|{int_range_pattern(low, high - 1)}\\.[0-9]?[1-9])"
+
+
+def spec_pattern(max_channels: int = MAX_CHANNELS, max_resolution: int = MAX_RESOLUTION) -> str:
+    """The anchored regular expression of every canonical op spec string (valid in Python ``re`` and ECMA-262,
+    i.e. JSON Schema), with channels and resolution bounded by the arguments (at most the grammar's bounds).
+
+    It holds the cross-field rules too (zero and identity keep their channels, ``skip`` needs s1 and IN == OUT,
+    a zero op has stride 1) through back-references. Limits that depend on more than the string's fields
+    (multiply-adds, memory) are the service's, not the grammar's.
+    """
+    if not (1 <= max_channels <= MAX_CHANNELS and 1 <= max_resolution <= MAX_RESOLUTION):
+        raise ValueError(f"spec_pattern: bounds must be within the grammar's ({MAX_CHANNELS} channels, "
+                         f"{MAX_RESOLUTION} resolution), got {max_channels}, {max_resolution}")
+    res_n, chs_n = int_range_pattern(1, max_resolution), int_range_pattern(1, max_channels)
+    fields = {
+        "k": "k" + _choice(KERNELS),
+        "e": "e" + _expand_pattern(),
+        "s": "s" + _choice(STRIDES),
+        "act": _choice(ACTIVATIONS),
+    }
+    groups = 0
+    alternatives = []
+    for kind in KINDS:
+        keys = _FIELDS[kind]
+        res = f"r{res_n}x{res_n}"
+        if kind in ("zero", "identity"):
+            groups += 1
+            chans = f"c({chs_n})-\\{groups}"  # keeps its channels: OUT repeats IN
+        elif kind == "head":
+            chans = f"c{chs_n}-{int_range_pattern(1, MAX_CLASSES)}"
+        else:
+            chans = f"c{chs_n}-{chs_n}"
+        head = f"{kind}_{res}_{chans}"
+        parts = [("s" + _choice(ZERO_STRIDES)) if (key == "s" and kind == "zero") else fields[key]
+                 for key in keys if key != "skip"]
+        body = "".join("_" + part for part in parts)
+        if "skip" not in keys:
+            alternatives.append(head + body)
+            continue
+        alternatives.append(head + body)  # without the shortcut: any channels, any stride
+        groups += 1
+        skip_parts = [("s1" if key == "s" else fields[key]) for key in keys if key != "skip"]
+        alternatives.append(f"{kind}_{res}_c({chs_n})-\\{groups}" + "".join("_" + p for p in skip_parts) + "_skip")
+    return "^(?:" + "|".join(alternatives) + ")$"

@@ -6,16 +6,19 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from profiler_service import __version__
 from profiler_service.api.docs import install_offline_docs
-from profiler_service.api.errors import install_error_handlers
 from profiler_service.api.db_errors import install_db_error_handlers
+from profiler_service.api.errors import install_error_handlers
+from profiler_service.api.openapi import install_service_openapi
 from profiler_service.api.routers import device, fleet, health, jobs, lookup, measure, metrics, page, spaces, table
 from profiler_service.settings import ProfilerSettings
-from profiler_service.api.state import ServiceState
+from profiler_service.api.state import ServiceState, select_backends
+from profiler_service.engine.backends import Backend
 
 
 API_PREFIX = "/v1"
@@ -43,23 +46,58 @@ class BodySizeLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise _TooLarge()
+                # an HTTPException: FastAPI's body reader passes it on (any other error it turns into a 400)
+                raise BodyTooLarge(self.max_bytes)
             return message
 
         try:
             await self.app(scope, counting_receive, send)
-        except _TooLarge:
+        except BodyTooLarge:  # raised outside a route (the route's handler answers it otherwise)
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = (b'{"detail": "request body larger than %d bytes", "code": "too_large"}' % self.max_bytes)
+        body = b'{"detail": "%s", "code": "too_large"}' % BodyTooLarge(self.max_bytes).detail.encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+class RequestCounter:
+    """Counts every request by method, route template and status in the service's metrics (a pure ASGI middleware:
+    an error raised while the body streams in, like :class:`BodyTooLarge`, passes through unchanged)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # an exception that escapes the app becomes a 500 outside this middleware
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            # The route's template (not the raw path) keeps the label set small: /v1/jobs/{job_id}.
+            route = scope.get("route")
+            in_api = route is not None and scope["path"].startswith(API_PREFIX)
+            path = API_PREFIX + route.path if in_api else "unmatched"
+            service = getattr(scope["app"].state, "service", None)
+            if service is not None:
+                service.metrics.requests.labels(scope["method"], path, str(status)).inc()
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body over the limit, found while it streams in (a chunked body declares no length)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body larger than {max_bytes} bytes")
 
 
 def create_app(settings: ProfilerSettings | None = None, state: ServiceState | None = None) -> FastAPI:
@@ -92,23 +130,19 @@ def create_app(settings: ProfilerSettings | None = None, state: ServiceState | N
     )
     app.state.stopping = stopping
     install_error_handlers(app)
+    install_db_error_handlers(app)
     install_offline_docs(app)
+
+    def served_backends() -> dict[str, Backend]:
+        service = getattr(app.state, "service", None)
+        return service.backends if service is not None else select_backends(settings.backend_names())
+
+    install_service_openapi(app, settings, served_backends)
     for module in (health, device, lookup, measure, jobs, table, metrics, fleet, spaces):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(page.router)
     app.mount(page.ASSETS_URL, page.assets(), name="web")
 
-    @app.middleware("http")
-    install_db_error_handlers(app)
-    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        # The route's template (not the raw path) keeps the label set small: /v1/jobs/{job_id}.
-        route = request.scope.get("route")
-        path = API_PREFIX + route.path if route is not None and request.url.path.startswith(API_PREFIX) else "unmatched"
-        service = getattr(request.app.state, "service", None)
-        if service is not None:
-            service.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(RequestCounter)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

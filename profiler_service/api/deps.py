@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from profiler_service.api.errors import ApiError
@@ -23,7 +24,13 @@ def get_session(state: Annotated[ServiceState, Depends(get_state)]) -> Iterator[
         yield session
 
 
-def require_token(request: Request, state: Annotated[ServiceState, Depends(get_state)]) -> None:
+#: Declares the bearer scheme in the OpenAPI schema; the check itself is require_token's (with its messages).
+bearer_scheme = HTTPBearer(auto_error=False, description="the service's token (--token / PROFILER_TOKEN); "
+                           "required by every mutating endpoint when one is configured")
+
+
+def require_token(request: Request, state: Annotated[ServiceState, Depends(get_state)],
+                  _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]) -> None:
     """401 unless the request carries ``Authorization: Bearer <token>`` (when the service has a token)."""
     expected = state.settings.token_value()
     if expected is None:

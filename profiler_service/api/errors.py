@@ -59,6 +59,11 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(messages) + (f"; and {more} more" if more > 0 else "")
 
 
+def undecodable_body_message(exc: UnicodeDecodeError) -> str:
+    """The 422 message of a JSON body that is not UTF-8 text."""
+    return f"request body: not valid UTF-8, so not JSON ({exc.reason} at byte {exc.start})"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error JSON with a message; an unexpected exception is logged and answered as a 500."""
 
@@ -72,7 +77,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers an undecodable body 400, a malformed JSON body 422: both are one mistake, one answer
+            return _error_response(422, "invalid_json", undecodable_body_message(exc.__cause__))
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
         return _error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -31,7 +31,8 @@ def check_batch(settings: ProfilerSettings, batch: int) -> None:
 def check_dtype(backend: Backend, dtype: str) -> None:
     """The dtype must be one the backend measures (float16: torch-cuda only)."""
     if dtype not in backend.dtypes:
-        raise bad_request(f"dtype: {dtype} is not measured on {backend.name} (it measures {', '.join(backend.dtypes)})")
+        raise bad_request(f"dtype: {dtype} is not measured on {backend.name} (it measures {', '.join(backend.dtypes)})",
+                          "unsupported_dtype")
 
 
 def check_wait(settings: ProfilerSettings, wait_s: float) -> None:

@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from nas_ops.arch import FORMAT_MARKER, FORMAT_VERSION
+from nas_ops.spec import MAX_SPEC_LENGTH, spec_pattern
 
 EXAMPLE_OPS = ["mbconv_r56x56_c24-24_k3_e6_s1_relu6_skip", "mbconv_r56x56_c24-40_k5_e3_s2_relu6"]
 DType = Literal["float32", "float16"]
+
+def integral_number(value: object) -> object:
+    """A JSON number with no fractional part (``30.0``) is an integer, as JSON Schema says; nothing else is
+    converted (``true`` and ``"1"`` stay what they are, and strict validation rejects them)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer field of a strict body: 30 and 30.0, never true or "30".
+JsonInt = Annotated[int, BeforeValidator(integral_number)]
+
+#: The op-spec grammar (nas_ops.spec.spec_pattern); a service narrows its bounds to its limits in its OpenAPI schema.
+SPEC_PATTERN = spec_pattern()
+OpSpecText = Annotated[str, Field(
+    min_length=1, max_length=MAX_SPEC_LENGTH, json_schema_extra={"pattern": SPEC_PATTERN},
+    description="a canonical op spec (grammar: nas_ops.spec.parse_spec); 422 not_canonical for another spelling",
+    examples=EXAMPLE_OPS,
+)]
 
 
 class Stats(BaseModel):
@@ -25,6 +47,9 @@ class Stats(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """Every error answer: one clear message and a short machine-readable code (e.g. ``invalid_input``,
+    ``invalid_op``, ``not_canonical``, ``over_limit``, ``too_large``, ``auth_required``, ``not_found``)."""
+
     detail: str = Field(examples=["ops[1]: op spec field 'kernel': must be one of (1, 3, 5, 7, 9, 11), got 4"])
     code: str = Field(examples=["invalid_input"])
 
@@ -32,16 +57,17 @@ class ErrorBody(BaseModel):
 class ContextBody(BaseModel):
     """The measurement context: which backend, batch, dtype and thread count (null: the service default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as declared, never coerced (false is no number, "1" no integer)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     backend: str = Field("ort-cpu", min_length=1, max_length=64, examples=["ort-cpu"])
-    batch: int = Field(1, ge=1, examples=[1])
+    batch: JsonInt = Field(1, ge=1, examples=[1], description="at most the service's max_batch")
     dtype: DType = "float32"
-    threads: int | None = Field(None, ge=1, le=256, examples=[1])
+    threads: Annotated[int, Field(ge=1, le=256), BeforeValidator(integral_number)] | None = Field(None, examples=[1])
 
 
 class LookupRequest(ContextBody):
-    ops: list[str] = Field(min_length=1, examples=[EXAMPLE_OPS])
+    ops: list[OpSpecText] = Field(min_length=1, examples=[EXAMPLE_OPS])
 
 
 class LookupResponse(BaseModel):
@@ -56,15 +82,40 @@ class LookupResponse(BaseModel):
 
 
 class MeasureRequest(ContextBody):
-    ops: list[str] = Field(min_length=1, examples=[EXAMPLE_OPS])
+    ops: list[OpSpecText] = Field(min_length=1, examples=[EXAMPLE_OPS])
     force: bool = Field(False, description="measure again even when stored under the same environment")
     wait_s: float = Field(0.0, ge=0, allow_inf_nan=False, strict=True,
                           description="wait up to this many seconds for the job to finish (at most the service's "
                           "max_wait_s; the wait ends early when the service shuts down)")
 
 
+ARCHITECTURE_FILE: dict[str, Any] = {
+    "title": "ArchitectureFile", "type": "object", "required": ["format", "version", "stem", "blocks", "head"],
+    "properties": {
+        "format": {"const": FORMAT_MARKER}, "version": {"const": FORMAT_VERSION},
+        "stem": {"type": "string", "pattern": SPEC_PATTERN}, "head": {"type": "string", "pattern": SPEC_PATTERN},
+        "blocks": {"type": "array", "items": {"type": "string", "pattern": SPEC_PATTERN}},
+        "mix": {"anyOf": [{"type": "string", "pattern": SPEC_PATTERN}, {"type": "null"}]},
+        "metadata": {"type": "object"},
+    },
+}
+NET_CONFIG: dict[str, Any] = {
+    "title": "OfficialNetConfig", "type": "object", "required": ["first_conv", "blocks", "classifier"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"const": "ProxylessNASNets"}, "bn": {"type": "object"}, "first_conv": {"type": "object"},
+        "blocks": {"type": "array", "items": {"type": "object"}}, "feature_mix_layer": {"type": ["object", "null"]},
+        "classifier": {"type": "object"},
+    },
+}
+
+
 class ArchitectureRequest(ContextBody):
-    architecture: dict[str, Any] = Field(description="an architecture file (ours or an official net.config)")
+    architecture: dict[str, Any] = Field(
+        min_length=1, json_schema_extra={"anyOf": [ARCHITECTURE_FILE, NET_CONFIG]},
+        description="an architecture file: ours, or an official ProxylessNAS net.config. Its ops must chain (each "
+        "op's input shape is the previous op's output): a 422 invalid_architecture otherwise",
+    )
     wait_s: float = Field(0.0, ge=0, allow_inf_nan=False, strict=True,
                           description="wait up to this many seconds for the job to finish (at most max_wait_s)")
 

@@ -168,3 +168,77 @@ def test_wait_s_up_to_the_limit_is_accepted(service_db: str) -> None:
         response = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": [CANONICAL], "wait_s": 30})
         assert response.status_code == 200 and response.json()["status"] == "done"
         assert client.get("/v1/device").json()["limits"]["max_wait_s"] == 30
+
+
+# --- point 10: the body the server reads, and the schema that says what it accepts ---------------------------------
+@pytest.mark.parametrize(("field", "raw"), [("batch", b"true"), ("batch", b'"1"'), ("threads", b"false"),
+                                            ("threads", b'"2"'), ("batch", b"1.5")])
+def test_json_types_are_never_coerced(hostile: TestClient, field: str, raw: bytes) -> None:
+    body = b'{"backend": "ort-cpu", "ops": ["' + CANONICAL.encode() + b'"], "' + field.encode() + b'": ' + raw + b"}"
+    response = hostile.post("/v1/lookup", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith(f"{field}: Input should be a valid integer")
+
+
+def test_an_integral_json_number_is_an_integer(hostile: TestClient) -> None:
+    response = hostile.post("/v1/lookup", json={"backend": "ort-cpu", "ops": [CANONICAL], "batch": 2.0, "threads": 1.0})
+    assert response.status_code == 200 and response.json()["batch"] == 2  # JSON Schema: 2.0 is an integer
+
+
+@pytest.mark.parametrize("path", ["/v1/measure", "/v1/lookup"])
+def test_force_is_a_boolean(hostile: TestClient, path: str) -> None:
+    response = hostile.post("/v1/measure", json={"backend": "ort-cpu", "ops": [CANONICAL], "force": "true"})
+    assert response.status_code == 422 and response.json()["detail"].startswith("force: Input should be a valid boolean")
+
+
+@pytest.mark.parametrize(("method", "path", "body", "needle"), [
+    ("post", "/v1/lookup", {"backend": "ort-cpu", "ops": [""]}, "ops[0]: String should have at least 1 character"),
+    ("get", "/v1/table?backend=", None, "backend: String should have at least 1 character"),
+    ("post", "/v1/measure/architecture", {"backend": "ort-cpu", "architecture": {}},
+     "architecture: Dictionary should have at least 1 item"),
+])
+def test_empty_values_are_refused(hostile: TestClient, method: str, path: str, body: object, needle: str) -> None:
+    response = hostile.request(method.upper(), path, json=body)
+    assert response.status_code == 422 and response.json()["detail"].startswith(needle), response.text
+
+
+def test_invalid_utf8_body_is_a_422_like_malformed_json(hostile: TestClient) -> None:
+    response = hostile.post("/v1/lookup", content=b'{"ops": ["\xff"]}', headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json() == {"detail": "request body: not valid UTF-8, so not JSON (invalid start byte at byte 10)",
+                               "code": "invalid_json"}
+
+
+def test_chunked_body_over_the_limit_is_a_413(hostile: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the size is only known while it streams
+        yield b'{"backend": "ort-cpu", "ops": ["'
+        for _ in range(300):
+            yield b"x" * 10_000
+        yield b'"]}'
+
+    response = hostile.post("/v1/lookup", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json() == {"detail": "request body larger than 2000000 bytes", "code": "too_large"}
+
+
+def test_schema_documents_error_bodies_limits_and_the_grammar(hostile: TestClient) -> None:
+    from nas_ops.spec import spec_pattern
+
+    schema = hostile.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components and "ValidationError" not in components
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            if operation.get("parameters") or operation.get("requestBody"):
+                error = operation["responses"]["422"]["content"]["application/json"]["schema"]
+                assert error == {"$ref": "#/components/schemas/ErrorBody"}, (method, path)
+    measure = schema["paths"]["/v1/measure"]["post"]["responses"]
+    assert {"200", "202", "401", "413", "422"} <= set(measure)
+    body = components["MeasureRequest"]["properties"]
+    assert body["ops"]["items"]["pattern"] == spec_pattern(max_channels=2048, max_resolution=512)
+    assert body["ops"]["items"]["minLength"] == 1 and body["ops"]["maxItems"] == 2000
+    assert body["backend"]["enum"] == ["ort-cpu", "torch-cpu"] and body["dtype"]["enum"] == ["float32"]
+    assert body["batch"]["maximum"] == 256 and body["wait_s"]["maximum"] == 600
+    architecture = components["ArchitectureRequest"]["properties"]["architecture"]
+    assert architecture["minProperties"] == 1 and len(architecture["anyOf"]) == 2
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"

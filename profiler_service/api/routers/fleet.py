@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from latency_db.models import OP_SPEC_MAX_LEN
 from latency_db.repository.fleet import MAX_FLEET_ROWS, device_summaries, list_devices, op_on_devices
-from nas_ops.spec import NonCanonicalSpec, format_spec, parse_canonical_spec
+from nas_ops.spec import NonCanonicalSpec, format_spec, parse_canonical_spec, spec_pattern
 from profiler_service.api.deps import SessionDep, StateDep
 from profiler_service.api.errors import ApiError, bad_request
 from profiler_service.api.routers.lookup import stats_of
@@ -29,8 +29,9 @@ router = APIRouter(prefix="/fleet", tags=["fleet"])
 RETRY_AFTER_S = 5
 #: The largest batch/threads a filter may name (the database's integer columns are 32-bit).
 MAX_INT_FILTER = 2**31 - 1
-#: The characters of a canonical op spec (no whitespace): the full grammar is checked by nas_ops.spec.
-SPEC_PATTERN = r"^[a-z0-9_.\-]+$"
+#: The op-spec grammar (nas_ops.spec.spec_pattern), in the schema only: it has back-references, which pydantic's
+#: regex engine lacks; the server checks the same grammar with parse_canonical_spec.
+SPEC_PATTERN = spec_pattern()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "a parameter is malformed or out of range"},
@@ -130,7 +131,8 @@ def fleet_devices(
 def fleet_op(
     session: SessionDep,
     state: StateDep,
-    spec: Annotated[str, Query(min_length=1, max_length=OP_SPEC_MAX_LEN, pattern=SPEC_PATTERN,
+    spec: Annotated[str, Query(min_length=1, max_length=OP_SPEC_MAX_LEN,
+                               json_schema_extra={"pattern": SPEC_PATTERN},
                                description="the op spec, in canonical form",
                                examples=["mbconv_r56x56_c24-24_k3_e6_s1_relu6_skip"])],
     backend: Annotated[str | None, Query(min_length=1, max_length=64)] = None,

@@ -30,7 +30,7 @@ def jobs(
     session: SessionDep,
     state: StateDep,
     status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1)] = 50,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many (and at most max_list_jobs)")] = 50,
 ) -> JobList:
     limit = min(limit, state.settings.max_list_jobs)
     listed = list_jobs(session, status=status, limit=limit, device_id=state.device_id)

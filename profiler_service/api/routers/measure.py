@@ -19,6 +19,9 @@ from profiler_service.api.state import ServiceState
 router = APIRouter(tags=["measure"])
 
 ERRORS = {401: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+ANSWERS = {200: {"model": JobOut, "description": "the job finished within wait_s"},
+           202: {"model": JobOut, "description": "the job is queued or running (wait_s passed, or the service "
+                 "began to shut down)"}, **ERRORS}
 
 
 def _submit(state: ServiceState, body: ContextBody, kind: str, op_specs: list[str], force: bool,
@@ -42,7 +45,7 @@ async def _answer(request: Request, state: ServiceState, job_id: int, wait_s: fl
 
 
 @router.post(
-    "/measure", response_model=JobOut, status_code=202, responses=ERRORS,
+    "/measure", response_model=JobOut, status_code=202, responses=ANSWERS,
     summary="Measure ops (a job; optionally wait for it)",
     description="Creates a persistent job. Ops already stored under the same environment are skipped unless "
     "`force`. Answers 202 with the job, or 200 when it finished within `wait_s`.",
@@ -56,7 +59,7 @@ async def measure(body: MeasureRequest, request: Request, state: StateDep, _: To
 
 
 @router.post(
-    "/measure/architecture", response_model=JobOut, status_code=202, responses=ERRORS,
+    "/measure/architecture", response_model=JobOut, status_code=202, responses=ANSWERS,
     summary="Measure a whole network end to end (a job; its result holds the stats)",
 )
 async def measure_architecture(body: ArchitectureRequest, request: Request, state: StateDep,
@@ -66,7 +69,7 @@ async def measure_architecture(body: ArchitectureRequest, request: Request, stat
     try:
         arch = architecture_from_json_obj(body.architecture)
     except ValueError as exc:
-        raise bad_request(f"architecture: {exc}") from None
+        raise bad_request(f"architecture: {exc}", "invalid_architecture") from None
     check_architecture(state.settings, arch, body.batch, body.dtype)
     payload = arch.to_dict()
     payload["metadata"] = {}  # the job measures the network; metadata plays no part

@@ -5,14 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from latency_db.repository import export_rows, fingerprint_hash, list_measurements
 from profiler_service.api.deps import SessionDep, StateDep
 from profiler_service.api.params import BatchFilter, ThreadsFilter
+from profiler_service.api.schemas import DType
 
 router = APIRouter(tags=["latency"])
 
@@ -24,9 +25,9 @@ router = APIRouter(tags=["latency"])
 def table(
     state: StateDep,
     session: SessionDep,
-    backend: str | None = None,
+    backend: Annotated[str | None, Query(min_length=1, max_length=64, description="only rows of this backend")] = None,
     batch: BatchFilter = None,
-    dtype: str | None = None,
+    dtype: Annotated[DType | None, Query(description="only rows of this dtype")] = None,
     threads: ThreadsFilter = None,
     format: Literal["json", "csv"] = "json",
 ) -> Response:
