@@ -132,14 +132,22 @@ def measure(
     from profiler_service.engine.protocol import measure_op
     from profiler_service.engine.presets import protocol_params_for, protocol_version_for
 
+    from profiler_service.api.errors import ApiError
+    from profiler_service.api.limits import check_spec_limits
+
     try:
         texts = _specs_from(specs or [], space)
         engine = get_backend(backend)
         params = protocol_params_for(protocol)
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+        limits = build_settings()
+        for text in texts:  # the service's limits (PROFILER_MAX_*), checked before anything is built
+            check_spec_limits(limits, parse_spec(text), batch, dtype, text)
     except ValueError as exc:
         fail(str(exc))
+    except ApiError as exc:
+        fail(exc.detail)
     results: dict[str, dict[str, float]] = {}
     calibration = CalibrationCache()  # one session: the command's ops share their calibration values
     with Progress(TextColumn("[bold]measuring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

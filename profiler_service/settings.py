@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from latency_db.engine import DEFAULT_DB_URL
+from profiler_service.engine.presets import protocol_version_for
 
 
 class ProfilerSettings(BaseSettings):
@@ -60,8 +61,7 @@ class ProfilerSettings(BaseSettings):
     @field_validator("protocol")
     @classmethod
     def _known_protocol(cls, value: str) -> str:
-        if value not in ("default", "warm", "fast"):
-            raise ValueError(f"protocol must be 'default', 'warm' or 'fast', got {value!r}")
+        protocol_version_for(value)  # ValueError naming the presets for an unknown one
         return value
 
     def backend_names(self) -> list[str] | None:

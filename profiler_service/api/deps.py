@@ -19,7 +19,8 @@ def get_state(request: Request) -> ServiceState:
 
 
 def get_session(state: Annotated[ServiceState, Depends(get_state)]) -> Iterator[Session]:
-    """A session for one request; routes that write call ``session.commit()`` themselves."""
+    """A read session for one request (a deferred transaction); routes that write open their own
+    ``latency_db.transactions.write_session`` instead."""
     with state.sessions() as session:
         yield session
 

@@ -73,6 +73,16 @@ def test_measure_refuses_a_non_canonical_spec_naming_the_canonical_form() -> Non
     assert "is not canonical; write it as 'conv_r16x16_c3-8_k3_s2_relu6'" in result.output
 
 
+def test_measure_applies_the_memory_limit_before_building(monkeypatch) -> None:
+    # 512x512x2048 float32 activations in and out: 4 GiB, above the default 2 GiB per-op limit; nothing is built.
+    result = runner.invoke(app, ["measure", "zero_r512x512_c2048-2048_s1", "--backend", "ort-cpu"])
+    assert result.exit_code == 2
+    assert "per-op memory limit of 2048 MiB" in result.output
+    monkeypatch.setenv("PROFILER_MAX_OP_MEMORY_MIB", "1")
+    result = runner.invoke(app, ["measure", "mbconv_r112x112_c16-24_k5_e3_s2_relu6", "--backend", "ort-cpu"])
+    assert result.exit_code == 2 and "per-op memory limit of 1 MiB" in result.output
+
+
 def run_serve(*args: str) -> subprocess.CompletedProcess:
     """``serve`` as a subprocess that is expected to fail at start-up (a generous deadline: it must not serve)."""
     return subprocess.run([str(PROFILER), "serve", "--log-level", "warning", *args], capture_output=True, text=True,
