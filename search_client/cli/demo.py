@@ -69,7 +69,8 @@ def fresh_search_dir(out_dir: Path) -> Path:
     """``out_dir/search``, emptied of a previous demo run's search (a search refuses a directory that holds one)."""
     search_dir = out_dir / "search"
     if search_dir.exists():
-        console.print(f"replacing the previous demo run's {search_dir}")
+        console.print(f"replacing the previous demo run's {search_dir}", soft_wrap=True, markup=False,
+                      highlight=False)
         shutil.rmtree(search_dir)
     return search_dir
 

@@ -17,8 +17,8 @@ def table_matrix(table: LatencyTable) -> tuple[np.ma.MaskedArray, list[str]]:
     return candidate_matrix(table.entries, [cell.candidate_names for cell in table.space.cells()])
 
 
-def plot_table_heatmap(table: LatencyTable, path: str | Path, title: str | None = None) -> Path:
-    """Draw ``table`` as an annotated heatmap into the PNG ``path``; return the path."""
+def table_figure(table: LatencyTable, title: str | None = None) -> Figure:
+    """``table`` as an annotated heatmap (latency in ms per cell and candidate)."""
     matrix, names = table_matrix(table)
     cells = table.space.cells()
     fig = Figure(figsize=(1.2 * len(names) + 2.5, 0.4 * len(cells) + 1.8), dpi=100)
@@ -30,6 +30,11 @@ def plot_table_heatmap(table: LatencyTable, path: str | Path, title: str | None 
     ax.set_title(title or f"{table.space.name} on {table.device['name']} / {table.backend} "
                           f"(batch {table.batch}, fixed {table.fixed_ms:.3g} ms)", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_table_heatmap(table: LatencyTable, path: str | Path, title: str | None = None) -> Path:
+    """Draw :func:`table_figure` into the PNG ``path``; return the path."""
     path = Path(path)
-    fig.savefig(path, format="png")
+    table_figure(table, title).savefig(path, format="png")
     return path

@@ -42,3 +42,11 @@ def test_quick_demo_writes_a_consistent_summary_and_leaves_no_process(tmp_path) 
 
     leftover = subprocess.run(["pgrep", "-f", f"sqlite:///{out.resolve()}"], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""  # the profiler was stopped
+
+    # `make demo` again on the same directory: the previous search is replaced, the stored table reused
+    again = subprocess.run([sys.executable, "-m", "search_client.cli.demo", "--quick", "--out", str(out)],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"replacing the previous demo run's {out / 'search'}" in again.stderr
+    second = json.loads((out / "summary.json").read_text())
+    assert second["table_ops"] == summary["table_ops"] and second["choices"] == summary["choices"]

@@ -18,7 +18,7 @@ def _objective(target: float, scale: float = 1.0) -> tuple[MultiDeviceLatency, l
     return MultiDeviceLatency([table], [target]), softmax_probs(table)[1]
 
 
-@pytest.mark.parametrize("kind", ["add#linear", "hinge", "mul#log"])
+@pytest.mark.parametrize("kind", ["mul#ratio", "add#linear", "hinge", "mul#log"])
 def test_loss_numbers(kind: str) -> None:
     objective, probs = _objective(target=3.0, scale=4.0)
     e = objective.per_device(probs)[0].item()
@@ -28,6 +28,7 @@ def test_loss_numbers(kind: str) -> None:
         "add#linear": 2.0 + 0.1 * (e - 3.0) / 3.0,
         "hinge": 2.0 + 0.1 * max(0.0, e / 3.0 - 1.0),
         "mul#log": 0.2 * 2.0 * (math.log(e) / math.log(3.0)) ** 0.3,
+        "mul#ratio": 0.2 * 2.0 * (e / 3.0) ** 0.3,
     }[kind]
     assert loss == pytest.approx(expected, rel=1e-9)
 
@@ -47,7 +48,7 @@ def test_mul_log_with_a_unit() -> None:
     assert loss(torch.tensor(2.0, dtype=torch.float64), objective, probs).item() == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("kind", ["add#linear", "hinge", "mul#log"])
+@pytest.mark.parametrize("kind", ["mul#ratio", "add#linear", "hinge", "mul#log"])
 def test_latency_term_gradient_reaches_alpha(kind: str) -> None:
     table = make_table(scale=4.0)
     low, high = table.min_latency()[0], table.max_latency()[0]
@@ -96,12 +97,40 @@ def test_mul_log_refuses_latencies_below_the_log_unit() -> None:
     LatencyLoss("hinge", log_unit_ms=low * 2).check_units(objective)  # only mul#log takes a log
 
 
+@pytest.mark.parametrize("scale", [1e-3, 0.05, 1.0, 200.0])
+def test_default_loss_takes_any_target_inside_the_range_whatever_the_unit(scale: float) -> None:
+    """The default loss is unit-free: tables of microseconds or of seconds, any target in [min, max]; its value is
+    the same for the same ratios, and it is defined where the release's mul#log (1 ms unit) is refused."""
+    table = make_table(scale=scale)
+    low, high = table.min_latency()[0], table.max_latency()[0]
+    _, probs = softmax_probs(table, seed=4)
+    ce = torch.tensor(1.7, dtype=torch.float64)
+    default = LatencyLoss()
+    assert default.kind == "mul#ratio"
+    values = []
+    for fraction in (0.0, 0.01, 0.5, 1.0):
+        objective = MultiDeviceLatency([table], [low + fraction * (high - low)])
+        check_targets(objective)
+        default.check_units(objective)
+        value = default(ce, objective, probs).item()
+        assert math.isfinite(value) and value > 0
+        values.append(value)
+    reference = make_table(scale=1.0)
+    ref_low, ref_high = reference.min_latency()[0], reference.max_latency()[0]
+    ref = LatencyLoss()(ce, MultiDeviceLatency([reference], [ref_low + 0.5 * (ref_high - ref_low)]), probs).item()
+    assert values[2] == pytest.approx(ref, rel=1e-9)  # same ratios, same loss: no unit inside
+    if low < 1.0:
+        with pytest.raises(ValueError, match="mul#log.*must be > 0.*mul#ratio"):
+            LatencyLoss("mul#log").check_units(MultiDeviceLatency([table], [(low + high) / 2]))
+
+
 def test_bad_loss_arguments() -> None:
     with pytest.raises(ValueError, match="loss: expected one of"):
         LatencyLoss("square")
     with pytest.raises(ValueError, match="strength"):
         LatencyLoss("hinge", -1.0)
     assert LatencyLoss("mul#log").strength == 0.3 and LatencyLoss("add#linear").strength == 0.1
+    assert LatencyLoss().kind == "mul#ratio" and LatencyLoss().strength == 0.3
 
 
 def test_adaptive_strength_moves_towards_the_target() -> None:
@@ -128,7 +157,7 @@ def test_adaptive_strength_moves_towards_the_target() -> None:
 def test_negative_weight_pulls_latency_up() -> None:
     table = make_table(scale=4.0)
     objective = MultiDeviceLatency([table], [table.max_latency()[0] * 0.9])
-    for kind in ("add#linear", "mul#log"):
+    for kind in ("mul#ratio", "add#linear", "mul#log"):
         alphas, probs = softmax_probs(table, seed=1)
         loss = LatencyLoss(kind, 0.5)
         loss.strength = -0.5  # only the adaptive rule sets a negative weight

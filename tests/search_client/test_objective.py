@@ -75,3 +75,20 @@ def test_validation(tables):
     other = make_table("tiny-32")
     with pytest.raises(ValueError, match="tables\\[1\\]: space 'tiny-32' differs"):
         MultiDeviceLatency([tables[0], other], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("mode", ["weighted", "max"])
+def test_one_combination_rule_for_expected_ratios_table_ratios_and_loss_terms(tables, mode):
+    """combine() is the only weighted/max rule: E[LAT] ratios (tensors), an architecture's table ratio (floats) and
+    the mul#log loss's per-device terms all go through it and agree."""
+    objective = MultiDeviceLatency(tables, targets_ms=[4.0, 10.0], weights=None if mode == "max" else [3.0, 1.0],
+                                   mode=mode)
+    assert objective.combine([1.2, 0.5]) == pytest.approx(1.2 if mode == "max" else 0.75 * 1.2 + 0.25 * 0.5)
+    choices = tables[0].max_latency()[1]
+    one_hot = [torch.nn.functional.one_hot(torch.tensor(c), len(row)).double()
+               for c, row in zip(choices, tables[0].entries)]
+    assert objective.expected(one_hot).item() == pytest.approx(objective.ratio_of(choices))
+    assert objective.ratio_of(choices) == pytest.approx(
+        objective.combine([t.latency_of(choices) / target for t, target in zip(tables, [4.0, 10.0])]))
+    with pytest.raises(ValueError, match="combine: 1 values for 2 devices"):
+        objective.combine([1.0])

@@ -121,3 +121,122 @@ def test_train_a_derived_architecture(tmp_path: Path) -> None:
     assert f"top-1 {summary['top1']:.4f}" in result.output
     bad = runner.invoke(app, ["train", str(tmp_path / "none.json"), "--epochs", "1", "--out", str(tmp_path / "u")])
     assert bad.exit_code == 2 and bad.output.startswith("error: ")
+
+
+def test_cli_defaults_are_the_search_configs() -> None:
+    """Every search option that is a SearchConfig field defaults to that field's default (one copy)."""
+    import typer.main
+
+    from search_client.nas.config import SearchConfig
+
+    command = typer.main.get_command(app).commands["search"]
+    defaults = SearchConfig.defaults()
+    renamed = {"device_weight": "device_weights"}
+    checked = 0
+    for param in command.params:
+        field = renamed.get(param.name, param.name)
+        if field in defaults:
+            assert param.default == defaults[field], param.name
+            checked += 1
+    assert checked >= 20
+
+
+def test_device_weight_with_max_mode_is_refused_in_one_line(tmp_path: Path, table_file: Path) -> None:
+    result = runner.invoke(app, ["search", "--table", str(table_file), "--table", str(table_file),
+                                 "--target-ms", _target(table_file), "--out", str(tmp_path / "o"), *TINY,
+                                 "--device-mode", "max", "--device-weight", "1", "--device-weight", "3"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "max device mode" in lines[0] and "uses no weights" in lines[0]
+    assert not (tmp_path / "o").exists()  # refused before anything ran
+
+
+def test_paper_schedule_is_one_flag_away_and_warned_about(tmp_path: Path, table_file: Path) -> None:
+    out = tmp_path / "paper"
+    result = runner.invoke(app, ["search", "--table", str(table_file), "--target-ms", _target(table_file),
+                                 "--out", str(out), *TINY, "--paper-schedule"])
+    assert result.exit_code == 0, result.output
+    assert "warning: the architecture can hardly move" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arch_lr"] == 1e-3 and summary["arch_every"] == 5
+    clash = runner.invoke(app, ["search", "--table", str(table_file), "--target-ms", _target(table_file),
+                                "--out", str(tmp_path / "x"), *TINY, "--paper-schedule", "--arch-every", "2"])
+    assert clash.exit_code == 2 and "--paper-schedule: it sets --arch-lr 0.001 --arch-every 5" in clash.output
+
+
+def test_ctrl_c_prints_the_checkpoint_and_the_resume_command_and_exits_130(
+        tmp_path: Path, table_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    import search_client.nas.search_loop as loop
+
+    args = ["search", "--table", str(table_file), "--target-ms", _target(table_file), "--data", "synthetic:120:4",
+            "--epochs", "2", "--batch-size", "16", "--loss", "hinge", "--arch-every", "2", "--no-progress"]
+    straight = runner.invoke(app, [*args, "--out", str(tmp_path / "straight")])
+    assert straight.exit_code == 0, straight.output
+
+    real_step, calls = loop.weight_step, []
+    per_epoch = 96 // 16
+
+    def interrupted_step(*a, **k):  # Ctrl-C in the middle of the second epoch
+        calls.append(1)
+        if len(calls) == per_epoch + 3:
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(loop, "weight_step", interrupted_step)
+    out = tmp_path / "stopped"
+    stopped = runner.invoke(app, [*args, "--out", str(out)])
+    assert stopped.exit_code == 130, stopped.output
+    assert f"the checkpoint {out / 'checkpoint.pt'} holds 1 finished epoch(s)" in stopped.output
+    command = [line for line in stopped.output.splitlines() if line.startswith("resume with: ")]
+    assert len(command) == 1
+    resume = shlex.split(command[0].removeprefix("resume with: "))
+    assert resume[:2] == ["proxyless-search", "search"] and resume[-1] == "--resume"
+
+    monkeypatch.setattr(loop, "weight_step", real_step)
+    resumed = runner.invoke(app, resume[1:])
+    assert resumed.exit_code == 0, resumed.output
+    done = json.loads((out / "summary.json").read_text())
+    assert done["choices"] == json.loads((tmp_path / "straight" / "summary.json").read_text())["choices"]
+
+
+def test_ctrl_c_before_the_first_epoch_says_there_is_no_checkpoint(
+        tmp_path: Path, table_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import search_client.nas.search_loop as loop
+
+    def interrupted_step(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "weight_step", interrupted_step)
+    result = runner.invoke(app, ["search", "--table", str(table_file), "--target-ms", _target(table_file),
+                                 "--out", str(tmp_path / "o"), *TINY])
+    assert result.exit_code == 130
+    assert "there is no checkpoint yet; start again with: proxyless-search search --out" in result.output
+    assert "--resume" not in result.output
+
+
+def test_ctrl_c_on_devices_resumes_from_the_saved_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         fake_device: FakeDevice) -> None:
+    import search_client.nas.search_loop as loop
+
+    monkeypatch.setattr(devices_module, "make_client", lambda url, token: LatencyClient(
+        url, token, transport=httpx.MockTransport(fake_device.handle)))
+    real_step, calls = loop.weight_step, []
+
+    def interrupted_step(*a, **k):
+        calls.append(1)
+        if len(calls) > 96 // 16:  # after the first epoch
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(loop, "weight_step", interrupted_step)
+    out = tmp_path / "out"
+    target = _target(out)
+    result = runner.invoke(app, ["search", "--space", "micro-16", "--device", "http://fake-device:8000",
+                                 "--token", "secret", "--target-ms", target, "--out", str(out), *TINY,
+                                 "--epochs", "2"])
+    assert result.exit_code == 130, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("resume with: "))
+    assert f"--table {out / 'table_0.json'}" in line
+    assert "--device" not in line and "secret" not in line and "--space" not in line

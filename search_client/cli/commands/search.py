@@ -10,13 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from nas_ops.space import SearchSpace, load_space
 from search_client.cli import devices
 from search_client.cli.app import app
-from search_client.cli.command_line import given_arguments, join
+from search_client.cli.command_line import given_arguments, given_on_command_line, join
 from search_client.cli.errors import EXIT_INTERRUPTED, exit_on_error
 from search_client.cli.progress import JobBars, SearchBars
 from search_client.cli.threads import set_threads
@@ -74,17 +73,18 @@ def _targets(targets: list[float], n_tables: int) -> list[float]:
     return targets
 
 
-def _arch_schedule(ctx: click.Context, paper: bool, arch_lr: float | None, arch_every: int) -> tuple[float | None, int]:
+def _arch_schedule(ctx: typer.Context, paper: bool, arch_lr: float | None, arch_every: int
+                   ) -> tuple[float | None, int]:
     """The architecture lr and period: as given, or the paper's with ``--paper-schedule`` (then not both)."""
     if not paper:
         return arch_lr, arch_every
-    if arch_lr is not None or ctx.get_parameter_source("arch_every") is click.core.ParameterSource.COMMANDLINE:
+    if arch_lr is not None or given_on_command_line(ctx, "arch_every"):
         raise ValueError(f"--paper-schedule: it sets --arch-lr {PAPER_ARCH_LR:g} --arch-every {PAPER_ARCH_EVERY}; "
                          "give either it or those options")
     return PAPER_ARCH_LR, PAPER_ARCH_EVERY
 
 
-def _resume_command(ctx: click.Context, out: Path, n_devices: int) -> list[str]:
+def _resume_command(ctx: typer.Context, out: Path, n_devices: int) -> list[str]:
     """The arguments that continue this search: the given ones plus ``--resume``; a search on devices continues
     from the tables it saved (offline, so no device or token is needed)."""
     if n_devices:
@@ -94,7 +94,7 @@ def _resume_command(ctx: click.Context, out: Path, n_devices: int) -> list[str]:
     return [*given_arguments(ctx, skip=("resume",)), "--resume"]
 
 
-def _report_interrupt(ctx: click.Context, out: Path, n_devices: int) -> None:
+def _report_interrupt(ctx: typer.Context, out: Path, n_devices: int) -> None:
     """Say where the checkpoint is and how to continue (or that there is none yet)."""
     epoch = checkpoint_epoch(out)
     if epoch is None:

@@ -1,0 +1,146 @@
+"""The search commands of the README, docs/deploy.md and docker-compose.yml run as written.
+
+Each command's arguments are taken from the document itself and run through ``proxyless-search search``, with
+``--device URL`` / ``--table FILE`` pointing at a stored tiny-32 table measured on this project's VM the way the
+document measures it (``data/tiny-32.ort-cpu.warm.lut.json``: ``serve --backends ort-cpu --threads 1 --protocol
+warm`` as in the README; ``data/tiny-32.ort-cpu.default.lut.json``: the profilers' default protocol, as the
+containers run) and ``--out`` in a temporary directory. Every check a search makes before training runs on the
+real arguments (targets inside the table's range, loss units, the architecture schedule's warning), then one
+epoch trains (a full run takes minutes).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import search_client.cli.commands.search as search_command
+from search_client.cli import app
+from search_client.table.latency_table import LatencyTable
+from tests.deploy.test_docker import compose
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parent / "data"
+WARM_TABLE = DATA / "tiny-32.ort-cpu.warm.lut.json"
+DEFAULT_TABLE = DATA / "tiny-32.ort-cpu.default.lut.json"
+runner = CliRunner()
+
+
+def _bash_blocks(path: Path, heading: str) -> list[list[str]]:
+    """The commands (continuation lines joined, comments dropped) of the ```bash blocks under ``heading``."""
+    text = path.read_text(encoding="utf-8")
+    section = text[text.index(heading):]
+    section = section[:section.find("\n## ", len(heading))] if "\n## " in section[len(heading):] else section
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"(^|\s)#.*$", "", line).strip()  # a comment starts a word, as in sh
+            if line:
+                commands.append(shlex.split(line))
+    return commands
+
+
+def _search_args(command: list[str]) -> list[str]:
+    """The arguments after ``proxyless-search search``."""
+    program = next(i for i, word in enumerate(command) if word.endswith("proxyless-search"))
+    assert command[program + 1] == "search", command
+    return command[program + 2:]
+
+
+def _replace(args: list[str], option: str, make: callable) -> list[str]:
+    """``args`` with the value of every ``option`` replaced by ``make(value)``."""
+    out = list(args)
+    for i, word in enumerate(out[:-1]):
+        if word == option:
+            out[i + 1] = make(out[i + 1])
+    return out
+
+
+def _devices_to_tables(args: list[str], table: Path) -> list[str]:
+    """Every ``--device URL`` of ``args`` becomes ``--table FILE`` (no live profiler)."""
+    out = []
+    for word in args:
+        out.append("--table" if word == "--device" else word)
+    return _replace(out, "--table", lambda value: str(table) if value.startswith("http") else value)
+
+
+def _run(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run ``search`` with ``args`` (``--out`` moved into ``tmp_path``) for one epoch; return its output."""
+    monkeypatch.setattr(search_command, "run_search", functools.partial(search_command.run_search,
+                                                                        stop_after_epochs=1))
+    args = _replace(args, "--out", lambda value: str(tmp_path / Path(value).name))
+    result = runner.invoke(app, ["search", *args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "warning:" not in result.output  # the documented schedule moves the architecture
+    return result.output
+
+
+def test_the_stored_tables_were_measured_as_the_documents_say() -> None:
+    warm, default = LatencyTable.load(WARM_TABLE), LatencyTable.load(DEFAULT_TABLE)
+    for table in (warm, default):
+        assert table.space.name == "tiny-32" and table.backend == "ort-cpu" and table.threads == 1
+    assert "warm" in warm.protocol_version and "warm" not in default.protocol_version
+    readme = _bash_blocks(ROOT / "README.md", "## Step by step")
+    serve = next(c for c in readme if "serve" in c)
+    assert serve[serve.index("--protocol") + 1] == "warm" and serve[serve.index("--threads") + 1] == "1"
+    assert serve[serve.index("--backends") + 1] == "ort-cpu"
+    lut = next(c for c in readme if "lut" in c)
+    assert lut[lut.index("--space") + 1] == "tiny-32" and lut[lut.index("--backend") + 1] == "ort-cpu"
+
+
+def test_readme_step_by_step_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    searches = [c for c in _bash_blocks(ROOT / "README.md", "## Step by step") if "search" in c[1:2]]
+    assert searches
+    for command in searches:
+        output = _run(_replace(_search_args(command), "--table", lambda _: str(WARM_TABLE)), tmp_path, monkeypatch)
+        assert "architecture:" in output
+
+
+def test_deploy_md_search_on_several_devices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROFILER_TOKEN", "token-of-the-fleet")
+    commands = [c for c in _bash_blocks(ROOT / "docs" / "deploy.md", "## Pointing a search at several devices")
+                if "search" in c]
+    assert commands
+    for command in commands:
+        args = [os.path.expandvars(word) for word in _search_args(command)]
+        assert args.count("--device") == args.count("--target-ms") == 2
+        _run(_devices_to_tables(args, DEFAULT_TABLE), tmp_path, monkeypatch)
+
+
+def test_compose_search_service_as_deploy_md_starts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    line = next(c for c in _bash_blocks(ROOT / "docs" / "deploy.md", "### A fleet with docker compose")
+                if "--profile" in c and "search" in c)
+    env = dict(word.split("=", 1) for word in line if re.match(r"^[A-Z_]+=", word))
+    header = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    assert f"SEARCH_TARGETS_MS={env['SEARCH_TARGETS_MS']} docker compose --profile search run" in header
+    service = compose({"PROFILER_TOKEN": "t", **env})["services"]["search"]
+    environment = {k: str(v) for k, v in service["environment"].items()}
+    # the container's command line, as its entrypoint builds it (the program replaced by one that prints it)
+    fake = tmp_path / "bin" / "proxyless-search"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    built = subprocess.run(["sh", str(ROOT / "docker" / "entrypoint-search.sh")], capture_output=True, text=True,
+                           env={"PATH": f"{fake.parent}:{os.environ['PATH']}", **environment}, timeout=30)
+    assert built.returncode == 0, built.stderr
+    args = built.stdout.splitlines()
+    assert args[0] == "search" and "--loss" not in args  # no loss set: the search's default
+    _run(_devices_to_tables(args[1:], DEFAULT_TABLE), tmp_path, monkeypatch)
+
+
+def test_python_entry_points_still_start() -> None:
+    for module in ("search_client.cli", "search_client.cli.demo"):
+        result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
