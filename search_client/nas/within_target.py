@@ -100,11 +100,10 @@ def within_target_choices(probs: Sequence[torch.Tensor], objective: MultiDeviceL
     """The most probable architecture (under per-cell ``probs``) with ``low <= ratio <= high``; None if none is."""
     log_p = [np.log(np.clip(p.detach().double().cpu().numpy(), 1e-300, None)) for p in probs]
     if objective.mode == "weighted":
-        fixed, costs = 0.0, [np.zeros(len(lp)) for lp in log_p]
-        for d, w in enumerate(objective.weights):
-            f, c = _device_costs(objective, d)
-            fixed += w * f
-            costs = [acc + w * row for acc, row in zip(costs, c)]
+        # the combined ratio is additive over cells: combine each cell's per-device cost rows, and the fixed parts
+        per_device = [_device_costs(objective, d) for d in range(len(objective.tables))]
+        fixed = objective.combine([f for f, _ in per_device])
+        costs = [objective.combine([c[i] for _, c in per_device]) for i in range(len(log_p))]
         return _most_probable(log_p, costs, fixed, low, high)
     found: list[tuple[float, list[int]]] = []
     for d in range(len(objective.tables)):

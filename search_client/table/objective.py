@@ -82,7 +82,7 @@ class MultiDeviceLatency:
         """One value per device combined into one: ``sum_d w_d * v_d`` (weighted) or ``max_d v_d`` (max).
 
         Works on floats and on scalar tensors (the result keeps the gradient; in ``max`` mode it flows to the
-        largest value only)."""
+        largest value only); in ``weighted`` mode also on arrays (element-wise, e.g. per-candidate costs)."""
         values = list(values)
         if len(values) != len(self.tables):
             raise ValueError(f"combine: {len(values)} values for {len(self.tables)} devices")
