@@ -3,7 +3,8 @@
 It holds (see :meth:`search_client.nas.search_loop.SearchRun.state_dict`) the format marker and version, the
 config (:meth:`search_client.nas.config.SearchConfig.to_dict`), the tables' content hashes, the epoch and step
 counters, the supernet's weights and alphas, both optimizers, the weight lr schedule, the path-sampling generator,
-both data streams' positions, the latency weight, the REINFORCE baseline and the log rows. A resume must use the
+both data streams' positions, the latency weight, the REINFORCE baseline, the log rows, the number of
+processes that wrote it (``world_size``) and the fp16 gradient scaler's state (``grad_scaler``, or None). A resume must use the
 same config and tables (:func:`check_checkpoint`); it then gives the same result as not stopping.
 """
 
@@ -59,8 +60,10 @@ def checkpoint_epoch(out_dir: str | Path) -> int | None:
     return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
 
 
-def check_checkpoint(state: dict[str, Any], config: SearchConfig, table_hashes: Sequence[str]) -> None:
-    """ValueError when ``state`` belongs to another config or other tables (naming the fields that differ)."""
+def check_checkpoint(state: dict[str, Any], config: SearchConfig, table_hashes: Sequence[str],
+                     world_size: int = 1) -> None:
+    """ValueError when ``state`` belongs to another config, other tables or another number of processes (naming
+    what differs)."""
     saved = SearchConfig.from_dict(state["config"]).to_dict()
     differ = [k for k, v in config.to_dict().items() if saved.get(k) != v]
     if differ:
@@ -69,3 +72,8 @@ def check_checkpoint(state: dict[str, Any], config: SearchConfig, table_hashes: 
     if list(state["table_hashes"]) != list(table_hashes):
         raise ValueError("checkpoint: the latency tables differ from the ones the search started with "
                          "(content hash mismatch)")
+    saved_world = int(state.get("world_size", 1))  # checkpoints written before runs of several processes: 1
+    if saved_world != world_size:
+        raise ValueError(f"checkpoint: written by a search of {saved_world} process(es); resume it with "
+                         f"{saved_world} (--nproc {saved_world}), not {world_size}: each process's share of the "
+                         "data and the number of steps per epoch depend on it")

@@ -14,6 +14,12 @@ Output directory: ``log.jsonl``, ``log.csv`` (:mod:`search_client.nas.search_log
 finished (:func:`search_client.nas.derive.export_search_result`) ``arch.json``, ``weights.pt``, ``model.onnx`` and
 ``summary.json``. The loop draws nothing: progress and warnings go to :class:`SearchCallbacks`, and the figures are
 drawn from the result by :mod:`search_client.plots.search_curves`.
+
+On a GPU the steps run as :class:`search_client.training.cuda.DeviceTraining` says (weight steps under mixed
+precision with ``amp``; architecture steps in float32). Across the processes of a torchrun run (``dist``) the
+ranks shard the data, sample the same paths and average their gradients, rank 0 alone reads the checkpoint and
+writes every file, and the ranks check after each epoch that they hold the same supernet
+(:mod:`search_client.nas.distributed_search`).
 """
 
 from __future__ import annotations
@@ -29,10 +35,20 @@ from typing import Any
 import torch
 
 from search_client.nas.callbacks import SearchCallbacks
-from search_client.nas.checkpoint import check_checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+from search_client.nas.checkpoint import check_checkpoint, save_checkpoint
 from search_client.nas.config import SearchConfig
 from search_client.nas.derive import export_search_result
-from search_client.nas.gradients import Reinforce, gradient_arch_step
+from search_client.nas.distributed_search import (
+    average_search_gradients,
+    check_replicas,
+    check_same_architecture,
+    checkpoint_on_main,
+    load_checkpoint_on_main,
+    make_reinforce,
+    mean_over_ranks,
+    shard_search_data,
+)
+from search_client.nas.gradients import gradient_arch_step
 from search_client.nas.losses import AdaptiveStrength, LatencyLoss
 from search_client.nas.schedule import (
     PhasedCosineLR,
@@ -47,8 +63,10 @@ from search_client.nas.weight_step import weight_step
 from search_client.nas.within_target import Derived, derive_choices
 from search_client.table.latency_table import LatencyTable
 from search_client.table.objective import MultiDeviceLatency
+from search_client.training.cuda import DeviceTraining
 from search_client.training.datasets import open_search_data
-from search_client.training.train import evaluate
+from search_client.training.distributed import SINGLE, DistContext, average_batchnorm_stats
+from search_client.training.train import evaluate, held_out_batches
 
 BN_CALIBRATION_IMAGES = 512
 EVAL_BATCH = 256
@@ -77,13 +95,18 @@ class SearchRun:
 
     ``arch_lr`` is the architecture lr in use (the config's, or scaled to the run's ``arch_steps_total``);
     ``schedule_warning`` says, before any training, when that schedule cannot move the architecture.
+    ``device`` trains the supernet (``amp``: weight steps in mixed precision there); ``dist`` is this process's
+    place in a torchrun run.
     """
 
     def __init__(self, config: SearchConfig, tables: Sequence[LatencyTable], out_dir: str | Path, *,
-                 callbacks: SearchCallbacks | None = None, device: str = "cpu") -> None:
+                 callbacks: SearchCallbacks | None = None, device: str = "cpu", amp: bool = False,
+                 dist: DistContext = SINGLE) -> None:
         if not tables:
             raise ValueError("tables: at least one latency table is needed")
         self.device = _torch_device(device)
+        self.placement = DeviceTraining(self.device, amp=amp)
+        self.dist = dist
         self.config = config
         self.tables = list(tables)
         self.out_dir = Path(out_dir)
@@ -111,6 +134,8 @@ class SearchRun:
         if self.data.num_classes > self.space.num_classes:
             raise ValueError(f"data: {config.data} has {self.data.num_classes} classes but the space "
                              f"{self.space.name!r} has a {self.space.num_classes}-class head")
+        shard_search_data(self.data, self.dist)
+        self.placement.prepare_streams(self.data.train, self.data.valid)
 
     def _build_model(self) -> None:
         """Supernet (weights under a forked global generator, alphas from their own), optimizers, lr schedules."""
@@ -118,8 +143,8 @@ class SearchRun:
         self.sample_gen = torch.Generator().manual_seed(config.seed + 3)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.supernet = Supernet(self.space, init_std=config.init_std,
-                                     generator=torch.Generator().manual_seed(config.seed + 4)).to(self.device)
+            self.supernet = self.placement.prepare_model(Supernet(
+                self.space, init_std=config.init_std, generator=torch.Generator().manual_seed(config.seed + 4)))
         per_epoch = len(self.data.train)
         self.arch_steps_total = arch_step_count(config.epochs, per_epoch, config.arch_every)
         self.arch_lr = config.arch_lr if config.arch_lr is not None else scaled_arch_lr(self.arch_steps_total)
@@ -134,12 +159,13 @@ class SearchRun:
         self.schedule = PhasedCosineLR(self.weight_opt, warmup_steps=config.warmup_epochs * per_epoch,
                                        joint_steps=config.epochs * per_epoch, warmup_lr=config.warmup_lr,
                                        lr=config.lr)
-        self.reinforce = Reinforce(samples=config.reinforce_samples, tradeoff=config.reinforce_tradeoff,
-                                   baseline_decay=config.baseline_decay)
+        average_search_gradients(self.weight_opt, self.arch_opt, self.dist)
+        self.reinforce = make_reinforce(self.dist, samples=config.reinforce_samples,
+                                        tradeoff=config.reinforce_tradeoff, baseline_decay=config.baseline_decay)
 
     # --- steps ------------------------------------------------------------------------------------------------
     def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch[0].to(self.device), batch[1].to(self.device)
+        return self.placement.to_device(batch)
 
     def arch_step(self) -> tuple[float, float]:
         """One architecture step on the next held-out batch; returns (loss, expected-latency ratio or reward)."""
@@ -160,14 +186,17 @@ class SearchRun:
     def evaluate_argmax(self) -> tuple[float, float]:
         """Loss and top-1 of the argmax architecture on the held-out split: inherited weights, eval-mode BN with
         statistics re-estimated on :data:`BN_CALIBRATION_IMAGES` training images (the train stream's next ones,
-        drawn without moving it)."""
+        drawn without moving it; across ranks, each rank's next ones and the statistics averaged, each rank
+        evaluating its share of the split)."""
         self.supernet.use_argmax()
-        self.supernet.recalibrate_batchnorm(x.to(self.device) for x, _ in self._calibration_batches())
-        return evaluate(self.supernet, self.data.eval_batches(EVAL_BATCH))
+        self.supernet.recalibrate_batchnorm(self.placement.inputs(iter(self._calibration_batches())))
+        average_batchnorm_stats(self.supernet.active_modules(), self.dist)
+        return evaluate(self.supernet, held_out_batches(self.data, EVAL_BATCH, self.dist), dist=self.dist)
 
     def _calibration_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         stream = self.data.train
-        count = min(len(stream), math.ceil(BN_CALIBRATION_IMAGES / self.config.batch_size))
+        per_step = self.config.batch_size * self.dist.world_size
+        count = min(len(stream), math.ceil(BN_CALIBRATION_IMAGES / per_step))
         with _position_kept(stream):
             return [stream.next_batch() for _ in range(count)]
 
@@ -179,10 +208,13 @@ class SearchRun:
             expected = [float(v.item()) for v in self.objective.per_device(probs)]
         choices = self.supernet.argmax_choices()
         valid_loss, valid_acc = self.evaluate_argmax()
+        train_loss, train_acc, arch_loss = mean_over_ranks(
+            [mean_or_none([t[0] for t in train]), mean_or_none([t[1] for t in train]),
+             mean_or_none([a[0] for a in arch])], self.dist, "the epoch's losses")
         return {
             "epoch": self.epoch, "phase": phase, "lr": self.schedule.current(),
-            "train_loss": mean_or_none([t[0] for t in train]), "train_acc": mean_or_none([t[1] for t in train]),
-            "arch_loss": mean_or_none([a[0] for a in arch]), "arch_steps": self.arch_steps,
+            "train_loss": train_loss, "train_acc": train_acc,
+            "arch_loss": arch_loss, "arch_steps": self.arch_steps,
             "valid_loss": valid_loss, "valid_acc": valid_acc,
             "expected_ms": expected, "argmax_ms": self.objective.latency_of(choices),
             "argmax_ratio": self.objective.ratio_of(choices), "targets_ms": list(self.objective.targets_ms),
@@ -193,7 +225,8 @@ class SearchRun:
     # --- the loop ---------------------------------------------------------------------------------------------
     def run(self, *, stop_after_epochs: int | None = None) -> SearchResult:
         """Train until the last epoch (or ``stop_after_epochs`` more epochs), checkpointing after each epoch."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         config, callbacks = self.config, self.callbacks
         last = config.total_epochs
         if stop_after_epochs is not None:
@@ -207,7 +240,7 @@ class SearchRun:
                 # weight step on the train split
                 train_stats.append(weight_step(self.supernet, self._to_device(batch), self.weight_opt,
                                                mode=config.mode, label_smoothing=config.label_smoothing,
-                                               generator=self.sample_gen))
+                                               generator=self.sample_gen, precision=self.placement.precision))
                 self.schedule.step()
                 # architecture step on the held-out split, every arch_every weight steps (joint phase only)
                 if phase == "search":
@@ -219,8 +252,10 @@ class SearchRun:
             self.epoch += 1
             row = self._epoch_row(phase, train_stats, arch_stats, time.perf_counter() - start)
             self.history.append(row)
-            write_logs(self.history, self.out_dir)
-            save_checkpoint(self.state_dict(), self.out_dir)
+            if self.dist.is_main:
+                write_logs(self.history, self.out_dir)
+                save_checkpoint(self.state_dict(), self.out_dir)
+            check_replicas(self.supernet, self.dist, self.epoch)  # and the others wait for the checkpoint
             callbacks.epoch_end(row)
         return SearchResult(self.supernet, self.objective, self.supernet.argmax_choices(), self.history,
                             self.epoch >= config.total_epochs, self.out_dir)
@@ -238,12 +273,13 @@ class SearchRun:
             "sample_generator": self.sample_gen.get_state(),
             "train_stream": self.data.train.state_dict(), "valid_stream": self.data.valid.state_dict(),
             "loss_strength": self.loss_fn.strength, "reinforce": self.reinforce.state_dict(),
-            "history": self.history,
+            "history": self.history, "world_size": self.dist.world_size,
+            "grad_scaler": self.placement.precision.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's state; ValueError when it belongs to another config or other tables."""
-        check_checkpoint(state, self.config, [t.content_hash() for t in self.tables])
+        check_checkpoint(state, self.config, [t.content_hash() for t in self.tables], self.dist.world_size)
         self.epoch, self.joint_steps, self.arch_steps = state["epoch"], state["joint_steps"], state["arch_steps"]
         self.supernet.load_state_dict(state["supernet"])
         self.weight_opt.load_state_dict(state["weight_optimizer"])
@@ -255,10 +291,11 @@ class SearchRun:
         self.loss_fn.strength = state["loss_strength"]
         self.reinforce.load_state_dict(state["reinforce"])
         self.history = list(state["history"])
+        self.placement.precision.load_state_dict(state.get("grad_scaler"))  # absent from checkpoints of version 3
 
     def resume(self) -> None:
-        """Load the checkpoint of the output directory (ValueError when there is none)."""
-        self.load_state_dict(load_checkpoint(self.out_dir))
+        """Load the checkpoint of the output directory (rank 0's, on every rank; ValueError when there is none)."""
+        self.load_state_dict(load_checkpoint_on_main(self.out_dir, self.dist))
 
 
 @contextlib.contextmanager
@@ -286,20 +323,23 @@ def _torch_device(name: str) -> torch.device:
 
 def run_search(config: SearchConfig, tables: Sequence[LatencyTable], out_dir: str | Path, *, resume: bool = False,
                callbacks: SearchCallbacks | None = None, stop_after_epochs: int | None = None,
-               device: str = "cpu") -> SearchResult:
+               device: str = "cpu", amp: bool = False, dist: DistContext = SINGLE) -> SearchResult:
     """The whole search job: warn about the schedule, train (or continue with ``resume``), and when finished derive
     and export.
 
-    ``device`` is the torch device that trains the supernet ("cpu", "cuda", "cuda:1"); it is not part of the
-    config, so a search may continue on another device. A directory that already holds a checkpoint is refused
-    unless ``resume`` (nothing is overwritten by mistake). ``stop_after_epochs`` ends the run early after that many
-    epochs (as if it were stopped), leaving a checkpoint to resume from. ``summary.json`` is described in
-    :mod:`search_client.nas.search_log`.
+    ``device`` is the torch device that trains the supernet ("cpu", "cuda", "cuda:1"; ``amp``: weight steps in
+    mixed precision there); neither is part of the config, so a search may continue on another device. ``dist``:
+    this process's place in a torchrun run (every rank calls this with the same arguments; rank 0 alone writes).
+    A directory that already holds a checkpoint is refused unless ``resume`` (nothing is overwritten by mistake).
+    ``stop_after_epochs`` ends the run early after that many epochs (as if it were stopped), leaving a checkpoint
+    to resume from. ``summary.json`` is described in :mod:`search_client.nas.search_log`; it adds how the run
+    trained: ``world_size``, ``distributed_backend`` (gloo, nccl, or null for one process), ``train_device``,
+    ``amp``, ``channels_last``, ``pin_memory``, ``deterministic``.
     """
-    run = SearchRun(config, tables, out_dir, callbacks=callbacks, device=device)
+    run = SearchRun(config, tables, out_dir, callbacks=callbacks, device=device, amp=amp, dist=dist)
     if resume:
         run.resume()
-    elif checkpoint_path(run.out_dir).exists():
+    elif checkpoint_on_main(run.out_dir, dist):
         raise ValueError(f"out: {run.out_dir} already holds a search checkpoint; pass --resume to continue it or "
                          "choose another directory")
     if run.schedule_warning:
@@ -311,10 +351,13 @@ def run_search(config: SearchConfig, tables: Sequence[LatencyTable], out_dir: st
             derived = derive_choices(run.supernet.probs(), run.objective, rule=config.derive,
                                      band=config.target_band, loss_kind=config.loss)
         result.choices, result.derived = derived.choices, derived
+        check_same_architecture(derived.choices, dist)
         summary = search_summary(
             config, derived, final_strength=run.loss_fn.strength, arch_lr=run.arch_lr, arch_steps=run.arch_steps,
             entropy_start=uniform_entropy([cell.n_paths for cell in run.supernet.cells]),
             final_row=run.history[-1] if run.history else {}, seconds=time.perf_counter() - start)
-        result.files.update(export_search_result(run.supernet, run.objective, run.out_dir, summary=summary,
-                                                 choices=derived.choices))
+        summary.update(world_size=dist.world_size, distributed_backend=dist.backend, **run.placement.describe())
+        if dist.is_main:
+            result.files.update(export_search_result(run.supernet, run.objective, run.out_dir, summary=summary,
+                                                     choices=derived.choices))
     return result

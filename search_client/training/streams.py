@@ -13,6 +13,12 @@ generator, never the global one) are not used. :meth:`BatchStream.state_dict` ho
 pass's order and seed and the number of batches taken, so a restored stream yields exactly the batches the
 original would have, with or without workers (batches a worker had prefetched are simply read again).
 
+Sharding across processes (:meth:`BatchStream.set_shard`): every rank's stream draws the same pass order, and
+takes its share of the pass positions (:class:`search_client.training.distributed.StreamShard`); an item's
+augmentation seed is its position in the whole pass, so the ranks' batches together hold the very items (and
+augmentations) of one stream's pass. ``pin_memory`` (:meth:`BatchStream.set_pin_memory`) has the DataLoader put
+batches in page-locked memory, for non-blocking copies to a GPU.
+
 Workers are started when the first batch is asked for and kept for the stream's life (``persistent_workers``);
 each runs ``torch.set_num_threads(1)`` (torch's worker loop does too; the init function makes it explicit) so N
 workers do not start N thread pools.
@@ -29,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from search_client.training.distributed import StreamShard
 from search_client.training.image_sets import ImageReadError, ImageSet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -37,11 +44,11 @@ PASS_SEED_HIGH = 2**62
 
 @dataclass(frozen=True)
 class _BatchTask:
-    """One batch to read: dataset indices, and (pass seed, first position) when augmented."""
+    """One batch to read: dataset indices, the pass seed when augmented, and the items' positions in the pass."""
 
     indices: np.ndarray
     pass_seed: int | None
-    first_position: int
+    positions: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class _BatchReader(Dataset):
     def __getitem__(self, task: _BatchTask) -> Batch | _ReadFailure:
         seeds = None
         if task.pass_seed is not None:
-            seeds = [(task.pass_seed, task.first_position + k) for k in range(len(task.indices))]
+            seeds = [(task.pass_seed, int(position)) for position in task.positions]
         try:
             return self.images.batch(task.indices, seeds)
         except ImageReadError as exc:
@@ -120,10 +127,34 @@ class BatchStream:
         self._sampler = _PassSampler()
         self._loader: DataLoader | None = None
         self._iter: Iterator[Batch | _ReadFailure] | None = None
+        self.shard: StreamShard | None = None
+        self.pin_memory = False
 
     def __len__(self) -> int:
-        n = len(self.indices)
+        n = self._share()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _share(self) -> int:
+        """Items of a pass this stream yields (all of them, or this rank's share)."""
+        return len(self.indices) if self.shard is None else self.shard.count(len(self.indices))
+
+    def set_shard(self, shard: StreamShard | None) -> None:
+        """Yield only ``shard``'s share of every pass (before the first batch). ValueError when a share is too
+        small for one batch."""
+        if self._order is not None:
+            raise ValueError("data stream: set the shard before the first batch")
+        self.shard = shard
+        share = self._share()
+        if share == 0 or (self.drop_last and share < self.batch_size):
+            world = shard.world_size if shard is not None else 1
+            raise ValueError(f"data: the {len(self.indices)} samples of this split of {self.images.name} give each "
+                             f"of {world} processes {share}, fewer than a batch of {self.batch_size}; use fewer "
+                             "processes or a smaller batch")
+
+    def set_pin_memory(self, pin: bool) -> None:
+        """Have the DataLoader return batches in page-locked memory (for non-blocking copies to a GPU)."""
+        self.pin_memory = bool(pin)
+        self.close()
 
     # --- passes -------------------------------------------------------------------------------------------------
     def _start_pass_if_done(self) -> torch.Tensor:
@@ -140,10 +171,12 @@ class BatchStream:
 
     def _tasks_from(self, order_tensor: torch.Tensor, pos: int) -> list[_BatchTask]:
         order = order_tensor.numpy()
+        n = len(self.indices)
+        positions = np.arange(n, dtype=np.int64) if self.shard is None else self.shard.positions(n)
         tasks = []
         for b in range(pos, len(self)):
-            first = b * self.batch_size
-            tasks.append(_BatchTask(self.indices[order[first:first + self.batch_size]], self._pass_seed, first))
+            mine = positions[b * self.batch_size:(b + 1) * self.batch_size]
+            tasks.append(_BatchTask(self.indices[order[mine]], self._pass_seed, mine))
         return tasks
 
     def _open_iterator(self, order: torch.Tensor) -> Iterator[Batch | _ReadFailure]:
@@ -151,7 +184,7 @@ class BatchStream:
             self._loader = DataLoader(
                 _BatchReader(self.images), batch_size=None, sampler=self._sampler, num_workers=self.workers,
                 persistent_workers=self.workers > 0, worker_init_fn=_worker_init if self.workers else None,
-                generator=torch.Generator().manual_seed(self._seed))
+                generator=torch.Generator().manual_seed(self._seed), pin_memory=self.pin_memory)
         self._sampler.tasks = self._tasks_from(order, self._pos)
         return iter(self._loader)
 

@@ -4,6 +4,13 @@ The network is ``build_network(arch)`` with fresh weights (initialised under a f
 with ``seed``); SGD Nesterov with cosine lr over every step, label smoothing; the data comes from the same
 pipeline, split rule and seed as the search (:func:`search_client.training.datasets.open_search_data`), so the
 held-out split is the search's validation split.
+
+On a GPU (``device``) the step runs with :class:`search_client.training.cuda.DeviceTraining` (mixed precision
+with ``amp``, channels_last, pinned memory). Under torchrun (``dist``) each rank trains on its share of the
+training stream with the gradients averaged over the ranks before every step (the global batch is
+``batch_size`` x world size), the batch-norm statistics are averaged before each evaluation, every rank
+evaluates its share of the held-out split and the sums are added up (:func:`evaluate`), so every rank reports the
+same figures; only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,16 @@ from torch import nn
 
 from nas_ops.arch import Architecture
 from nas_ops.network import Network, build_network
+from search_client.training.cuda import FULL_PRECISION, DeviceTraining, MixedPrecision
 from search_client.training.datasets import DEFAULT_VALID_FRACTION, DataOptions, SearchData, open_search_data
+from search_client.training.distributed import (
+    SINGLE,
+    DistContext,
+    all_reduce_sum,
+    average_batchnorm_stats,
+    average_gradients_on_step,
+)
+from search_client.training.streams import BatchStream
 
 
 @dataclass
@@ -67,34 +83,54 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """The trained network, its final held-out top-1 and loss, one log row per epoch, and the data's
-    description (:attr:`search_client.training.datasets.SearchData.info`)."""
+    """The trained network, its final held-out top-1 and loss, one log row per epoch, the data's description
+    (:attr:`search_client.training.datasets.SearchData.info`) and how it ran (device, amp, channels_last,
+    pinned memory, deterministic kernels, world size, distributed backend)."""
 
     network: Network
     top1: float
     valid_loss: float
     history: list[dict[str, Any]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
 
 
 def train_step(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], optimizer: torch.optim.Optimizer, *,
-               label_smoothing: float) -> tuple[float, float]:
-    """One training step of a plain network (forward, label-smoothed CE, backward, optimizer step);
-    returns (loss, accuracy) of the batch."""
+               label_smoothing: float, precision: MixedPrecision | None = None) -> tuple[float, float]:
+    """One training step of a plain network (forward, label-smoothed CE, backward, optimizer step), the forward
+    under ``precision``'s autocast and the backward through its scaler (default: full precision); returns (loss,
+    accuracy) of the batch."""
     x, y = batch
-    logits = net(x)
-    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    precision = precision or FULL_PRECISION
+    with precision.autocast():
+        logits = net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    precision.backward_step(loss, optimizer)
     return float(loss.item()), float((logits.argmax(dim=1) == y).float().mean().item())
 
 
+def held_out_batches(data: SearchData, batch_size: int, dist: DistContext = SINGLE
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The held-out split in a fixed order for :func:`evaluate`: all of it in one process, this rank's share
+    (every ``world_size``-th image from its rank on) under torchrun, so that the ranks together cover it once."""
+    if dist.world_size == 1:
+        yield from data.eval_batches(batch_size)
+        return
+    stream = BatchStream(data.valid.images, batch_size, indices=data.valid.indices[dist.rank::dist.world_size],
+                         shuffle=False, workers=data.valid.workers)
+    try:
+        yield from stream.epoch()
+    finally:
+        stream.close()
+
+
 @torch.no_grad()
-def evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
-    """(mean cross-entropy, top-1) of ``net`` in eval mode over every sample of ``batches``; the net's mode is
-    restored. Each batch is moved to the device of the net's first parameter. ValueError when ``batches`` is
-    empty."""
+def evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+             dist: DistContext = SINGLE) -> tuple[float, float]:
+    """(mean cross-entropy, top-1) of ``net`` in eval mode over every sample of ``batches`` (summed over the
+    ranks under ``dist``: each rank passes its share); the net's mode is restored. Each batch is moved to the
+    device of the net's first parameter. ValueError when there are no samples."""
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
@@ -108,32 +144,41 @@ def evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
             count += int(y.shape[0])
     finally:
         net.train(was_training)
+    loss, correct, count = all_reduce_sum([loss, correct, count], dist, "the evaluation's sums")
     if count == 0:
         raise ValueError("evaluate: no samples in the batches")
     return loss / count, correct / count
 
 
-def train_architecture(arch: Architecture, config: TrainConfig, *, progress: bool = False) -> TrainResult:
-    """Train ``build_network(arch)`` from scratch on ``config.data``; top-1 on the held-out split."""
+def train_architecture(arch: Architecture, config: TrainConfig, *, progress: bool = False,
+                       device: str = "cpu", amp: bool = False, dist: DistContext = SINGLE) -> TrainResult:
+    """Train ``build_network(arch)`` from scratch on ``config.data`` on ``device`` (mixed precision with
+    ``amp``), across the ranks of ``dist``; top-1 on the held-out split."""
+    placement = DeviceTraining(device, amp=amp)
     data = open_search_data(config.data_options(arch.input_size, arch.in_chs))
     if data.num_classes > arch.num_classes:
         raise ValueError(f"data: {config.data} has {data.num_classes} classes but the architecture's head has "
                          f"{arch.num_classes}")
+    data.train.set_shard(dist.shard())
+    placement.prepare_streams(data.train, data.valid)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        net = build_network(arch)
+        net = placement.prepare_model(build_network(arch))
     try:
-        history = _fit(net, data, config, progress=progress)
+        history = _fit(net, data, config, progress=progress and dist.is_main, placement=placement, dist=dist)
     finally:
         data.close()
-    return TrainResult(net, history[-1]["valid_top1"], history[-1]["valid_loss"], history, dict(data.info))
+    runtime = {**placement.describe(), "world_size": dist.world_size, "distributed_backend": dist.backend}
+    return TrainResult(net, history[-1]["valid_top1"], history[-1]["valid_loss"], history, dict(data.info), runtime)
 
 
-def _fit(net: Network, data: SearchData, config: TrainConfig, *, progress: bool) -> list[dict[str, Any]]:
+def _fit(net: Network, data: SearchData, config: TrainConfig, *, progress: bool, placement: DeviceTraining,
+         dist: DistContext) -> list[dict[str, Any]]:
     """The training loop: SGD with a cosine lr over every step, the held-out evaluation after each epoch."""
     stream = data.train
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    average_gradients_on_step(optimizer, dist, "the training's weights")
     total_steps = config.epochs * len(stream)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
@@ -143,12 +188,16 @@ def _fit(net: Network, data: SearchData, config: TrainConfig, *, progress: bool)
         losses, hits = [], []
         net.train()
         for batch in stream.epoch():
-            loss, acc = train_step(net, batch, optimizer, label_smoothing=config.label_smoothing)
+            loss, acc = train_step(net, placement.to_device(batch), optimizer, label_smoothing=config.label_smoothing,
+                                   precision=placement.precision)
             scheduler.step()
             losses.append(loss)
             hits.append(acc)
-        valid_loss, top1 = evaluate(net, data.eval_batches(config.batch_size))
-        row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "train_acc": sum(hits) / len(hits),
+        average_batchnorm_stats([net], dist)
+        valid_loss, top1 = evaluate(net, held_out_batches(data, config.batch_size, dist), dist=dist)
+        train_loss, train_acc = (v / dist.world_size for v in all_reduce_sum(
+            [sum(losses) / len(losses), sum(hits) / len(hits)], dist, "the epoch's training figures"))
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "valid_loss": valid_loss, "valid_top1": top1, "seconds": time.perf_counter() - start}
         history.append(row)
         if progress:
@@ -166,6 +215,6 @@ def save_train_result(result: TrainResult, arch: Architecture, config: TrainConf
     torch.save(result.network.state_dict(), files["weights"])
     files["log"].write_text("".join(json.dumps(row) + "\n" for row in result.history), encoding="utf-8")
     summary = {"top1": result.top1, "valid_loss": result.valid_loss, "config": asdict(config), "data": result.data,
-               "architecture": arch.to_dict()}
+               "runtime": result.runtime, "architecture": arch.to_dict()}
     files["summary"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return files
