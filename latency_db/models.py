@@ -1,8 +1,9 @@
 """ORM models of the latency store (SQLAlchemy 2.0 typed declarative mapping).
 
 Tables: ``devices`` (one row per device name and hardware/software fingerprint), ``measurements`` (the latency table F(o): one row
-per op spec and measurement context), ``jobs`` (requests to measure ops or a whole architecture) and ``job_items``
-(one op of a job). The schema is created by the Alembic migrations in ``latency_db/migrations`` only; these classes
+per op spec and measurement context), ``jobs`` (requests to measure ops or a whole architecture), ``job_items``
+(one op of a job), ``measurement_rounds`` (the statistics of every round of every op or network a job measured,
+protocol 3) and ``canary_references`` (the stored values of the canary ops, per device and context). The schema is created by the Alembic migrations in ``latency_db/migrations`` only; these classes
 must stay in step with them (a test compares the two).
 
 All timestamps are timezone-aware UTC datetimes (SQLite stores them naive; :class:`UTCDateTime` converts).
@@ -153,6 +154,8 @@ class Measurement(Base):
     p90_ms: Mapped[float] = mapped_column(Float)
     iqr_ms: Mapped[float] = mapped_column(Float)
     samples: Mapped[int]
+    rounds: Mapped[int | None]
+    flagged: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -225,3 +228,69 @@ class JobItem(Base):
 
     job: Mapped[Job] = relationship(back_populates="items")
     measurement: Mapped[Measurement | None] = relationship()
+
+
+class MeasurementRound(Base):
+    """One round of one op (or of the network of an architecture job) measured by a job.
+
+    Identified by the job, the item's ``position`` (0 for the network of an architecture job), the environment and
+    protocol version it was measured in, and the round index. The statistics are the RAW ones of what was timed
+    (for a calibrated op, the op inside its boundary sandwich); ``correction_ms`` is what calibration subtracts,
+    ``runs_per_timing`` how many runs one timing covered and ``timer_resolution_ms`` the timer's resolution, so the
+    measurement can be aggregated again later. ``measurement_id`` points at the stored measurement that aggregates
+    the round (set when the item is done; cleared when a later job measures that op again).
+    """
+
+    __tablename__ = "measurement_rounds"
+    __table_args__ = (
+        UniqueConstraint("job_id", "position", "env_hash", "protocol_version", "round_index",
+                         name="uq_measurement_rounds_round"),
+        CheckConstraint("round_index >= 0", name="round_index"),
+        CheckConstraint("runs_per_timing >= 1", name="runs_per_timing"),
+        Index("ix_measurement_rounds_measurement_id", "measurement_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    env_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+    protocol_version: Mapped[str] = mapped_column(String(32))
+    round_index: Mapped[int]
+    measurement_id: Mapped[int | None] = mapped_column(ForeignKey("measurements.id", ondelete="SET NULL"))
+    median_ms: Mapped[float] = mapped_column(Float)
+    mean_ms: Mapped[float] = mapped_column(Float)
+    std_ms: Mapped[float] = mapped_column(Float)
+    min_ms: Mapped[float] = mapped_column(Float)
+    p10_ms: Mapped[float] = mapped_column(Float)
+    p90_ms: Mapped[float] = mapped_column(Float)
+    iqr_ms: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int]
+    correction_ms: Mapped[float] = mapped_column(Float)
+    runs_per_timing: Mapped[int]
+    timer_resolution_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CanaryReference(Base):
+    """The stored value of one canary op on one device in one measurement context: what later canary checks of
+    that context are compared with (the first check stores it): the aggregate of that check's rounds."""
+
+    __tablename__ = "canary_references"
+    __table_args__ = (
+        UniqueConstraint(
+            "device_id", "backend", "op_spec", "batch", "dtype", "threads", "env_hash", "protocol_version",
+            name="uq_canary_references_identity",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    backend: Mapped[str] = mapped_column(String(64))
+    op_spec: Mapped[str] = mapped_column(String(OP_SPEC_MAX_LEN))
+    batch: Mapped[int]
+    dtype: Mapped[str] = mapped_column(String(16))
+    threads: Mapped[int]
+    env_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+    protocol_version: Mapped[str] = mapped_column(String(32))
+    median_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

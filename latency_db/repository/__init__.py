@@ -1,11 +1,12 @@
 """Repository functions of the latency store.
 
 Every function takes a Session and only flushes: the caller owns the transaction and commits. The modules:
-``devices`` (fingerprints), ``measurements`` (the latency table), ``jobs`` (measurement jobs and their items),
-``health`` (ping, check_writable).
+``devices`` (fingerprints), ``measurements`` (the latency table), ``rounds`` (every round of a measurement),
+``jobs`` (measurement jobs and their items), ``canaries`` (canary references), ``health`` (ping, check_writable).
 """
 
 from latency_db.repository._checks import check_context
+from latency_db.repository.canaries import canary_references, store_canary_references
 from latency_db.repository.devices import fingerprint_hash, get_or_create_device
 from latency_db.repository.health import MIN_FREE_BYTES, StoreNotWritable, check_writable, ping
 from latency_db.repository.jobs import (
@@ -29,6 +30,7 @@ from latency_db.repository.jobs import (
 )
 from latency_db.repository.measurements import (
     EXPORT_COLUMNS,
+    FLAG_MAX_LEN,
     IDENTITY_COLUMNS,
     LOOKUP_CHUNK,
     export_rows,
@@ -37,16 +39,21 @@ from latency_db.repository.measurements import (
     upsert_measurement,
     validate_stats,
 )
+from latency_db.repository.rounds import add_round, attach_rounds, job_rounds, measurement_rounds
 
 __all__ = [
     "COUNT_KEYS",
     "EXPORT_COLUMNS",
+    "FLAG_MAX_LEN",
     "IDENTITY_COLUMNS",
     "ITEM_FINAL_STATUSES",
     "LOOKUP_CHUNK",
     "MIN_FREE_BYTES",
     "JobNotFoundError",
     "StoreNotWritable",
+    "add_round",
+    "attach_rounds",
+    "canary_references",
     "cancel_job",
     "check_context",
     "check_writable",
@@ -62,13 +69,16 @@ __all__ = [
     "get_or_create_device",
     "holds_lease",
     "job_counts",
+    "job_rounds",
     "list_jobs",
     "list_measurements",
     "lookup_measurements",
+    "measurement_rounds",
     "pending_items",
     "ping",
     "release_lease",
     "renew_lease",
+    "store_canary_references",
     "upsert_measurement",
     "validate_stats",
 ]

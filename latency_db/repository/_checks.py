@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Collection
 from typing import Any
@@ -25,6 +27,22 @@ def check_positive_int(field: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{field}: expected an integer >= 1, got {value!r}")
     return value
+
+
+def check_index(field: str, value: Any) -> int:
+    """An int >= 0 (bool is not an int here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{field}: expected an integer >= 0, got {value!r}")
+    return value
+
+
+def check_finite(field: str, value: Any, *, minimum: float | None = None) -> float:
+    """A finite real number (at least ``minimum`` when given), as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{field}: expected a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{field}: expected a number >= {minimum:g}, got {value!r}")
+    return float(value)
 
 
 def check_hash(field: str, value: Any) -> str:

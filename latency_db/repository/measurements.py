@@ -1,13 +1,15 @@
-"""Measurements: upsert by identity, batch lookup, listing and flat export."""
+"""Measurements: upsert by identity, batch lookup (ORM rows, or chosen columns plus the fingerprint of a context),
+listing and flat export."""
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Row, Select, bindparam, extract, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -23,8 +25,10 @@ IDENTITY_COLUMNS = ("device_id", "backend", "op_spec", "batch", "dtype", "thread
 #: protocol parameters are left out (they are identified by ``env_hash`` and ``protocol_version``).
 EXPORT_COLUMNS = (
     "id", "device_id", "backend", "op_spec", "batch", "dtype", "threads", "protocol_version", "env_hash",
-    *STATS_KEYS, "created_at", "updated_at",
+    *STATS_KEYS, "rounds", "flagged", "created_at", "updated_at",
 )
+#: Longest reason a flagged measurement may carry.
+FLAG_MAX_LEN = 1000
 
 # SQLite limits the number of bound parameters of one statement (999 before 3.32): stay below it.
 LOOKUP_CHUNK = 900
@@ -68,13 +72,17 @@ def upsert_measurement(
     environment: dict[str, Any],
     protocol_params: dict[str, Any],
     stats: Mapping[str, float | int],
+    rounds: int | None = None,
+    flagged: str | None = None,
 ) -> Measurement:
     """Insert the measurement of ``op_spec`` in ``context``, or overwrite the stats, environment and parameters of
     the row with the same identity.
 
-    One ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` statement, so concurrent writers of the same key end with
-    one row and no error. ``created_at`` keeps the first insert's time; ``updated_at`` is now. Returns the row (the
-    session's copy refreshed). Raises ValueError naming the bad argument or stats key.
+    ``rounds``: how many rounds the stats aggregate (protocol 3; None before). ``flagged``: why the value is not a
+    plain measurement (e.g. below the timer's resolution), None when it is. One ``INSERT ... ON CONFLICT DO
+    UPDATE ... RETURNING`` statement, so concurrent writers of the same key end with one row and no error.
+    ``created_at`` keeps the first insert's time; ``updated_at`` is now. Returns the row (the session's copy
+    refreshed). Raises ValueError naming the bad argument or stats key.
     """
     values: dict[str, Any] = {
         "device_id": check_positive_int("device_id", device_id),
@@ -83,13 +91,15 @@ def upsert_measurement(
         "environment": check_dict("environment", environment),
         "protocol_params": check_dict("protocol_params", protocol_params),
         **validate_stats(stats),
+        "rounds": None if rounds is None else check_positive_int("rounds", rounds),
+        "flagged": None if flagged is None else check_text("flagged", flagged, FLAG_MAX_LEN),
     }
     now = utcnow()
     values["created_at"] = now
     values["updated_at"] = now
     insert = _INSERTS[session.get_bind().dialect.name]
     stmt = insert(Measurement).values(values)
-    updated = ("environment", "protocol_params", *STATS_KEYS, "updated_at")
+    updated = ("environment", "protocol_params", *STATS_KEYS, "rounds", "flagged", "updated_at")
     stmt = stmt.on_conflict_do_update(
         index_elements=list(IDENTITY_COLUMNS), set_={name: stmt.excluded[name] for name in updated}
     )
@@ -114,6 +124,46 @@ def lookup_measurements(
         for measurement in session.scalars(stmt, execution_options={"populate_existing": True}):
             found[measurement.op_spec] = measurement
     return found
+
+
+def lookup_columns(
+    session: Session, *, device_id: int, context: MeasurementContext, op_specs: Sequence[str],
+    columns: Sequence[str],
+) -> dict[str, Row[Any]]:
+    """The ``columns`` (measurement column names) of the stored measurements of ``op_specs`` in one context, as
+    rows (values by position or by column name), keyed by op spec; missing specs are absent.
+
+    A Core select of those columns only (no ORM objects: the cheap read of a hot path), one query per
+    :data:`LOOKUP_CHUNK` distinct specs. Raises ValueError for a name that is not a measurement column.
+    """
+    check_context(context)
+    unknown = [name for name in columns if name not in Measurement.__table__.c]
+    if unknown:
+        raise ValueError(f"columns: {', '.join(map(repr, unknown))} not a measurement column")
+    stmt = _columns_statement(tuple(columns))
+    params = _context_params(device_id, context)
+    specs = list(dict.fromkeys(op_specs))
+    connection = session.connection()
+    found: dict[str, Row[Any]] = {}
+    for start in range(0, len(specs), LOOKUP_CHUNK):
+        for row in connection.execute(stmt, {**params, "op_specs": specs[start : start + LOOKUP_CHUNK]}):
+            found[row.op_spec] = row
+    return found
+
+
+def context_fingerprint(session: Session, *, device_id: int, context: MeasurementContext) -> tuple[Any, ...]:
+    """A value that changes whenever a measurement of the context is inserted or updated, by any session: the
+    number of rows, the latest ``updated_at`` and the sum of every row's ``updated_at`` (one indexed query).
+
+    Every write sets ``updated_at`` to now, so a write changes the latest one; one whose time is older than the
+    latest (a PostgreSQL transaction that commits after a later one, a clock stepped back) still changes the sum.
+    Rows are never deleted, so a fingerprint seen once never comes back after a change. To validate rows read
+    from the store against it, read the fingerprint FIRST, then the rows (in PostgreSQL's read-committed mode each
+    statement sees the latest commits: rows read after it are at least as new as the fingerprint says).
+    """
+    check_context(context)
+    stmt = _fingerprint_statement(session.get_bind().dialect.name)
+    return tuple(session.connection().execute(stmt, _context_params(device_id, context)).one())
 
 
 def list_measurements(
@@ -160,12 +210,49 @@ def export_rows(measurements: Iterable[Measurement]) -> list[dict[str, Any]]:
 
 
 def _context_query(device_id: int, context: MeasurementContext) -> Select[tuple[Measurement]]:
-    return select(Measurement).where(
-        Measurement.device_id == device_id,
-        Measurement.backend == context.backend,
-        Measurement.batch == context.batch,
-        Measurement.dtype == context.dtype,
-        Measurement.threads == context.threads,
-        Measurement.env_hash == context.env_hash,
-        Measurement.protocol_version == context.protocol_version,
+    return select(Measurement).where(*_in_context(_context_values(device_id, context)))
+
+
+#: The columns that select one device's rows in one measurement context (those of ``ix_measurements_context``).
+CONTEXT_COLUMNS = ("device_id", "backend", "batch", "dtype", "threads", "env_hash", "protocol_version")
+
+
+def _context_values(device_id: int, context: MeasurementContext) -> dict[str, Any]:
+    return {"device_id": device_id, **{name: getattr(context, name) for name in CONTEXT_COLUMNS[1:]}}
+
+
+def _in_context(values: Mapping[str, Any]) -> tuple[ColumnElement[bool], ...]:
+    """The rows whose CONTEXT_COLUMNS equal ``values`` (plain values, or bound parameters)."""
+    columns = Measurement.__table__.c
+    return tuple(columns[name] == values[name] for name in CONTEXT_COLUMNS)
+
+
+# The hot-path statements are built once, with bound parameters (building one costs more than running it).
+_CONTEXT_PARAMS = {name: bindparam(f"context_{name}") for name in CONTEXT_COLUMNS}
+
+
+def _context_params(device_id: int, context: MeasurementContext) -> dict[str, Any]:
+    return {f"context_{name}": value for name, value in _context_values(device_id, context).items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _columns_statement(columns: tuple[str, ...]) -> Select[Any]:
+    table = Measurement.__table__
+    return select(table.c.op_spec, *(table.c[name] for name in columns)).where(
+        *_in_context(_CONTEXT_PARAMS), table.c.op_spec.in_(bindparam("op_specs", expanding=True))
     )
+
+
+@functools.cache
+def _fingerprint_statement(dialect: str) -> Select[Any]:
+    updated_at = Measurement.__table__.c.updated_at
+    return select(func.count(), func.max(updated_at), _updated_at_sum(dialect)).where(*_in_context(_CONTEXT_PARAMS))
+
+
+def _updated_at_sum(dialect: str) -> ColumnElement[Any]:
+    """The sum of the rows' ``updated_at`` as numbers: exact microseconds on PostgreSQL (EXTRACT gives a numeric),
+    milliseconds on SQLite (``julianday`` of the stored ISO text; ``total`` never overflows)."""
+    updated_at = Measurement.__table__.c.updated_at
+    if dialect == "sqlite":
+        return func.total(func.julianday(updated_at))
+    return func.sum(extract("epoch", updated_at))

@@ -29,7 +29,8 @@ from latency_db.repository import fingerprint_hash, get_or_create_device
 from latency_db.transactions import begin_write
 from tests.latency_db import db_migrate_worker
 
-EXPECTED_TABLES = {"alembic_version", "devices", "measurements", "jobs", "job_items"}
+EXPECTED_TABLES = {"alembic_version", "devices", "measurements", "jobs", "job_items", "measurement_rounds",
+                   "canary_references"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # A fresh, unmigrated database of each kind.
@@ -50,7 +51,7 @@ def test_upgrade_creates_every_table_at_head(raw_url: str) -> None:
     assert current_revision(raw_url) is None
     upgrade_to_head(raw_url)
     assert _tables(raw_url) == EXPECTED_TABLES
-    assert current_revision(raw_url) == head_revision() == "0002"
+    assert current_revision(raw_url) == head_revision() == "0003"
 
 
 def test_upgrade_is_idempotent_and_keeps_data(raw_url: str) -> None:
@@ -158,7 +159,7 @@ def test_0002_keeps_rows_and_references_and_makes_name_part_of_the_device(raw_ur
         engine.dispose()
 
     upgrade_to_head(raw_url)
-    assert current_revision(raw_url) == "0002"
+    assert current_revision(raw_url) == head_revision()
     engine = make_engine(raw_url)
     try:
         with make_session_factory(engine)() as session:
@@ -183,4 +184,4 @@ def test_0002_downgrades_and_upgrades_again(raw_url: str) -> None:
     _migrate(raw_url, "downgrade", "0001")
     assert current_revision(raw_url) == "0001"
     upgrade_to_head(raw_url)
-    assert current_revision(raw_url) == "0002"
+    assert current_revision(raw_url) == head_revision()
