@@ -14,7 +14,9 @@ soft constraint of MnasNet. It is defined for every latency and target. ``mul#lo
 ``log(T / u)`` with latencies in units ``u = log_unit_ms``: it is undefined when a latency or the target is at or
 below ``u`` (with u = 1 ms: every sub-millisecond target) and refused then (:meth:`LatencyLoss.check_units`).
 Near the target the two agree when ``strength_ratio = beta / log(T / u)`` (``f = 1 + log(r) / log(T / u)``), so at
-the paper's mobile target (80 ms) beta 0.3 acts like a ``mul#ratio`` strength of 0.07.
+the paper's mobile target (80 ms) beta 0.3 acts like a ``mul#ratio`` strength of 0.07. In both multiplicative
+forms the target is a constant factor of the loss (``T ** -strength``, ``log(T / u) ** -beta``), which Adam's
+step does not see: the target steers those searches only through :class:`AdaptiveStrength` and the derive rule.
 
 ``strength`` is the latency weight: the exponent of the ``mul#`` forms, lambda otherwise; 0 turns the latency term
 off. :class:`AdaptiveStrength` moves it during the search until the argmax architecture meets its target (for
