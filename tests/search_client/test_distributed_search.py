@@ -197,6 +197,47 @@ def test_a_resumed_two_process_search_equals_an_uninterrupted_one(
     assert resumed0["alphas"] == rank0["alphas"]
 
 
+def test_reinforce_ranks_share_rewards_and_alphas(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "reinforce", config=_config(grad_estimator="reinforce", reinforce_samples=2, epochs=1))
+    done = _torchrun(spec)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = _records(spec)
+    assert len(rank0["alphas"]) == 4 and rank0["alphas"] == rank1["alphas"] and len(set(rank0["alphas"])) > 1
+    assert rank0["choices"] == rank1["choices"]
+
+
+CLI = [sys.executable, "-m", "search_client.cli"]
+CLI_COMMON = ["--data", "synthetic:160:4", "--epochs", "1", "--batch-size", "16", "--train-threads", "1",
+              "--nproc", "2"]
+
+
+def test_search_with_nproc_2(tmp_path: Path) -> None:
+    table = make_table("micro-16")
+    path = table.save(tmp_path / "table.json")
+    target = (table.min_latency()[0] + table.max_latency()[0]) / 2
+    search = subprocess.run([*CLI, "search", "--table", str(path), "--target-ms", f"{target:.4f}", "--out",
+                             str(tmp_path / "run"), "--arch-every", "2", "--no-progress", "--deterministic",
+                             *CLI_COMMON], capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=_env(),
+                            check=False)
+    assert search.returncode == 0, search.stderr[-3000:]
+    assert search.stdout.count("architecture:") == 1  # rank 0 alone prints
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["world_size"], summary["distributed_backend"], summary["deterministic"]) == (2, "gloo", True)
+
+
+def test_train_with_nproc_2(tmp_path: Path) -> None:
+    space = make_table("micro-16").space
+    arch = space.architecture([0] * len(space.cells()))
+    arch.save(tmp_path / "arch.json")
+    train = subprocess.run([*CLI, "train", str(tmp_path / "arch.json"), "--out", str(tmp_path / "retrain"),
+                            *CLI_COMMON], capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=_env(),
+                           check=False)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert train.stdout.count("on the held-out split") == 1 and train.stdout.count("epoch 1/1") == 1
+    runtime = json.loads((tmp_path / "retrain" / "train_summary.json").read_text())["runtime"]
+    assert (runtime["world_size"], runtime["distributed_backend"]) == (2, "gloo")
+
+
 def test_torchrun_restart_resumes_from_the_last_checkpoint(straight: tuple[Path, list[dict[str, Any]]]) -> None:
     tmp, (rank0, *_) = straight
     spec = _spec(tmp, "restarted", exit_at_epoch={"rank": 1, "epoch": 2})

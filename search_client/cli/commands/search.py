@@ -2,10 +2,14 @@
 
 Every option that is a :class:`search_client.nas.config.SearchConfig` field takes its default from there.
 Ctrl-C stops the search with exit code 130 and prints where the checkpoint is and the command that resumes it.
+``--nproc N`` runs the search in N processes under torchrun (:mod:`search_client.cli.distributed`); under torchrun
+rank 0 alone reads the tables (or asks the devices), prints and writes, and a run restarted by torchrun
+(``--max-restarts``) continues from its checkpoint.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,17 +20,26 @@ from nas_ops.space import SearchSpace, load_space
 from search_client.cli import devices
 from search_client.cli.app import app
 from search_client.cli.command_line import given_arguments, given_on_command_line, join
+from search_client.cli.distributed import (
+    QuietCallbacks,
+    check_nproc,
+    exit_on_distributed_error,
+    relaunch_under_torchrun,
+)
 from search_client.cli.errors import EXIT_INTERRUPTED, exit_on_error
 from search_client.cli.progress import JobBars, SearchBars
 from search_client.cli.threads import set_threads
 from search_client.nas.checkpoint import checkpoint_epoch, checkpoint_path
 from search_client.nas.config import SearchConfig
 from search_client.nas.derive import device_keys
+from search_client.nas.distributed_search import broadcast_tables, resumes_after_restart
 from search_client.nas.schedule import PAPER_ARCH_EVERY, PAPER_ARCH_LR
 from search_client.nas.search_loop import run_search
 from search_client.nas.within_target import Derived
 from search_client.plots.search_curves import plot_search_result
 from search_client.table.latency_table import LatencyTable, build_table
+from search_client.training.cuda import configure_kernels
+from search_client.training.distributed import DEFAULT_TIMEOUT_S, distributed_session, rank_device
 
 D = SearchConfig.defaults()
 PROGRAM = "proxyless-search"
@@ -168,11 +181,23 @@ def search(
                             ] = "cpu",
     train_threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads of the training; "
                                                                       "default: torch's")] = None,
+    amp: Annotated[bool, typer.Option("--amp", help="CUDA: weight steps in mixed precision (bf16 where the GPU "
+                                                    "supports it, else fp16 with a gradient scaler)")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="deterministic kernels (CUDA: slower; "
+                                                                        "default: cuDNN's fastest)")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help="processes (one per GPU with --train-device cuda); above 1 the "
+                                                   "search runs under torchrun")] = 1,
+    dist_timeout: Annotated[float, typer.Option(min=1.0, help="seconds a process waits for the others before the "
+                                                              "run stops with an error")] = DEFAULT_TIMEOUT_S,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
 ) -> None:
     """Search an architecture for the target latency on the given device(s) or latency table(s)."""
-    with exit_on_error():
+    with exit_on_error(), exit_on_distributed_error():
+        check_nproc(nproc)
+        if nproc > 1:
+            relaunch_under_torchrun("search", given_arguments(ctx, skip=("nproc",)), nproc)
         set_threads(train_threads)
+        configure_kernels(deterministic=deterministic)
         lr_arch, every = _arch_schedule(ctx, paper_schedule, arch_lr, arch_every)
         config = SearchConfig(
             targets_ms=list(target_ms), data=data, epochs=epochs, warmup_epochs=warmup_epochs, seed=seed,
@@ -182,15 +207,22 @@ def search(
             warmup_lr=warmup_lr, lr=lr, arch_lr=lr_arch, arch_every=every, target_band=target_band, derive=derive,
         )
         urls = device or []
-        try:
-            tables = _tables(space, urls, table or [], backend=backend, batch=batch, threads=threads, token=token,
-                             out=out, progress=progress)
-            config = replace(config, targets_ms=_targets(config.targets_ms, len(tables)))
-            with SearchBars(progress) as bars:
-                result = run_search(config, tables, out, resume=resume, callbacks=bars, device=train_device)
-        except KeyboardInterrupt:
-            _report_interrupt(ctx, out, len(urls))
-            raise SystemExit(EXIT_INTERRUPTED) from None
+        with distributed_session(train_device, timeout_s=dist_timeout) as dist:
+            try:
+                tables = broadcast_tables(lambda: _tables(space, urls, table or [], backend=backend, batch=batch,
+                                                          threads=threads, token=token, out=out, progress=progress),
+                                          dist)
+                config = replace(config, targets_ms=_targets(config.targets_ms, len(tables)))
+                resume = resume or resumes_after_restart(out, dist)
+                with SearchBars(progress) if dist.is_main else nullcontext(QuietCallbacks()) as bars:
+                    result = run_search(config, tables, out, resume=resume, callbacks=bars,
+                                        device=rank_device(train_device, dist), amp=amp, dist=dist)
+            except KeyboardInterrupt:
+                if dist.is_main:
+                    _report_interrupt(ctx, out, len(urls))
+                raise SystemExit(EXIT_INTERRUPTED) from None
+        if not dist.is_main:
+            return
         result.files.update(plot_search_result(result))
         arch_names = [cell.cell.candidate_names[c] for cell, c in zip(result.supernet.cells, result.choices)]
         typer.echo(f"architecture: {' '.join(arch_names)}")
