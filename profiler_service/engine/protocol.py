@@ -1,7 +1,9 @@
 """The measurement protocol: how one op (or one whole network) is timed on a backend, and what is stored.
 
 Version ``PROTOCOL_VERSION`` (stored with every measurement, together with ``ProtocolParams.model_dump()``); bump
-it whenever what a stored number means changes.
+it whenever what a stored number means changes. Version 3 measures a job in interleaved rounds (point 9), times
+runs below the timer's resolution in groups (point 7) and never stores an op that costs multiply-adds as 0 ms
+(point 10); version 2 measured each op once; rows of another version are never served as this one's.
 
 1. Exclusive device. ``MEASURE_LOCK`` (process-wide) is held for the whole measurement: nothing else of ours
    builds, exports or times while an op is timed.
@@ -15,9 +17,9 @@ it whenever what a stored number means changes.
    and a per-shape correction is subtracted, so that the SUM of the stored per-op latencies of an architecture
    (stem, blocks, mix, head) predicts the latency of the whole network; the ``conv`` stem carries the one-time
    overhead of the network call. Details and the formula in :mod:`profiler_service.engine.calibration`. Location
-   statistics (median, mean, min, p10, p90) are shifted by the correction and floored at 0 (an op cheaper than
-   the resolution of the measurement, like an identity block that the runtime removes, costs 0); std and IQR are
-   unchanged.
+   statistics (median, mean, min, p10, p90) are shifted by the correction and floored at 0; std and IQR are
+   unchanged. What a round yields keeps both (:class:`~profiler_service.engine.stats.RoundMeasurement`: the raw
+   statistics of the sandwich and the correction).
 5. Cache state (``cache_flush_kib``, default 16 MiB): a buffer of that size is read, untimed, before every run
    (ops and networks alike), so that weights come from far cache levels (and their pages from a cold TLB), as they
    do in a network, where the rest of the network runs between two calls of an op. Measured on a 2 MiB-L2 Xeon
@@ -28,14 +30,28 @@ it whenever what a stored number means changes.
    mobile-size networks. 0 keeps caches warm.
 6. Warm-up: at least ``warmup_runs`` runs and at least ``warmup_s`` seconds.
 7. Timed runs, in blocks of about ``block_s`` seconds (at least ``min_block_runs`` runs), each run timed on its
-   own (CUDA events on CUDA). A block whose median is more than ``disturbed_block_rel`` above the fastest
-   block's median was disturbed by something else on the machine and is set aside (None keeps all blocks).
-   Stop after a block when the kept samples number at least ``min_runs`` over at least ``min_blocks`` blocks and
-   the distribution-free (order statistic) ``confidence`` interval of their median has a half-width of at most
-   ``target_rel_ci`` times the median; or when ``time_budget_s`` has passed (once ``min_runs`` runs are done); or
-   at ``max_runs`` runs.
+   own (CUDA events on CUDA). When the first block's median is shorter than ``min_timing_ticks`` ticks of the
+   runner's timer (``Runner.timer_resolution_ms``), one run is too short to time: from then on each timing covers
+   a group of consecutive runs (doubled until one timing lasts that long, at most ``max_runs_per_timing`` runs;
+   the cache flush runs once before each group), and a sample is the group's time per run; the first block is
+   dropped. A block whose median is more than ``disturbed_block_rel`` above the fastest block's median was
+   disturbed by something else on the machine and is set aside (None keeps all blocks). Stop after a block when
+   the kept samples number at least ``min_runs`` over at least ``min_blocks`` blocks and the distribution-free
+   (order statistic) ``confidence`` interval of their median has a half-width of at most ``target_rel_ci`` times
+   the median; or when ``time_budget_s`` has passed (once ``min_runs`` samples are done); or at ``max_runs``
+   samples.
 8. Statistics of the kept samples: median, mean, std (ddof 1), min, p10, p90, IQR (numpy's linear percentiles),
    sample count, in milliseconds.
+9. Rounds (``rounds``, the job worker's part): a job measures its ops in ``rounds`` rounds, each round over all
+   of its pending ops in a fresh seeded random order (:mod:`profiler_service.engine.rounds`), so that a slow
+   stretch of time hits one round of many ops instead of every sample of one op; a network is measured in as many
+   rounds. Every round's statistics are stored; the stored value is the ``aggregate`` of the rounds
+   (:mod:`profiler_service.engine.aggregate`). Default 3 rounds: the smallest count whose median ignores one
+   disturbed round, and the most that keeps the proxyless-mobile table (70 ops) near a minute on ort-cpu with
+   ``time_budget_s`` 0.25 s per round (0.75 s of timed runs per op in all, the 0.5 s of version 2 plus half).
+10. No silent zeros (:func:`profiler_service.engine.rounds.stored_result`): an op that costs multiply-adds whose
+   aggregated latency is not above the timer's resolution (calibration floored it at 0, or it stayed below the
+   timer even in groups) is stored flagged, with the reason, and with an upper bound instead of 0.
 """
 
 from __future__ import annotations
@@ -49,8 +65,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -63,9 +79,14 @@ from nas_ops.network import build_network
 from nas_ops.spec import OpSpec
 from profiler_service.engine import calibration
 from profiler_service.engine.backends.base import Backend, Runner
+from profiler_service.engine.aggregate import AGGREGATES, DEFAULT_AGGREGATE, DEFAULT_QUANTILE, AggregateName
 from profiler_service.engine.fingerprint import env_hash
+from profiler_service.engine.stats import RoundMeasurement, Stats
 
-PROTOCOL_VERSION = "2"
+__all__ = ["MEASURE_LOCK", "PROTOCOL_VERSION", "MeasurementStopped", "ProtocolParams", "RoundMeasurement", "Stats",
+           "measure_network", "measure_network_round", "measure_op", "measure_op_round", "time_runner"]
+
+PROTOCOL_VERSION = "3"
 MAX_BATCH = 4096
 
 # One measurement at a time in this process (re-entrant: calibration runs inside an op's measurement).
@@ -95,12 +116,17 @@ class ProtocolParams(BaseModel):
     min_blocks: int = Field(3, ge=1, le=10_000, description="kept blocks needed before stopping on precision")
     target_rel_ci: float = Field(0.01, gt=0, le=1, description="relative half-width of the median's CI to reach")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence level of that interval")
-    time_budget_s: float = Field(0.5, gt=0, le=600, description="seconds of timed runs per measurement (soft)")
+    time_budget_s: float = Field(0.25, gt=0, le=600, description="seconds of timed runs per round (soft)")
     disturbed_block_rel: float | None = Field(0.05, gt=0, le=10, description="block filter; None keeps all")
     cache_flush_kib: int = Field(16384, ge=0, le=1 << 20, description="KiB read before every run; 0: warm caches")
     affinity: bool = Field(True, description="pin to fixed cores where the OS allows")
     calibrate: bool = Field(True, description="per-op boundary calibration (ops only)")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the weights and the random input")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the weights, the input and the round orders")
+    rounds: int = Field(3, ge=1, le=50, description="interleaved rounds per job (point 9)")
+    aggregate: AggregateName = Field(DEFAULT_AGGREGATE, description=f"aggregate of the rounds: {', '.join(AGGREGATES)}")
+    aggregate_q: float = Field(DEFAULT_QUANTILE, gt=0, lt=1, description="the quantile of low_quantile")
+    min_timing_ticks: int = Field(100, ge=1, le=10**9, description="timer ticks one timing must last (point 7)")
+    max_runs_per_timing: int = Field(1 << 16, ge=1, le=1 << 24, description="runs in one timing at most")
 
     @model_validator(mode="after")
     def _runs_ordered(self) -> ProtocolParams:
@@ -110,47 +136,10 @@ class ProtocolParams(BaseModel):
 
     @classmethod
     def fast(cls) -> ProtocolParams:
-        """Short runs (a few ms per op) for tests and smoke checks: numbers with little precision."""
+        """Short runs (a few ms per op) for tests and smoke checks: numbers with little precision, one round (a
+        single round is measured in the job's order: there is nothing to interleave)."""
         return cls(warmup_runs=1, warmup_s=0.0, min_runs=3, min_block_runs=3, min_blocks=1, block_s=0.005,
-                   target_rel_ci=0.05, time_budget_s=0.02, cache_flush_kib=0)
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Robust statistics of one measurement, in milliseconds; ``samples`` is the number of runs they describe."""
-
-    median_ms: float
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    p10_ms: float
-    p90_ms: float
-    iqr_ms: float
-    samples: int
-
-    @classmethod
-    def from_samples(cls, samples_ms: Sequence[float]) -> Stats:
-        """Statistics of the samples (numpy's linear percentiles, std with ddof 1); ValueError if empty."""
-        values = np.asarray(samples_ms, dtype=np.float64)
-        if values.size == 0:
-            raise ValueError("samples: no timed runs to describe")
-        p10, p25, p50, p75, p90 = np.percentile(values, [10, 25, 50, 75, 90])
-        return cls(median_ms=float(p50), mean_ms=float(values.mean()),
-                   std_ms=float(values.std(ddof=1)) if values.size > 1 else 0.0,
-                   min_ms=float(values.min()), p10_ms=float(p10), p90_ms=float(p90), iqr_ms=float(p75 - p25),
-                   samples=int(values.size))
-
-    def shifted(self, offset_ms: float) -> Stats:
-        """Location statistics moved by ``offset_ms`` and floored at 0; spread (std, IQR) unchanged."""
-        def move(value: float) -> float:
-            return max(0.0, value + offset_ms)
-
-        return Stats(median_ms=move(self.median_ms), mean_ms=move(self.mean_ms), std_ms=self.std_ms,
-                     min_ms=move(self.min_ms), p10_ms=move(self.p10_ms), p90_ms=move(self.p90_ms),
-                     iqr_ms=self.iqr_ms, samples=self.samples)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+                   target_rel_ci=0.05, time_budget_s=0.02, cache_flush_kib=0, rounds=1)
 
 
 # --- statistics of the stopping rule ------------------------------------------------------------------------------
@@ -197,6 +186,8 @@ class Timing:
     warmup_runs: int
     elapsed_s: float
     block_runs: int
+    runs_per_timing: int
+    timer_resolution_ms: float
 
 
 @functools.lru_cache(maxsize=2)
@@ -221,6 +212,19 @@ def _check_stop(should_stop: StopCheck | None) -> None:
         raise MeasurementStopped("measurement stopped: its job was cancelled or the worker is stopping")
 
 
+def runs_per_timing(runner: Runner, flush: Callable[[], None] | None, min_timing_ms: float, max_runs: int,
+                    should_stop: StopCheck | None = None) -> int:
+    """How many consecutive runs one timing must cover to last at least ``min_timing_ms``: the smallest power of
+    two that does (probed one timing each), at most ``max_runs``."""
+    group = 1
+    while group < max_runs:
+        group = min(max_runs, group * 2)
+        _check_stop(should_stop)
+        if runner.time_group(1, group, flush)[0] * group >= min_timing_ms:
+            break
+    return group
+
+
 def time_runner(runner: Runner, params: ProtocolParams, clock: Clock = time.perf_counter,
                 should_stop: StopCheck | None = None) -> Timing:
     """Warm up, then time ``runner`` in blocks until the stopping rule of the protocol holds (module docstring).
@@ -242,13 +246,22 @@ def time_runner(runner: Runner, params: ProtocolParams, clock: Clock = time.perf
         block_runs = params.min_block_runs
         if per_run_s > 0:
             block_runs = max(block_runs, math.ceil(params.block_s / per_run_s))
-        # timed blocks
+        # timed blocks; runs shorter than the timer can tell are timed in groups
+        resolution_ms = runner.timer_resolution_ms
+        min_timing_ms = params.min_timing_ticks * resolution_ms
         start = clock()
         blocks: list[list[float]] = []
-        runs = 0
+        runs, group = 0, 1
         while True:
             _check_stop(should_stop)
-            blocks.append(runner.time_runs(min(block_runs, params.max_runs - runs), flush))
+            count = min(block_runs, params.max_runs - runs)
+            block = runner.time_runs(count, flush) if group == 1 else runner.time_group(count, group, flush)
+            if group == 1 and not blocks and float(np.median(block)) < min_timing_ms:
+                group = runs_per_timing(runner, flush, min_timing_ms, params.max_runs_per_timing, should_stop)
+                block_runs = max(params.min_block_runs, math.ceil(block_runs / group))
+                if group > 1:
+                    continue  # the first block, timed run by run, says too little: dropped
+            blocks.append(block)
             runs += len(blocks[-1])
             kept = kept_blocks(blocks, params.disturbed_block_rel)
             samples = [t for block in kept for t in block]
@@ -263,7 +276,7 @@ def time_runner(runner: Runner, params: ProtocolParams, clock: Clock = time.perf
             if reason is not None:
                 return Timing(samples=samples, runs=runs, blocks=len(blocks), discarded_blocks=len(blocks) - len(kept),
                               stopped_by=reason, warmup_runs=warm_runs, elapsed_s=clock() - start,
-                              block_runs=block_runs)
+                              block_runs=block_runs, runs_per_timing=group, timer_resolution_ms=resolution_ms)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -318,16 +331,17 @@ def measurement_context(backend: Backend, batch: int, dtype: str, threads: int,
             params.model_dump_json())
 
 
-def measure_op(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: int,
-               params: ProtocolParams | None = None,
-               calibration_cache: calibration.CalibrationCache | None = None,
-               should_stop: StopCheck | None = None) -> Stats:
-    """Latency statistics of one op at ``batch`` on ``backend``, calibrated for summing (module docstring).
+def measure_op_round(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: int,
+                     params: ProtocolParams | None = None,
+                     calibration_cache: calibration.CalibrationCache | None = None,
+                     should_stop: StopCheck | None = None) -> RoundMeasurement:
+    """One round of one op at ``batch`` on ``backend``: the raw statistics of what was timed (the op inside its
+    sandwich when ``params.calibrate``) and the calibration correction (module docstring, points 4 and 7).
 
     ``calibration_cache`` holds the calibration values of the measurement session this op belongs to: pass the
-    same cache for every op of a job, so that neighbouring ops subtract the same boundary timings. None: a cache
-    of this call only (nothing shared with any other measurement). ``should_stop``: see :func:`time_runner`
-    (asked in the op's timing and in its calibration timings).
+    same cache for every op (and every round) of a job, so that neighbouring ops subtract the same boundary
+    timings. None: a cache of this call only (nothing shared with any other measurement). ``should_stop``: see
+    :func:`time_runner` (asked in the op's timing and in its calibration timings).
     """
     params = params or ProtocolParams()
     cache = calibration.CalibrationCache() if calibration_cache is None else calibration_cache
@@ -338,23 +352,36 @@ def measure_op(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: 
             if params.calibrate:
                 module = calibration.sandwich(spec, module, backend.boundary_kind)
         input_shape = (batch, *spec.input_shape)
-        stats = Stats.from_samples(time_module(module, input_shape, backend, dtype, threads, params,
-                                               should_stop=should_stop).samples)
-        if not params.calibrate:
-            return stats
-        context = measurement_context(backend, batch, dtype, threads, params)
+        timing = time_module(module, input_shape, backend, dtype, threads, params, should_stop=should_stop)
+        raw = Stats.from_samples(timing.samples)
+        correction = 0.0
+        if params.calibrate:
+            context = measurement_context(backend, batch, dtype, threads, params)
 
-        def time_median(calibration_module: nn.Module, shape: tuple[int, int, int, int]) -> float:
-            timing = time_module(calibration_module, shape, backend, dtype, threads, params, should_stop=should_stop)
-            return float(np.median(timing.samples))
+            def time_median(calibration_module: nn.Module, shape: tuple[int, int, int, int]) -> float:
+                calibration_timing = time_module(calibration_module, shape, backend, dtype, threads, params,
+                                                 should_stop=should_stop)
+                return float(np.median(calibration_timing.samples))
 
-        correction = calibration.correction_ms(spec, backend.boundary_kind, cache, context, batch, time_median)
-        return stats.shifted(-correction)
+            correction = calibration.correction_ms(spec, backend.boundary_kind, cache, context, batch, time_median)
+        return RoundMeasurement(raw=raw, correction_ms=correction, runs_per_timing=timing.runs_per_timing,
+                                timer_resolution_ms=timing.timer_resolution_ms)
 
 
-def measure_network(arch: Architecture, backend: Backend, batch: int, dtype: str, threads: int,
-                    params: ProtocolParams | None = None, should_stop: StopCheck | None = None) -> Stats:
-    """Latency statistics of the whole network of ``arch`` at ``batch`` on ``backend`` (no calibration);
+def measure_op(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: int,
+               params: ProtocolParams | None = None,
+               calibration_cache: calibration.CalibrationCache | None = None,
+               should_stop: StopCheck | None = None) -> Stats:
+    """Latency statistics of one op, measured once and calibrated for summing: :func:`measure_op_round`'s
+    calibrated statistics (location floored at 0). A job measures its ops in rounds instead (point 9)."""
+    return measure_op_round(spec, backend, batch, dtype, threads, params, calibration_cache,
+                            should_stop).calibrated()
+
+
+def measure_network_round(arch: Architecture, backend: Backend, batch: int, dtype: str, threads: int,
+                          params: ProtocolParams | None = None,
+                          should_stop: StopCheck | None = None) -> RoundMeasurement:
+    """One round of the whole network of ``arch`` at ``batch`` on ``backend`` (no calibration);
     ``should_stop``: see :func:`time_runner`."""
     params = params or ProtocolParams()
     _check_batch(batch)
@@ -362,5 +389,12 @@ def measure_network(arch: Architecture, backend: Backend, batch: int, dtype: str
         with seeded(params.seed):
             module = build_network(arch).eval()
         input_shape = (batch, arch.in_chs, *arch.input_size)
-        return Stats.from_samples(time_module(module, input_shape, backend, dtype, threads, params,
-                                              should_stop=should_stop).samples)
+        timing = time_module(module, input_shape, backend, dtype, threads, params, should_stop=should_stop)
+        return RoundMeasurement(raw=Stats.from_samples(timing.samples), runs_per_timing=timing.runs_per_timing,
+                                timer_resolution_ms=timing.timer_resolution_ms)
+
+
+def measure_network(arch: Architecture, backend: Backend, batch: int, dtype: str, threads: int,
+                    params: ProtocolParams | None = None, should_stop: StopCheck | None = None) -> Stats:
+    """Latency statistics of the whole network, measured once (:func:`measure_network_round`'s statistics)."""
+    return measure_network_round(arch, backend, batch, dtype, threads, params, should_stop).raw

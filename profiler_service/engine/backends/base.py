@@ -3,6 +3,7 @@ returns, which runs and times that module on one bound random input."""
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -29,6 +30,26 @@ class Runner(ABC):
     @abstractmethod
     def time_runs(self, count: int, before_each: Callable[[], None] | None = None) -> list[float]:
         """Run ``count`` inferences and return each one's latency in milliseconds."""
+
+    def time_group(self, count: int, runs_per_timing: int,
+                   before_each: Callable[[], None] | None = None) -> list[float]:
+        """``count`` timings, each of ``runs_per_timing`` consecutive runs (``before_each`` once before each group,
+        untimed); returns each timing's latency per run, in ms. For runs too short to time one by one: the host
+        clock around synchronous runs (a backend may time groups its own way)."""
+        times = []
+        for _ in range(count):
+            if before_each is not None:
+                before_each()
+            start = time.perf_counter_ns()
+            for _ in range(runs_per_timing):
+                self.run()
+            times.append((time.perf_counter_ns() - start) / 1e6 / runs_per_timing)
+        return times
+
+    @property
+    def timer_resolution_ms(self) -> float:
+        """The resolution of the clock that times the runs, in ms (here the host's ``perf_counter``)."""
+        return time.get_clock_info("perf_counter").resolution * 1e3
 
     @abstractmethod
     def output(self) -> np.ndarray:
