@@ -35,6 +35,12 @@ class ProfilerSettings(BaseSettings):
     protocol: str = Field("default", description="protocol preset: 'default' (caches flushed), 'warm' (small "
                           "networks that fit in the cache) or 'fast' (short runs, for tests)")
     worker_poll_s: float = Field(1.0, gt=0, le=60)
+    canary_interval_s: float = Field(600.0, ge=0, le=86_400, description="seconds between two canary checks "
+                                     "while serving (besides the one at start and those before jobs); 0: no canaries")
+    canary_before_job_s: float = Field(60.0, ge=0, le=86_400, description="before a job, its backend's canaries "
+                                       "are checked unless they were within this many seconds")
+    canary_drift_rel: float = Field(0.10, gt=0, le=10, description="relative change of the canaries (their median "
+                                    "ratio to the stored values) beyond which the device reports drift")
 
     # --- limits on requests --------------------------------------------------------------------------------------
     max_request_bytes: int = Field(2_000_000, ge=1024)

@@ -34,7 +34,9 @@ OpSpecText = Annotated[str, Field(
 
 
 class Stats(BaseModel):
-    """Robust statistics of one measurement, in milliseconds (``samples`` is the number of timed runs)."""
+    """Robust statistics of one measurement, in milliseconds (``samples`` is the number of timed runs); protocol 3
+    values aggregate ``rounds`` interleaved rounds, and ``flagged`` says why a value is an upper bound rather than a
+    measurement (e.g. an op below the timer's resolution; null when it is a measurement)."""
 
     median_ms: float
     mean_ms: float
@@ -44,6 +46,37 @@ class Stats(BaseModel):
     p90_ms: float
     iqr_ms: float
     samples: int
+    rounds: int | None = Field(None, description="rounds the statistics aggregate (null: an older protocol)")
+    flagged: str | None = Field(None, description="why the value is flagged; null when it is not")
+
+
+class CanaryReading(BaseModel):
+    op: str
+    reference_ms: float
+    current_ms: float
+    ratio: float
+
+
+class BackendDrift(BaseModel):
+    """The latest canary check of one backend: ``ratio`` is the median of current / stored over the canaries."""
+
+    backend: str
+    drifting: bool
+    ratio: float
+    threshold_rel: float
+    checked_at: datetime
+    reason: Literal["start", "interval", "job"]
+    canaries: list[CanaryReading]
+
+
+class Drift(BaseModel):
+    """Whether the device still runs at the speed its stored numbers were measured at (canary ops): "drift" when
+    a backend's canaries moved beyond the threshold (re-measure with ``force`` once the cause is gone),
+    "unchecked" before the first check, "off" when the service checks no canaries."""
+
+    status: Literal["off", "unchecked", "ok", "drift"]
+    threshold_rel: float | None = None
+    backends: list[BackendDrift] = []
 
 
 class ErrorBody(BaseModel):
@@ -79,6 +112,7 @@ class LookupResponse(BaseModel):
     protocol_version: str
     found: dict[str, Stats]
     missing: list[str]
+    drift: Drift
 
 
 class MeasureRequest(ContextBody):
@@ -165,6 +199,7 @@ class DeviceInfo(BaseModel):
     default_threads: int
     backends: list[BackendInfo]
     limits: dict[str, Any]
+    drift: Drift
 
 
 class Health(BaseModel):
@@ -176,3 +211,5 @@ class Readiness(BaseModel):
     status: str
     database: str
     worker: str
+    drift: Literal["off", "unchecked", "ok", "drift"] = Field(
+        description="the canaries' verdict (see /v1/device): drift is reported, not a reason to be unready")

@@ -17,6 +17,7 @@ from profiler_service.engine.fingerprint import device_fingerprint, env_hash, en
 from profiler_service.api.metrics import ServiceMetrics
 from profiler_service.engine.presets import protocol_params_for, protocol_version_for
 from profiler_service.settings import ProfilerSettings
+from profiler_service.jobs.canaries import CanaryWatch
 from profiler_service.jobs.worker import JobWorker
 
 
@@ -43,10 +44,16 @@ class ServiceState:
         self._env_lock = threading.Lock()
         with write_session(self.sessions) as session:
             self.device_id = get_or_create_device(session, settings.device_name, self.fingerprint).id
+        self.canaries = None if settings.canary_interval_s == 0 else CanaryWatch(
+            sessions=self.sessions, device_id=self.device_id, protocol_version=self.protocol_version,
+            threads=settings.threads, interval_s=settings.canary_interval_s,
+            before_job_s=settings.canary_before_job_s, threshold_rel=settings.canary_drift_rel,
+        )
         self.worker = JobWorker(
             sessions=self.sessions, device_id=self.device_id, backends=self.backends,
             protocol_params=self.protocol_params, protocol_version=self.protocol_version,
             environment=self.environment, poll_s=settings.worker_poll_s, on_measured=self._count_measurement,
+            canaries=self.canaries,
         )
 
     def backend(self, name: str) -> Backend:

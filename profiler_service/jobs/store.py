@@ -11,18 +11,21 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from latency_db.context import MeasurementContext
-from latency_db.models import LEASE_OWNER_MAX_LEN, Job, JobItem
+from latency_db.models import LEASE_OWNER_MAX_LEN, Job, JobItem, MeasurementRound
 from latency_db.repository import (
+    add_round,
+    attach_rounds,
     claim_next_job,
     complete_item,
     fail_pending_items,
     finish_job,
     holds_lease,
+    job_rounds,
     lookup_measurements,
     pending_items,
     release_lease,
@@ -30,6 +33,10 @@ from latency_db.repository import (
     upsert_measurement,
 )
 from latency_db.transactions import write_session
+from profiler_service.engine.stats import RoundMeasurement, Stats
+
+#: The item position of the network of an architecture job (which has no items) in its stored rounds.
+NETWORK_POSITION = 0
 
 
 def new_owner_id() -> str:
@@ -56,6 +63,27 @@ class ClaimedJob:
     def of(cls, job: Job) -> ClaimedJob:
         """The claimed view of a job row."""
         return cls(job.id, job.kind, job.context, job.force, job.payload)
+
+
+class PendingItem(NamedTuple):
+    """A pending item of a job: its id, position and op spec."""
+
+    item_id: int
+    position: int
+    op_spec: str
+
+
+def round_values(measurement: RoundMeasurement) -> dict[str, Any]:
+    """The columns of a stored round of ``measurement`` (raw statistics and details), for ``add_round``."""
+    return {"stats": measurement.raw.as_dict(), "correction_ms": measurement.correction_ms,
+            "runs_per_timing": measurement.runs_per_timing, "timer_resolution_ms": measurement.timer_resolution_ms}
+
+
+def round_of(row: MeasurementRound) -> RoundMeasurement:
+    """The round a stored row holds."""
+    raw = Stats(row.median_ms, row.mean_ms, row.std_ms, row.min_ms, row.p10_ms, row.p90_ms, row.iqr_ms, row.samples)
+    return RoundMeasurement(raw=raw, correction_ms=row.correction_ms, runs_per_timing=row.runs_per_timing,
+                            timer_resolution_ms=row.timer_resolution_ms)
 
 
 class JobStore:
@@ -91,10 +119,34 @@ class JobStore:
             return job is not None and job.status == "running" and job.lease_owner == self.owner
 
     # --- items ---------------------------------------------------------------------------------------------------
-    def pending_items(self, job_id: int) -> list[tuple[int, str]]:
-        """(item id, op spec) of the job's pending items, in position order."""
+    def pending_items(self, job_id: int) -> list[PendingItem]:
+        """The job's pending items, in position order."""
         with self.sessions() as session:
-            return [(item.id, item.op_spec) for item in pending_items(session, job_id)]
+            return [PendingItem(item.id, item.position, item.op_spec) for item in pending_items(session, job_id)]
+
+    def stored_rounds(self, job_id: int, context: MeasurementContext) -> dict[int, dict[int, RoundMeasurement]]:
+        """The rounds the job has stored in ``context``'s environment and protocol version: position -> round
+        index -> round (rounds of another environment are not the current measurement's)."""
+        with self.sessions() as session:
+            rounds: dict[int, dict[int, RoundMeasurement]] = {}
+            for row in job_rounds(session, job_id, context):
+                rounds.setdefault(row.position, {})[row.round_index] = round_of(row)
+            return rounds
+
+    def store_round(self, job_id: int, item_id: int | None, position: int, context: MeasurementContext,
+                    round_index: int, measurement: RoundMeasurement) -> bool:
+        """Store one round that does not complete its item (``item_id`` None: the network of an architecture job).
+
+        Returns False, storing nothing, when the job is no longer this worker's or the item no longer pending.
+        """
+        with write_session(self.sessions) as session:
+            if not holds_lease(session, job_id, owner=self.owner):
+                return False
+            if item_id is not None and not _is_pending(session, item_id):
+                return False
+            add_round(session, job_id=job_id, position=position, context=context, round_index=round_index,
+                      **round_values(measurement))
+            return True
 
     def skip_if_stored(self, job_id: int, item_id: int, context: MeasurementContext, op_spec: str) -> bool:
         """Mark the item skipped when the op is already stored in ``context``; True when it was."""
@@ -108,19 +160,31 @@ class JobStore:
 
     def store_measurement(self, job_id: int, item_id: int, context: MeasurementContext, op_spec: str,
                           environment: dict[str, Any], protocol_params: dict[str, Any],
-                          stats: dict[str, Any]) -> bool:
-        """Store the row and mark the item done, in ONE transaction (crash safety: see the worker's docstring).
+                          stats: dict[str, Any], *, rounds: int | None = None, flagged: str | None = None,
+                          position: int | None = None,
+                          last_round: tuple[int, RoundMeasurement] | None = None) -> bool:
+        """Store the item's last round (``last_round``: index and round), its measurement row (``stats``, the
+        aggregate of ``rounds`` rounds, ``flagged``) and mark the item done, in ONE transaction (crash safety: see
+        the worker's docstring); with ``position``, the item's stored rounds are linked to the row.
 
         Returns False, storing nothing, when the job is no longer this worker's or the item no longer pending.
         """
         with write_session(self.sessions) as session:
             if not holds_lease(session, job_id, owner=self.owner):
                 return False
-            item = session.get(JobItem, item_id, populate_existing=True)
-            if item is None or item.status != "pending":
+            if not _is_pending(session, item_id):
                 return False
+            if last_round is not None:
+                if position is None:
+                    raise ValueError("position: needed to store the item's last round")
+                index, measurement = last_round
+                add_round(session, job_id=job_id, position=position, context=context, round_index=index,
+                          **round_values(measurement))
             row = upsert_measurement(session, device_id=self.device_id, context=context, op_spec=op_spec,
-                                     environment=environment, protocol_params=protocol_params, stats=stats)
+                                     environment=environment, protocol_params=protocol_params, stats=stats,
+                                     rounds=rounds, flagged=flagged)
+            if position is not None:
+                attach_rounds(session, job_id=job_id, position=position, context=context, measurement_id=row.id)
             return _complete(session, item_id, status="done", measurement_id=row.id)
 
     def fail_item(self, job_id: int, item_id: int, error: str) -> bool:
@@ -151,6 +215,19 @@ class JobStore:
             finish_job(session, session.get(Job, job_id), status="failed", error=error)
             return True
 
+    def finish_network(self, job_id: int, context: MeasurementContext, round_index: int,
+                       measurement: RoundMeasurement | None, result: dict[str, Any]) -> bool:
+        """Store the network's last round (None: every round is stored already) and finish the architecture job
+        "done" with ``result``, in ONE transaction, if the job still runs under this worker's lease."""
+        with write_session(self.sessions) as session:
+            if not holds_lease(session, job_id, owner=self.owner):
+                return False
+            if measurement is not None:
+                add_round(session, job_id=job_id, position=NETWORK_POSITION, context=context,
+                          round_index=round_index, **round_values(measurement))
+            finish_job(session, session.get(Job, job_id), status="done", result=result)
+            return True
+
     def finish(self, job_id: int, **fields: Any) -> bool:
         """Finish the job (see ``finish_job`` for ``fields``) if it still runs under this worker's lease (a job
         cancelled meanwhile stays cancelled); True when it was finished here."""
@@ -159,6 +236,11 @@ class JobStore:
                 return False
             finish_job(session, session.get(Job, job_id), **fields)
             return True
+
+
+def _is_pending(session: Session, item_id: int) -> bool:
+    item = session.get(JobItem, item_id, populate_existing=True)
+    return item is not None and item.status == "pending"
 
 
 def _complete(session: Session, item_id: int, **fields: Any) -> bool:

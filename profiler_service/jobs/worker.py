@@ -1,8 +1,15 @@
 """The job worker: one thread that measures the items of persistent jobs, one at a time, in order.
 
-Crash safety: an item's measurement row and the item's ``done`` status are written in ONE transaction, so a process
-killed at any point leaves each item either pending (nothing stored: it is measured when the service restarts) or
-done with its row (never measured again).
+Rounds (protocol point 9): an ops job is measured in ``protocol_params.rounds`` rounds, each round over every
+pending item that lacks it, in the round's seeded order (:func:`profiler_service.engine.rounds.round_order`); each
+round is stored as it is measured, and an item's LAST round, its measurement row (the robust aggregate of its
+rounds, flagged rather than 0 ms for an op that costs multiply-adds: :func:`~profiler_service.engine.rounds.
+stored_result`) and the item's ``done`` status are written in ONE transaction. An architecture job measures its
+network in as many rounds; the last one and the job's result are written together.
+
+Crash safety: a process killed at any point leaves each item either pending with some of its rounds stored (the
+restarted service measures only the rounds it lacks, in the environment of now: rounds of another environment or
+protocol version do not count) or done with its row and all its rounds (never measured again).
 
 Leases: a worker claims a job with a lease (owner = this worker, expiry ``lease_s`` ahead) and renews it every
 ``lease_s / 3`` seconds while it works (:class:`~profiler_service.jobs.lease.LeaseKeeper`). Services sharing one
@@ -23,8 +30,12 @@ version of now (resolved inside the job's error handling): a job whose backend i
 each pending item, "backend X is no longer served by this device", and the worker goes on with the next job; a
 job resumed after a restart with another runtime stores its rows under the environment they were measured in.
 
+Canaries: with a :class:`~profiler_service.jobs.canaries.CanaryWatch`, the worker measures the canary ops at its
+start, every ``interval_s`` while it serves (also between the items of a long job) and before a job, and keeps
+the drift report the API shows.
+
 The worker gets what it needs and nothing of the web service: a session factory, this device's id, the served
-backends, the protocol (parameters and stored version) and an environment resolver.
+backends, the protocol (parameters and stored version), an environment resolver and, optionally, a canary watch.
 """
 
 from __future__ import annotations
@@ -32,8 +43,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,19 +53,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from latency_db.context import MeasurementContext
 from latency_db.errors import describe_store_error, is_store_unavailable
 from nas_ops.arch import architecture_from_json_obj
+from nas_ops.counting import count_flops
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends import Backend
 from profiler_service.engine.calibration import CalibrationCache
+from profiler_service.engine.canary import canary_params
 from profiler_service.engine.protocol import (
     MeasurementStopped,
     ProtocolParams,
-    Stats,
-    measure_network,
-    measure_op,
+    measure_network_round,
+    measure_op_round,
 )
+from profiler_service.engine.rounds import lacking_rounds, round_order, stored_result
+from profiler_service.engine.stats import RoundMeasurement, Stats
+from profiler_service.jobs.canaries import CANARY_BATCH, CANARY_DTYPE, CanaryWatch
 from profiler_service.jobs.lease import LeaseKeeper
 from profiler_service.jobs.retry import Backoff, Interrupted, Sleep, StoreUnavailable, with_retries
-from profiler_service.jobs.store import ClaimedJob, JobStore, new_owner_id
+from profiler_service.jobs.store import NETWORK_POSITION, ClaimedJob, JobStore, PendingItem, new_owner_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,9 +78,10 @@ T = TypeVar("T")
 EnvironmentResolver = Callable[[str, int], tuple[dict[str, Any], str]]
 #: Called after each measurement with (backend name, "op" | "network", seconds it took).
 MeasuredHook = Callable[[str, str, float], None]
-#: How an op / a whole network is measured (the protocol's functions; tests pass scripted ones).
-OpMeasurer = Callable[..., Stats]
-NetworkMeasurer = Callable[..., Stats]
+#: How one round of an op / a whole network is measured (the protocol's functions; tests pass scripted ones, which
+#: may return plain Stats: final values, see RoundMeasurement.of).
+OpMeasurer = Callable[..., RoundMeasurement | Stats]
+NetworkMeasurer = Callable[..., RoundMeasurement | Stats]
 
 #: Seconds a claimed job stays leased without a renewal (renewed every third of it while the worker works).
 DEFAULT_LEASE_S = 15.0
@@ -98,8 +115,9 @@ class JobWorker:
         sleep: Sleep | None = None,
         owner: str | None = None,
         on_measured: MeasuredHook | None = None,
-        measure_op: OpMeasurer = measure_op,
-        measure_network: NetworkMeasurer = measure_network,
+        measure_op: OpMeasurer = measure_op_round,
+        measure_network: NetworkMeasurer = measure_network_round,
+        canaries: CanaryWatch | None = None,
     ) -> None:
         self.device_id = device_id
         self.backends = backends
@@ -115,6 +133,7 @@ class JobWorker:
         self.on_measured = on_measured
         self.measure_op = measure_op
         self.measure_network = measure_network
+        self.canaries = canaries
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,8 +170,10 @@ class JobWorker:
     # --- loop ----------------------------------------------------------------------------------------------------
     def _run(self) -> None:
         failures = 0
+        self._check_canaries("start", self.backends, self._stop.is_set)
         while not self._stop.is_set():
             try:
+                self._check_canaries("interval", self.backends, self._stop.is_set)
                 job = self.store.claim()
                 failures = 0
                 if job is None:
@@ -184,6 +205,7 @@ class JobWorker:
                 return
             with LeaseKeeper(lambda: self.store.renew(job.id), self.lease_s / 3, lambda: self.store.holds(job.id),
                              min(self.check_s, self.lease_s / 3)) as lease:
+                self._check_canaries("job", [job.context.backend], self._should_stop(lease))
                 try:
                     if job.kind == "architecture":
                         self._run_architecture(run, lease)
@@ -234,59 +256,156 @@ class JobWorker:
         """The measurement's stop hook: the worker is stopping, or the job was cancelled or taken over."""
         return lambda: self._stop.is_set() or lease.lost
 
+    # --- canaries ----------------------------------------------------------------------------------------------
+    def _check_canaries(self, reason: str, backends: Iterable[str], should_stop: Callable[[], bool]) -> None:
+        """Run the canary checks of ``backends`` that are due for ``reason``; a failed check is logged (the
+        report keeps its last value), a stop gives the check up."""
+        if self.canaries is None:
+            return
+        for name in sorted(backends):
+            if should_stop() or not self.canaries.due(name, reason):
+                continue
+            try:
+                threads = self.canaries.threads
+                report = self.canaries.check(name, reason, self.environment(name, threads)[1],
+                                             self._canary_measurer(name, threads, should_stop), self.protocol_params)
+            except MeasurementStopped:
+                return
+            except Exception as exc:  # the device still serves; the drift report stays as it was
+                log.warning("canary check of %s (%s) failed: %s: %s", name, reason, type(exc).__name__, exc)
+                continue
+            if report.drifting:
+                log.warning("drift on %s: the canaries run at %.3gx their stored values (threshold %g)", name,
+                            report.ratio, report.threshold_rel)
+
+    def _canary_measurer(self, backend: str, threads: int,
+                         should_stop: Callable[[], bool]) -> Callable[[str], RoundMeasurement]:
+        """One round of one canary op on ``backend`` with the canary protocol (a check is one session)."""
+        params = canary_params(self.protocol_params)
+        calibration = CalibrationCache()
+
+        def measure(spec: str) -> RoundMeasurement:
+            return RoundMeasurement.of(self.measure_op(parse_spec(spec), self.backends[backend], CANARY_BATCH,
+                                                       CANARY_DTYPE, threads, params, calibration,
+                                                       should_stop=should_stop))
+
+        return measure
+
     # --- ops jobs --------------------------------------------------------------------------------------------------
     def _run_ops(self, run: _Run, lease: LeaseKeeper) -> None:
-        job = run.job
+        job, rounds = run.job, self.protocol_params.rounds
         calibration = CalibrationCache()  # the job's ops share their calibration values, and no other job's
         items = self._retry(f"reading the items of job {job.id}", lambda: self.store.pending_items(job.id))
-        for item_id, op_spec in items:
-            if not self._keeps_working(run, lease):
-                return  # stopping (resumes at the next start), cancelled, or taken over
-            if not job.force and self._retry(
-                f"looking up {op_spec}", lambda: self.store.skip_if_stored(job.id, item_id, run.context, op_spec)
-            ):
-                continue
-            if not self._measure_item(run, item_id, op_spec, calibration, self._should_stop(lease)):
-                return
+        stored = self._retry(f"reading the rounds of job {job.id}", lambda: self.store.stored_rounds(job.id,
+                                                                                                   run.context))
+        open_items = {item.position: item for item in items}
+        for item in items:  # every round stored, not done (cannot happen through this worker): finish it
+            if not lacking_rounds(list(stored.get(item.position, {})), rounds):
+                if self._finish_item(run, item, stored[item.position], None) is _Outcome.STOP:
+                    return
+                del open_items[item.position]
+        for round_index in range(rounds):
+            order = round_order(list(open_items), seed=self.protocol_params.seed, job_id=job.id,
+                                round_index=round_index, rounds=rounds)
+            for position in order:
+                item = open_items.get(position)
+                item_rounds = stored.setdefault(position, {})
+                if item is None or round_index in item_rounds:
+                    continue  # finished in an earlier round of this run, or this round was stored before
+                self._check_canaries("interval", self.backends, self._should_stop(lease))
+                if not self._keeps_working(run, lease):
+                    return  # stopping (resumes at the next start), cancelled, or taken over
+                if not job.force and self._retry(f"looking up {item.op_spec}", lambda: self.store.skip_if_stored(
+                        job.id, item.item_id, run.context, item.op_spec)):
+                    del open_items[position]
+                    continue
+                outcome = self._measure_round(run, item, round_index, item_rounds, calibration,
+                                              self._should_stop(lease))
+                if outcome is _Outcome.STOP:
+                    return
+                if outcome is _Outcome.ITEM_CLOSED:
+                    del open_items[position]
         self._retry(f"finishing job {job.id}", lambda: self.store.finish(job.id))
 
-    def _measure_item(self, run: _Run, item_id: int, op_spec: str, calibration: CalibrationCache,
-                      should_stop: Callable[[], bool]) -> bool:
-        """Measure one item and store it; False when the job is no longer this worker's or the worker stops."""
+    def _measure_round(self, run: _Run, item: PendingItem, round_index: int,
+                       item_rounds: dict[int, RoundMeasurement], calibration: CalibrationCache,
+                       should_stop: Callable[[], bool]) -> _Outcome:
+        """Measure one round of one item and store it (with the item's result when it is its last round)."""
         context = run.context
         started = time.perf_counter()
         try:
-            stats = self.measure_op(parse_spec(op_spec), run.backend, context.batch, context.dtype, context.threads,
-                                    self.protocol_params, calibration, should_stop=should_stop)
+            measurement = RoundMeasurement.of(self.measure_op(
+                parse_spec(item.op_spec), run.backend, context.batch, context.dtype, context.threads,
+                self.protocol_params, calibration, should_stop=should_stop))
         except MeasurementStopped:
-            log.info("measuring %s of job %s stopped (cancelled or stopping)", op_spec, run.job.id)
-            return False
+            log.info("measuring %s of job %s stopped (cancelled or stopping)", item.op_spec, run.job.id)
+            return _Outcome.STOP
         except Exception as exc:  # an op that fails to build or run fails its item, not the job
-            log.warning("measuring %s on %s failed: %s", op_spec, context.backend, exc)
-            return self._fail_item(run, item_id, f"{type(exc).__name__}: {exc}")
+            log.warning("measuring %s on %s failed: %s", item.op_spec, context.backend, exc)
+            return self._fail_item(run, item.item_id, f"{type(exc).__name__}: {exc}")
         self._measured(context.backend, "op", started)
+        if lacking_rounds([*item_rounds, round_index], self.protocol_params.rounds):
+            return self._store_round(run, item, round_index, measurement, item_rounds)
+        return self._finish_item(run, item, {**item_rounds, round_index: measurement}, round_index)
+
+    def _store_round(self, run: _Run, item: PendingItem, round_index: int, measurement: RoundMeasurement,
+                     item_rounds: dict[int, RoundMeasurement]) -> _Outcome:
+        """Store a round that does not complete its item."""
         try:
-            stored = self._retry(f"storing the measurement of {op_spec}", lambda: self.store.store_measurement(
-                run.job.id, item_id, context, op_spec, run.environment, self.protocol_params.model_dump(),
-                stats.as_dict()))
+            stored = self._retry(f"storing round {round_index} of {item.op_spec}", lambda: self.store.store_round(
+                run.job.id, item.item_id, item.position, run.context, round_index, measurement))
+        except StoreUnavailable as exc:
+            self._abandon(run, item.item_id, f"a round could not be stored: {exc}")
+            return _Outcome.STOP
+        except Exception as exc:
+            return self._fail_item(run, item.item_id, f"storing a round failed: {type(exc).__name__}: {exc}")
+        if not stored:
+            log.warning("job %s is no longer this worker's: round %s of %s was not stored", run.job.id,
+                        round_index, item.op_spec)
+            return _Outcome.STOP
+        item_rounds[round_index] = measurement
+        return _Outcome.MEASURED
+
+    def _finish_item(self, run: _Run, item: PendingItem, item_rounds: Mapping[int, RoundMeasurement],
+                     last_index: int | None) -> _Outcome:
+        """Store the item's measurement (the aggregate of its rounds), its last round (``last_index``; None: all
+        stored already) and its done status in one transaction: ITEM_CLOSED (done, or failed when its value or
+        row is refused), or STOP when the worker must leave the job."""
+        context = run.context
+        ordered = [item_rounds[index] for index in sorted(item_rounds)[: self.protocol_params.rounds]]
+        try:
+            result = stored_result(ordered, self.protocol_params,
+                                   costs_compute=count_flops(parse_spec(item.op_spec)) > 0)
+        except ValueError as exc:
+            return self._fail_item(run, item.item_id, str(exc))
+        if result.flagged is not None:
+            log.warning("%s on %s stored flagged: %s", item.op_spec, context.backend, result.flagged)
+        last_round = None if last_index is None else (last_index, item_rounds[last_index])
+        try:
+            stored = self._retry(f"storing the measurement of {item.op_spec}", lambda: self.store.store_measurement(
+                run.job.id, item.item_id, context, item.op_spec, run.environment, self.protocol_params.model_dump(),
+                result.stats.as_dict(), rounds=result.rounds, flagged=result.flagged, position=item.position,
+                last_round=last_round))
         except StoreUnavailable as exc:  # e.g. the disk is full: fail the item and end the job, no retry storm
-            self._abandon(run, item_id, f"the measurement could not be stored: {exc}")
-            return False
+            self._abandon(run, item.item_id, f"the measurement could not be stored: {exc}")
+            return _Outcome.STOP
         except Exception as exc:  # refused for good (e.g. stats the store rejects): the item fails, the job goes on
-            return self._fail_item(run, item_id, f"storing failed: {type(exc).__name__}: {exc}")
+            return self._fail_item(run, item.item_id, f"storing failed: {type(exc).__name__}: {exc}")
         if not stored:
             log.warning("job %s is no longer this worker's: the measurement of %s was not stored", run.job.id,
-                        op_spec)
-        return stored
+                        item.op_spec)
+            return _Outcome.STOP
+        return _Outcome.ITEM_CLOSED
 
-    def _fail_item(self, run: _Run, item_id: int, error: str) -> bool:
-        """Mark the item failed (the job goes on); False when the job is no longer this worker's."""
+    def _fail_item(self, run: _Run, item_id: int, error: str) -> _Outcome:
+        """Mark the item failed (the job goes on: ITEM_CLOSED); STOP when the job is no longer this worker's."""
         try:
-            return self._retry(f"failing an item of job {run.job.id}",
-                               lambda: self.store.fail_item(run.job.id, item_id, error))
+            failed = self._retry(f"failing an item of job {run.job.id}",
+                                 lambda: self.store.fail_item(run.job.id, item_id, error))
         except StoreUnavailable as exc:
             self._abandon(run, item_id, f"{error}; and the failure could not be stored: {exc}")
-            return False
+            return _Outcome.STOP
+        return _Outcome.ITEM_CLOSED if failed else _Outcome.STOP
 
     def _abandon(self, run: _Run, item_id: int, error: str) -> None:
         """The store refuses writes: the item fails with ``error`` and the job ends failed (its other pending items
@@ -297,24 +416,57 @@ class JobWorker:
 
     # --- architecture jobs -----------------------------------------------------------------------------------------
     def _run_architecture(self, run: _Run, lease: LeaseKeeper) -> None:
-        job, context = run.job, run.context
-        started = time.perf_counter()
+        job, context, rounds = run.job, run.context, self.protocol_params.rounds
         try:
             arch = architecture_from_json_obj(job.payload)
-            stats = self.measure_network(arch, run.backend, context.batch, context.dtype, context.threads,
-                                         self.protocol_params, should_stop=self._should_stop(lease))
-        except MeasurementStopped:
-            log.info("measuring architecture job %s stopped (cancelled or stopping)", job.id)
-            return
         except Exception as exc:
-            log.warning("measuring architecture job %s failed: %s", job.id, exc)
-            self._retry(f"failing job {job.id}", lambda: self.store.finish(
-                job.id, status="failed", error=f"{type(exc).__name__}: {exc}"))
+            self._fail_architecture(job, exc)
             return
-        self._measured(context.backend, "network", started)
-        if not lease.lost:
-            self._retry(f"finishing job {job.id}", lambda: self.store.finish(
-                job.id, status="done", result=stats.as_dict()))
+        stored = self._retry(f"reading the rounds of job {job.id}", lambda: self.store.stored_rounds(
+            job.id, context)).get(NETWORK_POSITION, {})
+        lacking = lacking_rounds(list(stored), rounds)
+        for round_index in lacking:
+            started = time.perf_counter()
+            try:
+                measurement = RoundMeasurement.of(self.measure_network(
+                    arch, run.backend, context.batch, context.dtype, context.threads, self.protocol_params,
+                    should_stop=self._should_stop(lease)))
+            except MeasurementStopped:
+                log.info("measuring architecture job %s stopped (cancelled or stopping)", job.id)
+                return
+            except Exception as exc:
+                self._fail_architecture(job, exc)
+                return
+            self._measured(context.backend, "network", started)
+            if round_index != lacking[-1]:  # the last round is stored with the job's result
+                if not self._retry(f"storing round {round_index} of job {job.id}", lambda: self.store.store_round(
+                        job.id, None, NETWORK_POSITION, context, round_index, measurement)):
+                    return  # no longer this worker's job
+            stored[round_index] = measurement
+        try:
+            result = stored_result([stored[i] for i in sorted(stored)[:rounds]], self.protocol_params,
+                                   costs_compute=count_flops(arch) > 0)
+        except ValueError as exc:
+            self._fail_architecture(job, exc)
+            return
+        last = (lacking[-1], stored[lacking[-1]]) if lacking else (0, None)
+        self._retry(f"finishing job {job.id}", lambda: self.store.finish_network(
+            job.id, context, last[0], last[1], {**result.stats.as_dict(), "rounds": result.rounds,
+                                                "flagged": result.flagged}))
+
+    def _fail_architecture(self, job: ClaimedJob, exc: Exception) -> None:
+        log.warning("measuring architecture job %s failed: %s", job.id, exc)
+        self._retry(f"failing job {job.id}", lambda: self.store.finish(
+            job.id, status="failed", error=f"{type(exc).__name__}: {exc}"))
+
+
+class _Outcome(Enum):
+    """What became of an item's round: stored (MEASURED), the item is done or failed (ITEM_CLOSED), or the worker
+    must leave the job (STOP: stopping, cancelled, taken over, or the store refuses)."""
+
+    MEASURED = "measured"
+    ITEM_CLOSED = "item_closed"
+    STOP = "stop"
 
 
 class BackendGone(LookupError):

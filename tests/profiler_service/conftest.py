@@ -1,6 +1,7 @@
 """Fixtures of the service tests: an app on a migrated database, served through the ASGI interface.
 
-- ``client`` / ``token_client``: the app (fast protocol, ort-cpu and torch-cpu) on a fresh SQLite file; the
+- ``client`` / ``token_client``: the app (fast protocol, ort-cpu and torch-cpu, no canary checks: their timings
+  would pass the gate below) on a fresh SQLite file; the
   latter requires the bearer token ``s3cret`` on mutations.
 - ``gate``: a :class:`RunnerGate` on the ort-cpu backend: every timing of a module with the gated input shape
   (every module when ``gate.shape`` is None) waits until ``gate.release()``, so a job is provably unfinished
@@ -34,7 +35,7 @@ SMALL_OPS = [
 
 def make_settings(db_url: str, **overrides: object) -> ProfilerSettings:
     values = {"db_url": db_url, "backends": "ort-cpu,torch-cpu", "protocol": "fast", "threads": 1,
-              "device_name": "test-device", "worker_poll_s": 0.05}
+              "device_name": "test-device", "worker_poll_s": 0.05, "canary_interval_s": 0}
     values.update(overrides)
     return ProfilerSettings(**values)
 

@@ -11,9 +11,10 @@ from sqlalchemy import func, select
 
 from latency_db.models import Job, JobItem, Measurement
 from nas_ops.spec import parse_spec
+from profiler_service.engine.protocol import PROTOCOL_VERSION
 from tests.profiler_service.conftest import SMALL_OPS, RunnerGate, make_settings
 
-STAT_KEYS = {"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples"}
+STAT_KEYS = {"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples", "rounds", "flagged"}
 
 
 def count_rows(client: TestClient, model: type) -> int:
@@ -153,7 +154,9 @@ def test_architecture_measured_end_to_end(client: TestClient) -> None:
     job = response.json()
     assert job["kind"] == "architecture" and job["status"] == "done" and job["total"] == 1 and job["done"] == 1
     assert set(job["result"]) == STAT_KEYS and job["result"]["samples"] >= 1
-    assert all(math.isfinite(v) and v >= 0 for v in job["result"].values())  # real timings: form, not size
+    assert job["result"]["flagged"] is None and job["result"]["rounds"] == 1  # the fast preset: one round
+    numbers = [v for k, v in job["result"].items() if k != "flagged"]
+    assert all(math.isfinite(v) and v >= 0 for v in numbers)  # real timings: form, not size
 
 
 def test_metrics_exposition(client: TestClient) -> None:
@@ -271,10 +274,10 @@ def test_protocol_presets_are_part_of_the_measurement_identity(service_db: str) 
     from profiler_service.api.app import create_app
 
     with TestClient(create_app(make_settings(service_db, protocol="fast"))) as fast:
-        assert fast.get("/v1/device").json()["protocol"]["version"] == "2+fast"
+        assert fast.get("/v1/device").json()["protocol"]["version"] == f"{PROTOCOL_VERSION}+fast"
         assert fast.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "wait_s": 60}).json()["done"] == 1
     with TestClient(create_app(make_settings(service_db, protocol="warm"))) as warm:
         info = warm.get("/v1/device").json()["protocol"]
-        assert info["version"] == "2+warm" and info["params"]["cache_flush_kib"] == 0
+        assert info["version"] == f"{PROTOCOL_VERSION}+warm" and info["params"]["cache_flush_kib"] == 0
         lookup = warm.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1]}).json()
-        assert lookup["missing"] == SMALL_OPS[:1] and lookup["protocol_version"] == "2+warm"
+        assert lookup["missing"] == SMALL_OPS[:1] and lookup["protocol_version"] == f"{PROTOCOL_VERSION}+warm"

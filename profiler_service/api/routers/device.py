@@ -1,4 +1,4 @@
-"""This device: fingerprint, served backends, protocol and limits."""
+"""This device: fingerprint, served backends, protocol, limits and drift (its canary checks)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from fastapi import APIRouter
 
 from latency_db.repository import fingerprint_hash
 from profiler_service.api.deps import StateDep
-from profiler_service.api.schemas import BackendInfo, DeviceInfo
+from profiler_service.api.schemas import BackendInfo, DeviceInfo, Drift
+from profiler_service.jobs.canaries import drift_view
 
 router = APIRouter(tags=["device"])
 
@@ -15,7 +16,7 @@ LIMIT_FIELDS = ("max_ops_per_request", "max_channels", "max_resolution", "max_ba
                 "max_request_bytes")
 
 
-@router.get("/device", response_model=DeviceInfo, summary="Fingerprint, backends, protocol and limits")
+@router.get("/device", response_model=DeviceInfo, summary="Fingerprint, backends, protocol, limits and drift")
 def device(state: StateDep) -> DeviceInfo:
     threads = state.settings.threads
     backends = []
@@ -30,4 +31,5 @@ def device(state: StateDep) -> DeviceInfo:
         default_threads=threads,
         backends=backends,
         limits={field: getattr(state.settings, field) for field in LIMIT_FIELDS},
+        drift=Drift(**drift_view(state.canaries, state.backends)),
     )

@@ -11,6 +11,7 @@ from latency_db.transactions import write_session
 from profiler_service import __version__
 from profiler_service.api.deps import StateDep
 from profiler_service.api.schemas import Health, Readiness
+from profiler_service.jobs.canaries import drift_view
 
 router = APIRouter(tags=["health"])
 
@@ -35,8 +36,11 @@ def ready(state: StateDep) -> Readiness | JSONResponse:
     except Exception as exc:
         database = f"error: {describe_store_error(exc)}"
     worker = "ok" if state.worker.alive else "stopped"
+    # drift is reported, never a reason to be unready: the device still answers and measures, and an orchestrator
+    # that evicts a throttled device only hides what its canaries saw
+    drift = drift_view(state.canaries, state.backends)["status"]
     body = Readiness(status="ready" if database == "ok" and worker == "ok" else "unavailable",
-                     database=database, worker=worker)
+                     database=database, worker=worker, drift=drift)
     if body.status != "ready":
         return JSONResponse(body.model_dump(), status_code=503)
     return body

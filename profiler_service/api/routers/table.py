@@ -14,6 +14,10 @@ from latency_db.repository import export_rows, fingerprint_hash, list_measuremen
 from profiler_service.api.deps import SessionDep, StateDep
 from profiler_service.api.params import BatchFilter, ThreadsFilter
 from profiler_service.api.schemas import DType
+from profiler_service.jobs.canaries import drift_view
+
+#: The header of a table answer (JSON and CSV) with the drift status of its backends (see /v1/device).
+DRIFT_HEADER = "X-Profiler-Drift"
 
 router = APIRouter(tags=["latency"])
 
@@ -35,6 +39,7 @@ def table(
         state.backend(backend)
     rows = export_rows(list_measurements(session, state.device_id, backend=backend, batch=batch, dtype=dtype,
                                          threads=threads))
+    drift = drift_view(state.canaries, [backend] if backend is not None else state.backends)
     if format == "csv":
         buffer = io.StringIO()
         columns = list(rows[0]) if rows else ["op_spec"]
@@ -42,7 +47,9 @@ def table(
         writer.writeheader()
         writer.writerows({k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows)
         return Response(buffer.getvalue(), media_type="text/csv",
-                        headers={"Content-Disposition": 'attachment; filename="latency_table.csv"'})
+                        headers={"Content-Disposition": 'attachment; filename="latency_table.csv"',
+                                 DRIFT_HEADER: drift["status"]})
     body = {"device": state.settings.device_name, "fingerprint_hash": fingerprint_hash(state.fingerprint),
-            "measurements": rows}
-    return Response(json.dumps(body, default=str), media_type="application/json")
+            "drift": drift, "measurements": rows}
+    return Response(json.dumps(body, default=str), media_type="application/json",
+                    headers={DRIFT_HEADER: drift["status"]})

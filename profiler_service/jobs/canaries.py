@@ -1,0 +1,132 @@
+"""The canary watch of a service: when a canary check is due, the stored references, and the latest drift report
+of every backend (read by the API while the worker writes it).
+
+Checks run in the job worker's thread (one measurement at a time on the device): at the worker's start, every
+``interval_s`` seconds while it serves (between two items of a long job too) and before a job, unless the job's
+backend was checked within the last ``before_job_s`` seconds. The first check of a measurement context stores the
+canaries' values as its references (:mod:`latency_db.repository.canaries`); later checks are compared with them
+(:func:`profiler_service.engine.canary.compare`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from latency_db.context import MeasurementContext
+from latency_db.models import utcnow
+from latency_db.repository import store_canary_references
+from latency_db.transactions import write_session
+from profiler_service.engine.canary import (
+    CANARY_SPECS,
+    CHECK_REASONS,
+    DEFAULT_DRIFT_REL,
+    DriftReport,
+    canary_params,
+    compare,
+    measure_canaries,
+)
+from profiler_service.engine.protocol import ProtocolParams
+from profiler_service.engine.stats import RoundMeasurement
+
+#: The measurement context of the canaries besides backend, threads, environment and protocol.
+CANARY_BATCH, CANARY_DTYPE = 1, "float32"
+
+
+@dataclass(frozen=True)
+class DriftStatus:
+    """The drift of a set of backends: ``status`` is "drift" when any of them drifts, "unchecked" when one has no
+    report yet, else "ok"; ``reports`` are the latest reports (of the backends that have one)."""
+
+    status: str
+    threshold_rel: float
+    reports: tuple[DriftReport, ...]
+
+
+class CanaryWatch:
+    """The canary checks of one service (thread-safe)."""
+
+    def __init__(self, *, sessions: sessionmaker[Session], device_id: int, protocol_version: str, threads: int,
+                 interval_s: float, before_job_s: float, threshold_rel: float = DEFAULT_DRIFT_REL,
+                 specs: Sequence[str] = CANARY_SPECS, clock: Callable[[], float] = time.monotonic) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s: expected seconds > 0, got {interval_s!r}")
+        if not before_job_s >= 0:
+            raise ValueError(f"before_job_s: expected seconds >= 0, got {before_job_s!r}")
+        if not threshold_rel > 0:
+            raise ValueError(f"threshold_rel: expected a number > 0, got {threshold_rel!r}")
+        self.sessions = sessions
+        self.device_id = device_id
+        self.protocol_version = protocol_version
+        self.threads = threads
+        self.interval_s = interval_s
+        self.before_job_s = before_job_s
+        self.threshold_rel = threshold_rel
+        self.specs = tuple(specs)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._reports: dict[str, DriftReport] = {}
+        self._last_try: dict[str, float] = {}
+        self._checks = 0
+
+    def due(self, backend: str, reason: str) -> bool:
+        """Whether a check of ``backend`` for ``reason`` should run now: "start" when it was never tried,
+        "interval" when the last try is ``interval_s`` old, "job" when it is ``before_job_s`` old."""
+        if reason not in CHECK_REASONS:
+            raise ValueError(f"reason: expected one of {', '.join(CHECK_REASONS)}, got {reason!r}")
+        with self._lock:
+            last = self._last_try.get(backend)
+        if last is None:
+            return True
+        if reason == "start":
+            return False
+        age = self._clock() - last
+        return age >= (self.interval_s if reason == "interval" else self.before_job_s)
+
+    def check(self, backend: str, reason: str, env_hash: str, measure: Callable[[str], RoundMeasurement],
+              params: ProtocolParams) -> DriftReport:
+        """Measure the canaries on ``backend`` (``measure(spec)``: one round of one canary with
+        :func:`~profiler_service.engine.canary.canary_params`), store the references of this context if it has
+        none yet, and keep the report. A failed check counts as tried (no retry before the next due time)."""
+        with self._lock:
+            self._last_try[backend] = self._clock()
+            self._checks += 1
+            check_id = self._checks
+        current = measure_canaries(self.specs, measure, canary_params(params), check_id=check_id)
+        context = MeasurementContext(backend, CANARY_BATCH, CANARY_DTYPE, self.threads, env_hash,
+                                     self.protocol_version)
+        with write_session(self.sessions) as session:
+            references = store_canary_references(session, device_id=self.device_id, context=context, values=current)
+        report = compare(current, references, backend=backend, threshold_rel=self.threshold_rel, reason=reason,
+                         checked_at=utcnow())
+        with self._lock:
+            self._reports[backend] = report
+        return report
+
+    def status(self, backends: Iterable[str]) -> DriftStatus:
+        """The drift of ``backends`` now (see :class:`DriftStatus`)."""
+        names = sorted(set(backends))
+        with self._lock:
+            reports = tuple(self._reports[name] for name in names if name in self._reports)
+        if any(report.drifting for report in reports):
+            status = "drift"
+        elif len(reports) < len(names):
+            status = "unchecked"
+        else:
+            status = "ok"
+        return DriftStatus(status, self.threshold_rel, reports)
+
+
+def drift_view(watch: CanaryWatch | None, backends: Iterable[str]) -> dict[str, Any]:
+    """The drift of ``backends`` as the API shows it (``status``, ``threshold_rel``, one report per checked
+    backend); status "off" without a watch."""
+    if watch is None:
+        return {"status": "off", "threshold_rel": None, "backends": []}
+    drift = watch.status(backends)
+    return {"status": drift.status, "threshold_rel": drift.threshold_rel,
+            "backends": [report.as_dict() for report in drift.reports]}
