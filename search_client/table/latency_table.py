@@ -27,7 +27,10 @@ Table file (JSON, UTF-8), format version 1::
       "content_hash": "<sha256 hex>"          # LatencyTable.content_hash(); checked on load
     }
 
-``Stats`` is the device's ``{"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples"}``.
+``Stats`` is the device's ``{"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples"}``,
+plus ``"flagged": "<reason>"`` for an entry the device flagged (an upper bound rather than a measurement, e.g. an
+op below the timer's resolution). A table with flagged entries is refused (:class:`FlaggedEntriesError`, listing
+them) unless it is built with ``allow_flagged``; such a file then carries ``"allow_flagged": true``.
 Loading rebuilds the table from the stats and the space, and raises ValueError when the file's ops, latencies or
 content hash do not agree with them (a hand-edited or truncated file is refused, not half-used).
 """
@@ -58,6 +61,18 @@ STATS_FIELDS = ("median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", 
 DEVICE_FIELDS = ("url", "name", "fingerprint", "fingerprint_hash")
 
 
+class FlaggedEntriesError(ValueError):
+    """A latency table would use entries the device flagged. ``flagged`` maps each such op spec to its reason."""
+
+    def __init__(self, flagged: Mapping[str, str], context: str = "") -> None:
+        self.flagged = dict(flagged)
+        where = f" {context}" if context else ""
+        listing = "; ".join(f"{spec}: {reason}" for spec, reason in self.flagged.items())
+        super().__init__(f"{len(self.flagged)} entr{'y is' if len(self.flagged) == 1 else 'ies are'} flagged by "
+                         f"the device{where} (not plain measurements): {listing}; use them anyway with "
+                         "--allow-flagged (allow_flagged=True)")
+
+
 def is_zero(cell: Any, j: int) -> bool:
     """Whether candidate ``j`` of a cell is its Zero op (costs nothing)."""
     return cell.zero_index == j
@@ -72,7 +87,8 @@ def table_specs(space: SearchSpace) -> list[str]:
 
 
 def _check_stats(spec: str, stats: Any) -> dict[str, Any]:
-    """A copy of one Stats dict with every field present and a finite, non-negative median."""
+    """A copy of one Stats dict with every field present and a finite, non-negative median; the device's
+    ``flagged`` reason is kept when it has one."""
     if not isinstance(stats, Mapping):
         raise ValueError(f"stats of {spec}: expected an object, got {type(stats).__name__}")
     absent = [f for f in STATS_FIELDS if f not in stats]
@@ -81,7 +97,14 @@ def _check_stats(spec: str, stats: Any) -> dict[str, Any]:
     median = stats["median_ms"]
     if isinstance(median, bool) or not isinstance(median, (int, float)) or not math.isfinite(median) or median < 0:
         raise ValueError(f"stats of {spec}: median_ms must be a finite number >= 0, got {median!r}")
-    return {f: stats[f] for f in STATS_FIELDS}
+    checked = {f: stats[f] for f in STATS_FIELDS}
+    flagged = stats.get("flagged")
+    if flagged is not None:
+        if not isinstance(flagged, str) or not flagged:
+            raise ValueError(f"stats of {spec}: flagged must be a reason (a non-empty string) or null, "
+                             f"got {flagged!r}")
+        checked["flagged"] = flagged
+    return checked
 
 
 def _check_device(device: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,7 +120,8 @@ class LatencyTable:
 
     Build it with :meth:`from_stats`, :func:`build_table` (from a device) or :meth:`load` (from a file).
     ``entries[i][j]`` is candidate j of cell i in the cell's candidate order (Zero = 0.0); ``stats`` holds the
-    device's full Stats of every op used (fixed and candidates, Zero excluded).
+    device's full Stats of every op used (fixed and candidates, Zero excluded). ``allow_flagged``: the table has
+    flagged entries (see :attr:`flagged`) and was built knowing it.
     """
 
     space: SearchSpace
@@ -112,6 +136,7 @@ class LatencyTable:
     entries: list[list[float]]
     stats: dict[str, dict[str, Any]]
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    allow_flagged: bool = False
     _cells: list[torch.Tensor] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -138,16 +163,21 @@ class LatencyTable:
         protocol_version: str,
         env_hash: str,
         created_at: str | None = None,
+        allow_flagged: bool = False,
     ) -> LatencyTable:
         """The table of ``space`` from ``{op spec: Stats}`` (extra specs are ignored).
 
-        Raises :class:`MissingEntriesError` listing every spec of :func:`table_specs` that ``stats`` lacks.
+        Raises :class:`MissingEntriesError` listing every spec of :func:`table_specs` that ``stats`` lacks, and
+        :class:`FlaggedEntriesError` listing every flagged one unless ``allow_flagged``.
         """
         needed = table_specs(space)
         missing = [spec for spec in needed if spec not in stats]
         if missing:
             raise MissingEntriesError(missing, f"for space {space.name!r} on {backend}")
         used = {spec: _check_stats(spec, stats[spec]) for spec in needed}
+        flagged = {spec: s["flagged"] for spec, s in used.items() if "flagged" in s}
+        if flagged and not allow_flagged:
+            raise FlaggedEntriesError(flagged, f"for space {space.name!r} on {backend}")
         fixed_ms = sum(float(used[format_spec(s)]["median_ms"]) for s in space.fixed_specs())
         entries = [
             [0.0 if is_zero(cell, j) else float(used[format_spec(op)]["median_ms"])
@@ -157,7 +187,12 @@ class LatencyTable:
         extra = {} if created_at is None else {"created_at": created_at}
         return cls(space=space, device=_check_device(device), backend=backend, batch=batch, dtype=dtype,
                    threads=threads, protocol_version=protocol_version, env_hash=env_hash, fixed_ms=fixed_ms,
-                   entries=entries, stats=used, **extra)
+                   entries=entries, stats=used, allow_flagged=bool(allow_flagged and flagged), **extra)
+
+    @property
+    def flagged(self) -> dict[str, str]:
+        """The op specs of the entries the device flagged, with its reasons (empty for a plain table)."""
+        return {spec: s["flagged"] for spec, s in self.stats.items() if "flagged" in s}
 
     # --- latency terms --------------------------------------------------------------------------------------
     @property
@@ -218,6 +253,8 @@ class LatencyTable:
             "protocol_version": self.protocol_version, "env_hash": self.env_hash, "fixed_ms": self.fixed_ms,
             "entries": self.entries, "stats": self.stats,
         }
+        if self.allow_flagged:  # absent otherwise: files without flagged entries hash as before
+            payload["allow_flagged"] = True
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -232,11 +269,12 @@ class LatencyTable:
                                    "stats": None if is_zero(cell, j) else self.stats[spec]})
             cells.append({"index": cell.index, "candidates": candidates})
         fixed = [{"op": format_spec(s), "stats": self.stats[format_spec(s)]} for s in self.space.fixed_specs()]
+        extra = {"allow_flagged": True} if self.allow_flagged else {}
         return {
             "format": FORMAT_MARKER, "version": FORMAT_VERSION, "created_at": self.created_at,
             "space": self.space.to_dict(), "device": self.device, "backend": self.backend, "batch": self.batch,
             "dtype": self.dtype, "threads": self.threads, "protocol_version": self.protocol_version,
-            "env_hash": self.env_hash, "fixed_ms": self.fixed_ms, "fixed": fixed, "cells": cells,
+            "env_hash": self.env_hash, "fixed_ms": self.fixed_ms, "fixed": fixed, "cells": cells, **extra,
             "content_hash": self.content_hash(),
         }
 
@@ -269,10 +307,13 @@ class LatencyTable:
             raise ValueError(f"{source}: missing field(s) {', '.join(absent)}")
         space = SearchSpace.from_dict(data["space"])
         stats = _file_stats(data, source)
+        allow_flagged = data.get("allow_flagged", False)
+        if not isinstance(allow_flagged, bool):
+            raise ValueError(f"{source}: field 'allow_flagged': expected true or false, got {allow_flagged!r}")
         table = cls.from_stats(
             space, stats, device=data["device"], backend=data["backend"], batch=data["batch"],
             dtype=data["dtype"], threads=data["threads"], protocol_version=data["protocol_version"],
-            env_hash=data["env_hash"], created_at=data["created_at"],
+            env_hash=data["env_hash"], created_at=data["created_at"], allow_flagged=allow_flagged,
         )
         _check_file_agrees(table, data, source)
         return table
@@ -321,12 +362,14 @@ def build_table(
     progress: ProgressCallback | None = None,
     timeout_s: float = 3600.0,
     poll_s: float = 1.0,
+    allow_flagged: bool = False,
 ) -> LatencyTable:
     """The table of ``space`` on the device behind ``client``.
 
     Looks up every spec of :func:`table_specs`; the missing ones are measured through a job when
     ``measure_missing`` (waiting up to ``timeout_s``; ``progress`` receives every poll of those jobs), else
-    :class:`MissingEntriesError` lists them.
+    :class:`MissingEntriesError` lists them. Entries the device flagged raise :class:`FlaggedEntriesError` unless
+    ``allow_flagged``.
     """
     info = client.device_info()
     device = {"url": client.base_url, "name": info["name"], "fingerprint": info["fingerprint"],
@@ -343,4 +386,5 @@ def build_table(
     return LatencyTable.from_stats(
         space, found, device=device, backend=result.backend, batch=result.batch, dtype=result.dtype,
         threads=result.threads, protocol_version=result.protocol_version, env_hash=result.env_hash,
+        allow_flagged=allow_flagged,
     )

@@ -46,6 +46,9 @@ def lut(
                           ] = False,
     plot: Annotated[Path | None, typer.Option(help="also draw the table's heatmap into this PNG")] = None,
     timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the measurement jobs")] = 3600.0,
+    allow_flagged: Annotated[bool, typer.Option("--allow-flagged", help="use entries the device flagged (upper "
+                                                "bounds, e.g. ops below its timer's resolution) instead of failing")
+                             ] = False,
 ) -> None:
     """Build the latency table of a search space on a device and save it (missing ops are measured there)."""
     with exit_on_error():
@@ -54,9 +57,13 @@ def lut(
         with devices.make_client(device, token) as client, JobBars() as bars:
             chosen = devices.pick_backend(client, backend, announce=typer.echo)
             table = build_table(client, search_space, backend=chosen, batch=batch, dtype=dtype, threads=threads,
-                                measure_missing=not no_measure, timeout_s=timeout, progress=bars)
+                                measure_missing=not no_measure, timeout_s=timeout, progress=bars,
+                                allow_flagged=allow_flagged)
         table.save(out)
         typer.echo(describe_table(table))
+        if table.flagged:
+            typer.echo(f"warning: {len(table.flagged)} flagged entr{'y' if len(table.flagged) == 1 else 'ies'} "
+                       f"used (--allow-flagged): {', '.join(table.flagged)}", err=True)
         typer.echo(f"saved {out} (content hash {table.content_hash()[:12]}) in {time.perf_counter() - started:.1f} s")
         if plot is not None:
             typer.echo(f"heatmap: {plot_table_heatmap(table, plot)}")
