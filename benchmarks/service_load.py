@@ -206,6 +206,7 @@ def seed_table(url: str, db_url: str, specs: Sequence[str]) -> dict[str, Any]:
     from latency_db.context import MeasurementContext
     from latency_db.engine import make_engine, make_session_factory
     from latency_db.repository import get_or_create_device, upsert_measurement
+    from latency_db.transactions import write_session
 
     device = httpx.get(f"{url}/v1/device", timeout=30).raise_for_status().json()
     probe = httpx.post(f"{url}/v1/lookup", json={"backend": BACKEND, "ops": list(specs[:1])}, timeout=30)
@@ -213,7 +214,7 @@ def seed_table(url: str, db_url: str, specs: Sequence[str]) -> dict[str, Any]:
     context = MeasurementContext(**{f: answer[f] for f in MeasurementContext.__dataclass_fields__})
     engine = make_engine(db_url)
     try:
-        with make_session_factory(engine).begin() as session:
+        with write_session(make_session_factory(engine)) as session:
             device_id = get_or_create_device(session, device["name"], device["fingerprint"]).id
             for index, spec in enumerate(specs):
                 upsert_measurement(session, device_id=device_id, context=context, op_spec=spec,
@@ -248,8 +249,8 @@ def lookup_client(url: str, ops: list[str], count: int, deadline_wall: float, ti
                 ms = (time.perf_counter() - t0) * 1e3
                 if response.status_code != 200:
                     error = f"HTTP {response.status_code}: {response.text[:120]}"
-                elif len(response.json()["found"]) != len(ops):
-                    error = f"found {len(response.json()['found'])} of {len(ops)}"
+                elif (found := len(response.json()["found"])) != len(ops):
+                    error = f"found {found} of {len(ops)}"
             except httpx.HTTPError as exc:
                 ms = (time.perf_counter() - t0) * 1e3
                 error = f"{type(exc).__name__}: {exc}"[:160]

@@ -130,8 +130,8 @@ def lookup_columns(
     session: Session, *, device_id: int, context: MeasurementContext, op_specs: Sequence[str],
     columns: Sequence[str],
 ) -> dict[str, Row[Any]]:
-    """The ``columns`` (measurement column names) of the stored measurements of ``op_specs`` in one context, as
-    rows (values by position or by column name), keyed by op spec; missing specs are absent.
+    """The stored measurements of ``op_specs`` in one context as rows of ``op_spec`` then ``columns`` (measurement
+    column names; values by position or by name), keyed by op spec; missing specs are absent.
 
     A Core select of those columns only (no ORM objects: the cheap read of a hot path), one query per
     :data:`LOOKUP_CHUNK` distinct specs. Raises ValueError for a name that is not a measurement column.

@@ -75,21 +75,28 @@ def check_spec_limits(settings: ProfilerSettings, spec: OpSpec, batch: int, dtyp
 
 def parse_ops(settings: ProfilerSettings, ops: Sequence[str], batch: int, dtype: str) -> list[OpSpec]:
     """Parse and check every op of a request; the first bad one gives a 422 naming its index and field."""
+    check_ops_request(settings, ops, batch)
+    return [parse_op(settings, i, text, batch, dtype) for i, text in enumerate(ops)]
+
+
+def check_ops_request(settings: ProfilerSettings, ops: Sequence[str], batch: int) -> None:
+    """What :func:`parse_ops` checks before any op: the number of ops (413) and the batch."""
     if len(ops) > settings.max_ops_per_request:
         raise ApiError(413, "too_many_ops",
                        f"ops: {len(ops)} op specs in one request; the limit is {settings.max_ops_per_request}")
     check_batch(settings, batch)
-    specs = []
-    for i, text in enumerate(ops):
-        try:
-            spec = parse_canonical_spec(text)  # only canonical strings are looked up or stored: one key per op
-        except NonCanonicalSpec as exc:
-            raise bad_request(f"ops[{i}]: {exc}", "not_canonical") from None
-        except ValueError as exc:
-            raise bad_request(f"ops[{i}]: {exc}", "invalid_op") from None
-        check_spec_limits(settings, spec, batch, dtype, f"ops[{i}] ({text})")
-        specs.append(spec)
-    return specs
+
+
+def parse_op(settings: ProfilerSettings, index: int, text: str, batch: int, dtype: str) -> OpSpec:
+    """Op ``index`` of a request parsed and checked: canonical spelling, then the per-op limits (422 naming it)."""
+    try:
+        spec = parse_canonical_spec(text)  # only canonical strings are looked up or stored: one key per op
+    except NonCanonicalSpec as exc:
+        raise bad_request(f"ops[{index}]: {exc}", "not_canonical") from None
+    except ValueError as exc:
+        raise bad_request(f"ops[{index}]: {exc}", "invalid_op") from None
+    check_spec_limits(settings, spec, batch, dtype, f"ops[{index}] ({text})")
+    return spec
 
 
 def check_architecture(settings: ProfilerSettings, arch: Architecture, batch: int, dtype: str) -> None:
