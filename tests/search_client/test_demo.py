@@ -15,6 +15,7 @@ from search_client.table.latency_table import LatencyTable
 pytestmark = pytest.mark.live
 
 
+@pytest.mark.timeout(900)  # two whole demo runs as subprocesses; on a loaded 2-core machine they take minutes
 def test_quick_demo_writes_a_consistent_summary_and_leaves_no_process(tmp_path) -> None:
     out = tmp_path / "demo"
     result = subprocess.run([sys.executable, "-m", "search_client.cli.demo", "--quick", "--out", str(out)],
