@@ -65,7 +65,7 @@ from search_client.table.latency_table import LatencyTable
 from search_client.table.objective import MultiDeviceLatency
 from search_client.training.cuda import DeviceTraining
 from search_client.training.datasets import open_search_data
-from search_client.training.distributed import SINGLE, DistContext, average_batchnorm_stats
+from search_client.training.distributed import SINGLE, DistContext, align_module, average_batchnorm_stats
 from search_client.training.train import evaluate, held_out_batches
 
 BN_CALIBRATION_IMAGES = 512
@@ -159,6 +159,7 @@ class SearchRun:
         self.schedule = PhasedCosineLR(self.weight_opt, warmup_steps=config.warmup_epochs * per_epoch,
                                        joint_steps=config.epochs * per_epoch, warmup_lr=config.warmup_lr,
                                        lr=config.lr)
+        align_module(self.supernet, self.dist, "the supernet's initial weights and alphas")
         average_search_gradients(self.weight_opt, self.arch_opt, self.dist)
         self.reinforce = make_reinforce(self.dist, samples=config.reinforce_samples,
                                         tradeoff=config.reinforce_tradeoff, baseline_decay=config.baseline_decay)

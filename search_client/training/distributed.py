@@ -305,11 +305,35 @@ def average_tensors_(tensors: Sequence[torch.Tensor], ctx: DistContext, what: st
             offset += n
 
 
+def broadcast_tensors_(tensors: Sequence[torch.Tensor], ctx: DistContext, what: str, src: int = 0) -> None:
+    """Overwrite each tensor, in place, with rank ``src``'s: one broadcast per dtype over a flat buffer."""
+    if not ctx.active or ctx.world_size == 1 or not tensors:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        with _collective(ctx, f"broadcast of {what}"):
+            dist.broadcast(flat, src=src)
+        offset = 0
+        for t in group:
+            n = t.numel()
+            t.detach().copy_(flat[offset:offset + n].view_as(t))
+            offset += n
+
+
+def align_module(module: torch.nn.Module, ctx: DistContext, what: str) -> None:
+    """Give every rank rank 0's parameters and buffers of ``module`` (as DDP does when it wraps a model), so the
+    replicas start equal even where the ranks' random initialisations could differ."""
+    broadcast_tensors_([*module.parameters(), *module.buffers()], ctx, what)
+
+
 def tensors_digest(tensors: Sequence[torch.Tensor]) -> str:
     """SHA-256 of the tensors' bytes (to compare replicas across ranks)."""
     digest = hashlib.sha256()
     for t in tensors:
-        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

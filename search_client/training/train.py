@@ -34,6 +34,7 @@ from search_client.training.datasets import DEFAULT_VALID_FRACTION, DataOptions,
 from search_client.training.distributed import (
     SINGLE,
     DistContext,
+    align_module,
     all_reduce_sum,
     average_batchnorm_stats,
     average_gradients_on_step,
@@ -164,6 +165,7 @@ def train_architecture(arch: Architecture, config: TrainConfig, *, progress: boo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = placement.prepare_model(build_network(arch))
+    align_module(net, dist, "the network's initial weights")
     try:
         history = _fit(net, data, config, progress=progress and dist.is_main, placement=placement, dist=dist)
     finally:
