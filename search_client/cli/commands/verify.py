@@ -56,6 +56,6 @@ def verify(
         error = (predicted - measured) / measured
         typer.echo(f"device {device} / {chosen}, batch {batch}")
         typer.echo(f"predicted {predicted:.4f} ms ({source})")
-        typer.echo(f"measured  {measured:.4f} ms (median of {stats.get('samples')} runs, IQR {stats.get('iqr_ms')})")
+        typer.echo(f"measured  {measured:.4f} ms (median of {stats.get('samples')} runs, IQR {stats['iqr_ms']:.4f} ms)")
         typer.echo(f"relative error {100 * error:+.2f}%")
         typer.echo(json.dumps({"predicted_ms": predicted, "measured_ms": measured, "relative_error": error}))
