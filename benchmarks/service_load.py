@@ -24,7 +24,8 @@ its timeout. Every request loop is bounded by a count and by a time cap, and the
 (``--budget-s``, 160 s by default; scenarios that no longer fit are reported as skipped), so a frozen service
 still ends the run, with its errors reported. Loopback only.
 
-Prints p50/p95/p99 per scenario, error counts and the max health latency, then one final line with the targets
+Prints p50/p95/p99 per scenario, error counts, the max health latency and the 1-minute load average before and after
+each database (the cores may be shared), then one final line with the targets
 (0 errors; health answering within 1 s throughout; 1,000-spec lookups with 8 clients: p50 < 20 ms and
 p99 < 100 ms) and PASS/FAIL for each, per database. Writes ``service_load_<db>.json`` and ``.md`` to ``--out-dir``
 (benchmarks/results). Exit code: 0 when every target passes, 1 when one fails, 2 when the run could not be set up.
@@ -435,6 +436,7 @@ def run_database(db: str, db_url: str, plan: Plan, budget: Budget, tmp: Path) ->
 
     log_path = tmp / f"serve_{db}.log"
     started = time.monotonic()
+    load_before = os.getloadavg()[0]  # the cores are shared: what else ran is part of the figures
     profiler = LocalProfiler(db_url, log_path, protocol="fast", env={"PROFILER_WORKER_POLL_S": "0.1"})
     profiler.start(timeout=min(90.0, max(10.0, budget.remaining())))
     startup_s = time.monotonic() - started
@@ -477,7 +479,8 @@ def run_database(db: str, db_url: str, plan: Plan, budget: Budget, tmp: Path) ->
         stop.set()
         health = collect_probes(prober, out)
         profiler.stop()
-    timings = {"startup_seconds": round(startup_s, 2), "seed_seconds": round(seeded_s, 2),
+    timings = {"load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+               "startup_seconds": round(startup_s, 2), "seed_seconds": round(seeded_s, 2),
                "seconds": round(time.monotonic() - started, 2)}
     return report_of(db, series, Series("health", health), skipped, context, timings)
 
@@ -510,7 +513,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def print_report(report: dict[str, Any]) -> None:
     print(f"== {report['db']}: {report['table_ops']} stored ops, {report['clients']} clients, "
-          f"{report['seconds']:.1f} s")
+          f"{report['seconds']:.1f} s, load average {report['load_avg_1min'][0]:.2f} -> {report['load_avg_1min'][1]:.2f}")
     for name, s in {**report["scenarios"], "health": report["health"]}.items():
         extra = {k: v for k, v in s.items() if k not in ("requests", "errors", "error_examples", "p50_ms", "p95_ms",
                                                            "p99_ms", "max_ms", "seconds", "max_s")}
@@ -544,7 +547,8 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
              f"{report['table_ops']} stored ops, {report['clients']} concurrent client processes, backend "
              f"{report['backend']}, fast protocol for the measure jobs; health probed every "
              f"{HEALTH_INTERVAL_S * 1e3:.0f} ms. Run: {meta['when']} on {meta['host']} ({meta['cpus']} CPUs), "
-             f"{'quick' if meta['quick'] else 'full'} plan, {report['seconds']:.1f} s.", "",
+             f"{'quick' if meta['quick'] else 'full'} plan, {report['seconds']:.1f} s; 1-minute load average "
+             f"{report['load_avg_1min'][0]:.2f} before, {report['load_avg_1min'][1]:.2f} after.", "",
              "| scenario | requests | errors | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|"]
     for name, s in {**report["scenarios"], "health": report["health"]}.items():
         lines.append(f"| {name} | {s['requests']} | {s['errors']} | {fmt(s['p50_ms'])} | {fmt(s['p95_ms'])} | "
