@@ -14,6 +14,12 @@ Supported URLs:
   mean the same driver; any other driver is rejected.
 
 In-memory SQLite (``sqlite://``) is rejected: each pooled connection would see its own empty database.
+
+Both keep :data:`POOL_SIZE` connections open. The service answers up to 40 requests at once in its thread pool
+(the search client sends several lookups in parallel); with a smaller pool every request beyond it opened a new
+connection and closed it again afterwards (for SQLite: the connect hook's four pragmas each time). PostgreSQL
+connections are checked with a ping when taken from the pool (a server restart or a killed backend is then seen
+before a statement fails); SQLite connections are to a local file and cannot go stale, so they are not pinged.
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ DEFAULT_DB_URL = "sqlite:///./proxyless_latency.db"
 
 #: How long a SQLite connection waits for another connection's write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 30.0
+
+#: Connections each engine keeps open (and how many more it opens, then closes, under a burst).
+POOL_SIZE = 16
+POOL_OVERFLOW = 16
 
 _SQLITE_DRIVERS = {None, "pysqlite"}
 _POSTGRES_DRIVERS = {None, "psycopg"}
@@ -81,10 +91,11 @@ def make_engine(url: str) -> Engine:
         folder = Path(str(parsed.database)).expanduser().parent
         if not folder.is_dir():
             raise ValueError(f"database url: the folder {str(folder)!r} of the SQLite file does not exist")
-        engine = create_engine(parsed, pool_pre_ping=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        engine = create_engine(parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW,
+                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         _configure_sqlite(engine)
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    return create_engine(parsed, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

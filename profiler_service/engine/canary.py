@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime
 from typing import Any
 
@@ -85,7 +86,7 @@ class DriftReport:
     threshold_rel: float
     readings: tuple[CanaryReading, ...]
 
-    @property
+    @cached_property  # a report never changes, and every lookup answer shows it
     def ratio(self) -> float:
         """The median over the canaries of current / reference."""
         return float(np.median([reading.ratio for reading in self.readings]))

@@ -209,3 +209,32 @@ def test_json_columns_round_trip(session_factory: sessionmaker[Session]) -> None
     with session_factory() as session:
         assert session.get(Device, device_pk).fingerprint == fingerprint
         assert session.execute(text("SELECT count(*) FROM devices")).scalar_one() == 1
+
+
+def test_concurrent_sessions_reuse_pooled_connections(db_engine: Engine) -> None:
+    """The service runs many requests at once: a second burst of 12 concurrent sessions opens no connection (with
+    SQLAlchemy's default pool of 5, every session beyond the fifth opened and then closed one each time)."""
+    from sqlalchemy import event
+
+    opened: list[int] = []
+    event.listen(db_engine, "connect", lambda *_: opened.append(1))
+    factory = make_session_factory(db_engine)
+    barrier = threading.Barrier(12)
+
+    def hold() -> None:
+        with factory() as session:
+            session.execute(text("SELECT 1"))
+            barrier.wait(timeout=30)  # all 12 sessions hold a connection at the same time
+
+    def burst() -> None:
+        threads = [threading.Thread(target=hold) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    burst()
+    first = len(opened)
+    burst()
+    assert first == 12
+    assert len(opened) == first
