@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -158,6 +159,30 @@ class Measurement(Base):
     flagged: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ContextVersion(Base):
+    """A counter per device and measurement context, raised by every write of one of its measurements (in the same
+    transaction): what a reader compares to know whether the rows it read before are still the store's, with one
+    read of one row instead of a scan of the context."""
+
+    __tablename__ = "context_versions"
+    __table_args__ = (
+        UniqueConstraint(
+            "device_id", "backend", "batch", "dtype", "threads", "env_hash", "protocol_version",
+            name="uq_context_versions_context",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    backend: Mapped[str] = mapped_column(String(64))
+    batch: Mapped[int]
+    dtype: Mapped[str] = mapped_column(String(16))
+    threads: Mapped[int]
+    env_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+    protocol_version: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class Job(Base):

@@ -9,13 +9,13 @@ import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, bindparam, extract, func, select
+from sqlalchemy import ColumnElement, Row, Select, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from latency_db.context import MeasurementContext
-from latency_db.models import OP_SPEC_MAX_LEN, STATS_KEYS, Measurement, utcnow
+from latency_db.models import OP_SPEC_MAX_LEN, STATS_KEYS, ContextVersion, Measurement, utcnow
 from latency_db.repository._checks import check_context, check_dict, check_positive_int, check_text
 
 #: Columns that identify a measurement (its unique constraint), in order.
@@ -81,8 +81,10 @@ def upsert_measurement(
     ``rounds``: how many rounds the stats aggregate (protocol 3; None before). ``flagged``: why the value is not a
     plain measurement (e.g. below the timer's resolution), None when it is. One ``INSERT ... ON CONFLICT DO
     UPDATE ... RETURNING`` statement, so concurrent writers of the same key end with one row and no error.
-    ``created_at`` keeps the first insert's time; ``updated_at`` is now. Returns the row (the session's copy
-    refreshed). Raises ValueError naming the bad argument or stats key.
+    ``created_at`` keeps the first insert's time; ``updated_at`` is now. The context's version
+    (:func:`context_fingerprint`) is raised in the same transaction, first: writers of one context then take its
+    locks in the same order. Returns the row (the session's copy refreshed). Raises ValueError naming the bad
+    argument or stats key.
     """
     values: dict[str, Any] = {
         "device_id": check_positive_int("device_id", device_id),
@@ -98,6 +100,7 @@ def upsert_measurement(
     values["created_at"] = now
     values["updated_at"] = now
     insert = _INSERTS[session.get_bind().dialect.name]
+    _raise_version(session, insert, {name: values[name] for name in CONTEXT_COLUMNS})
     stmt = insert(Measurement).values(values)
     updated = ("environment", "protocol_params", *STATS_KEYS, "rounds", "flagged", "updated_at")
     stmt = stmt.on_conflict_do_update(
@@ -153,17 +156,17 @@ def lookup_columns(
 
 def context_fingerprint(session: Session, *, device_id: int, context: MeasurementContext) -> tuple[Any, ...]:
     """A value that changes whenever a measurement of the context is inserted or updated, by any session: the
-    number of rows, the latest ``updated_at`` and the sum of every row's ``updated_at`` (one indexed query).
+    context's version, which :func:`upsert_measurement` raises in the writing transaction ((0,) before the first
+    write). One read of one row, through its unique index.
 
-    Every write sets ``updated_at`` to now, so a write changes the latest one; one whose time is older than the
-    latest (a PostgreSQL transaction that commits after a later one, a clock stepped back) still changes the sum.
-    Rows are never deleted, so a fingerprint seen once never comes back after a change. To validate rows read
-    from the store against it, read the fingerprint FIRST, then the rows (in PostgreSQL's read-committed mode each
-    statement sees the latest commits: rows read after it are at least as new as the fingerprint says).
+    Rows are never deleted and versions only grow, so a fingerprint seen once never comes back after a change. To
+    validate rows read from the store against it, read the fingerprint FIRST, then the rows: the version and the
+    rows it counts commit together, and in PostgreSQL's read-committed mode each statement sees the latest commits,
+    so rows read after it are at least as new as the fingerprint says.
     """
     check_context(context)
-    stmt = _fingerprint_statement(session.get_bind().dialect.name)
-    return tuple(session.connection().execute(stmt, _context_params(device_id, context)).one())
+    version = session.connection().execute(_VERSION_STATEMENT, _context_params(device_id, context)).scalar()
+    return (0 if version is None else version,)
 
 
 def list_measurements(
@@ -243,16 +246,13 @@ def _columns_statement(columns: tuple[str, ...]) -> Select[Any]:
     )
 
 
-@functools.cache
-def _fingerprint_statement(dialect: str) -> Select[Any]:
-    updated_at = Measurement.__table__.c.updated_at
-    return select(func.count(), func.max(updated_at), _updated_at_sum(dialect)).where(*_in_context(_CONTEXT_PARAMS))
+_VERSION_STATEMENT = select(ContextVersion.__table__.c.version).where(
+    *(ContextVersion.__table__.c[name] == _CONTEXT_PARAMS[name] for name in CONTEXT_COLUMNS))
 
 
-def _updated_at_sum(dialect: str) -> ColumnElement[Any]:
-    """The sum of the rows' ``updated_at`` as numbers: exact microseconds on PostgreSQL (EXTRACT gives a numeric),
-    milliseconds on SQLite (``julianday`` of the stored ISO text; ``total`` never overflows)."""
-    updated_at = Measurement.__table__.c.updated_at
-    if dialect == "sqlite":
-        return func.total(func.julianday(updated_at))
-    return func.sum(extract("epoch", updated_at))
+def _raise_version(session: Session, insert: Any, context_values: Mapping[str, Any]) -> None:
+    """Raise the version of the context ``context_values`` by one (its row made at 1 by the first write)."""
+    table = ContextVersion.__table__
+    stmt = insert(table).values(**context_values, version=1)
+    session.execute(stmt.on_conflict_do_update(index_elements=list(CONTEXT_COLUMNS),
+                                               set_={"version": table.c.version + 1}))

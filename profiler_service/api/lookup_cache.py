@@ -7,9 +7,10 @@ A search client asks for the same hundreds of specs again and again. Two bounded
   bad op answers exactly the 422 it always did, and the first bad op by index is still the one named.
 - :class:`StoredStats`: per measurement context, each looked-up spec's answer as a JSON fragment (its Stats, or
   "missing"), labelled with the context's fingerprint in the store
-  (:func:`~latency_db.repository.measurements.context_fingerprint`). Every lookup first reads the fingerprint (one
-  query through the context's index); a different one (any write to the context, by this process or another one
-  on a shared database) drops the context's fragments, and the specs it lacks are read again (one Core select).
+  (:func:`~latency_db.repository.measurements.context_fingerprint`). Every lookup first reads the fingerprint (the
+  context's version row, which every write raises); a different one (any write to the context, by this process or
+  another one on a shared database) drops the context's fragments, and the specs it lacks are read again (one Core
+  select).
   A lookup therefore answers what the store held when it read the fingerprint, never anything older.
 
 The answer (:class:`LookupAnswer`) is the JSON of :class:`~profiler_service.api.schemas.LookupResponse`, its

@@ -85,7 +85,7 @@ def test_an_update_older_than_the_latest_write_still_changes_the_fingerprint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A write whose clock time is older than the latest row's (a PostgreSQL transaction that commits after a
-    later one; a clock stepped back) leaves the row count and the latest time as they were: the sum sees it."""
+    later one; a clock stepped back) changes the fingerprint all the same: it counts writes, not times."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     clock = {"now": start}
     monkeypatch.setattr(measurements_module, "utcnow", lambda: clock["now"])
@@ -96,5 +96,26 @@ def test_an_update_older_than_the_latest_write_still_changes_the_fingerprint(
     clock["now"] = start + timedelta(seconds=10)
     write(session_factory, **upsert_args(spec(0), 5.0, stats=make_stats(5.0)))
     after = fingerprint(session_factory, device_id, context)
-    assert after[:2] == before[:2]  # same count, same latest time
-    assert after != before
+    assert before == (2,) and after == (3,)
+
+
+def test_fingerprint_is_one_row_read_not_a_scan_of_the_context(
+    session_factory: sessionmaker[Session], upsert_args: Args, device_id: int, context: MeasurementContext
+) -> None:
+    """The fingerprint reads the context's version row, whatever the number of rows it counts."""
+    from sqlalchemy import event
+
+    with write_session(session_factory) as session:
+        for i in range(50):
+            upsert_measurement(session, **upsert_args(spec(i), 1.0))
+    statements: list[str] = []
+    with session_factory() as session:
+        engine = session.get_bind()
+        listener = lambda *args: statements.append(args[2])  # noqa: E731  (conn, cursor, statement, ...)
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            assert context_fingerprint(session, device_id=device_id, context=context) == (50,)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+    reads = [text for text in statements if "context_versions" in text]
+    assert len(reads) == 1 and "measurements" not in reads[0]

@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from latency_db.context import MeasurementContext
 from latency_db.engine import make_engine, make_session_factory
-from latency_db.migrate import alembic_config, current_revision, locked_migration_transaction, upgrade_to_head
+from latency_db.migrate import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    locked_migration_transaction,
+    upgrade_to_head,
+)
 from latency_db.models import Job, Measurement, MeasurementRound
 from latency_db.repository import (
     EXPORT_COLUMNS,
@@ -30,6 +36,7 @@ from latency_db.repository import (
     store_canary_references,
     upsert_measurement,
 )
+from latency_db.repository.measurements import context_fingerprint
 from latency_db.transactions import begin_write
 from tests.latency_db.db_test_data import ENV_HASH, make_stats, spec
 
@@ -167,7 +174,7 @@ def test_0003_keeps_protocol_2_rows_and_never_serves_them_as_protocol_3(raw_url:
     finally:
         engine.dispose()
     upgrade_to_head(raw_url)
-    assert current_revision(raw_url) == "0003"
+    assert current_revision(raw_url) == head_revision()
     engine = make_engine(raw_url)
     try:
         with make_session_factory(engine)() as session:
@@ -176,6 +183,9 @@ def test_0003_keeps_protocol_2_rows_and_never_serves_them_as_protocol_3(raw_url:
             for version in ("3", "3+warm"):
                 context = MeasurementContext("ort-cpu", 1, "float32", 1, ENV_HASH, version)
                 assert lookup_measurements(session, device_id=device_id, context=context, op_specs=[spec(0)]) == {}
+                assert context_fingerprint(session, device_id=device_id, context=context) == (0,)
+            old = MeasurementContext("ort-cpu", 1, "float32", 1, ENV_HASH, "2")
+            assert context_fingerprint(session, device_id=device_id, context=old) == (1,)  # 0004 counted it
     finally:
         engine.dispose()
     _migrate(raw_url, "downgrade", "0002")  # and back: the row keeps its statistics
@@ -186,4 +196,4 @@ def test_0003_keeps_protocol_2_rows_and_never_serves_them_as_protocol_3(raw_url:
     finally:
         engine.dispose()
     upgrade_to_head(raw_url)
-    assert current_revision(raw_url) == "0003"
+    assert current_revision(raw_url) == head_revision()
