@@ -13,7 +13,11 @@ and the classifier's weight and bias.
 
 from __future__ import annotations
 
+import random
+import statistics
+
 from nas_ops.arch import Architecture
+from nas_ops.space import SearchSpace
 from nas_ops.spec import OpSpec
 
 
@@ -160,3 +164,17 @@ def network_memory_bytes(arch: Architecture, batch: int, dtype: str) -> int:
     after the other, so only one op's tensors are live at a time)."""
     specs = arch.specs()
     return sum(weight_bytes(spec, dtype) for spec in specs) + max(activation_bytes(spec, batch, dtype) for spec in specs)
+
+
+#: Random architectures whose median working set is a space's (seeded: the same space gives the same number).
+WORKING_SET_SAMPLES = 64
+
+
+def space_working_set_bytes(space: SearchSpace, batch: int = 1, dtype: str = "float32") -> int:
+    """The working set of a search space's typical network: the median of :func:`network_memory_bytes` over
+    ``WORKING_SET_SAMPLES`` architectures drawn uniformly with a fixed seed (what a profiler's cache regime is
+    chosen by when it measures the space's latency table)."""
+    rng = random.Random(0)
+    sizes = [network_memory_bytes(space.architecture(space.random_choices(rng)), batch, dtype)
+             for _ in range(WORKING_SET_SAMPLES)]
+    return int(statistics.median_low(sizes))

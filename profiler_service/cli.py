@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from profiler_service.engine.presets import ResolvedProtocol
 from profiler_service.settings import ProfilerSettings
 
 app = typer.Typer(
@@ -69,7 +70,8 @@ def serve(
     token: Annotated[str | None, typer.Option(help="bearer token for mutating endpoints (or PROFILER_TOKEN)")] = None,
     allow_insecure_bind: Annotated[bool, typer.Option(help="allow a non-loopback bind without a token")] = False,
     device_name: Annotated[str | None, typer.Option(help="name of this device (default: hostname)")] = None,
-    protocol: Annotated[str | None, typer.Option(help="protocol preset: default | warm | fast")] = None,
+    protocol: Annotated[str | None, typer.Option(help="protocol preset: auto (default: the cache regime follows "
+                                                 "each request's working set) | cold | warm | fast")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the REST API (migrates the database to head first). Health: GET /v1/health.
@@ -113,6 +115,18 @@ def _specs_from(specs: list[str], space: str | None) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
+def local_protocol(preset: str, space: str | None, batch: int, dtype: str) -> ResolvedProtocol:
+    """The protocol of a local measurement: ``preset``, with ``auto`` resolved from the working set of ``space``'s
+    typical network and this machine's per-core cache (cold without a space)."""
+    from nas_ops.counting import space_working_set_bytes
+    from nas_ops.space import load_space
+    from profiler_service.engine.cache_regime import read_core_cache
+    from profiler_service.engine.presets import ServiceProtocol
+
+    working_set = space_working_set_bytes(load_space(space), batch, dtype) if space else None
+    return ServiceProtocol(preset, read_core_cache()).for_working_set(working_set)
+
+
 @app.command()
 def measure(
     specs: Annotated[list[str] | None, typer.Argument(help="op specs, e.g. mbconv_r56x56_c24-24_k3_e6_s1_relu6_skip")] = None,
@@ -121,7 +135,8 @@ def measure(
     batch: Annotated[int, typer.Option(min=1, max=1024)] = 1,
     dtype: Annotated[str, typer.Option(help="float32 | float16 (CUDA)")] = "float32",
     threads: Annotated[int, typer.Option(min=1, max=256)] = 1,
-    protocol: Annotated[str, typer.Option(help="default | warm | fast")] = "default",
+    protocol: Annotated[str, typer.Option(help="auto (the cache regime of --space's working set; cold without "
+                                          "--space) | cold | warm | fast")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     out_file: Annotated[Path | None, typer.Option("--out", help="also write the stats as JSON here")] = None,
 ) -> None:
@@ -130,7 +145,6 @@ def measure(
     from profiler_service.engine.backends import get_backend
     from profiler_service.engine.calibration import CalibrationCache
     from profiler_service.engine.protocol import measure_op
-    from profiler_service.engine.presets import protocol_params_for, protocol_version_for
 
     from profiler_service.api.errors import ApiError
     from profiler_service.api.limits import check_spec_limits
@@ -138,7 +152,8 @@ def measure(
     try:
         texts = _specs_from(specs or [], space)
         engine = get_backend(backend)
-        params = protocol_params_for(protocol)
+        resolved = local_protocol(protocol, space, batch, dtype)
+        params = resolved.params
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
         limits = build_settings()
@@ -163,7 +178,7 @@ def measure(
                 fail(f"{text}: {exc}", code=1)
             progress.advance(task)
     document = {"backend": backend, "batch": batch, "dtype": dtype, "threads": threads,
-                "protocol_version": protocol_version_for(protocol), "stats": results}
+                "protocol_version": resolved.version, "stats": results}
     if out_file is not None:
         out_file.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     if as_json:
@@ -186,20 +201,24 @@ def info(
     """This device's fingerprint and the backends available here."""
     from profiler_service.engine.backends import available_backends
     from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
+    from profiler_service.engine.cache_regime import read_core_cache
     from profiler_service.engine.protocol import PROTOCOL_VERSION
 
     fingerprint = device_fingerprint()
+    cache = read_core_cache()
     backends = [{"name": b.name, "options": b.options, "env_hash": env_hash(environment(b, threads))}
                 for b in available_backends()]
     if as_json:
         sys.stdout.write(json.dumps({"fingerprint": fingerprint, "backends": backends,
-                                     "protocol_version": PROTOCOL_VERSION}, default=str) + "\n")
+                                     "protocol_version": PROTOCOL_VERSION, "cache": cache.as_dict()},
+                                    default=str) + "\n")
         return
     table = Table(title="device fingerprint")
     table.add_column("key")
     table.add_column("value")
     for key, value in fingerprint.items():
         table.add_row(key, str(value))
+    table.add_row("per-core cache (auto protocol)", cache.source)
     out.print(table)
     backend_table = Table(title=f"available backends (threads={threads}, protocol {PROTOCOL_VERSION})")
     for column in ("backend", "options", "env hash"):

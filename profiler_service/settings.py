@@ -32,8 +32,11 @@ class ProfilerSettings(BaseSettings):
     # --- measurement -------------------------------------------------------------------------------------------
     backends: str | None = Field(None, description="comma-separated backend names to serve; default: all available")
     threads: int = Field(1, ge=1, le=256, description="default thread count of a measurement")
-    protocol: str = Field("default", description="protocol preset: 'default' (caches flushed), 'warm' (small "
-                          "networks that fit in the cache) or 'fast' (short runs, for tests)")
+    protocol: str = Field("auto", description="protocol preset: 'auto' (the cache regime follows each request's "
+                          "working_set_bytes: warm when it fits in the per-core cache, else cold), 'cold' (alias "
+                          "'default': caches flushed), 'warm' (caches warm) or 'fast' (short runs, for tests)")
+    cache_kib: int | None = Field(None, ge=1, le=1 << 30, description="per-core cache size the 'auto' protocol "
+                                  "compares working sets with, KiB; default: read from sysfs (unknown: all cold)")
     worker_poll_s: float = Field(1.0, gt=0, le=60)
     canary_interval_s: float = Field(600.0, ge=0, le=86_400, description="seconds between two canary checks "
                                      "while serving (besides the one at start and those before jobs); 0: no canaries")

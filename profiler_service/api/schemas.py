@@ -87,8 +87,14 @@ class ErrorBody(BaseModel):
     code: str = Field(examples=["invalid_input"])
 
 
+#: The largest working set a request may name (1 TiB): far above any cache, so larger values say nothing more.
+MAX_WORKING_SET_BYTES = 1 << 40
+
+
 class ContextBody(BaseModel):
-    """The measurement context: which backend, batch, dtype and thread count (null: the service default)."""
+    """The measurement context: which backend, batch, dtype and thread count (null: the service default), and the
+    working set of the network the ops belong to, which decides the cache regime (protocol version) they are
+    measured and looked up under."""
 
     # strict: JSON types as declared, never coerced (false is no number, "1" no integer)
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -97,6 +103,15 @@ class ContextBody(BaseModel):
     batch: JsonInt = Field(1, ge=1, examples=[1], description="at most the service's max_batch")
     dtype: DType = "float32"
     threads: Annotated[int, Field(ge=1, le=256), BeforeValidator(integral_number)] | None = Field(None, examples=[1])
+    working_set_bytes: Annotated[int, Field(ge=1, le=MAX_WORKING_SET_BYTES), BeforeValidator(integral_number)
+                                 ] | None = Field(
+        None, examples=[786432],
+        description="bytes of weights + peak activations of the network the ops belong to (nas_ops.counting."
+        "network_memory_bytes; for a search space, its typical network's: space_working_set_bytes). Under the "
+        "service's auto protocol it picks the cache regime: warm when it fits in the per-core cache (/v1/device "
+        "protocol.cache), else cold; null: cold, except /v1/measure/architecture, which uses the architecture's "
+        "own. The regime is part of the answer's protocol_version, so lookups with the same regime find the rows "
+        "measured with it.")
 
 
 class LookupRequest(ContextBody):
@@ -195,7 +210,10 @@ class DeviceInfo(BaseModel):
     name: str
     fingerprint: dict[str, Any]
     fingerprint_hash: str
-    protocol: dict[str, Any]
+    protocol: dict[str, Any] = Field(description="version and params: a request without working_set_bytes; preset; "
+                                     "cache: the per-core cache size the auto preset compares working sets with "
+                                     "(size_bytes null: unknown, all cold) and its source; regimes: the stored "
+                                     "version of each cache regime; rule")
     default_threads: int
     backends: list[BackendInfo]
     limits: dict[str, Any]

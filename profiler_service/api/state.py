@@ -15,7 +15,8 @@ from profiler_service.engine.backends import Backend, available_backends, get_ba
 from profiler_service.api.errors import bad_request
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
 from profiler_service.api.metrics import ServiceMetrics
-from profiler_service.engine.presets import protocol_params_for, protocol_version_for
+from profiler_service.engine.cache_regime import configured_cache
+from profiler_service.engine.presets import ResolvedProtocol, ServiceProtocol
 from profiler_service.settings import ProfilerSettings
 from profiler_service.jobs.canaries import CanaryWatch
 from profiler_service.jobs.worker import JobWorker
@@ -37,8 +38,10 @@ class ServiceState:
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         self.fingerprint = device_fingerprint()
         self.backends = select_backends(settings.backend_names())
-        self.protocol_params = protocol_params_for(settings.protocol)
-        self.protocol_version = protocol_version_for(settings.protocol)
+        self.protocol = ServiceProtocol(settings.protocol, configured_cache(settings.cache_kib))
+        # the protocol of a request without a working set (and of the canaries)
+        self.protocol_params = self.protocol.base.params
+        self.protocol_version = self.protocol.base.version
         self.metrics = ServiceMetrics()
         self._env_cache: dict[tuple[str, int], tuple[dict[str, Any], str]] = {}
         self._env_lock = threading.Lock()
@@ -53,7 +56,7 @@ class ServiceState:
             sessions=self.sessions, device_id=self.device_id, backends=self.backends,
             protocol_params=self.protocol_params, protocol_version=self.protocol_version,
             environment=self.environment, poll_s=settings.worker_poll_s, on_measured=self._count_measurement,
-            canaries=self.canaries,
+            canaries=self.canaries, protocol_for_job=self.protocol.for_job,
         )
 
     def backend(self, name: str) -> Backend:
@@ -67,13 +70,20 @@ class ServiceState:
         """The thread count of a request: its own, or the service default for None."""
         return self.settings.threads if threads is None else threads
 
-    def context(self, backend_name: str, batch: int, dtype: str, threads: int | None) -> MeasurementContext:
+    def context(self, backend_name: str, batch: int, dtype: str, threads: int | None,
+                working_set_bytes: int | None = None) -> MeasurementContext:
         """The measurement context of a request on this service: its backend, batch, dtype and threads (None: the
-        default) in this service's current environment and protocol version (422 for a backend not served)."""
+        default) in this service's current environment, under the protocol version of the cache regime of
+        ``working_set_bytes`` (:meth:`protocol_for`; 422 for a backend not served)."""
         threads = self.resolve_threads(threads)
         _, current_hash = self.environment(backend_name, threads)
         return MeasurementContext(backend=backend_name, batch=batch, dtype=dtype, threads=threads,
-                                  env_hash=current_hash, protocol_version=self.protocol_version)
+                                  env_hash=current_hash,
+                                  protocol_version=self.protocol_for(working_set_bytes).version)
+
+    def protocol_for(self, working_set_bytes: int | None) -> ResolvedProtocol:
+        """The protocol of a request measuring a network of ``working_set_bytes`` (None: not given, cold)."""
+        return self.protocol.for_working_set(working_set_bytes)
 
     def environment(self, backend_name: str, threads: int) -> tuple[dict[str, Any], str]:
         """(environment, its hash) of a backend at a thread count: part of every measurement's identity."""

@@ -1,32 +1,117 @@
-"""The protocol presets: named sets of protocol parameters, each part of the stored protocol version."""
+"""The protocol presets: named sets of protocol parameters, each part of the stored protocol version.
+
+- ``auto`` (the service's default): the cache regime of each request follows from what it measures
+  (:mod:`profiler_service.engine.cache_regime`): ``warm`` for a working set that fits in the per-core cache,
+  ``cold`` otherwise and for a request that gives none.
+- ``cold`` (``default`` is its earlier name): always the cold regime; ``warm``: always the warm regime.
+- ``fast``: short runs for tests and smoke checks (warm caches, its own version).
+
+A regime's parameters and stored version are the same whichever preset chose it: ``cold`` is ``ProtocolParams()``
+stored as ``PROTOCOL_VERSION`` ("3"), ``warm`` is ``cache_flush_kib=0`` stored as "3+warm". So rows measured under
+``--protocol warm`` are the rows ``auto`` serves to a small network, and a number of one regime is never served as
+the other's.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+from profiler_service.engine.cache_regime import REGIMES, CacheInfo, Regime, regime
 from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
 
-PROTOCOL_PRESETS = ("default", "warm", "fast")
+PROTOCOL_PRESETS = ("auto", "cold", "default", "warm", "fast")
+#: Earlier names of presets (accepted, same meaning).
+PRESET_ALIASES = {"default": "cold"}
 
 
-def protocol_params_for(preset: str) -> ProtocolParams:
-    """The protocol parameters of a preset.
+def _canonical(preset: str) -> str:
+    if preset not in PROTOCOL_PRESETS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOL_PRESETS)}, got {preset!r}")
+    return PRESET_ALIASES.get(preset, preset)
 
-    ``default``: the full protocol, caches flushed before every run (networks whose working set exceeds the
-    cache, like the ImageNet-size spaces); ``warm``: the same with warm caches (small networks that fit in the
-    cache, like the 32x32 presets); ``fast``: short runs for tests and smoke checks.
-    Raises ValueError naming the presets for any other name.
-    """
+
+def _fixed_params(preset: str) -> ProtocolParams:
+    """The parameters of a fixed (non-auto) canonical preset."""
     if preset == "fast":
         return ProtocolParams.fast()
     if preset == "warm":
         return ProtocolParams(cache_flush_kib=0)
-    if preset == "default":
-        return ProtocolParams()
-    raise ValueError(f"protocol must be one of {', '.join(PROTOCOL_PRESETS)}, got {preset!r}")
+    return ProtocolParams()
 
 
-def protocol_version_for(preset: str) -> str:
-    """The stored protocol version: a preset other than the default is part of a measurement's identity, so a
-    service never reuses numbers measured under another preset."""
-    if preset not in PROTOCOL_PRESETS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOL_PRESETS)}, got {preset!r}")
-    return PROTOCOL_VERSION if preset == "default" else f"{PROTOCOL_VERSION}+{preset}"
+def _fixed_version(preset: str) -> str:
+    return PROTOCOL_VERSION if preset == "cold" else f"{PROTOCOL_VERSION}+{preset}"
+
+
+def protocol_params_for(preset: str, working_set_bytes: int | None = None,
+                        cache: CacheInfo | None = None) -> ProtocolParams:
+    """The protocol parameters of a preset (``auto``: of the regime of ``working_set_bytes`` with ``cache``; cold
+    without them). Raises ValueError naming the presets for any other name."""
+    return ServiceProtocol(preset, cache or CacheInfo(None, "unknown: not given")).for_working_set(
+        working_set_bytes).params
+
+
+def protocol_version_for(preset: str, working_set_bytes: int | None = None,
+                         cache: CacheInfo | None = None) -> str:
+    """The stored protocol version of a preset (as :func:`protocol_params_for` resolves it): a regime or preset
+    other than cold is part of a measurement's identity, so a service never reuses numbers measured under
+    another one."""
+    return ServiceProtocol(preset, cache or CacheInfo(None, "unknown: not given")).for_working_set(
+        working_set_bytes).version
+
+
+def regime_of_version(version: str) -> Regime:
+    """The cache regime a stored version names: ``warm`` for a ``+warm`` suffix, ``cold`` for anything else."""
+    return "warm" if version.endswith("+warm") else "cold"
+
+
+@dataclass(frozen=True)
+class ResolvedProtocol:
+    """The protocol one measurement runs under: its parameters, stored version and cache regime."""
+
+    params: ProtocolParams
+    version: str
+    regime: Regime
+
+
+class ServiceProtocol:
+    """The protocol a service measures with: a preset, and for ``auto`` the cache it compares working sets with."""
+
+    def __init__(self, preset: str, cache: CacheInfo) -> None:
+        self.preset = _canonical(preset)
+        self.cache = cache
+
+    def _fixed(self, preset: str) -> ResolvedProtocol:
+        params = _fixed_params(preset)
+        return ResolvedProtocol(params, _fixed_version(preset), "warm" if params.cache_flush_kib == 0 else "cold")
+
+    def for_working_set(self, working_set_bytes: int | None) -> ResolvedProtocol:
+        """The protocol of a request measuring (ops of) a network of ``working_set_bytes`` (None: not given)."""
+        if self.preset != "auto":
+            return self._fixed(self.preset)
+        return self._fixed(regime(working_set_bytes, self.cache))
+
+    def for_job(self, submitted_version: str) -> ResolvedProtocol:
+        """The protocol a job submitted under ``submitted_version`` is measured under now: its regime (``auto``)
+        or this service's fixed preset (as a job resumed under another preset always was)."""
+        if self.preset != "auto":
+            return self._fixed(self.preset)
+        return self._fixed(regime_of_version(submitted_version))
+
+    @property
+    def base(self) -> ResolvedProtocol:
+        """The protocol of a request without a working set (and of the canary checks)."""
+        return self.for_working_set(None)
+
+    def describe(self) -> dict[str, Any]:
+        """The ``protocol`` entry of ``/v1/device``: the base version and parameters (a request without a working
+        set), the preset, the cache the rule uses, and every regime's version."""
+        base = self.base
+        regimes = {name: self._fixed(name).version for name in REGIMES} if self.preset == "auto" else {
+            base.regime: base.version}
+        return {"version": base.version, "params": base.params.model_dump(), "preset": self.preset,
+                "cache": self.cache.as_dict(), "regimes": regimes,
+                "rule": "auto: warm when the request's working_set_bytes <= cache.size_bytes, else cold; cold "
+                        "without working_set_bytes or with an unknown cache size" if self.preset == "auto" else
+                        f"fixed preset {self.preset}: working_set_bytes is ignored"}

@@ -29,6 +29,8 @@ Where a job runs: a claimed job is measured on a backend this worker serves, in 
 version of now (resolved inside the job's error handling): a job whose backend is no longer served fails, with
 each pending item, "backend X is no longer served by this device", and the worker goes on with the next job; a
 job resumed after a restart with another runtime stores its rows under the environment they were measured in.
+With ``protocol_for_job`` the protocol follows the job: a job submitted in the warm cache regime (protocol version
+``3+warm``, chosen by the service's ``auto`` preset from the request's working set) is measured and stored warm.
 
 Canaries: with a :class:`~profiler_service.jobs.canaries.CanaryWatch`, the worker measures the canary ops at its
 start, every ``interval_s`` while it serves (also between the items of a long job) and before a job, and keeps
@@ -64,6 +66,7 @@ from profiler_service.engine.protocol import (
     measure_network_round,
     measure_op_round,
 )
+from profiler_service.engine.presets import ResolvedProtocol
 from profiler_service.engine.rounds import lacking_rounds, round_order, stored_result
 from profiler_service.engine.stats import RoundMeasurement, Stats
 from profiler_service.jobs.canaries import CANARY_BATCH, CANARY_DTYPE, CanaryWatch
@@ -76,6 +79,9 @@ T = TypeVar("T")
 
 #: (backend name, threads) -> (environment, its hash): the environment a measurement runs in.
 EnvironmentResolver = Callable[[str, int], tuple[dict[str, Any], str]]
+#: The protocol a job submitted under a protocol version is measured under now (its cache regime: see
+#: profiler_service.engine.presets.ServiceProtocol.for_job); without one, every job gets the worker's fixed protocol.
+ProtocolForJob = Callable[[str], ResolvedProtocol]
 #: Called after each measurement with (backend name, "op" | "network", seconds it took).
 MeasuredHook = Callable[[str, str, float], None]
 #: How one round of an op / a whole network is measured (the protocol's functions; tests pass scripted ones, which
@@ -118,11 +124,13 @@ class JobWorker:
         measure_op: OpMeasurer = measure_op_round,
         measure_network: NetworkMeasurer = measure_network_round,
         canaries: CanaryWatch | None = None,
+        protocol_for_job: ProtocolForJob | None = None,
     ) -> None:
         self.device_id = device_id
         self.backends = backends
         self.protocol_params = protocol_params
         self.protocol_version = protocol_version
+        self.protocol_for_job = protocol_for_job
         self.environment = environment
         self.poll_s = poll_s
         self.lease_s = lease_s
@@ -239,8 +247,12 @@ class JobWorker:
         except Exception as exc:
             raise RuntimeError(f"the environment of backend {name!r} cannot be read: {type(exc).__name__}: {exc}"
                                ) from exc
-        context = job.context.in_environment(current_hash, self.protocol_version)
-        return _Run(job, self.backends[name], context, environment)
+        params, version = self.protocol_params, self.protocol_version
+        if self.protocol_for_job is not None:
+            resolved = self.protocol_for_job(job.context.protocol_version)
+            params, version = resolved.params, resolved.version
+        context = job.context.in_environment(current_hash, version)
+        return _Run(job, self.backends[name], context, environment, params)
 
     def _measured(self, backend: str, kind: str, started: float) -> None:
         if self.on_measured is not None:
@@ -293,7 +305,7 @@ class JobWorker:
 
     # --- ops jobs --------------------------------------------------------------------------------------------------
     def _run_ops(self, run: _Run, lease: LeaseKeeper) -> None:
-        job, rounds = run.job, self.protocol_params.rounds
+        job, rounds = run.job, run.params.rounds
         calibration = CalibrationCache()  # the job's ops share their calibration values, and no other job's
         items = self._retry(f"reading the items of job {job.id}", lambda: self.store.pending_items(job.id))
         stored = self._retry(f"reading the rounds of job {job.id}", lambda: self.store.stored_rounds(job.id,
@@ -305,7 +317,7 @@ class JobWorker:
                     return
                 del open_items[item.position]
         for round_index in range(rounds):
-            order = round_order(list(open_items), seed=self.protocol_params.seed, job_id=job.id,
+            order = round_order(list(open_items), seed=run.params.seed, job_id=job.id,
                                 round_index=round_index, rounds=rounds)
             for position in order:
                 item = open_items.get(position)
@@ -336,7 +348,7 @@ class JobWorker:
         try:
             measurement = RoundMeasurement.of(self.measure_op(
                 parse_spec(item.op_spec), run.backend, context.batch, context.dtype, context.threads,
-                self.protocol_params, calibration, should_stop=should_stop))
+                run.params, calibration, should_stop=should_stop))
         except MeasurementStopped:
             log.info("measuring %s of job %s stopped (cancelled or stopping)", item.op_spec, run.job.id)
             return _Outcome.STOP
@@ -344,7 +356,7 @@ class JobWorker:
             log.warning("measuring %s on %s failed: %s", item.op_spec, context.backend, exc)
             return self._fail_item(run, item.item_id, f"{type(exc).__name__}: {exc}")
         self._measured(context.backend, "op", started)
-        if lacking_rounds([*item_rounds, round_index], self.protocol_params.rounds):
+        if lacking_rounds([*item_rounds, round_index], run.params.rounds):
             return self._store_round(run, item, round_index, measurement, item_rounds)
         return self._finish_item(run, item, {**item_rounds, round_index: measurement}, round_index)
 
@@ -372,9 +384,9 @@ class JobWorker:
         stored already) and its done status in one transaction: ITEM_CLOSED (done, or failed when its value or
         row is refused), or STOP when the worker must leave the job."""
         context = run.context
-        ordered = [item_rounds[index] for index in sorted(item_rounds)[: self.protocol_params.rounds]]
+        ordered = [item_rounds[index] for index in sorted(item_rounds)[: run.params.rounds]]
         try:
-            result = stored_result(ordered, self.protocol_params,
+            result = stored_result(ordered, run.params,
                                    costs_compute=count_flops(parse_spec(item.op_spec)) > 0)
         except ValueError as exc:
             return self._fail_item(run, item.item_id, str(exc))
@@ -383,7 +395,7 @@ class JobWorker:
         last_round = None if last_index is None else (last_index, item_rounds[last_index])
         try:
             stored = self._retry(f"storing the measurement of {item.op_spec}", lambda: self.store.store_measurement(
-                run.job.id, item.item_id, context, item.op_spec, run.environment, self.protocol_params.model_dump(),
+                run.job.id, item.item_id, context, item.op_spec, run.environment, run.params.model_dump(),
                 result.stats.as_dict(), rounds=result.rounds, flagged=result.flagged, position=item.position,
                 last_round=last_round))
         except StoreUnavailable as exc:  # e.g. the disk is full: fail the item and end the job, no retry storm
@@ -416,7 +428,7 @@ class JobWorker:
 
     # --- architecture jobs -----------------------------------------------------------------------------------------
     def _run_architecture(self, run: _Run, lease: LeaseKeeper) -> None:
-        job, context, rounds = run.job, run.context, self.protocol_params.rounds
+        job, context, rounds = run.job, run.context, run.params.rounds
         try:
             arch = architecture_from_json_obj(job.payload)
         except Exception as exc:
@@ -429,7 +441,7 @@ class JobWorker:
             started = time.perf_counter()
             try:
                 measurement = RoundMeasurement.of(self.measure_network(
-                    arch, run.backend, context.batch, context.dtype, context.threads, self.protocol_params,
+                    arch, run.backend, context.batch, context.dtype, context.threads, run.params,
                     should_stop=self._should_stop(lease)))
             except MeasurementStopped:
                 log.info("measuring architecture job %s stopped (cancelled or stopping)", job.id)
@@ -444,7 +456,7 @@ class JobWorker:
                     return  # no longer this worker's job
             stored[round_index] = measurement
         try:
-            result = stored_result([stored[i] for i in sorted(stored)[:rounds]], self.protocol_params,
+            result = stored_result([stored[i] for i in sorted(stored)[:rounds]], run.params,
                                    costs_compute=count_flops(arch) > 0)
         except ValueError as exc:
             self._fail_architecture(job, exc)
@@ -481,3 +493,4 @@ class _Run:
     backend: Backend
     context: MeasurementContext
     environment: dict[str, Any]
+    params: ProtocolParams

@@ -27,7 +27,7 @@ def device(state: StateDep) -> DeviceInfo:
         name=state.settings.device_name,
         fingerprint=state.fingerprint,
         fingerprint_hash=fingerprint_hash(state.fingerprint),
-        protocol={"version": state.protocol_version, "params": state.protocol_params.model_dump()},
+        protocol=state.protocol.describe(),
         default_threads=threads,
         backends=backends,
         limits={field: getattr(state.settings, field) for field in LIMIT_FIELDS},

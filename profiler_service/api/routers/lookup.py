@@ -30,7 +30,7 @@ def lookup(body: LookupRequest, state: StateDep) -> Response:
     check_dtype(state.backend(body.backend), body.dtype)
     cache = lookup_cache_of(state)
     cache.checked.check(body.ops, body.batch, body.dtype)
-    context = state.context(body.backend, body.batch, body.dtype, body.threads)
+    context = state.context(body.backend, body.batch, body.dtype, body.threads, body.working_set_bytes)
     with state.sessions() as session:  # a read session (deferred transaction), as SessionDep gives
         answer = LookupAnswer.of(cache.stored.fragments(session, state.device_id, context, body.ops))
     state.metrics.lookups.labels("found").inc(len(answer.found))

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from latency_db.repository import create_job
 from latency_db.transactions import write_session
 from nas_ops.arch import architecture_from_json_obj
+from nas_ops.counting import network_memory_bytes
 from profiler_service.api.deps import StateDep, TokenDep
 from profiler_service.api.errors import bad_request
 from profiler_service.jobs.views import FINISHED, wait_for_job
@@ -25,9 +26,10 @@ ANSWERS = {200: {"model": JobOut, "description": "the job finished within wait_s
 
 
 def _submit(state: ServiceState, body: ContextBody, kind: str, op_specs: list[str], force: bool,
-            payload: dict | None) -> int:
-    """Create the job (blocking database work: call it in the threadpool, never on the event loop)."""
-    context = state.context(body.backend, body.batch, body.dtype, body.threads)
+            payload: dict | None, working_set_bytes: int | None) -> int:
+    """Create the job under the protocol of ``working_set_bytes`` (blocking database work: call it in the
+    threadpool, never on the event loop)."""
+    context = state.context(body.backend, body.batch, body.dtype, body.threads, working_set_bytes)
     with write_session(state.sessions) as session:
         job = create_job(session, device_id=state.device_id, kind=kind, context=context, op_specs=op_specs,
                          force=force, payload=payload)
@@ -47,20 +49,24 @@ async def _answer(request: Request, state: ServiceState, job_id: int, wait_s: fl
 @router.post(
     "/measure", response_model=JobOut, status_code=202, responses=ANSWERS,
     summary="Measure ops (a job; optionally wait for it)",
-    description="Creates a persistent job. Ops already stored under the same environment are skipped unless "
-    "`force`. Answers 202 with the job, or 200 when it finished within `wait_s`.",
+    description="Creates a persistent job. Ops already stored under the same environment and protocol version "
+    "(the cache regime of `working_set_bytes`) are skipped unless `force`. Answers 202 with the job, or 200 when "
+    "it finished within `wait_s`.",
 )
 async def measure(body: MeasureRequest, request: Request, state: StateDep, _: TokenDep) -> JSONResponse:
     check_wait(state.settings, body.wait_s)
     check_dtype(state.backend(body.backend), body.dtype)
     parse_ops(state.settings, body.ops, body.batch, body.dtype)
-    job_id = await run_in_threadpool(_submit, state, body, "ops", body.ops, body.force, None)
+    job_id = await run_in_threadpool(_submit, state, body, "ops", body.ops, body.force, None,
+                                     body.working_set_bytes)
     return await _answer(request, state, job_id, body.wait_s)
 
 
 @router.post(
     "/measure/architecture", response_model=JobOut, status_code=202, responses=ANSWERS,
     summary="Measure a whole network end to end (a job; its result holds the stats)",
+    description="The cache regime is that of `working_set_bytes`, by default the architecture's own (nas_ops."
+    "counting.network_memory_bytes at the request's batch and dtype).",
 )
 async def measure_architecture(body: ArchitectureRequest, request: Request, state: StateDep,
                                _: TokenDep) -> JSONResponse:
@@ -73,5 +79,6 @@ async def measure_architecture(body: ArchitectureRequest, request: Request, stat
     check_architecture(state.settings, arch, body.batch, body.dtype)
     payload = arch.to_dict()
     payload["metadata"] = {}  # the job measures the network; metadata plays no part
-    job_id = await run_in_threadpool(_submit, state, body, "architecture", [], False, payload)
+    working_set = body.working_set_bytes or network_memory_bytes(arch, body.batch, body.dtype)
+    job_id = await run_in_threadpool(_submit, state, body, "architecture", [], False, payload, working_set)
     return await _answer(request, state, job_id, body.wait_s)
