@@ -57,7 +57,7 @@ class DemoPlan:
     target_fraction: float  # where the target sits between the space's min (0) and max (1) latency
 
 
-FULL = DemoPlan(space="tiny-32", epochs=12, warmup_epochs=4, retrain_epochs=6, protocol="warm", target_fraction=0.4)
+FULL = DemoPlan(space="tiny-32", epochs=12, warmup_epochs=4, retrain_epochs=6, protocol="auto", target_fraction=0.4)
 QUICK = DemoPlan(space="micro-16", epochs=2, warmup_epochs=1, retrain_epochs=2, protocol="fast", target_fraction=0.4)
 
 

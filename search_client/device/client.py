@@ -22,6 +22,7 @@ from typing import Any, Self
 import httpx
 
 from nas_ops.arch import Architecture
+from nas_ops.counting import network_memory_bytes
 from nas_ops.spec import OpSpec, format_spec
 from search_client.device.errors import (
     AuthRefused,
@@ -84,6 +85,16 @@ def spec_strings(ops: Iterable[str | OpSpec]) -> list[str]:
         else:
             raise ValueError(f"ops: expected op spec strings or OpSpec, got {type(op).__name__}")
     return list(out)
+
+
+def _context_body(backend: str, batch: int, dtype: str, threads: int | None, working_set_bytes: int | None
+                  ) -> dict[str, Any]:
+    """The context fields of a request body; ``working_set_bytes`` only when given (a service of an earlier
+    version refuses unknown fields)."""
+    body: dict[str, Any] = {"backend": backend, "batch": batch, "dtype": dtype, "threads": threads}
+    if working_set_bytes is not None:
+        body["working_set_bytes"] = int(working_set_bytes)
+    return body
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -229,12 +240,16 @@ class LatencyClient:
         batch: int = 1,
         dtype: str = "float32",
         threads: int | None = None,
+        *,
+        working_set_bytes: int | None = None,
     ) -> LookupResult:
-        """Stored stats of ``ops`` on this device (``POST /v1/lookup``, in chunks of :data:`LOOKUP_CHUNK`)."""
+        """Stored stats of ``ops`` on this device (``POST /v1/lookup``, in chunks of :data:`LOOKUP_CHUNK`), under
+        the cache regime of ``working_set_bytes`` (the network's the ops belong to; None: the device's default,
+        cold)."""
         specs = spec_strings(ops)
         if not specs:
             raise ValueError("ops: nothing to look up (empty list)")
-        answers = [self._lookup_chunk(chunk, backend, batch, dtype, threads)
+        answers = [self._lookup_chunk(chunk, backend, batch, dtype, threads, working_set_bytes)
                    for chunk in _chunks(specs, LOOKUP_CHUNK)]
         first = answers[0]
         if any((a["env_hash"], a["protocol_version"]) != (first["env_hash"], first["protocol_version"])
@@ -255,9 +270,9 @@ class LatencyClient:
             extra={k: v for k, v in first.items() if k not in known},
         )
 
-    def _lookup_chunk(self, chunk: Sequence[str], backend: str, batch: int, dtype: str, threads: int | None
-                      ) -> dict[str, Any]:
-        body = {"backend": backend, "batch": batch, "dtype": dtype, "threads": threads, "ops": list(chunk)}
+    def _lookup_chunk(self, chunk: Sequence[str], backend: str, batch: int, dtype: str, threads: int | None,
+                      working_set_bytes: int | None) -> dict[str, Any]:
+        body = {**_context_body(backend, batch, dtype, threads, working_set_bytes), "ops": list(chunk)}
         answer = self._json("POST", "/v1/lookup", json=body)
         required = ("found", "missing", "backend", "batch", "dtype", "threads", "env_hash", "protocol_version")
         absent = [key for key in required if not isinstance(answer, dict) or key not in answer]
@@ -278,10 +293,12 @@ class LatencyClient:
         *,
         force: bool = False,
         wait_s: float = 0,
+        working_set_bytes: int | None = None,
     ) -> dict[str, Any]:
-        """Create a measurement job for ``ops`` (``POST /v1/measure``); return the job JSON."""
-        body = {"backend": backend, "batch": batch, "dtype": dtype, "threads": threads,
-                "ops": spec_strings(ops), "force": force, "wait_s": wait_s}
+        """Create a measurement job for ``ops`` (``POST /v1/measure``) under the cache regime of
+        ``working_set_bytes`` (see :meth:`lookup`); return the job JSON."""
+        body = {**_context_body(backend, batch, dtype, threads, working_set_bytes), "ops": spec_strings(ops),
+                "force": force, "wait_s": wait_s}
         return self._json("POST", "/v1/measure", json=body)
 
     def job(self, job_id: int) -> dict[str, Any]:
@@ -345,22 +362,25 @@ class LatencyClient:
         timeout_s: float = 3600.0,
         poll_s: float = 1.0,
         progress: ProgressCallback | None = None,
+        working_set_bytes: int | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Stats of every op of ``ops``: look up, measure the missing ones through jobs, look up again.
+        """Stats of every op of ``ops``: look up, measure the missing ones through jobs, look up again (all under
+        the cache regime of ``working_set_bytes``, see :meth:`lookup`).
 
         Returns ``{spec: Stats}`` for every spec; raises :class:`MissingEntriesError` if some are still missing.
         ``progress`` receives every poll of the jobs (see :meth:`wait_job`).
         """
         specs = spec_strings(ops)
-        result = self.lookup(specs, backend, batch, dtype, threads)
+        result = self.lookup(specs, backend, batch, dtype, threads, working_set_bytes=working_set_bytes)
         found = dict(result.found)
         if result.missing:
             for chunk in _chunks(result.missing, LOOKUP_CHUNK):
-                job = self.submit_measure(chunk, backend, batch, dtype, threads)
+                job = self.submit_measure(chunk, backend, batch, dtype, threads,
+                                          working_set_bytes=working_set_bytes)
                 if job.get("status") not in FINISHED:
                     job = self.wait_job(job["id"], timeout_s=timeout_s, poll_s=poll_s, progress=progress)
                 self._check_finished(job)
-            again = self.lookup(result.missing, backend, batch, dtype, threads)
+            again = self.lookup(result.missing, backend, batch, dtype, threads, working_set_bytes=working_set_bytes)
             found.update(again.found)
             if again.missing:
                 raise MissingEntriesError(again.missing, f"on {self.base_url} ({backend}) after measuring")
@@ -378,8 +398,9 @@ class LatencyClient:
         poll_s: float = 1.0,
         progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
-        """End-to-end Stats of the whole network ``arch`` (``POST /v1/measure/architecture``, then wait)."""
-        body = {"backend": backend, "batch": batch, "dtype": dtype, "threads": threads,
+        """End-to-end Stats of the whole network ``arch`` (``POST /v1/measure/architecture``, then wait), in the
+        cache regime of its own working set (:func:`nas_ops.counting.network_memory_bytes`, sent with it)."""
+        body = {**_context_body(backend, batch, dtype, threads, network_memory_bytes(arch, batch, dtype)),
                 "architecture": arch.to_dict(), "wait_s": 0}
         job = self._json("POST", "/v1/measure/architecture", json=body)
         if job.get("status") not in FINISHED:

@@ -31,7 +31,7 @@ class LocalProfiler:
     ``kill()`` sends SIGKILL at once. As a context manager it always stops the process."""
 
     def __init__(self, db_url: str, log_path: Path, *, port: int | None = None, backends: str = "ort-cpu",
-                 threads: int = 1, protocol: str = "default", extra_args: tuple[str, ...] = (),
+                 threads: int = 1, protocol: str = "auto", extra_args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None) -> None:
         self.db_url = db_url
         self.log_path = Path(log_path)

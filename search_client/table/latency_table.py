@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nas_ops.counting import space_working_set_bytes
 from nas_ops.space import SearchSpace
 from nas_ops.spec import format_spec
 from search_client.device.errors import MissingEntriesError
@@ -366,7 +367,9 @@ def build_table(
 ) -> LatencyTable:
     """The table of ``space`` on the device behind ``client``.
 
-    Looks up every spec of :func:`table_specs`; the missing ones are measured through a job when
+    Looks up every spec of :func:`table_specs` in the cache regime of the space's typical network (its working
+    set, :func:`nas_ops.counting.space_working_set_bytes`, is sent with every request: the device measures and
+    serves the entries warm when it fits in its per-core cache); the missing ones are measured through a job when
     ``measure_missing`` (waiting up to ``timeout_s``; ``progress`` receives every poll of those jobs), else
     :class:`MissingEntriesError` lists them. Entries the device flagged raise :class:`FlaggedEntriesError` unless
     ``allow_flagged``.
@@ -375,14 +378,15 @@ def build_table(
     device = {"url": client.base_url, "name": info["name"], "fingerprint": info["fingerprint"],
               "fingerprint_hash": info["fingerprint_hash"]}
     specs = table_specs(space)
-    result = client.lookup(specs, backend, batch, dtype, threads)
+    working_set = space_working_set_bytes(space, batch, dtype)
+    result = client.lookup(specs, backend, batch, dtype, threads, working_set_bytes=working_set)
     found = dict(result.found)
     if result.missing:
         if not measure_missing:
             raise MissingEntriesError(result.missing, f"on {client.base_url} ({backend}); measure them or drop "
                                                       "--no-measure")
         found.update(client.measure_missing(result.missing, backend, batch, dtype, threads, timeout_s=timeout_s,
-                                            poll_s=poll_s, progress=progress))
+                                            poll_s=poll_s, progress=progress, working_set_bytes=working_set))
     return LatencyTable.from_stats(
         space, found, device=device, backend=result.backend, batch=result.batch, dtype=result.dtype,
         threads=result.threads, protocol_version=result.protocol_version, env_hash=result.env_hash,

@@ -2,9 +2,9 @@
 
 Each command's arguments are taken from the document itself and run through ``proxyless-search search``, with
 ``--device URL`` / ``--table FILE`` pointing at a stored tiny-32 table measured on this project's VM the way the
-document measures it (``data/tiny-32.ort-cpu.warm.lut.json``: ``serve --backends ort-cpu --threads 1 --protocol
-warm`` as in the README; ``data/tiny-32.ort-cpu.default.lut.json``: the profilers' default protocol, as the
-containers run) and ``--out`` in a temporary directory. Every check a search makes before training runs on the
+document measures it (``data/tiny-32.ort-cpu.warm.lut.json``: ``serve --backends ort-cpu --threads 1`` as in the
+README, whose auto protocol measures tiny-32 warm on the VM's 2 MiB L2, as ``--protocol warm`` did;
+``data/tiny-32.ort-cpu.default.lut.json``: the cold protocol, as the containers run) and ``--out`` in a temporary directory. Every check a search makes before training runs on the
 real arguments (targets inside the table's range, loss units, the architecture schedule's warning), then one
 epoch trains (a full run takes minutes).
 """
@@ -25,6 +25,9 @@ import torch
 from typer.testing import CliRunner
 
 import search_client.cli.commands.search as search_command
+from nas_ops.counting import space_working_set_bytes
+from profiler_service.engine.cache_regime import CacheInfo
+from profiler_service.engine.presets import ServiceProtocol, regime_of_version
 from search_client.cli import app
 from search_client.table.latency_table import LatencyTable
 from tests.deploy.test_docker import compose
@@ -93,7 +96,10 @@ def test_the_stored_tables_were_measured_as_the_documents_say() -> None:
     assert "warm" in warm.protocol_version and "warm" not in default.protocol_version
     readme = _bash_blocks(ROOT / "README.md", "## Step by step")
     serve = next(c for c in readme if "serve" in c)
-    assert serve[serve.index("--protocol") + 1] == "warm" and serve[serve.index("--threads") + 1] == "1"
+    assert "--protocol" not in serve and serve[serve.index("--threads") + 1] == "1"  # the auto protocol
+    vm_l2 = CacheInfo(2 << 20, "this project's VM: 2 MiB L2 per core")
+    auto = ServiceProtocol("auto", vm_l2).for_working_set(space_working_set_bytes(warm.space, 1, "float32"))
+    assert auto.regime == regime_of_version(warm.protocol_version) == "warm"  # the stored warm table's regime
     assert serve[serve.index("--backends") + 1] == "ort-cpu"
     lut = next(c for c in readme if "lut" in c)
     assert lut[lut.index("--space") + 1] == "tiny-32" and lut[lut.index("--backend") + 1] == "ort-cpu"

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from nas_ops.arch import Architecture, load_architecture
+from nas_ops.counting import network_memory_bytes
 from search_client.cli import devices
 from search_client.cli.app import app
 from search_client.cli.errors import exit_on_error
@@ -55,6 +56,8 @@ def verify(
         measured = float(stats["median_ms"])
         error = (predicted - measured) / measured
         typer.echo(f"device {device} / {chosen}, batch {batch}")
+        typer.echo(f"working set {network_memory_bytes(arch, batch, 'float32') / 2**20:.2f} MiB (weights + peak "
+                   "activations: the device measures the network in the cache regime it picks for it)")
         typer.echo(f"predicted {predicted:.4f} ms ({source})")
         typer.echo(f"measured  {measured:.4f} ms (median of {stats.get('samples')} runs, IQR {stats['iqr_ms']:.4f} ms)")
         typer.echo(f"relative error {100 * error:+.2f}%")
