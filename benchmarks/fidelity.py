@@ -1,30 +1,65 @@
 """Fidelity of the latency table: does the sum of per-op latencies predict a whole network's latency?
 
-For N random architectures of a search space, on one backend and thread count:
+On one backend and thread count, for two samples of ``--archs`` architectures of a search space:
 
-- the table: every distinct op of the space (stem, first block, mix, head, every MBConv candidate of every cell,
-  and the identity block that a chosen Zero becomes) measured ONCE with ``measure_op``; its wall time is the
-  table-build time;
-- predicted latency of an architecture: the sum of the stored medians of all its ops (the prediction rule of
-  docs/CONTRACTS.md);
-- measured latency: ``measure_network`` of the whole network, same backend and threads, in ``--rounds`` rounds
-  over all architectures (each with its share of ``--network-budget``), alternately in forward and reverse
-  order, half of them before the table is built and half after it; the measured latency is the mean of the
-  rounds' medians. Slow drifts of the machine's speed (other processes, frequency) then hit the table and the
-  networks alike instead of biasing one against the other.
+- ``uniform``: architectures drawn uniformly (one random candidate per cell, seeded by ``--seed``);
+- ``stratified``: architectures whose predicted latencies span the space from its fastest to its slowest network.
+  Many candidate architectures are drawn, each with its own bias toward cheap or expensive choices (per cell a
+  candidate near a random position on the cell's cheap..expensive ranking), plus the all-cheapest and the
+  all-most-expensive ones (the space's minimum and maximum, since a prediction is a sum over cells); the ones
+  nearest to ``--archs`` evenly spaced latencies from that minimum to that maximum are picked.
 
-Reported: share of architectures within +-5% and +-10%, Kendall's tau-b, MAPE, mean signed error, the table-build
-time, and how well the measured ground truth agrees with itself (Kendall's tau between two rounds, the spread of a
-network's rounds: the ceiling that machine noise puts on tau); a JSON and a Markdown report and a scatter plot (predicted vs measured, y = x and +-10% lines) are written to
-``--out-dir`` (benchmarks/results by default) as ``fidelity_<backend>_<space>_r<resolution>.{json,md,png}``.
-The last printed line is ``fidelity backend=B space=S archs=N within5=F within10=F tau=F mape=F``.
+The table is built as a service job builds it (protocol 3, the ``--protocol`` preset resolved as a service resolves
+it for the space: ``auto`` picks the warm or cold cache regime by the working set of the space's typical network
+and this machine's per-core cache): every distinct op of the space
+(stem, first block, mix, head, every MBConv candidate of every cell, and the identity block a chosen Zero becomes)
+measured in ``--table-rounds`` rounds (default: the protocol's ``rounds``), each round over all ops in its own
+seeded order (:func:`~profiler_service.engine.rounds.round_order`, the benchmark's seed as the job id), one
+calibration cache for the whole table; an op's entry is :func:`~profiler_service.engine.rounds.stored_result` of its
+rounds (the protocol's aggregate; flagged entries are upper bounds, counted in the report). Every op round is kept,
+so the table is also aggregated each other way (median, min, low quantile of the rounds).
+
+Predicted latency of an architecture: the sum of its ops' entries (the prediction rule of docs/CONTRACTS.md).
+Measured latency: ``measure_network_round`` of the whole network in ``--rounds`` rounds, each over all networks of
+both samples in a fresh seeded order, each with ``--network-budget / --rounds`` seconds of timed runs. The ground
+truth of a network is an aggregate of its rounds' medians: the mean (the benchmark's figure up to protocol 2), the
+median, the min or the low quantile (the protocol's ``aggregate_q``); the headline compares the table and the
+ground truth aggregated the protocol's way, and the report holds the whole matrix (table aggregate x truth
+aggregate).
+
+Drift: the stratified sample needs a table to be chosen, so table round 0 comes first and selects it (its
+single-round table); then network rounds and the remaining table rounds alternate symmetrically, the last table
+round after the last network round: with 3 table and 6 network rounds ``T0 N0 N1 N2 T1 N3 N4 N5 T2``. The pattern
+is symmetric in time, so a slow linear drift of the machine moves the table's median round (T1) and mean and the
+networks' median and mean alike, and both samples are measured in the same rounds. (A single table round cannot be
+centred; it comes first.)
+
+ONNX export: a network round of an ORT backend spends ~0.8 s exporting the 224 network to ONNX, more than its
+timed runs. The network of a given architecture is the same module in every round (weights seeded by the protocol),
+so its export is kept on disk for the run and reused (keyed by a digest of the module's structure and weights);
+the session, warm-up and timed runs are the protocol's as they are. ``--no-export-cache`` exports every round,
+as the service does. Table ops are measured exactly as a job measures them (no cache).
+
+Reported per sample: share within +-5% and +-10%, Kendall's tau-b, MAPE, mean signed error, per ground-truth
+aggregate; the noise ceiling of the ground truth (Kendall's tau between two rounds, median over pairs; the spread
+(max - min) / mean of a network's rounds, median over networks; the split-half tau between the aggregate of the
+even and of the odd rounds); the targets with PASS/FAIL (uniform: within10 >= 0.95, tau >= 0.9, within5 >= 0.90;
+stratified: tau >= 0.97); the wall time of each phase. A JSON report (every op round and every network round, so
+it can be aggregated again later), a Markdown report and a scatter plot of both samples are written to
+``--out-dir`` (benchmarks/results by default) as ``fidelity_<backend>_<space>_r<resolution>_s<seed>.{json,md,png}``.
+The last printed line is
+``fidelity backend=B space=S archs=N within5=F within10=F tau=F mape=F stratified_tau=F targets=PASS|FAIL``
+(the uniform sample's headline metrics, then the stratified sample's tau). Exit code 0 when every target passes,
+1 when one fails, 2 for a bad backend, space or protocol.
 
 Example: ``.venv/bin/python benchmarks/fidelity.py --backend ort-cpu --space proxyless-mobile --archs 50``
+(about 7 minutes on a quiet 2-core machine: 75 ops x 3 rounds, 100 networks x 6 rounds; see ``--help``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -32,33 +67,50 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
 from nas_ops.arch import Architecture
+from nas_ops.counting import count_flops, space_working_set_bytes
+from nas_ops.export import onnx_bytes
 from nas_ops.space import SearchSpace, load_space
 from nas_ops.spec import OpSpec, format_spec
+from profiler_service.engine.aggregate import AGGREGATES, aggregate_function
 from profiler_service.engine.backends import Backend, get_backend
-from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
+from profiler_service.engine.backends.base import Runner, random_input
+from profiler_service.engine.backends.ort_backend import OrtBackend, OrtRunner
 from profiler_service.engine.calibration import CalibrationCache
-from profiler_service.engine.protocol import (
-    PROTOCOL_VERSION,
-    ProtocolParams,
-    Stats,
-    measure_network,
-    measure_op,
-)
+from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
+from profiler_service.engine.cache_regime import read_core_cache
+from profiler_service.engine.presets import PROTOCOL_PRESETS, ResolvedProtocol, ServiceProtocol
+from profiler_service.engine.protocol import ProtocolParams, measure_network_round, measure_op_round
+from profiler_service.engine.rounds import round_order, stored_result
+from profiler_service.engine.stats import RoundMeasurement, Stats
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SAMPLES = ("uniform", "stratified")
+#: Ground-truth aggregates of a network's round medians: "mean" and the engine's aggregates.
+TRUTH_AGGREGATES: tuple[str, ...] = ("mean", *AGGREGATES)
+#: (sample, metric, lowest passing value).
+TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("uniform", "within10", 0.95), ("uniform", "tau", 0.9), ("uniform", "within5", 0.90), ("stratified", "tau", 0.97))
+NETWORK_TARGET_REL_CI = 0.005  # networks stop on their budget unless their median is this precise
+CANDIDATES_PER_ARCH = 80  # stratified sample: candidates drawn per architecture picked (at least 2,000)
+Tick = Callable[[str], None]
 
 
+# --- command line --------------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (``--help`` lists it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -66,72 +118,253 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", default="ort-cpu", help="measurement backend (e.g. ort-cpu, torch-cpu)")
     parser.add_argument("--space", default="proxyless-mobile", help="search space: preset name or space file")
     parser.add_argument("--resolution", type=int, default=None, help="square input size (default: the space's)")
-    parser.add_argument("--archs", type=int, default=50, help="number of random architectures")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random architectures")
+    parser.add_argument("--archs", type=int, default=50, help="architectures per sample (uniform, stratified)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples and of the round orders")
+    parser.add_argument("--rounds", type=int, default=6, help="network rounds (each over all networks)")
+    parser.add_argument("--table-rounds", type=int, default=None, help="table rounds (default: the protocol's)")
+    parser.add_argument("--protocol", default="default",
+                        help=f"protocol preset: {', '.join(PROTOCOL_PRESETS)} (auto: by the space's working set)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads")
     parser.add_argument("--batch", type=int, default=1, help="batch size")
-    parser.add_argument("--op-budget", type=float, default=None, help="time budget (s) of one op's timed runs")
-    parser.add_argument("--network-budget", type=float, default=2.0,
-                        help="time budget (s) of one network's timed runs, split over the rounds")
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="measurement rounds over all networks (half before the table, half after it)")
+    parser.add_argument("--network-budget", type=float, default=1.5,
+                        help="seconds of timed runs of one network, split over its rounds (6 rounds: 0.25 s each, "
+                             "an op round's budget)")
     parser.add_argument("--cache-flush-kib", type=int, default=None,
-                        help="protocol cache_flush_kib for ops and networks (default: the protocol's)")
+                        help="protocol cache_flush_kib for ops and networks (default: the preset's)")
     parser.add_argument("--no-affinity", action="store_true", help="do not pin the measuring thread to fixed cores")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: the 'fast' protocol for ops and networks (numbers with little precision)")
+    parser.add_argument("--no-export-cache", action="store_true",
+                        help="export every network round to ONNX again (as the service does; much slower)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
     args = parser.parse_args(argv)
     for name in ("archs", "threads", "batch", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
+    if args.table_rounds is not None and args.table_rounds < 1:
+        parser.error("--table-rounds must be >= 1")
+    if not 0 < args.network_budget / args.rounds <= 600:
+        parser.error("--network-budget / --rounds must be in (0, 600] seconds")
     return args
 
 
-def protocols(args: argparse.Namespace) -> tuple[ProtocolParams, ProtocolParams]:
-    """(op protocol, network protocol) from the command line; networks are never calibrated."""
-    if args.quick:
-        fast = {**ProtocolParams.fast().model_dump(), "affinity": not args.no_affinity}
-        return ProtocolParams(**fast), ProtocolParams(**{**fast, "calibrate": False})
-    common: dict[str, Any] = {"affinity": not args.no_affinity}
+def resolve_protocol(args: argparse.Namespace, space: SearchSpace) -> ResolvedProtocol:
+    """The preset of ``--protocol`` as a service resolves it for ``space`` (``auto``: by the working set of the
+    space's typical network and this machine's per-core cache); ValueError for an unknown preset."""
+    working_set = space_working_set_bytes(space, args.batch, "float32")
+    return ServiceProtocol(args.protocol, read_core_cache()).for_working_set(working_set)
+
+
+def protocols(args: argparse.Namespace, preset: ProtocolParams) -> tuple[ProtocolParams, ProtocolParams]:
+    """(op protocol, network protocol): the ``preset`` with the command line's rounds, flush and affinity;
+    networks are not calibrated and get ``--network-budget / --rounds`` seconds per round."""
+    base = preset.model_dump()
+    base["affinity"] = not args.no_affinity
     if args.cache_flush_kib is not None:
-        common["cache_flush_kib"] = args.cache_flush_kib
-    op = ProtocolParams(**common) if args.op_budget is None else ProtocolParams(time_budget_s=args.op_budget, **common)
-    network = ProtocolParams(calibrate=False, time_budget_s=args.network_budget / args.rounds, target_rel_ci=0.005,
-                             **common)
+        base["cache_flush_kib"] = args.cache_flush_kib
+    if args.table_rounds is not None:
+        base["rounds"] = args.table_rounds
+    op = ProtocolParams(**base)
+    network = ProtocolParams(**{**base, "calibrate": False, "time_budget_s": args.network_budget / args.rounds,
+                                "target_rel_ci": NETWORK_TARGET_REL_CI})
     return op, network
 
 
+# --- what is measured, and when ------------------------------------------------------------------------------------
 def table_specs(space: SearchSpace) -> list[OpSpec]:
     """Every distinct op an architecture of ``space`` can hold: fixed ops, MBConv candidates, identity blocks."""
     specs: dict[OpSpec, None] = dict.fromkeys(space.fixed_specs())
     for cell in space.cells():
         for index, spec in enumerate(cell.candidates):
-            if index == cell.zero_index:  # a chosen Zero is an identity block in the network
-                spec = OpSpec("identity", cell.in_chs, cell.in_chs, cell.height, cell.width)
-            specs.setdefault(spec, None)
+            specs.setdefault(cell_spec(cell, index), None)
     return list(specs)
 
 
+def cell_spec(cell: Any, index: int) -> OpSpec:
+    """The op candidate ``index`` of ``cell`` puts in a network: a chosen Zero is an identity block."""
+    if index == cell.zero_index:
+        return OpSpec("identity", cell.in_chs, cell.in_chs, cell.height, cell.width)
+    return cell.candidates[index]
+
+
+def schedule(table_rounds: int, network_rounds: int) -> list[tuple[str, int]]:
+    """The order of the phases: ``("table", k)`` and ``("networks", r)``. Table round 0 first (it selects the
+    stratified sample), the last table round after the last network round, the others spread evenly between
+    (symmetric in time: module docstring)."""
+    if table_rounds < 1 or network_rounds < 1:
+        raise ValueError("schedule: needs at least one table round and one network round")
+    before = {0: [0]}  # network round index -> table rounds that precede it
+    for k in range(1, table_rounds):
+        before.setdefault(round(k * network_rounds / (table_rounds - 1)), []).append(k)
+    phases: list[tuple[str, int]] = []
+    for r in range(network_rounds + 1):
+        phases += [("table", k) for k in before.get(r, [])]
+        if r < network_rounds:
+            phases.append(("networks", r))
+    return phases
+
+
+def table_order(count: int, params: ProtocolParams, seed: int, round_index: int) -> list[int]:
+    """The order of table round ``round_index``: a job's order, the benchmark's seed as the job id."""
+    return round_order(range(count), seed=params.seed, job_id=seed, round_index=round_index, rounds=params.rounds)
+
+
+def network_order(count: int, params: ProtocolParams, seed: int, round_index: int, rounds: int) -> list[int]:
+    """The order of network round ``round_index``: seeded like a job's (job id ``-1 - seed``, never the table's)."""
+    return round_order(range(count), seed=params.seed, job_id=-1 - seed, round_index=round_index, rounds=rounds)
+
+
+# --- ONNX export cache of the networks -------------------------------------------------------------------------------
+def module_digest(module: nn.Module) -> str:
+    """A digest of a module's structure and weights: equal digests export to the same ONNX model."""
+    digest = hashlib.blake2b(repr(module).encode(), digest_size=20)
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy())  # the buffer itself, no copy
+    return digest.hexdigest()
+
+
+class ExportCachingOrt(OrtBackend):
+    """An ORT backend (same provider, options, name and environment as ``inner``) that exports a module to ONNX
+    once and keeps the model in ``directory``; sessions, inputs and timing are the backend's own."""
+
+    def __init__(self, inner: OrtBackend, directory: Path) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.directory = directory
+        self.exports = 0
+
+    def _prepare(self, module: nn.Module, input_shape: tuple[int, int, int, int], dtype: str, threads: int,
+                 seed: int) -> Runner:
+        path = self.directory / f"{module_digest(module)}_{'x'.join(map(str, input_shape))}.onnx"
+        if not path.exists():
+            path.write_bytes(onnx_bytes(module, input_shape=input_shape, opset=self.options["opset"]))
+            self.exports += 1
+        return OrtRunner(self.create_session(path.read_bytes(), threads), random_input(input_shape, seed),
+                         self.device)
+
+
+# --- the table -----------------------------------------------------------------------------------------------------
 @dataclass
-class Row:
-    """One architecture: its choices, predicted latency (ms) and the network's measurement rounds."""
+class TableRounds:
+    """The table's ops and every round measured of each (index = table round)."""
 
-    choices: list[int]
-    predicted_ms: float
-    rounds: list[Stats]
+    specs: list[OpSpec]
+    rounds: list[list[RoundMeasurement]] = field(default_factory=list)  # rounds[i]: the rounds of specs[i]
 
-    @property
-    def measured_ms(self) -> float:
-        """Mean of the rounds' medians."""
-        return sum(stats.median_ms for stats in self.rounds) / len(self.rounds)
-
-    @property
-    def error(self) -> float:
-        """Signed relative error of the prediction."""
-        return self.predicted_ms / self.measured_ms - 1
+    def __post_init__(self) -> None:
+        self.rounds = self.rounds or [[] for _ in self.specs]
 
 
+@dataclass(frozen=True)
+class Table:
+    """One aggregate of the table: an entry (ms, the stored median) per op, and the flagged ones with their reason."""
+
+    aggregate: str
+    entries: dict[OpSpec, float]
+    flagged: dict[OpSpec, str]
+
+    def predict(self, arch: Architecture) -> float:
+        """The predicted latency of ``arch``: the sum of its ops' entries."""
+        return sum(self.entries[spec] for spec in arch.specs())
+
+
+def aggregate_table(table: TableRounds, params: ProtocolParams, aggregate: str, upto: int | None = None) -> Table:
+    """The table as a job stores it (:func:`stored_result`) under ``aggregate``, from the first ``upto`` rounds of
+    each op (all by default)."""
+    with_aggregate = ProtocolParams(**{**params.model_dump(), "aggregate": aggregate})
+    entries, flagged = {}, {}
+    for spec, rounds in zip(table.specs, table.rounds):
+        result = stored_result(rounds[:upto], with_aggregate, costs_compute=count_flops(spec) > 0)
+        entries[spec] = result.stats.median_ms
+        if result.flagged is not None:
+            flagged[spec] = result.flagged
+    return Table(aggregate, entries, flagged)
+
+
+def measure_table_round(table: TableRounds, round_index: int, backend: Backend, args: argparse.Namespace,
+                        params: ProtocolParams, calibration: CalibrationCache, tick: Tick) -> None:
+    """One table round: every op once, in the round's order."""
+    for i in table_order(len(table.specs), params, args.seed, round_index):
+        table.rounds[i].append(measure_op_round(table.specs[i], backend, args.batch, "float32", args.threads, params,
+                                                calibration))
+        tick(f"table round {round_index}")
+
+
+# --- the networks --------------------------------------------------------------------------------------------------
+@dataclass
+class Network:
+    """One architecture of a sample and its network rounds (index = network round; ``order`` = its place in each
+    round's order)."""
+
+    sample: str
+    arch: Architecture
+    rounds: list[RoundMeasurement] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)
+    selection_ms: float | None = None  # stratified: the prediction it was picked with (table round 0)
+
+    def medians(self, rounds: Sequence[int] | None = None) -> list[float]:
+        """The round medians (ms), of the rounds at ``rounds`` (all by default)."""
+        picked = self.rounds if rounds is None else [self.rounds[r] for r in rounds]
+        return [r.raw.median_ms for r in picked]
+
+
+def measure_networks_round(networks: Sequence[Network], round_index: int, rounds: int, backend: Backend,
+                           args: argparse.Namespace, params: ProtocolParams, tick: Tick) -> None:
+    """One network round: every network once, in the round's order."""
+    for position, i in enumerate(network_order(len(networks), params, args.seed, round_index, rounds)):
+        networks[i].rounds.append(measure_network_round(networks[i].arch, backend, args.batch, "float32",
+                                                        args.threads, params))
+        networks[i].order.append(position)
+        tick(f"network round {round_index}")
+
+
+def uniform_sample(space: SearchSpace, count: int, seed: int) -> list[Architecture]:
+    """``count`` uniformly drawn architectures (the benchmark's sample up to protocol 2, same seed, same ones)."""
+    rng = random.Random(seed)
+    return [space.architecture(space.random_choices(rng)) for _ in range(count)]
+
+
+def candidate_choices(cell_costs: Sequence[Sequence[float]], count: int, rng: random.Random) -> list[list[int]]:
+    """Candidate architectures (choices) spread from cheap to expensive: the all-cheapest, the all-most-expensive,
+    and ``count`` more, each with its own bias: a position u in [0, 1] and a spread s; at every cell the candidate
+    at rank ~ N(u, s) (clipped) of the cell's candidates ordered by cost."""
+    ranked = [sorted(range(len(costs)), key=lambda j, c=costs: (c[j], j)) for costs in cell_costs]
+    choices = [[order[0] for order in ranked], [order[-1] for order in ranked]]
+    for _ in range(count):
+        u, spread = rng.random(), rng.uniform(0.05, 0.5)
+        choices.append([order[round(min(1.0, max(0.0, rng.gauss(u, spread))) * (len(order) - 1))]
+                        for order in ranked])
+    return choices
+
+
+def pick_evenly(predicted: Sequence[float], count: int) -> list[int]:
+    """Indexes of ``predicted`` nearest to ``count`` evenly spaced values from its min to its max, each index at
+    most once (greedy, in increasing order of the targets; ties to the lower index)."""
+    low, high = min(predicted), max(predicted)
+    targets = [low + (high - low) * k / (count - 1) for k in range(count)] if count > 1 else [low]
+    free = sorted(range(len(predicted)), key=lambda i: (predicted[i], i))
+    picked = []
+    for target in targets[:len(free)]:
+        best = min(range(len(free)), key=lambda k: (abs(predicted[free[k]] - target), free[k]))
+        picked.append(free.pop(best))
+    return picked
+
+
+def stratified_sample(space: SearchSpace, table: Table, count: int, seed: int
+                      ) -> tuple[list[Architecture], list[float], dict[str, Any]]:
+    """``count`` architectures whose predictions under ``table`` span the space's min..max (module docstring):
+    the architectures, their predictions, and a description of the selection for the report."""
+    cells = space.cells()
+    costs = [[table.entries[cell_spec(cell, j)] for j in range(len(cell.candidates))] for cell in cells]
+    drawn = candidate_choices(costs, max(2000, CANDIDATES_PER_ARCH * count), random.Random(f"stratified:{seed}"))
+    unique = list(dict.fromkeys(map(tuple, drawn)))
+    archs = [space.architecture(list(choices)) for choices in unique]
+    predicted = [table.predict(arch) for arch in archs]
+    picked = pick_evenly(predicted, count)
+    selection = {"candidates": len(archs), "candidates_min_ms": min(predicted), "candidates_max_ms": max(predicted),
+                 "selected_ms": [predicted[i] for i in picked], "table_rounds_used": 1}
+    return [archs[i] for i in picked], [predicted[i] for i in picked], selection
+
+
+# --- statistics ----------------------------------------------------------------------------------------------------
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's tau-b of two equally long sequences (ties counted as in scipy's default)."""
     if len(x) != len(y) or len(x) < 2:
@@ -154,181 +387,348 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     return (concordant - discordant) / denominator if denominator else 0.0
 
 
-def round_agreement(rows: Sequence[Row]) -> dict[str, float]:
-    """How well the ground truth agrees with itself: the median over pairs of rounds of Kendall's tau between
-    their medians (``round_tau``), and the median over architectures of the rounds' spread, (max - min) / mean
-    (``round_spread``). A prediction cannot rank the networks much better than two measurements of them agree, so
-    a ``tau`` under target next to a low ``round_tau`` is the machine's noise, not the table's."""
-    n_rounds = min(len(row.rounds) for row in rows)
-    per_round = [[row.rounds[r].median_ms for row in rows] for r in range(n_rounds)]
-    taus = [kendall_tau(per_round[a], per_round[b]) for a in range(n_rounds) for b in range(a + 1, n_rounds)]
-    spreads = [(max(m) - min(m)) / (sum(m) / len(m)) for m in ([s.median_ms for s in row.rounds] for row in rows)]
-    return {"round_tau": statistics.median(taus) if taus else float("nan"),
-            "round_spread": statistics.median(spreads)}
+def truth(medians: Sequence[float], aggregate: str, q: float) -> float:
+    """The ground truth of a network from its round medians: their mean, or the engine's ``aggregate``."""
+    return statistics.fmean(medians) if aggregate == "mean" else aggregate_function(aggregate, q)(medians)
 
 
-def summarize(rows: Sequence[Row]) -> dict[str, float]:
-    """within5 / within10 (fractions), tau, MAPE and mean signed error (fractions), and :func:`round_agreement`."""
-    errors = [row.error for row in rows]
-    predicted = [row.predicted_ms for row in rows]
-    measured = [row.measured_ms for row in rows]
+def metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float | None]:
+    """within5 / within10 (fractions), Kendall's tau (None under 2 networks), MAPE, mean signed and max absolute
+    relative error of ``predicted`` against ``measured``."""
+    errors = [p / m - 1 for p, m in zip(predicted, measured)]
     return {
         "within5": sum(abs(e) <= 0.05 for e in errors) / len(errors),
         "within10": sum(abs(e) <= 0.10 for e in errors) / len(errors),
-        "tau": kendall_tau(predicted, measured) if len(rows) >= 2 else float("nan"),
+        "tau": kendall_tau(predicted, measured) if len(errors) >= 2 else None,
         "mape": sum(abs(e) for e in errors) / len(errors),
         "mean_error": sum(errors) / len(errors),
         "max_abs_error": max(abs(e) for e in errors),
-        **(round_agreement(rows) if len(rows) >= 2 else {"round_tau": float("nan"), "round_spread": float("nan")}),
     }
 
 
-def build_table(specs: Sequence[OpSpec], backend: Backend, args: argparse.Namespace,
-                params: ProtocolParams) -> tuple[dict[OpSpec, Stats], float]:
-    """Measure every spec once; return the table and its wall time (s)."""
-    start = time.perf_counter()
-    calibration = CalibrationCache()  # the table's ops share their calibration values
-    table = {spec: measure_op(spec, backend, args.batch, "float32", args.threads, params, calibration)
-             for spec in specs}
-    return table, time.perf_counter() - start
+def noise_ceiling(networks: Sequence[Network], params: ProtocolParams) -> dict[str, float | None]:
+    """How well the ground truth agrees with itself (None where undefined: under 2 networks or 2 rounds):
+
+    - ``round_tau``: Kendall's tau between the medians of two rounds, median over pairs of rounds;
+    - ``round_spread``: (max - min) / mean of a network's round medians, median over networks;
+    - ``split_half_tau``: tau between the protocol's aggregate of the even rounds and of the odd rounds.
+
+    A prediction cannot rank the networks much better than two measurements of them agree."""
+    n_rounds = min(len(n.rounds) for n in networks)
+    spreads = [(max(m) - min(m)) / statistics.fmean(m) for m in (n.medians() for n in networks)]
+    ceiling: dict[str, float | None] = {"round_tau": None, "round_spread": statistics.median(spreads),
+                                        "split_half_tau": None}
+    if len(networks) < 2 or n_rounds < 2:
+        return ceiling
+    per_round = [[n.rounds[r].raw.median_ms for n in networks] for r in range(n_rounds)]
+    ceiling["round_tau"] = statistics.median(kendall_tau(per_round[a], per_round[b])
+                                             for a in range(n_rounds) for b in range(a + 1, n_rounds))
+    halves = [[truth(n.medians(range(start, n_rounds, 2)), params.aggregate, params.aggregate_q) for n in networks]
+              for start in (0, 1)]
+    ceiling["split_half_tau"] = kendall_tau(*halves)
+    return ceiling
 
 
-def plot(rows: Sequence[Row], title: str, path: Path) -> None:
-    """Scatter of predicted vs measured with y = x and +-10% lines."""
+def sample_report(networks: Sequence[Network], tables: dict[str, Table], params: ProtocolParams) -> dict[str, Any]:
+    """A sample's figures: the matrix of metrics (table aggregate x truth aggregate), the headline (the protocol's
+    aggregate for both), the noise ceiling, and every network with its predictions, truths and rounds."""
+    measured = {name: [truth(n.medians(), name, params.aggregate_q) for n in networks] for name in TRUTH_AGGREGATES}
+    predicted = {name: [table.predict(n.arch) for n in networks] for name, table in tables.items()}
+    matrix = {t: {g: metrics(predicted[t], measured[g]) for g in TRUTH_AGGREGATES} for t in tables}
+    rows = []
+    for i, n in enumerate(networks):
+        rows.append({"choices": n.arch.metadata["choices"], "selection_ms": n.selection_ms,
+                     "predicted_ms": {t: predicted[t][i] for t in tables},
+                     "measured_ms": {g: measured[g][i] for g in TRUTH_AGGREGATES},
+                     "error": predicted[params.aggregate][i] / measured[params.aggregate][i] - 1,
+                     "rounds": [{"round": r, "order": n.order[r], **round_to_dict(m)} for r, m in enumerate(n.rounds)]})
+    return {"metrics": matrix[params.aggregate][params.aggregate], "matrix": matrix,
+            "noise": noise_ceiling(networks, params), "networks": rows}
+
+
+def verdicts(samples: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target of :data:`TARGETS` with the sample's headline value and whether it passes."""
+    out = []
+    for sample, metric, target in TARGETS:
+        value = samples[sample]["metrics"][metric]
+        out.append({"sample": sample, "metric": metric, "target": target, "value": value,
+                    "pass": value is not None and value >= target})
+    return out
+
+
+# --- reports -------------------------------------------------------------------------------------------------------
+def round_to_dict(measurement: RoundMeasurement) -> dict[str, Any]:
+    """A round as stored in the JSON report (:func:`round_from_dict` reads it back)."""
+    return {"raw": measurement.raw.as_dict(), "correction_ms": measurement.correction_ms,
+            "runs_per_timing": measurement.runs_per_timing, "timer_resolution_ms": measurement.timer_resolution_ms}
+
+
+def round_from_dict(data: dict[str, Any]) -> RoundMeasurement:
+    """A round of the JSON report, to aggregate a report again (e.g. with :func:`stored_result`)."""
+    return RoundMeasurement(raw=Stats(**data["raw"]), correction_ms=data["correction_ms"],
+                            runs_per_timing=data["runs_per_timing"], timer_resolution_ms=data["timer_resolution_ms"])
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def sample_markdown(name: str, sample: dict[str, Any], aggregate: str) -> list[str]:
+    """The Markdown section of one sample: metrics per truth, the matrix, the noise ceiling, the networks."""
+    lines = ["", f"## {name} sample", "",
+             f"Table `{aggregate}` against each ground truth (aggregate of the network rounds' medians):", "",
+             "| truth | within5 | within10 | tau | MAPE | mean error | max abs error |",
+             "|---|---|---|---|---|---|---|"]
+    for truth_name, m in sample["matrix"][aggregate].items():
+        lines.append(f"| {truth_name} | {m['within5']:.3f} | {m['within10']:.3f} | {_fmt(m['tau'])} | "
+                     f"{m['mape']:.4f} | {m['mean_error']:+.4f} | {m['max_abs_error']:.4f} |")
+    lines += ["", "Kendall tau / within10, table aggregate (rows) x truth aggregate (columns):", "",
+              "| table \\ truth | " + " | ".join(TRUTH_AGGREGATES) + " |",
+              "|---" * (len(TRUTH_AGGREGATES) + 1) + "|"]
+    for table_name, row in sample["matrix"].items():
+        lines.append(f"| {table_name} | " + " | ".join(f"{_fmt(m['tau'])} / {m['within10']:.2f}"
+                                                      for m in row.values()) + " |")
+    noise = sample["noise"]
+    lines += ["", (f"Noise ceiling: round-to-round tau {_fmt(noise['round_tau'])} (median over pairs), split-half "
+                   f"tau {_fmt(noise['split_half_tau'])}, spread of a network's rounds "
+                   f"{noise['round_spread']:.4f} (median of (max - min) / mean).")]
+    if "selection" in sample:
+        s = sample["selection"]
+        lines += ["", (f"Selected from {s['candidates']} candidates predicted {s['candidates_min_ms']:.3f} to "
+                       f"{s['candidates_max_ms']:.3f} ms by table round 0.")]
+    lines += ["", "| # | predicted (ms) | measured (ms) | error |", "|---|---|---|---|"]
+    for i, row in enumerate(sample["networks"]):
+        lines.append(f"| {i} | {row['predicted_ms'][aggregate]:.3f} | {row['measured_ms'][aggregate]:.3f} | "
+                     f"{row['error']:+.3f} |")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The Markdown report."""
+    c, table = report["config"], report["table"]
+    lines = [
+        f"# Fidelity: {c['backend']}, {c['space']} at {c['resolution']}, {c['threads']} thread(s), batch {c['batch']}",
+        "",
+        (f"Two samples of {c['archs']} architectures (seed {c['seed']}): uniform and stratified. Table: {table['ops']} "
+         f"ops in {c['table_rounds']} rounds, aggregate `{table['aggregate']}` ({table['flagged']} flagged); "
+         f"networks in {c['rounds']} rounds of {c['network_budget_s'] / c['rounds']:.2f} s; protocol "
+         f"{report['protocol_version']} (preset `{c['protocol']}`, {report['cache_regime']} caches). "
+         f"Schedule: {' '.join(report['schedule'])}."),
+        "", "## Targets", "", "| sample | metric | target | value | verdict |", "|---|---|---|---|---|",
+    ]
+    lines += [f"| {v['sample']} | {v['metric']} | >= {v['target']} | {_fmt(v['value'])} | "
+              f"{'PASS' if v['pass'] else 'FAIL'} |" for v in report["targets"]]
+    for name in SAMPLES:
+        lines += sample_markdown(name, report["samples"][name], table["aggregate"])
+    conditions = report["conditions"]
+    lines += ["", "## Phases", "", "| phase | wall time (s) |", "|---|---|"]
+    lines += [f"| {p['phase']} | {p['wall_s']:.1f} |" for p in report["phases"]]
+    lines += ["", (f"Conditions: {conditions['cpu_model']}, {conditions['cpu_cores']} cores, load average "
+                   f"{conditions['loadavg_start']} at start and {conditions['loadavg_end']} at the end (other "
+                   "processes share the machine).")]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], title: str, path: Path) -> None:
+    """Both samples' predicted vs measured (the protocol's aggregate) with y = x and +-10% lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [row.measured_ms for row in rows]
-    predicted = [row.predicted_ms for row in rows]
-    low, high = min(measured + predicted) * 0.95, max(measured + predicted) * 1.05
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    ax.plot([low, high], [low, high], "k-", lw=1, label="y = x")
-    ax.plot([low, high], [low * 1.1, high * 1.1], "k--", lw=0.8, label="+-10%")
-    ax.plot([low, high], [low * 0.9, high * 0.9], "k--", lw=0.8)
-    ax.scatter(measured, predicted, s=14, alpha=0.8)
-    ax.set(xlim=(low, high), ylim=(low, high), xlabel="measured network latency (ms, median)",
-           ylabel="predicted: sum of per-op medians (ms)", title=title)
-    ax.legend(loc="upper left")
+    aggregate = report["table"]["aggregate"]
+    fig, axes = plt.subplots(1, len(SAMPLES), figsize=(11, 5.5))
+    for ax, name in zip(axes, SAMPLES):
+        sample = report["samples"][name]
+        measured = [row["measured_ms"][aggregate] for row in sample["networks"]]
+        predicted = [row["predicted_ms"][aggregate] for row in sample["networks"]]
+        low, high = min(measured + predicted) * 0.95, max(measured + predicted) * 1.05
+        ax.plot([low, high], [low, high], "k-", lw=1, label="y = x")
+        ax.plot([low, high], [low * 1.1, high * 1.1], "k--", lw=0.8, label="+-10%")
+        ax.plot([low, high], [low * 0.9, high * 0.9], "k--", lw=0.8)
+        ax.scatter(measured, predicted, s=14, alpha=0.8)
+        m = sample["metrics"]
+        ax.set(xlim=(low, high), ylim=(low, high), xlabel=f"measured network latency (ms, {aggregate} of rounds)",
+               ylabel=f"predicted: sum of per-op {aggregate}s (ms)",
+               title=f"{name}: tau {_fmt(m['tau'])}, within10 {m['within10']:.2f}")
+        ax.legend(loc="upper left")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The Markdown report."""
-    m, c = report["metrics"], report["config"]
-    lines = [
-        f"# Fidelity: {c['backend']}, {c['space']} at {c['resolution']}, {c['threads']} thread(s), batch {c['batch']}",
-        "",
-        (f"{c['archs']} random architectures (seed {c['seed']}), each network measured in {c['rounds']} rounds; "
-         f"protocol {report['protocol_version']}{' (quick)' if c['quick'] else ''}."),
-        "",
-        "| metric | value |",
-        "|---|---|",
-        f"| within +-5% | {m['within5']:.3f} |",
-        f"| within +-10% | {m['within10']:.3f} |",
-        f"| Kendall tau | {m['tau']:.3f} |",
-        f"| MAPE | {m['mape']:.4f} |",
-        f"| mean signed error | {m['mean_error']:+.4f} |",
-        f"| max abs error | {m['max_abs_error']:.4f} |",
-        f"| ground truth: Kendall tau between two rounds (median over pairs) | {m['round_tau']:.3f} |",
-        f"| ground truth: spread of a network's rounds, (max - min) / mean (median) | {m['round_spread']:.4f} |",
-        f"| table: ops | {report['table']['ops']} |",
-        f"| table: build time (s) | {report['table']['build_s']:.1f} |",
-        f"| networks: measure time (s) | {report['networks_s']:.1f} |",
-        "",
-        (f"Conditions: {report['conditions']['cpu_model']}, {report['conditions']['cpu_cores']} cores, load average "
-         f"{report['conditions']['loadavg_start']} at start and {report['conditions']['loadavg_end']} at the end "
-         "(other processes share the machine)."),
-        "",
-        "| # | predicted (ms) | measured (ms, mean of the rounds' medians) | error |",
-        "|---|---|---|---|",
-    ]
-    for i, row in enumerate(report["architectures"]):
-        lines.append(f"| {i} | {row['predicted_ms']:.3f} | {row['measured_ms']:.3f} | {row['error']:+.3f} |")
-    return "\n".join(lines) + "\n"
+# --- the run -------------------------------------------------------------------------------------------------------
+def load(args: argparse.Namespace) -> tuple[Backend, SearchSpace, ResolvedProtocol]:
+    """Backend, space (at ``--resolution``) and protocol of the command line; ValueError for a bad one."""
+    backend = get_backend(args.backend)
+    space = load_space(args.space)
+    if args.resolution is not None:
+        space = space.with_resolution(args.resolution, args.resolution)
+    return backend, space, resolve_protocol(args, space)
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15-minute load averages (other processes share the machine)."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def progress_bar() -> Progress:
+    """The progress bar of the measuring phases (stdout, cleared when done)."""
+    return Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(), transient=True)
+
+
+def run_phases(phases_plan: Sequence[tuple[str, int]], args: argparse.Namespace, backend: Backend,
+               space: SearchSpace, op_params: ProtocolParams, network_params: ProtocolParams
+               ) -> tuple[TableRounds, list[Network], list[dict[str, Any]], dict[str, Any]]:
+    """Measure the table and network rounds of ``phases_plan`` (selecting the stratified sample after table round
+    0): the table's rounds, the networks of both samples with their rounds, each phase's wall time, and the
+    stratified selection."""
+    table = TableRounds(table_specs(space))
+    networks = [Network("uniform", arch) for arch in uniform_sample(space, args.archs, args.seed)]
+    phases: list[dict[str, Any]] = []
+    selection: dict[str, Any] = {}
+    calibration = CalibrationCache()  # the table is one job: its ops share their calibration values
+    with tempfile.TemporaryDirectory(prefix="fidelity_onnx_") as export_dir, progress_bar() as progress:
+        network_backend = backend
+        if isinstance(backend, OrtBackend) and not args.no_export_cache:
+            network_backend = ExportCachingOrt(backend, Path(export_dir))
+        task = progress.add_task("measuring", total=op_params.rounds * len(table.specs) + args.rounds * 2 * args.archs)
+
+        def tick(description: str) -> None:
+            progress.update(task, advance=1, description=description)
+
+        for kind, index in phases_plan:
+            phase_start = time.perf_counter()
+            if kind == "table":
+                measure_table_round(table, index, backend, args, op_params, calibration, tick)
+                label, what = f"table round {index}", f"{len(table.specs)} ops"
+            else:
+                measure_networks_round(networks, index, args.rounds, network_backend, args, network_params, tick)
+                label, what = f"network round {index}", f"{len(networks)} networks"
+            phases.append({"phase": label, "wall_s": time.perf_counter() - phase_start})
+            print(f"{label}: {what} in {phases[-1]['wall_s']:.1f} s")
+            if kind == "table" and index == 0:  # the stratified sample, chosen with the first table round
+                phase_start = time.perf_counter()
+                archs, chosen_ms, selection = stratified_sample(
+                    space, aggregate_table(table, op_params, op_params.aggregate, upto=1), args.archs, args.seed)
+                networks += [Network("stratified", arch, selection_ms=ms) for arch, ms in zip(archs, chosen_ms)]
+                phases.append({"phase": "stratified selection", "wall_s": time.perf_counter() - phase_start})
+                print(f"stratified: {len(archs)} of {selection['candidates']} candidates, predicted "
+                      f"{selection['candidates_min_ms']:.3f} to {selection['candidates_max_ms']:.3f} ms")
+    return table, networks, phases, selection
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and write its reports; 0 on success, 2 for a bad backend or space."""
+    """Run the benchmark and write its reports: 0 when every target passes, 1 when one fails, 2 for a bad
+    backend, space or protocol."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        backend = get_backend(args.backend)
-        space = load_space(args.space)
-        if args.resolution is not None:
-            space = space.with_resolution(args.resolution, args.resolution)
+        backend, space, protocol = load(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    resolution = space.input_size[0]
-    op_params, network_params = protocols(args)
-    loadavg_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    op_params, network_params = protocols(args, protocol.params)
+    started, loadavg_start = time.perf_counter(), loadavg()
+    phases_plan = schedule(op_params.rounds, args.rounds)
+    table, networks, phases, selection = run_phases(phases_plan, args, backend, space, op_params, network_params)
+    tables = {name: aggregate_table(table, op_params, name) for name in AGGREGATES}
+    samples = {name: sample_report([n for n in networks if n.sample == name], tables, network_params)
+               for name in SAMPLES}
+    samples["stratified"]["selection"] = selection
+    targets = verdicts(samples)
+    report = build_report(args, backend, space, protocol, (op_params, network_params), table, tables, samples,
+                          targets, phases_plan, phases, loadavg_start, time.perf_counter() - started)
+    write_reports(report, args.out_dir)
+    print_summary(report, args.out_dir)
+    return 0 if all(v["pass"] for v in targets) else 1
 
-    rng = random.Random(args.seed)
-    archs: list[Architecture] = [space.architecture(space.random_choices(rng)) for _ in range(args.archs)]
-    rounds: list[list[Stats]] = [[] for _ in archs]
-    networks_s = 0.0
 
-    def measure_round(order: Sequence[int]) -> None:
-        nonlocal networks_s
-        start = time.perf_counter()
-        for i in order:
-            rounds[i].append(measure_network(archs[i], backend, args.batch, "float32", args.threads, network_params))
-        networks_s += time.perf_counter() - start
+def report_stem(report: dict[str, Any]) -> str:
+    """``fidelity_<backend>_<space>_r<resolution>_s<seed>``."""
+    c = report["config"]
+    return f"fidelity_{c['backend']}_{c['space']}_r{c['resolution']}_s{c['seed']}"
 
-    # network rounds, alternately forward and reverse, with the table in the middle
-    forward, reverse = range(len(archs)), range(len(archs) - 1, -1, -1)
-    for r in range(args.rounds // 2):
-        measure_round(forward if r % 2 == 0 else reverse)
-    specs = table_specs(space)
-    table, build_s = build_table(specs, backend, args, op_params)
-    print(f"table: {len(specs)} ops measured in {build_s:.1f} s ({build_s / len(specs):.2f} s per op)")
-    for r in range(args.rounds // 2, args.rounds):
-        measure_round(forward if r % 2 == 0 else reverse)
-    rows = []
-    for i, arch in enumerate(archs):
-        rows.append(Row(arch.metadata["choices"], sum(table[spec].median_ms for spec in arch.specs()), rounds[i]))
-        print(f"arch {i:3d}: predicted {rows[-1].predicted_ms:8.3f} ms  measured {rows[-1].measured_ms:8.3f} ms  "
-              f"error {rows[-1].error:+.3f}")
-    metrics = summarize(rows)
 
-    # the reports
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"fidelity_{backend.name}_{space.name}_r{resolution}"
+def build_report(args: argparse.Namespace, backend: Backend, space: SearchSpace, protocol: ResolvedProtocol,
+                 params: tuple[ProtocolParams, ProtocolParams], table: TableRounds, tables: dict[str, Table],
+                 samples: dict[str, dict[str, Any]], targets: list[dict[str, Any]],
+                 phases_plan: Sequence[tuple[str, int]], phases: list[dict[str, Any]], loadavg_start: Any,
+                 wall_s: float) -> dict[str, Any]:
+    """The JSON report (file format: the keys below; every op round and every network round is kept)."""
     env = environment(backend, args.threads)
-    report = {
-        "config": {"backend": backend.name, "space": space.name, "resolution": resolution, "archs": args.archs,
-                   "seed": args.seed, "threads": args.threads, "batch": args.batch, "rounds": args.rounds,
-                   "quick": args.quick},
-        "protocol_version": PROTOCOL_VERSION,
+    op_params, network_params = params
+    headline = tables[op_params.aggregate]
+    return {
+        "config": {"backend": backend.name, "space": space.name, "resolution": space.input_size[0],
+                   "archs": args.archs, "seed": args.seed, "threads": args.threads, "batch": args.batch,
+                   "rounds": args.rounds, "table_rounds": op_params.rounds, "protocol": args.protocol,
+                   "network_budget_s": args.network_budget, "export_cache": not args.no_export_cache},
+        "protocol_version": protocol.version,
+        "cache_regime": protocol.regime,
         "op_protocol": op_params.model_dump(),
         "network_protocol": network_params.model_dump(),
         "environment": env,
         "env_hash": env_hash(env),
         "conditions": {"cpu_model": device_fingerprint()["cpu_model"], "cpu_cores": os.cpu_count(),
                        "python": platform.python_version(), "loadavg_start": loadavg_start,
-                       "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
-        "metrics": metrics,
-        "table": {"ops": len(specs), "build_s": build_s,
-                  "entries": {format_spec(spec): stats.as_dict() for spec, stats in table.items()}},
-        "networks_s": networks_s,
-        "architectures": [{"choices": row.choices, "predicted_ms": row.predicted_ms, "measured_ms": row.measured_ms,
-                           "rounds": [stats.as_dict() for stats in row.rounds], "error": row.error}
-                          for row in rows],
+                       "loadavg_end": loadavg()},
+        "schedule": [f"{'T' if kind == 'table' else 'N'}{index}" for kind, index in phases_plan],
+        "phases": phases,
+        "wall_s": wall_s,
+        "table": {
+            "ops": len(table.specs), "aggregate": op_params.aggregate, "flagged": len(headline.flagged),
+            "flagged_by_aggregate": {name: len(t.flagged) for name, t in tables.items()},
+            "build_s": sum(p["wall_s"] for p in phases if p["phase"].startswith("table")),
+            "entries": {format_spec(spec): {
+                "costs_compute": count_flops(spec) > 0,
+                "stored_ms": {name: t.entries[spec] for name, t in tables.items()},
+                "flagged": {name: t.flagged[spec] for name, t in tables.items() if spec in t.flagged},
+                "rounds": [{"round": r, **round_to_dict(m)} for r, m in enumerate(rounds)],
+            } for spec, rounds in zip(table.specs, table.rounds)},
+        },
+        "samples": samples,
+        "targets": targets,
+        "passed": all(v["pass"] for v in targets),
     }
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out_dir / f"{stem}.md").write_text(markdown(report), encoding="utf-8")
-    plot(rows, f"{backend.name}, {space.name} @{resolution}, {args.threads} thr", args.out_dir / f"{stem}.png")
-    print(f"reports: {args.out_dir / stem}.{{json,md,png}}")
-    print(f"table build: {build_s:.1f} s for {len(specs)} ops; networks: {networks_s:.1f} s")
-    print(f"ground truth: round-to-round tau {metrics['round_tau']:.3f}, spread of the rounds "
-          f"{metrics['round_spread']:.4f} (the noise ceiling of tau)")
-    print(f"fidelity backend={backend.name} space={space.name} archs={len(rows)} within5={metrics['within5']:.3f} "
-          f"within10={metrics['within10']:.3f} tau={metrics['tau']:.3f} mape={metrics['mape']:.3f}")
-    return 0
+
+
+def write_reports(report: dict[str, Any], out_dir: Path) -> None:
+    """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / report_stem(report)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    stem.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+    c = report["config"]
+    plot(report, f"{c['backend']}, {c['space']} @{c['resolution']}, {c['threads']} thr, seed {c['seed']}",
+         stem.with_suffix(".png"))
+
+
+def print_summary(report: dict[str, Any], out_dir: Path) -> None:
+    """The closing lines; the last one is the ``fidelity ...`` line of the module docstring."""
+    c, table = report["config"], report["table"]
+    print(f"reports: {out_dir / report_stem(report)}.{{json,md,png}}")
+    networks_s = sum(p["wall_s"] for p in report["phases"] if p["phase"].startswith("network"))
+    print(f"wall time: table {table['build_s']:.1f} s ({table['ops']} ops x {c['table_rounds']} rounds, "
+          f"{table['flagged']} flagged), networks {networks_s:.1f} s ({2 * c['archs']} x {c['rounds']} rounds), "
+          f"total {report['wall_s']:.1f} s")
+    for name in SAMPLES:
+        sample = report["samples"][name]
+        for truth_name, m in sample["matrix"][table["aggregate"]].items():
+            print(f"{name:10s} truth={truth_name:12s} within5={m['within5']:.3f} within10={m['within10']:.3f} "
+                  f"tau={_fmt(m['tau'])} mape={m['mape']:.4f} mean_error={m['mean_error']:+.4f}")
+        noise = sample["noise"]
+        print(f"{name:10s} ground truth: round-to-round tau {_fmt(noise['round_tau'])}, split-half tau "
+              f"{_fmt(noise['split_half_tau'])}, spread of the rounds {noise['round_spread']:.4f} (the noise ceiling)")
+    for v in report["targets"]:
+        print(f"target {v['sample']} {v['metric']} >= {v['target']}: {_fmt(v['value'])} "
+              f"{'PASS' if v['pass'] else 'FAIL'}")
+    uniform, stratified = report["samples"]["uniform"]["metrics"], report["samples"]["stratified"]["metrics"]
+    print(f"fidelity backend={c['backend']} space={c['space']} archs={c['archs']} within5={uniform['within5']:.3f} "
+          f"within10={uniform['within10']:.3f} tau={_fmt(uniform['tau'])} mape={uniform['mape']:.3f} "
+          f"stratified_tau={_fmt(stratified['tau'])} targets={'PASS' if report['passed'] else 'FAIL'}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,24 @@
-"""Smoke run of benchmarks/fidelity.py on the micro space, and its statistics helpers."""
+"""Smoke run of benchmarks/fidelity.py on the micro space, and its rules (schedule, selection, statistics)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 from nas_ops.space import load_space
+from nas_ops.spec import OpSpec, format_spec
+from profiler_service.engine.backends import get_backend
+from profiler_service.engine.protocol import ProtocolParams
+from profiler_service.engine.rounds import stored_result
+from profiler_service.engine.stats import RoundMeasurement, Stats
 
 ROOT = Path(__file__).resolve().parents[2]
 _SPEC = importlib.util.spec_from_file_location("benchmarks_fidelity", ROOT / "benchmarks" / "fidelity.py")
@@ -21,33 +28,145 @@ sys.modules[_SPEC.name] = fidelity  # its dataclasses look their module up there
 _SPEC.loader.exec_module(fidelity)
 
 LAST_LINE = re.compile(r"fidelity backend=(\S+) space=(\S+) archs=(\d+) within5=([\d.]+) within10=([\d.]+) "
-                       r"tau=(-?[\d.]+) mape=([\d.]+)")
+                       r"tau=(-?[\d.]+|n/a) mape=([\d.]+) stratified_tau=(-?[\d.]+|n/a) targets=(PASS|FAIL)")
+METRICS = {"within5", "within10", "tau", "mape", "mean_error", "max_abs_error"}
+ARCHS = 4
 
 
-def test_fidelity_smoke_run_writes_reports_and_ends_with_the_summary_line(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
+    out = tmp_path_factory.mktemp("fidelity")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--backend", "ort-cpu", "--space", "micro-16",
-           "--resolution", "12", "--archs", "2", "--quick", "--out-dir", str(tmp_path)]
+           "--resolution", "12", "--archs", str(ARCHS), "--protocol", "fast", "--rounds", "2", "--table-rounds", "2",
+           "--network-budget", "0.04", "--seed", "3", "--out-dir", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
-    assert done.returncode == 0, done.stderr
+    stem = out / "fidelity_ort-cpu_micro-16_r12_s3"
+    report = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
+    return done, report, stem
+
+
+def test_smoke_run_ends_with_the_summary_line_and_exits_by_the_targets(smoke) -> None:
+    done, report, _ = smoke
+    assert done.returncode in (0, 1), done.stderr
+    assert (done.returncode == 0) == report["passed"] == all(v["pass"] for v in report["targets"])
     lines = done.stdout.strip().splitlines()
     match = LAST_LINE.fullmatch(lines[-1])
     assert match, lines[-1]
-    assert match.group(1, 2, 3) == ("ort-cpu", "micro-16", "2")
-    assert 0 <= float(match.group(5)) <= 1 and 0 <= float(match.group(4)) <= float(match.group(5))
-    assert any(line.startswith("table: ") and " ops measured in " in line for line in lines)
-    stem = tmp_path / "fidelity_ort-cpu_micro-16_r12"
-    report = json.loads(stem.with_suffix(".json").read_text())
-    assert report["config"]["resolution"] == 12 and len(report["architectures"]) == 2
-    assert report["table"]["ops"] == len(fidelity.table_specs(load_space("micro-16").with_resolution(12, 12)))
-    assert report["metrics"]["within10"] == pytest.approx(float(match.group(5)), abs=1e-3)
+    assert match.group(1, 2, 3) == ("ort-cpu", "micro-16", str(ARCHS))
+    assert match.group(9) == ("PASS" if report["passed"] else "FAIL")
+    uniform = report["samples"]["uniform"]["metrics"]
+    assert float(match.group(5)) == pytest.approx(uniform["within10"], abs=1e-3)
+    for phase in ("table round 0: ", "table round 1: ", "network round 0: ", "network round 1: ", "wall time: "):
+        assert any(line.startswith(phase) for line in lines), phase
+    verdict_lines = [line for line in lines if line.startswith("target ")]
+    assert len(verdict_lines) == 4 and all(line.endswith(("PASS", "FAIL")) for line in verdict_lines)
+
+
+def test_smoke_report_holds_both_samples_every_aggregate_and_the_noise_ceiling(smoke) -> None:
+    _, report, stem = smoke
+    assert report["config"]["seed"] == 3 and report["schedule"] == ["T0", "N0", "N1", "T1"]
+    assert report["protocol_version"] == "3+fast" and report["op_protocol"]["rounds"] == 2
+    assert [p["phase"] for p in report["phases"]] == ["table round 0", "stratified selection", "network round 0",
+                                                      "network round 1", "table round 1"]
+    assert set(report["samples"]) == {"uniform", "stratified"}
+    for sample in report["samples"].values():
+        assert len(sample["networks"]) == ARCHS
+        assert set(sample["matrix"]) == {"median", "min", "low_quantile"}
+        for row in sample["matrix"].values():
+            assert set(row) == {"mean", "median", "min", "low_quantile"}
+            assert all(set(m) == METRICS for m in row.values())
+        assert sample["metrics"] == sample["matrix"]["median"]["median"]
+        assert set(sample["noise"]) == {"round_tau", "round_spread", "split_half_tau"}
+        assert all(isinstance(v, float) for v in sample["noise"].values())
+        for network in sample["networks"]:
+            assert [r["round"] for r in network["rounds"]] == [0, 1]
+            assert all(0 <= r["order"] < 2 * ARCHS and r["raw"]["median_ms"] > 0 for r in network["rounds"])
+            assert network["measured_ms"]["median"] == pytest.approx(
+                sum(r["raw"]["median_ms"] for r in network["rounds"]) / 2)
+    assert [(v["sample"], v["metric"]) for v in report["targets"]] == [
+        ("uniform", "within10"), ("uniform", "tau"), ("uniform", "within5"), ("stratified", "tau")]
     assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| within +-10% |" in stem.with_suffix(".md").read_text()
-    assert any(line.startswith("ground truth: round-to-round tau ") for line in lines)
+    text = stem.with_suffix(".md").read_text()
+    assert "## Targets" in text and "## stratified sample" in text and "| table \\ truth |" in text
 
 
-def test_unknown_backend_exits_with_a_message(tmp_path: Path) -> None:
-    assert fidelity.main(["--backend", "ort-nothing", "--out-dir", str(tmp_path)]) == 2
+def test_smoke_table_keeps_every_op_round_and_can_be_aggregated_again(smoke) -> None:
+    _, report, _ = smoke
+    table = report["table"]
+    specs = fidelity.table_specs(load_space("micro-16").with_resolution(12, 12))
+    assert table["ops"] == len(specs) == len(table["entries"]) and table["aggregate"] == "median"
+    assert table["flagged"] == table["flagged_by_aggregate"]["median"] >= 0
+    params = ProtocolParams(**report["op_protocol"])
+    for spec in specs:
+        entry = table["entries"][format_spec(spec)]
+        assert [r["round"] for r in entry["rounds"]] == [0, 1]
+        again = stored_result([fidelity.round_from_dict(r) for r in entry["rounds"]], params,
+                              costs_compute=entry["costs_compute"])
+        assert again.stats.median_ms == pytest.approx(entry["stored_ms"]["median"])
+
+
+def test_smoke_stratified_sample_spans_the_candidates(smoke) -> None:
+    _, report, _ = smoke
+    stratified = report["samples"]["stratified"]
+    selection = stratified["selection"]
+    chosen = selection["selected_ms"]
+    assert len(chosen) == ARCHS and chosen == sorted(chosen)
+    assert chosen[0] == pytest.approx(selection["candidates_min_ms"])
+    assert chosen[-1] == pytest.approx(selection["candidates_max_ms"])
+    assert [n["selection_ms"] for n in stratified["networks"]] == chosen
+    assert len({tuple(n["choices"]) for n in stratified["networks"]}) == ARCHS
+
+
+@pytest.mark.parametrize("args", [["--backend", "ort-nothing"], ["--protocol", "slow"]])
+def test_bad_backend_or_protocol_exits_with_a_message(tmp_path: Path, args: list[str]) -> None:
+    assert fidelity.main([*args, "--out-dir", str(tmp_path)]) == 2
     assert not list(tmp_path.iterdir())
+
+
+def test_protocols_take_the_preset_the_table_rounds_and_split_the_network_budget() -> None:
+    space = load_space("proxyless-mobile")
+    args = fidelity.parse_args(["--network-budget", "1.8", "--rounds", "6"])
+    resolved = fidelity.resolve_protocol(args, space)
+    assert (resolved.version, resolved.regime, resolved.params) == ("3", "cold", ProtocolParams())
+    op, network = fidelity.protocols(args, resolved.params)
+    assert op == ProtocolParams() and op.rounds == 3
+    assert not network.calibrate and network.time_budget_s == pytest.approx(0.3)
+    assert network.cache_flush_kib == op.cache_flush_kib
+    args = fidelity.parse_args(["--protocol", "fast", "--table-rounds", "2", "--no-affinity"])
+    resolved = fidelity.resolve_protocol(args, space)
+    assert resolved.version == "3+fast"
+    op, _ = fidelity.protocols(args, resolved.params)
+    assert op.rounds == 2 and op.time_budget_s == ProtocolParams.fast().time_budget_s and not op.affinity
+
+
+def test_schedule_is_symmetric_with_table_round_0_first() -> None:
+    names = [f"{kind[0].upper()}{i}" for kind, i in fidelity.schedule(3, 6)]
+    assert names == ["T0", "N0", "N1", "N2", "T1", "N3", "N4", "N5", "T2"]
+    assert [f"{k[0]}{i}" for k, i in fidelity.schedule(1, 2)] == ["t0", "n0", "n1"]
+    for table_rounds, network_rounds in [(2, 5), (4, 6), (5, 2)]:
+        phases = fidelity.schedule(table_rounds, network_rounds)
+        assert phases[0] == ("table", 0) and phases[-1] == ("table", table_rounds - 1)
+        assert [i for k, i in phases if k == "table"] == list(range(table_rounds))
+        assert [i for k, i in phases if k == "networks"] == list(range(network_rounds))
+
+
+def test_round_orders_are_seeded_shuffles_distinct_for_table_and_networks() -> None:
+    params = ProtocolParams()
+    orders = [fidelity.table_order(20, params, 0, r) for r in range(3)]
+    assert all(sorted(o) == list(range(20)) for o in orders) and len({tuple(o) for o in orders}) == 3
+    assert orders[1] == fidelity.table_order(20, params, 0, 1) != fidelity.table_order(20, params, 1, 1)
+    assert fidelity.network_order(20, params, 0, 1, 3) != orders[1]
+
+
+def test_candidates_reach_both_ends_and_pick_evenly_spans_them() -> None:
+    costs = [[3.0, 1.0, 2.0], [0.5, 4.0]]
+    choices = fidelity.candidate_choices(costs, 200, random.Random(0))
+    assert choices[:2] == [[1, 0], [0, 1]]  # all-cheapest, all-most-expensive
+    assert len({tuple(c) for c in choices}) == 6  # every combination is drawn
+    predicted = [0.0, 10.0, 4.9, 5.2, 1.0, 9.0, 7.4]
+    assert fidelity.pick_evenly(predicted, 3) == [0, 2, 1]
+    assert fidelity.pick_evenly(predicted, 5) == [0, 4, 2, 6, 1]
+    assert sorted(fidelity.pick_evenly([1.0, 2.0], 5)) == [0, 1]  # never the same one twice
 
 
 def test_kendall_tau_b() -> None:
@@ -70,25 +189,96 @@ def test_table_specs_hold_fixed_ops_candidates_and_identity_blocks() -> None:
     for cell in space.cells():
         for index, spec in enumerate(cell.candidates):
             assert (spec in specs) == (index != cell.zero_index)
-    rows = [fidelity.Row([0], 10.8, [fidelity.Stats.from_samples([9.0]), fidelity.Stats.from_samples([11.0])]),
-            fidelity.Row([1], 18.6, [fidelity.Stats.from_samples([20.0])])]
-    assert rows[0].measured_ms == 10.0
-    summary = fidelity.summarize(rows)
-    assert summary["within10"] == 1.0 and summary["within5"] == 0.0
-    assert summary["mape"] == pytest.approx(0.075) and summary["mean_error"] == pytest.approx(0.005)
 
 
-def _stats(median_ms: float) -> "fidelity.Stats":
-    return fidelity.Stats.from_samples([median_ms])
+def _round(median_ms: float, correction_ms: float = 0.0) -> RoundMeasurement:
+    return RoundMeasurement(raw=Stats.from_samples([median_ms]), correction_ms=correction_ms,
+                            timer_resolution_ms=0.001)
 
 
-def test_round_agreement_is_the_noise_ceiling() -> None:
+def test_metrics_and_truth_aggregates() -> None:
+    m = fidelity.metrics([10.8, 18.6], [10.0, 20.0])
+    assert m["within10"] == 1.0 and m["within5"] == 0.0 and m["tau"] == 1.0
+    assert m["mape"] == pytest.approx(0.075) and m["mean_error"] == pytest.approx(0.005)
+    assert fidelity.metrics([1.0], [1.0])["tau"] is None
+    medians = [4.0, 1.0, 2.0, 9.0]
+    assert fidelity.truth(medians, "mean", 0.25) == 4.0 and fidelity.truth(medians, "median", 0.25) == 3.0
+    assert fidelity.truth(medians, "min", 0.25) == 1.0
+    assert fidelity.truth(medians, "low_quantile", 0.25) == pytest.approx(1.75)
+
+
+def test_aggregate_table_uses_the_engine_and_counts_flagged_entries() -> None:
+    conv = OpSpec("conv", 3, 8, 12, 12, kernel=3, stride=1, act="relu6")
+    identity = OpSpec("identity", 8, 8, 12, 12)
+    table = fidelity.TableRounds([conv, identity])
+    table.rounds = [[_round(0.01, 0.01), _round(0.012, 0.012)], [_round(0.0), _round(0.0)]]
+    result = fidelity.aggregate_table(table, ProtocolParams(), "median")
+    assert list(result.flagged) == [conv] and result.flagged[conv].startswith("calibrated_to_zero")
+    assert result.entries[conv] == pytest.approx(0.011) and result.entries[identity] == 0.0  # an upper bound, not 0
+    table.rounds = [[_round(2.0), _round(1.0), _round(4.0)], [_round(0.0)] * 3]
+    assert fidelity.aggregate_table(table, ProtocolParams(), "min").entries[conv] == 1.0
+    assert fidelity.aggregate_table(table, ProtocolParams(), "median", upto=1).entries[conv] == 2.0
+
+
+def _network(medians: list[float], arch=None) -> "fidelity.Network":
+    arch = arch or load_space("micro-16").architecture([0, 0, 0])
+    return fidelity.Network("uniform", arch, rounds=[_round(m) for m in medians], order=list(range(len(medians))))
+
+
+def test_noise_ceiling_round_tau_spread_and_split_half() -> None:
     # three networks, two rounds: round 2 swaps the ranks of the first two networks
-    rows = [fidelity.Row([0], 1.0, [_stats(1.0), _stats(1.2)]),
-            fidelity.Row([1], 1.0, [_stats(1.1), _stats(1.0)]),
-            fidelity.Row([2], 1.0, [_stats(2.0), _stats(2.0)])]
-    agreement = fidelity.round_agreement(rows)
-    assert agreement["round_tau"] == pytest.approx(1 / 3)
+    networks = [_network([1.0, 1.2]), _network([1.1, 1.0]), _network([2.0, 2.0])]
+    ceiling = fidelity.noise_ceiling(networks, ProtocolParams())
+    assert ceiling["round_tau"] == pytest.approx(1 / 3) and ceiling["split_half_tau"] == pytest.approx(1 / 3)
     # spreads 0.2/1.1, 0.1/1.05, 0: the median is 0.1/1.05
-    assert agreement["round_spread"] == pytest.approx(0.1 / 1.05)
-    assert fidelity.summarize(rows)["round_tau"] == pytest.approx(1 / 3)
+    assert ceiling["round_spread"] == pytest.approx(0.1 / 1.05)
+    # four rounds: even rounds (0, 2) rank a < b, odd rounds (1, 3) rank b < a
+    networks = [_network([1.0, 3.0, 1.0, 3.0]), _network([2.0, 2.5, 2.0, 2.5])]
+    ceiling = fidelity.noise_ceiling(networks, ProtocolParams())
+    assert ceiling["split_half_tau"] == -1.0 and ceiling["round_tau"] == -1.0
+    assert fidelity.noise_ceiling(networks[:1], ProtocolParams())["round_tau"] is None
+
+
+def test_sample_report_and_verdicts() -> None:
+    space = load_space("micro-16")
+    archs = [space.architecture(c) for c in ([0, 0, 0], [1, 1, 1], [2, 2, 2])]
+    tables = {}
+    for name, scale in (("median", 1.0), ("min", 0.9), ("low_quantile", 0.95)):
+        entries = {spec: scale for spec in fidelity.table_specs(space)}
+        tables[name] = fidelity.Table(name, entries, {})
+    networks = [_network([n * 1.0, n * 1.0 + 0.2], arch) for n, arch in zip((len(a.specs()) for a in archs), archs)]
+    sample = fidelity.sample_report(networks, tables, ProtocolParams())
+    assert sample["metrics"] == sample["matrix"]["median"]["median"]
+    assert set(sample["matrix"]["min"]) == set(fidelity.TRUTH_AGGREGATES)
+    assert sample["networks"][0]["predicted_ms"]["min"] == pytest.approx(0.9 * len(archs[0].specs()))
+    verdicts = fidelity.verdicts({"uniform": {"metrics": {"within10": 1.0, "tau": 0.8, "within5": 0.9}},
+                                  "stratified": {"metrics": {"tau": None}}})
+    assert [v["pass"] for v in verdicts] == [True, False, True, False]
+
+
+def test_export_cache_exports_a_module_once_with_the_backends_environment(tmp_path: Path) -> None:
+    inner = get_backend("ort-cpu")
+    cached = fidelity.ExportCachingOrt(inner, tmp_path)
+    assert cached.name == inner.name and cached.environment(1) == inner.environment(1)
+
+    def module(seed: int) -> nn.Module:
+        import torch
+
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+
+    for seed in (0, 0, 1):
+        with cached.prepare(module(seed), (1, 3, 8, 8), "float32", 1) as runner:
+            assert runner.output().shape == (1, 4, 6, 6)
+    assert cached.exports == 2 and len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_missed_target_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fidelity, "TARGETS", (("uniform", "within10", 0.0), ("stratified", "mape", 2.0)))
+    argv = ["--space", "micro-16", "--resolution", "8", "--archs", "2", "--protocol", "fast", "--rounds", "1",
+            "--network-budget", "0.01", "--out-dir", str(tmp_path)]
+    assert fidelity.main(argv) == 1  # a MAPE of 200% or more is never reached
+    report = json.loads((tmp_path / "fidelity_ort-cpu_micro-16_r8_s0.json").read_text())
+    assert [v["pass"] for v in report["targets"]] == [True, False] and report["passed"] is False
+    assert report["schedule"] == ["T0", "N0"]
+    assert all(s["noise"]["round_tau"] is None for s in report["samples"].values())
