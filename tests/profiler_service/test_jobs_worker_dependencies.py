@@ -46,12 +46,12 @@ def test_a_worker_without_a_service_measures_a_job_in_its_context(db_url: str) -
 
 
 def test_the_protocol_presets_live_with_the_protocol() -> None:
-    assert PROTOCOL_PRESETS == ("default", "warm", "fast")
+    assert PROTOCOL_PRESETS == ("auto", "cold", "default", "warm", "fast")
     assert protocol_version_for("default") == PROTOCOL_VERSION
     assert protocol_version_for("warm") == f"{PROTOCOL_VERSION}+warm"
     assert protocol_params_for("warm").cache_flush_kib == 0
     assert protocol_params_for("fast") == ProtocolParams.fast()
     assert protocol_params_for("default") == ProtocolParams()
     for bad in (protocol_params_for, protocol_version_for):
-        with pytest.raises(ValueError, match="protocol must be one of default, warm, fast, got 'turbo'"):
+        with pytest.raises(ValueError, match="protocol must be one of auto, cold, default, warm, fast, got 'turbo'"):
             bad("turbo")
