@@ -9,9 +9,10 @@ as every request was before the field existed (an op's own working set would not
 in the cache one by one, and the flush exists because in the network they do not).
 
 Why the per-core cache (level 2) and not the last level: on this project's 2-core x86 VM (2 MiB L2 per core, 480
-MiB shared L3) the 16x16/32x32 spaces (micro-16, tiny-32: 0.1-0.9 MiB) are predicted within 1% warm and 12-82% off
-cold, while the 224x224 spaces (proxyless-*: 20-50 MiB, which fit in that L3) are about 0% off cold and -4% (ort-cpu)
-to -19% (torch-cpu) off warm. The shared level does not discriminate; the private one does.
+MiB shared L3, ort-cpu, 1 thread) tables of the 16x16/32x32 spaces (micro-16, tiny-32: 0.1-0.9 MiB) predict random
+and derived networks within +5% warm and +4% to +18% over cold, while the 224x224 spaces (proxyless-*: 15-50 MiB,
+which fit in that L3) are about 0% off cold and -4% (ort-cpu) to -19% (torch-cpu) off warm (protocol point 5). The
+shared level does not discriminate; the private one does.
 
 The cache size (:func:`read_core_cache`): the largest data or unified cache of level 2 or below that Linux reports
 under ``/sys/devices/system/cpu/cpu*/cache``, the smallest over the CPUs (a network that fits the smallest core's
