@@ -160,3 +160,14 @@ def test_the_preset_spaces_fall_on_the_measured_side_of_a_2_mib_l2(space: str, r
     rng = random.Random(1)
     sizes = [network_memory_bytes(loaded.architecture(loaded.random_choices(rng)), 1, "float32") for _ in range(100)]
     assert {regime(size, L2) for size in sizes} == {expected}
+
+
+def test_a_local_measurement_of_a_space_takes_its_regime(monkeypatch: pytest.MonkeyPatch) -> None:
+    import profiler_service.engine.cache_regime as cache_regime
+    from profiler_service.cli import local_protocol
+
+    monkeypatch.setattr(cache_regime, "read_core_cache", lambda root=None: L2)
+    assert local_protocol("auto", "micro-16", 1, "float32").version == f"{PROTOCOL_VERSION}+warm"
+    assert local_protocol("auto", "proxyless-mobile", 1, "float32").version == PROTOCOL_VERSION
+    assert local_protocol("auto", None, 1, "float32").version == PROTOCOL_VERSION  # ops alone: cold
+    assert local_protocol("warm", "proxyless-mobile", 1, "float32").version == f"{PROTOCOL_VERSION}+warm"
