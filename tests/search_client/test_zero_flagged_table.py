@@ -83,3 +83,25 @@ def test_lut_fails_on_flagged_entries_and_builds_with_allow_flagged(flagged_devi
     assert allowed.exit_code == 0, allowed.output
     assert f"1 flagged entry used (--allow-flagged): {SPECS[3]}" in allowed.output
     assert LatencyTable.load(out).flagged == {SPECS[3]: REASON}
+
+
+def test_search_on_a_device_fails_on_flagged_entries_and_runs_with_allow_flagged(
+    flagged_device: FakeDevice, tmp_path, monkeypatch
+) -> None:
+    import functools
+
+    import search_client.cli.commands.search as search_command
+
+    monkeypatch.setattr(search_command, "run_search", functools.partial(search_command.run_search,
+                                                                        stop_after_epochs=1))
+    out = tmp_path / "run"
+    args = ["search", "--space", "micro-16", "--device", "http://dev:8000", "--backend", "ort-cpu",
+            "--target-ms", "5.0", "--data", "synthetic:64:4", "--epochs", "1", "--warmup-epochs", "0",
+            "--out", str(out), "--no-progress"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code != 0 and "1 entry is flagged by the device" in refused.output
+    assert SPECS[3] in refused.output and "Traceback" not in refused.output
+    allowed = CliRunner().invoke(app, [*args, "--allow-flagged"])
+    assert allowed.exit_code == 0, allowed.output
+    assert f"1 flagged entry used (--allow-flagged): {SPECS[3]}" in allowed.output
+    assert LatencyTable.load(out / "table_0.json").flagged == {SPECS[3]: REASON}

@@ -43,12 +43,14 @@ from search_client.training.distributed import DEFAULT_TIMEOUT_S, distributed_se
 
 D = SearchConfig.defaults()
 PROGRAM = "proxyless-search"
-DEVICE_PARAMS = ("device", "space", "backend", "batch", "threads", "token")
+DEVICE_PARAMS = ("device", "space", "backend", "batch", "threads", "token", "allow_flagged")
 
 
 def _tables(space: str | None, urls: list[str], table_files: list[Path], *, backend: str | None, batch: int,
-            threads: int | None, token: str | None, out: Path, progress: bool) -> list[LatencyTable]:
-    """The latency tables: loaded from files, or built on each device (and saved as ``out/table_<d>.json``)."""
+            threads: int | None, token: str | None, out: Path, progress: bool,
+            allow_flagged: bool = False) -> list[LatencyTable]:
+    """The latency tables: loaded from files, or built on each device (and saved as ``out/table_<d>.json``);
+    a device table with flagged entries fails unless ``allow_flagged`` (see ``build_table``)."""
     if bool(urls) == bool(table_files):
         raise ValueError("give either --device URL (one or more) or --table FILE (one or more), not both/neither")
     if table_files:
@@ -67,7 +69,10 @@ def _tables(space: str | None, urls: list[str], table_files: list[Path], *, back
     for d, url in enumerate(urls):
         with devices.make_client(url, token) as client, JobBars(progress) as bars:
             table = build_table(client, search_space, backend=devices.pick_backend(client, backend), batch=batch,
-                                threads=threads, progress=bars)
+                                threads=threads, progress=bars, allow_flagged=allow_flagged)
+        if table.flagged:
+            typer.echo(f"warning: {url}: {len(table.flagged)} flagged entr{'y' if len(table.flagged) == 1 else 'ies'}"
+                       f" used (--allow-flagged): {', '.join(table.flagged)}", err=True)
         table.save(_saved_table(out, d))
         tables.append(table)
     return tables
@@ -177,6 +182,9 @@ def search(
     batch: Annotated[int, typer.Option(min=1, help="batch size of the latency measurements")] = 1,
     threads: Annotated[Optional[int], typer.Option(min=1, help="measurement threads; default: the device's")
                        ] = None,
+    allow_flagged: Annotated[bool, typer.Option("--allow-flagged", help="--device: use entries a device flagged "
+                                                "(upper bounds, e.g. ops below its timer's resolution) instead of "
+                                                "failing")] = False,
     train_device: Annotated[str, typer.Option(help="torch device that trains the supernet: cpu | cuda[:N]")
                             ] = "cpu",
     train_threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads of the training; "
@@ -210,7 +218,8 @@ def search(
         with distributed_session(train_device, timeout_s=dist_timeout) as dist:
             try:
                 tables = broadcast_tables(lambda: _tables(space, urls, table or [], backend=backend, batch=batch,
-                                                          threads=threads, token=token, out=out, progress=progress),
+                                                          threads=threads, token=token, out=out, progress=progress,
+                                                          allow_flagged=allow_flagged),
                                           dist)
                 config = replace(config, targets_ms=_targets(config.targets_ms, len(tables)))
                 resume = resume or resumes_after_restart(out, dist)
