@@ -40,7 +40,7 @@ def job_out(session: Session, job: Job) -> JobOut:
         failed_items = [FailedItem(op=op, error=error) for op, error in rows]
     return JobOut(
         id=job.id, kind=job.kind, status=job.status, backend=job.backend, batch=job.batch, dtype=job.dtype,
-        threads=job.threads, total=counts["total"], done=counts["done"], skipped=counts["skipped"],
+        threads=job.threads, protocol_version=job.protocol_version, total=counts["total"], done=counts["done"], skipped=counts["skipped"],
         failed=counts["failed"], cancelled=counts["cancelled"], pending=counts["pending"], error=job.error,
         result=Stats(**job.result) if job.result else None, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, failed_items=failed_items,

@@ -85,7 +85,8 @@ def test_a_job_and_a_lookup_with_the_same_working_set_agree(auto: tuple[TestClie
     client, recorder = auto
     job = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:2], "working_set_bytes": MIB,
                                            "wait_s": 60}).json()
-    assert job["status"] == "done" and job["done"] == 2
+    assert job["status"] == "done" and job["done"] == 2 and job["protocol_version"] == WARM  # the job says so
+    assert client.get(f"/v1/jobs/{job['id']}").json()["protocol_version"] == WARM
     assert recorder.flushes and set(recorder.flushes) == {0}  # measured warm
     warm = lookup(client, working_set_bytes=MIB // 2)  # another working set in the same regime
     assert warm["protocol_version"] == WARM and warm["missing"] == []
@@ -99,7 +100,7 @@ def test_a_job_and_a_lookup_with_the_same_working_set_agree(auto: tuple[TestClie
 def test_a_cold_job_is_flushed(auto: tuple[TestClient, FlushRecorder]) -> None:
     client, recorder = auto
     job = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "wait_s": 60}).json()
-    assert job["status"] == "done" and set(recorder.flushes) == {COLD_FLUSH}
+    assert job["status"] == "done" and set(recorder.flushes) == {COLD_FLUSH} and job["protocol_version"] == COLD
     assert lookup(client)["missing"] == [] and lookup(client, working_set_bytes=1)["missing"] == SMALL_OPS[:1]
 
 
