@@ -182,7 +182,7 @@ class JobOut(BaseModel):
     batch: int
     dtype: str
     threads: int
-    protocol_version: str = Field(description="the protocol version (and so the cache regime: 3 cold, 3+warm "
+    protocol_version: str = Field(description="the protocol version (and so the cache regime: 4 cold, 4+warm "
                                   "warm) the job measures in; its rows are stored under it")
     total: int
     done: int

@@ -7,7 +7,7 @@
 - ``fast``: short runs for tests and smoke checks (warm caches, its own version).
 
 A regime's parameters and stored version are the same whichever preset chose it: ``cold`` is ``ProtocolParams()``
-stored as ``PROTOCOL_VERSION`` ("3"), ``warm`` is ``cache_flush_kib=0`` stored as "3+warm". So rows measured under
+stored as ``PROTOCOL_VERSION`` ("4"), ``warm`` is ``cache_flush_kib=0`` stored as "4+warm". So rows measured under
 ``--protocol warm`` are the rows ``auto`` serves to a small network, and a number of one regime is never served as
 the other's.
 """

@@ -1,9 +1,11 @@
 """The measurement protocol: how one op (or one whole network) is timed on a backend, and what is stored.
 
 Version ``PROTOCOL_VERSION`` (stored with every measurement, together with ``ProtocolParams.model_dump()``); bump
-it whenever what a stored number means changes. Version 3 measures a job in interleaved rounds (point 9), times
-runs below the timer's resolution in groups (point 7) and never stores an op that costs multiply-adds as 0 ms
-(point 10); version 2 measured each op once; rows of another version are never served as this one's.
+it whenever what a stored number means changes. Version 4 stores the lowest of an op's round medians (the ``min``
+aggregate, see :mod:`profiler_service.engine.aggregate` for the side-by-side comparison that chose it); version 3
+stored their median; both measure a job in interleaved rounds (point 9), time runs below the timer's resolution in
+groups (point 7) and never store an op that costs multiply-adds as 0 ms (point 10); version 2 measured each op once.
+Rows of another version are never served as this one's.
 
 1. Exclusive device. ``MEASURE_LOCK`` (process-wide) is held for the whole measurement: nothing else of ours
    builds, exports or times while an op is timed.
@@ -86,7 +88,7 @@ from profiler_service.engine.stats import RoundMeasurement, Stats
 __all__ = ["MEASURE_LOCK", "PROTOCOL_VERSION", "MeasurementStopped", "ProtocolParams", "RoundMeasurement", "Stats",
            "measure_network", "measure_network_round", "measure_op", "measure_op_round", "time_runner"]
 
-PROTOCOL_VERSION = "3"
+PROTOCOL_VERSION = "4"
 MAX_BATCH = 4096
 
 # One measurement at a time in this process (re-entrant: calibration runs inside an op's measurement).

@@ -65,7 +65,7 @@ def test_smoke_run_ends_with_the_summary_line_and_exits_by_the_targets(smoke) ->
 def test_smoke_report_holds_both_samples_every_aggregate_and_the_noise_ceiling(smoke) -> None:
     _, report, stem = smoke
     assert report["config"]["seed"] == 3 and report["schedule"] == ["T0", "N0", "N1", "T1"]
-    assert report["protocol_version"] == "3+fast" and report["op_protocol"]["rounds"] == 2
+    assert report["protocol_version"] == "4+fast" and report["op_protocol"]["rounds"] == 2
     assert [p["phase"] for p in report["phases"]] == ["table round 0", "stratified selection", "network round 0",
                                                       "network round 1", "table round 1"]
     assert set(report["samples"]) == {"uniform", "stratified"}
@@ -75,7 +75,7 @@ def test_smoke_report_holds_both_samples_every_aggregate_and_the_noise_ceiling(s
         for row in sample["matrix"].values():
             assert set(row) == {"mean", "median", "min", "low_quantile"}
             assert all(set(m) == METRICS for m in row.values())
-        assert sample["metrics"] == sample["matrix"]["median"]["median"]
+        assert sample["metrics"] == sample["matrix"]["min"]["min"]
         assert set(sample["noise"]) == {"round_tau", "round_spread", "split_half_tau"}
         assert all(isinstance(v, float) for v in sample["noise"].values())
         for network in sample["networks"]:
@@ -94,15 +94,15 @@ def test_smoke_table_keeps_every_op_round_and_can_be_aggregated_again(smoke) -> 
     _, report, _ = smoke
     table = report["table"]
     specs = fidelity.table_specs(load_space("micro-16").with_resolution(12, 12))
-    assert table["ops"] == len(specs) == len(table["entries"]) and table["aggregate"] == "median"
-    assert table["flagged"] == table["flagged_by_aggregate"]["median"] >= 0
+    assert table["ops"] == len(specs) == len(table["entries"]) and table["aggregate"] == "min"
+    assert table["flagged"] == table["flagged_by_aggregate"]["min"] >= 0
     params = ProtocolParams(**report["op_protocol"])
     for spec in specs:
         entry = table["entries"][format_spec(spec)]
         assert [r["round"] for r in entry["rounds"]] == [0, 1]
         again = stored_result([fidelity.round_from_dict(r) for r in entry["rounds"]], params,
                               costs_compute=entry["costs_compute"])
-        assert again.stats.median_ms == pytest.approx(entry["stored_ms"]["median"])
+        assert again.stats.median_ms == pytest.approx(entry["stored_ms"][params.aggregate])
 
 
 def test_smoke_stratified_sample_spans_the_candidates(smoke) -> None:
@@ -127,14 +127,14 @@ def test_protocols_take_the_preset_the_table_rounds_and_split_the_network_budget
     space = load_space("proxyless-mobile")
     args = fidelity.parse_args(["--network-budget", "1.8", "--rounds", "6"])
     resolved = fidelity.resolve_protocol(args, space)
-    assert (resolved.version, resolved.regime, resolved.params) == ("3", "cold", ProtocolParams())
+    assert (resolved.version, resolved.regime, resolved.params) == ("4", "cold", ProtocolParams())
     op, network = fidelity.protocols(args, resolved.params)
     assert op == ProtocolParams() and op.rounds == 3
     assert not network.calibrate and network.time_budget_s == pytest.approx(0.3)
     assert network.cache_flush_kib == op.cache_flush_kib
     args = fidelity.parse_args(["--protocol", "fast", "--table-rounds", "2", "--no-affinity"])
     resolved = fidelity.resolve_protocol(args, space)
-    assert resolved.version == "3+fast"
+    assert resolved.version == "4+fast"
     op, _ = fidelity.protocols(args, resolved.params)
     assert op.rounds == 2 and op.time_budget_s == ProtocolParams.fast().time_budget_s and not op.affinity
 
@@ -248,7 +248,7 @@ def test_sample_report_and_verdicts() -> None:
         tables[name] = fidelity.Table(name, entries, {})
     networks = [_network([n * 1.0, n * 1.0 + 0.2], arch) for n, arch in zip((len(a.specs()) for a in archs), archs)]
     sample = fidelity.sample_report(networks, tables, ProtocolParams())
-    assert sample["metrics"] == sample["matrix"]["median"]["median"]
+    assert sample["metrics"] == sample["matrix"]["min"]["min"]
     assert set(sample["matrix"]["min"]) == set(fidelity.TRUTH_AGGREGATES)
     assert sample["networks"][0]["predicted_ms"]["min"] == pytest.approx(0.9 * len(archs[0].specs()))
     verdicts = fidelity.verdicts({"uniform": {"metrics": {"within10": 1.0, "tau": 0.8, "within5": 0.9}},
