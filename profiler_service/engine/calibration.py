@@ -28,33 +28,16 @@ are the lowest median of ``CALIBRATION_REPEATS`` timings (protocol version 2; ve
 A cache belongs to one measurement session (a job, one CLI command, one benchmark run), never to the process: the
 ops of a session share their calibration values, and what one session measured never enters another's numbers,
 so a stored latency does not depend on what the process happened to measure before.
-
-Framework warm-up (backends with ``Backend.warms_framework``: eager torch on CPU). Inside a network an op runs
-right after other ops: the framework's own code and data (the Python interpreter, torch's dispatcher, the conv,
-BatchNorm and activation paths, the allocator) are hot, and only the op's weights are as cold as the rest of the
-network makes them. Alone, the cache flush before every run evicts all of that, and every op paid the framework's
-cold start that a network pays once; the boundary pair does not cancel it, as its multiply takes none of the conv,
-BatchNorm or activation paths. Measured on this project's 2-core VM (torch-cpu, 1 thread, proxyless-mobile, 6
-random networks, sum of the table against the network, medians of interleaved rounds): that cold start was 22% of
-the network's latency at 96x96 and 8% at 224x224. Such a backend runs :data:`WARMUP_SPEC` (a small MBConv with
-its own weights and input), untimed, after the flush and before each timed run of every op (:func:`warmed`) and
-of every calibration graph; the entry op is timed without it, like the network's first op, and carries the
-network's cold start. Networks are timed without it. The op's own weights, input and kernels stay cold (the
-sandwich then warms its input). What remains is the flush's (protocol point 5): inside a 224x224 network the
-ops with large weights (the last blocks, mix, head) find them farther away than a 16 MiB flush puts them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
-import numpy as np
 import torch
 from torch import nn
 
-from nas_ops.blocks import build_op
 from nas_ops.spec import OpSpec
-from profiler_service.engine.backends.base import Runner
 
 # (batch, C, H, W) -> median latency (ms) of a module timed with the current protocol and context.
 TimeMedian = Callable[[nn.Module, tuple[int, int, int, int]], float]
@@ -64,72 +47,6 @@ CALL_OVERHEAD_SHAPE = (1, 1, 1)
 # the lowest median of this many timings (a disturbance only ever slows a run down). Seen on the project's
 # 2-core KVM guest: one inflated T_S made a whole tiny-32 table 30% too fast.
 CALIBRATION_REPEATS = 3
-
-
-#: The framework warm-up op (module docstring): conv 1x1, depthwise conv, BatchNorm, ReLU6 and a shortcut add, the
-#: paths every op of a network but the head takes, on 8x8 so that its data barely touch the cache.
-WARMUP_SPEC = OpSpec("mbconv", 16, 16, 8, 8, kernel=3, exp_ratio=3.0, stride=1, act="relu6", skip=True)
-
-
-def warmup_module() -> nn.Module:
-    """The eval-mode module of :data:`WARMUP_SPEC`: weights of its own (never a measured op's), seeded, the caller's
-    random state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return build_op(WARMUP_SPEC).eval()
-
-
-def warmup_input_shape() -> tuple[int, int, int, int]:
-    """The input shape of the warm-up op (batch 1: the framework's code paths do not depend on the batch)."""
-    return (1, *WARMUP_SPEC.input_shape)
-
-
-def warmed(spec: OpSpec) -> bool:
-    """Whether the timed runs of ``spec`` are preceded by the warm-up (all ops but the entry op)."""
-    return not is_entry(spec)
-
-
-class WarmedRunner(Runner):
-    """``runner`` with ``warmup`` called, untimed, after ``before_each`` (the cache flush) and before each timed run
-    (each timed group of runs)."""
-
-    def __init__(self, runner: Runner, warmup: Callable[[], None]) -> None:
-        self._runner = runner
-        self._warmup = warmup
-
-    def _before(self, before_each: Callable[[], None] | None) -> Callable[[], None]:
-        warmup = self._warmup
-
-        def before() -> None:
-            if before_each is not None:
-                before_each()
-            warmup()
-
-        return before
-
-    def run(self) -> None:
-        self._runner.run()
-
-    def time_runs(self, count: int, before_each: Callable[[], None] | None = None) -> list[float]:
-        return self._runner.time_runs(count, self._before(before_each))
-
-    def time_group(self, count: int, runs_per_timing: int,
-                   before_each: Callable[[], None] | None = None) -> list[float]:
-        return self._runner.time_group(count, runs_per_timing, self._before(before_each))
-
-    @property
-    def timer_resolution_ms(self) -> float:
-        return self._runner.timer_resolution_ms
-
-    def output(self) -> np.ndarray:
-        return self._runner.output()
-
-    @property
-    def input(self) -> np.ndarray:
-        return self._runner.input
-
-    def close(self) -> None:
-        self._runner.close()
 
 
 def is_entry(spec: OpSpec) -> bool:

@@ -20,10 +20,8 @@ Rows of another version are never served as this one's.
    (stem, blocks, mix, head) predicts the latency of the whole network; the ``conv`` stem carries the one-time
    overhead of the network call. Details and the formula in :mod:`profiler_service.engine.calibration`. Location
    statistics (median, mean, min, p10, p90) are shifted by the correction and floored at 0; std and IQR are
-   unchanged. On a backend with ``warms_framework`` (torch-cpu) every timed run of an op but the entry op, and of
-   every calibration graph, follows the calibration's untimed framework warm-up. What a round yields keeps both
-   (:class:`~profiler_service.engine.stats.RoundMeasurement`: the raw statistics of the sandwich and the
-   correction).
+   unchanged. What a round yields keeps both (:class:`~profiler_service.engine.stats.RoundMeasurement`: the raw
+   statistics of the sandwich and the correction).
 5. Cache state (``cache_flush_kib``, default 16 MiB): a buffer of that size is read, untimed, before every run
    (ops and networks alike), so that weights come from far cache levels (and their pages from a cold TLB), as they
    do in a network, where the rest of the network runs between two calls of an op. Measured on a 2 MiB-L2 Xeon
@@ -319,21 +317,13 @@ def _check_batch(batch: int) -> None:
 
 def time_module(module: nn.Module, input_shape: tuple[int, int, int, int], backend: Backend, dtype: str,
                 threads: int, params: ProtocolParams, clock: Clock = time.perf_counter,
-                should_stop: StopCheck | None = None, warm: bool = False) -> Timing:
-    """Prepare ``module`` on ``backend`` and run the timing loop on it (the caller holds the lock and the cores);
-    ``warm``: each timed run follows the framework warm-up where the backend asks for it (calibration module)."""
+                should_stop: StopCheck | None = None) -> Timing:
+    """Prepare ``module`` on ``backend`` and run the timing loop on it (the caller holds the lock and the cores)."""
     runner = backend.prepare(module, input_shape, dtype, threads, seed=params.seed)
-    warmup = None
-    if warm and backend.warms_framework:
-        warmup = backend.prepare(calibration.warmup_module(), calibration.warmup_input_shape(), dtype, threads,
-                                 seed=params.seed)
-        runner = calibration.WarmedRunner(runner, warmup.run)
     try:
         return time_runner(runner, params, clock, should_stop)
     finally:
         runner.close()
-        if warmup is not None:
-            warmup.close()
 
 
 def measurement_context(backend: Backend, batch: int, dtype: str, threads: int,
@@ -364,8 +354,7 @@ def measure_op_round(spec: OpSpec, backend: Backend, batch: int, dtype: str, thr
             if params.calibrate:
                 module = calibration.sandwich(spec, module, backend.boundary_kind)
         input_shape = (batch, *spec.input_shape)
-        timing = time_module(module, input_shape, backend, dtype, threads, params, should_stop=should_stop,
-                             warm=calibration.warmed(spec))
+        timing = time_module(module, input_shape, backend, dtype, threads, params, should_stop=should_stop)
         raw = Stats.from_samples(timing.samples)
         correction = 0.0
         if params.calibrate:
@@ -373,7 +362,7 @@ def measure_op_round(spec: OpSpec, backend: Backend, batch: int, dtype: str, thr
 
             def time_median(calibration_module: nn.Module, shape: tuple[int, int, int, int]) -> float:
                 calibration_timing = time_module(calibration_module, shape, backend, dtype, threads, params,
-                                                 should_stop=should_stop, warm=True)
+                                                 should_stop=should_stop)
                 return float(np.median(calibration_timing.samples))
 
             correction = calibration.correction_ms(spec, backend.boundary_kind, cache, context, batch, time_median)

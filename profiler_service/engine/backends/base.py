@@ -76,15 +76,13 @@ class Backend(ABC):
 
     ``options`` are the settings that change its timings (they enter :meth:`environment` and so the environment
     hash); ``dtypes`` are the input/compute dtypes it measures; ``boundary_kind`` names the cheap op that the
-    protocol's calibration puts around an op, and ``warms_framework`` says whether an op's timed runs follow the
-    calibration's framework warm-up (see :mod:`profiler_service.engine.calibration`).
+    protocol's calibration puts around an op (see :mod:`profiler_service.engine.calibration`).
     """
 
     name: str
     options: dict[str, Any]
     dtypes: tuple[str, ...] = ("float32",)
     boundary_kind: str = "depthwise_conv"
-    warms_framework: bool = False
 
     @property
     @abstractmethod

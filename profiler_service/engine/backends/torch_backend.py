@@ -11,10 +11,6 @@ Eager torch allocates every activation with the C allocator; glibc's default ret
 the heap's history (measured: 0 to 3,500 faults per inference, one op 2.5x slower). ``torch-cpu`` therefore keeps
 freed memory in the process (``mallopt``: no mmap for large blocks, no trimming), the usual tuning of a CPU
 inference server; the option is recorded as ``malloc`` and, once applied, holds for the whole process.
-
-The cache flush before every run also evicts the framework itself (interpreter, dispatcher, kernels' code), which
-inside a network stays hot from op to op: ``torch-cpu`` therefore asks for the calibration's framework warm-up
-(``warms_framework``, option ``framework_warmup``; :mod:`profiler_service.engine.calibration`).
 """
 
 from __future__ import annotations
@@ -35,8 +31,6 @@ _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 MALLOC_KEEP = "glibc-keep-freed"
-#: The ``framework_warmup`` option of torch-cpu (calibration's framework warm-up, recorded in the environment).
-FRAMEWORK_WARMUP = "untimed-op-before-each-run"
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -142,8 +136,6 @@ class TorchBackend(Backend):
         self.options = {"mode": "eager", "inference_mode": True, "batchnorm": "unfolded"}
         if device == "cpu":
             self.options["malloc"] = MALLOC_KEEP if _glibc() is not None else "default"
-            self.warms_framework = True
-            self.options["framework_warmup"] = FRAMEWORK_WARMUP
         else:
             self.options.update({"cudnn_benchmark": False, "timing": "cuda-events"})
 
