@@ -48,8 +48,8 @@ Rows of another version are never served as this one's.
    of its pending ops in a fresh seeded random order (:mod:`profiler_service.engine.rounds`), so that a slow
    stretch of time hits one round of many ops instead of every sample of one op; a network is measured in as many
    rounds. Every round's statistics are stored; the stored value is the ``aggregate`` of the rounds
-   (:mod:`profiler_service.engine.aggregate`). Default 3 rounds: the smallest count whose median ignores one
-   disturbed round, and the most that keeps the proxyless-mobile table (70 ops) near a minute on ort-cpu with
+   (:mod:`profiler_service.engine.aggregate`; by default the lowest round median). Default 3 rounds: the
+   smallest count where at least two rounds are undisturbed when one is, and the most that keeps the proxyless-mobile table (70 ops) near a minute on ort-cpu with
    ``time_budget_s`` 0.25 s per round (0.75 s of timed runs per op in all, the 0.5 s of version 2 plus half).
 10. No silent zeros (:func:`profiler_service.engine.rounds.stored_result`): an op that costs multiply-adds whose
    aggregated latency is not above the timer's resolution (calibration floored it at 0, or it stayed below the
