@@ -14,6 +14,7 @@ the other's.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +83,9 @@ class ServiceProtocol:
         self.preset = _canonical(preset)
         self.cache = cache
 
-    def _fixed(self, preset: str) -> ResolvedProtocol:
+    @staticmethod
+    @functools.cache  # every lookup resolves its protocol: build each preset's (immutable) parameters once
+    def _fixed(preset: str) -> ResolvedProtocol:
         params = _fixed_params(preset)
         return ResolvedProtocol(params, _fixed_version(preset), "warm" if params.cache_flush_kib == 0 else "cold")
 
