@@ -156,8 +156,15 @@ def test_device_view_shows_what_the_api_reports(browser: WebDriver, services: Se
     for backend in device["backends"]:
         row = browser.find_element(By.CSS_SELECTOR, f'#device-backends tr[data-backend="{backend["name"]}"]')
         assert row.find_elements(By.TAG_NAME, "td")[1].text == backend["env_hash"]
-    ready = httpx.get(services.fleet.url + "/v1/ready", timeout=10).json()
-    readiness = definitions(browser, "#device-readiness")
+    # A consistent snapshot: the startup canary check may finish (drift unchecked -> ok) while the page loads.
+    for _ in range(5):
+        ready = httpx.get(services.fleet.url + "/v1/ready", timeout=10).json()
+        open_page(browser, services.fleet.url)
+        readiness = definitions(browser, "#device-readiness")
+        if httpx.get(services.fleet.url + "/v1/ready", timeout=10).json() == ready:
+            break
+    else:
+        pytest.fail("the readiness kept changing while the page loaded it")
     assert readiness.keys() == ready.keys() and readiness["status"] == "ready"
     assert all(shows(readiness[k], v) for k, v in ready.items()), readiness
     save_screenshot(browser, "device", screenshots / "device.png")
