@@ -19,7 +19,16 @@ calibration cache for the whole table; an op's entry is :func:`~profiler_service
 rounds (the protocol's aggregate; flagged entries are upper bounds, counted in the report). Every op round is kept,
 so the table is also aggregated each other way (median, min, low quantile of the rounds).
 
-Predicted latency of an architecture: the sum of its ops' entries (the prediction rule of docs/CONTRACTS.md).
+Predicted latency of an architecture: the sum of its ops' entries (the prediction rule of docs/CONTRACTS.md),
+anchored as the search client anchors a table (:mod:`search_client.table.anchors`): ``--anchors`` networks from the
+space's cheapest to its most expensive (by table round 0) are measured end to end in every table round (after its
+ops, with the network protocol), and the prediction is ``a + b * sum`` with the Theil-Sen fit of their aggregated
+latencies against their sums (each table aggregate is fitted on the same aggregate of the anchors' rounds). The
+anchors are never in a sample. ``--anchors`` defaults to the client's default for the backend
+(:func:`~search_client.table.anchors.default_anchors`: 6 on torch backends, 0 on ORT), so the headline is the table
+a user of the client gets; the report keeps the plain sum's figures beside (``unanchored``). A table whose anchors
+no bias explains (:class:`~search_client.table.anchors.AnchorFitError`) is reported unanchored, with the error, and
+fails its targets.
 Measured latency: ``measure_network_round`` of the whole network in ``--rounds`` rounds, each over all networks of
 both samples in a fresh seeded order, each with ``--network-budget / --rounds`` seconds of timed runs. The ground
 truth of a network is an aggregate of its rounds' medians: the mean (the benchmark's figure up to protocol 2), the
@@ -86,6 +95,7 @@ from nas_ops.counting import count_flops, space_working_set_bytes
 from nas_ops.export import onnx_bytes
 from nas_ops.space import SearchSpace, load_space
 from nas_ops.spec import OpSpec, format_spec
+from search_client.table.anchors import AnchorFitError, AnchorMap, anchor_choices, default_anchors, fit_anchor_map
 from profiler_service.engine.aggregate import AGGREGATES, aggregate_function
 from profiler_service.engine.backends import Backend, get_backend
 from profiler_service.engine.backends.base import Runner, random_input
@@ -134,11 +144,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-affinity", action="store_true", help="do not pin the measuring thread to fixed cores")
     parser.add_argument("--no-export-cache", action="store_true",
                         help="export every network round to ONNX again (as the service does; much slower)")
+    parser.add_argument("--anchors", type=int, default=None,
+                        help="anchor networks the table is fitted on (0: the plain sum); default: the search "
+                             "client's for the backend (6 on torch backends, 0 on ORT)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
     args = parser.parse_args(argv)
     for name in ("archs", "threads", "batch", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
+    if args.anchors is not None and (args.anchors == 1 or args.anchors < 0):
+        parser.error("--anchors must be 0 (no anchoring) or >= 2")
     if args.table_rounds is not None and args.table_rounds < 1:
         parser.error("--table-rounds must be >= 1")
     if not 0 < args.network_budget / args.rounds <= 600:
@@ -244,10 +259,12 @@ class ExportCachingOrt(OrtBackend):
 # --- the table -----------------------------------------------------------------------------------------------------
 @dataclass
 class TableRounds:
-    """The table's ops and every round measured of each (index = table round)."""
+    """The table's ops and every round measured of each (index = table round), and its anchor networks (measured
+    in the table rounds; empty without anchoring)."""
 
     specs: list[OpSpec]
     rounds: list[list[RoundMeasurement]] = field(default_factory=list)  # rounds[i]: the rounds of specs[i]
+    anchors: list[Network] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rounds = self.rounds or [[] for _ in self.specs]
@@ -255,20 +272,28 @@ class TableRounds:
 
 @dataclass(frozen=True)
 class Table:
-    """One aggregate of the table: an entry (ms, the stored median) per op, and the flagged ones with their reason."""
+    """One aggregate of the table: an entry (ms, the stored median) per op, the flagged ones with their reason,
+    and the anchor map fitted on the same aggregate (None: not anchored; ``anchor_error``: why the fit failed)."""
 
     aggregate: str
     entries: dict[OpSpec, float]
     flagged: dict[OpSpec, str]
+    anchor: AnchorMap | None = None
+    anchor_error: str | None = None
+
+    def predict_sum(self, arch: Architecture) -> float:
+        """The unanchored prediction of ``arch``: the sum of its ops' entries."""
+        return sum(self.entries[spec] for spec in arch.specs())
 
     def predict(self, arch: Architecture) -> float:
-        """The predicted latency of ``arch``: the sum of its ops' entries."""
-        return sum(self.entries[spec] for spec in arch.specs())
+        """The predicted latency of ``arch``: the sum, anchored when the table is."""
+        total = self.predict_sum(arch)
+        return total if self.anchor is None else self.anchor.apply(total)
 
 
 def aggregate_table(table: TableRounds, params: ProtocolParams, aggregate: str, upto: int | None = None) -> Table:
     """The table as a job stores it (:func:`stored_result`) under ``aggregate``, from the first ``upto`` rounds of
-    each op (all by default)."""
+    each op (all by default), anchored on the same aggregate of its anchors' rounds when it has anchors."""
     with_aggregate = ProtocolParams(**{**params.model_dump(), "aggregate": aggregate})
     entries, flagged = {}, {}
     for spec, rounds in zip(table.specs, table.rounds):
@@ -276,7 +301,27 @@ def aggregate_table(table: TableRounds, params: ProtocolParams, aggregate: str, 
         entries[spec] = result.stats.median_ms
         if result.flagged is not None:
             flagged[spec] = result.flagged
-    return Table(aggregate, entries, flagged)
+    plain = Table(aggregate, entries, flagged)
+    if not table.anchors:
+        return plain
+    measured = [truth(a.medians()[:upto], aggregate, params.aggregate_q) for a in table.anchors]
+    try:
+        anchor = fit_anchor_map([plain.predict_sum(a.arch) for a in table.anchors], measured,
+                                [a.arch.metadata["choices"] for a in table.anchors])
+    except AnchorFitError as exc:
+        return Table(aggregate, entries, flagged, anchor_error=str(exc))
+    return Table(aggregate, entries, flagged, anchor)
+
+
+def unanchored(table: Table) -> Table:
+    """``table`` without its anchor map (the plain sum)."""
+    return Table(table.aggregate, table.entries, table.flagged)
+
+
+def anchor_sample(space: SearchSpace, table: Table, count: int) -> list[Network]:
+    """The anchor networks of ``space`` by ``table`` (:func:`anchor_choices`), not yet measured."""
+    costs = [[table.entries[cell_spec(cell, j)] for j in range(len(cell.candidates))] for cell in space.cells()]
+    return [Network("anchor", space.architecture(choices)) for choices in anchor_choices(costs, count)]
 
 
 def measure_table_round(table: TableRounds, round_index: int, backend: Backend, args: argparse.Namespace,
@@ -518,6 +563,18 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     lines += [f"| {v['sample']} | {v['metric']} | >= {v['target']} | {_fmt(v['value'])} | "
               f"{'PASS' if v['pass'] else 'FAIL'} |" for v in report["targets"]]
+    anchor = table.get("anchor")
+    if anchor is not None:
+        errors = [n["predicted_ms"] / n["measured_ms"] - 1 for n in anchor["networks"]]
+        lines += ["", "## Anchor", "", (f"{len(anchor['networks'])} anchor networks, {table['aggregate']} of "
+                                        f"{c['table_rounds']} rounds each: measured = {anchor['a_ms']:+.3f} ms + "
+                                        f"{anchor['b']:.4f} x sum ({anchor['method']}); the plain sum was "
+                                        f"{min(errors):+.3f} to {max(errors):+.3f} off them.")]
+        lines += ["", "| sample | plain sum: within5 | within10 | tau | mean error |", "|---|---|---|---|---|"]
+        for name in SAMPLES:
+            m = report["samples"][name]["unanchored"]
+            lines.append(f"| {name} | {m['within5']:.3f} | {m['within10']:.3f} | {_fmt(m['tau'])} | "
+                         f"{m['mean_error']:+.4f} |")
     for name in SAMPLES:
         lines += sample_markdown(name, report["samples"][name], table["aggregate"])
     conditions = report["conditions"]
@@ -603,7 +660,14 @@ def run_phases(phases_plan: Sequence[tuple[str, int]], args: argparse.Namespace,
             phase_start = time.perf_counter()
             if kind == "table":
                 measure_table_round(table, index, backend, args, op_params, calibration, tick)
-                label, what = f"table round {index}", f"{len(table.specs)} ops"
+                if index == 0 and args.anchors:  # the anchors, chosen by the first table round
+                    table.anchors = anchor_sample(space, aggregate_table(table, op_params, op_params.aggregate, 1),
+                                                  args.anchors)
+                    progress.update(task, total=progress.tasks[task].total + op_params.rounds * len(table.anchors))
+                if table.anchors:
+                    measure_networks_round(table.anchors, index, op_params.rounds, network_backend, args,
+                                           network_params, tick)
+                label, what = f"table round {index}", f"{len(table.specs)} ops, {len(table.anchors)} anchors"
             else:
                 measure_networks_round(networks, index, args.rounds, network_backend, args, network_params, tick)
                 label, what = f"network round {index}", f"{len(networks)} networks"
@@ -630,6 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.anchors is None:
+        args.anchors = default_anchors(backend.name)
     op_params, network_params = protocols(args, protocol.params)
     started, loadavg_start = time.perf_counter(), loadavg()
     phases_plan = schedule(op_params.rounds, args.rounds)
@@ -637,8 +703,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     tables = {name: aggregate_table(table, op_params, name) for name in AGGREGATES}
     samples = {name: sample_report([n for n in networks if n.sample == name], tables, network_params)
                for name in SAMPLES}
+    if table.anchors:  # the plain sum's figures beside the anchored headline
+        plain = {op_params.aggregate: unanchored(tables[op_params.aggregate])}
+        for name in SAMPLES:
+            samples[name]["unanchored"] = sample_report([n for n in networks if n.sample == name], plain,
+                                                        network_params)["metrics"]
     samples["stratified"]["selection"] = selection
     targets = verdicts(samples)
+    if tables[op_params.aggregate].anchor_error is not None:  # the anchored table a client would refuse
+        print(f"anchor fit failed: {tables[op_params.aggregate].anchor_error}", file=sys.stderr)
+        targets = [{**v, "pass": False} for v in targets]
     report = build_report(args, backend, space, protocol, (op_params, network_params), table, tables, samples,
                           targets, phases_plan, phases, loadavg_start, time.perf_counter() - started)
     write_reports(report, args.out_dir)
@@ -665,7 +739,8 @@ def build_report(args: argparse.Namespace, backend: Backend, space: SearchSpace,
         "config": {"backend": backend.name, "space": space.name, "resolution": space.input_size[0],
                    "archs": args.archs, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                    "rounds": args.rounds, "table_rounds": op_params.rounds, "protocol": args.protocol,
-                   "network_budget_s": args.network_budget, "export_cache": not args.no_export_cache},
+                   "network_budget_s": args.network_budget, "export_cache": not args.no_export_cache,
+                   "anchors": args.anchors},
         "protocol_version": protocol.version,
         "cache_regime": protocol.regime,
         "op_protocol": op_params.model_dump(),
@@ -682,6 +757,11 @@ def build_report(args: argparse.Namespace, backend: Backend, space: SearchSpace,
             "ops": len(table.specs), "aggregate": op_params.aggregate, "flagged": len(headline.flagged),
             "flagged_by_aggregate": {name: len(t.flagged) for name, t in tables.items()},
             "build_s": sum(p["wall_s"] for p in phases if p["phase"].startswith("table")),
+            "anchor": None if headline.anchor is None else {
+                **headline.anchor.as_dict(),
+                "by_aggregate": {name: {"a_ms": t.anchor.a_ms, "b": t.anchor.b} for name, t in tables.items()
+                                 if t.anchor is not None},
+                "rounds": [[round_to_dict(m) for m in a.rounds] for a in table.anchors]},
             "entries": {format_spec(spec): {
                 "costs_compute": count_flops(spec) > 0,
                 "stored_ms": {name: t.entries[spec] for name, t in tables.items()},
@@ -692,6 +772,7 @@ def build_report(args: argparse.Namespace, backend: Backend, space: SearchSpace,
         "samples": samples,
         "targets": targets,
         "passed": all(v["pass"] for v in targets),
+        "anchor_error": headline.anchor_error,
     }
 
 
@@ -719,9 +800,16 @@ def print_summary(report: dict[str, Any], out_dir: Path) -> None:
         for truth_name, m in sample["matrix"][table["aggregate"]].items():
             print(f"{name:10s} truth={truth_name:12s} within5={m['within5']:.3f} within10={m['within10']:.3f} "
                   f"tau={_fmt(m['tau'])} mape={m['mape']:.4f} mean_error={m['mean_error']:+.4f}")
+        if "unanchored" in sample:
+            m = sample["unanchored"]
+            print(f"{name:10s} plain sum (unanchored) within5={m['within5']:.3f} within10={m['within10']:.3f} "
+                  f"tau={_fmt(m['tau'])} mean_error={m['mean_error']:+.4f}")
         noise = sample["noise"]
         print(f"{name:10s} ground truth: round-to-round tau {_fmt(noise['round_tau'])}, split-half tau "
               f"{_fmt(noise['split_half_tau'])}, spread of the rounds {noise['round_spread']:.4f} (the noise ceiling)")
+    if table.get("anchor") is not None:
+        print(f"anchor: measured = {table['anchor']['a_ms']:+.3f} ms + {table['anchor']['b']:.4f} x sum "
+              f"({len(table['anchor']['networks'])} networks)")
     for v in report["targets"]:
         print(f"target {v['sample']} {v['metric']} >= {v['target']}: {_fmt(v['value'])} "
               f"{'PASS' if v['pass'] else 'FAIL'}")

@@ -6,11 +6,11 @@ the space has (stem, first block, feature mix, head) and a Zero candidate costs 
 latency is the same sum with one-hot p: the prediction rule of docs/CONTRACTS.md (sum of stored medians).
 Missing entries are an error listing every one of them (:class:`MissingEntriesError`): there is no fallback value.
 
-Table file (JSON, UTF-8), format version 1::
+Table file (JSON, UTF-8), format version 1, or 2 for an anchored table::
 
     {
       "format": "proxyless-latency-table",   # fixed marker
-      "version": 1,
+      "version": 1,                           # 2 when "anchor" is present
       "created_at": "2025-01-01T12:00:00+00:00",
       "space": {...},                         # SearchSpace.to_dict()
       "device": {"url": "http://...", "name": "...", "fingerprint": {...}, "fingerprint_hash": "..."},
@@ -24,8 +24,14 @@ Table file (JSON, UTF-8), format version 1::
             ...,
             {"name": "Zero", "op": "zero_...", "latency_ms": 0.0, "stats": null}]},
         ...],
+      "anchor": {"method": "theil-sen", "a_ms": -0.8, "b": 1.15,   # version 2 only: the anchor map
+                 "networks": [{"choices": [0, 3, ...], "predicted_ms": 12.3, "measured_ms": 13.1}, ...]},
       "content_hash": "<sha256 hex>"          # LatencyTable.content_hash(); checked on load
     }
+
+Anchored tables (:mod:`search_client.table.anchors`): ``latency_ms`` and ``fixed_ms`` are the anchored values (the
+device's medians times ``b``; ``a_ms`` added to ``fixed_ms``), ``stats`` stay the device's own; an architecture's
+prediction is the same sum, ``a + b * (its plain sum)``.
 
 ``Stats`` is the device's ``{"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples"}``,
 plus ``"flagged": "<reason>"`` for an entry the device flagged (an upper bound rather than a measurement, e.g. an
@@ -52,12 +58,14 @@ from nas_ops.counting import space_working_set_bytes
 from nas_ops.space import SearchSpace
 from nas_ops.spec import format_spec
 from search_client.device.errors import MissingEntriesError
+from search_client.table.anchors import AnchorMap, anchor_choices, default_anchors, fit_anchor_map
 
 if TYPE_CHECKING:
     from search_client.device.client import LatencyClient, ProgressCallback
 
 FORMAT_MARKER = "proxyless-latency-table"
 FORMAT_VERSION = 1
+ANCHORED_FORMAT_VERSION = 2
 STATS_FIELDS = ("median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples")
 DEVICE_FIELDS = ("url", "name", "fingerprint", "fingerprint_hash")
 
@@ -122,7 +130,8 @@ class LatencyTable:
     Build it with :meth:`from_stats`, :func:`build_table` (from a device) or :meth:`load` (from a file).
     ``entries[i][j]`` is candidate j of cell i in the cell's candidate order (Zero = 0.0); ``stats`` holds the
     device's full Stats of every op used (fixed and candidates, Zero excluded). ``allow_flagged``: the table has
-    flagged entries (see :attr:`flagged`) and was built knowing it.
+    flagged entries (see :attr:`flagged`) and was built knowing it. ``anchor``: the map the entries were anchored
+    with (None: the plain sums of the device's medians).
     """
 
     space: SearchSpace
@@ -138,6 +147,7 @@ class LatencyTable:
     stats: dict[str, dict[str, Any]]
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     allow_flagged: bool = False
+    anchor: AnchorMap | None = None
     _cells: list[torch.Tensor] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -165,8 +175,9 @@ class LatencyTable:
         env_hash: str,
         created_at: str | None = None,
         allow_flagged: bool = False,
+        anchor: AnchorMap | None = None,
     ) -> LatencyTable:
-        """The table of ``space`` from ``{op spec: Stats}`` (extra specs are ignored).
+        """The table of ``space`` from ``{op spec: Stats}`` (extra specs are ignored), anchored with ``anchor``.
 
         Raises :class:`MissingEntriesError` listing every spec of :func:`table_specs` that ``stats`` lacks, and
         :class:`FlaggedEntriesError` listing every flagged one unless ``allow_flagged``.
@@ -185,10 +196,23 @@ class LatencyTable:
              for j, op in enumerate(cell.candidates)]
             for cell in space.cells()
         ]
+        if anchor is not None:
+            fixed_ms = anchor.shift(fixed_ms)
+            entries = [[anchor.scale_entry(value) for value in row] for row in entries]
         extra = {} if created_at is None else {"created_at": created_at}
         return cls(space=space, device=_check_device(device), backend=backend, batch=batch, dtype=dtype,
                    threads=threads, protocol_version=protocol_version, env_hash=env_hash, fixed_ms=fixed_ms,
-                   entries=entries, stats=used, allow_flagged=bool(allow_flagged and flagged), **extra)
+                   entries=entries, stats=used, allow_flagged=bool(allow_flagged and flagged), anchor=anchor,
+                   **extra)
+
+    def anchored(self, anchor: AnchorMap) -> LatencyTable:
+        """This table (unanchored) anchored with ``anchor``; ValueError for a table already anchored."""
+        if self.anchor is not None:
+            raise ValueError("anchored: the table is anchored already")
+        return type(self).from_stats(
+            self.space, self.stats, device=self.device, backend=self.backend, batch=self.batch, dtype=self.dtype,
+            threads=self.threads, protocol_version=self.protocol_version, env_hash=self.env_hash,
+            created_at=self.created_at, allow_flagged=self.allow_flagged, anchor=anchor)
 
     @property
     def flagged(self) -> dict[str, str]:
@@ -256,6 +280,8 @@ class LatencyTable:
         }
         if self.allow_flagged:  # absent otherwise: files without flagged entries hash as before
             payload["allow_flagged"] = True
+        if self.anchor is not None:  # likewise: unanchored tables hash as before
+            payload["anchor"] = self.anchor.as_dict()
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -270,9 +296,12 @@ class LatencyTable:
                                    "stats": None if is_zero(cell, j) else self.stats[spec]})
             cells.append({"index": cell.index, "candidates": candidates})
         fixed = [{"op": format_spec(s), "stats": self.stats[format_spec(s)]} for s in self.space.fixed_specs()]
-        extra = {"allow_flagged": True} if self.allow_flagged else {}
+        extra: dict[str, Any] = {"allow_flagged": True} if self.allow_flagged else {}
+        if self.anchor is not None:
+            extra["anchor"] = self.anchor.as_dict()
+        version = FORMAT_VERSION if self.anchor is None else ANCHORED_FORMAT_VERSION
         return {
-            "format": FORMAT_MARKER, "version": FORMAT_VERSION, "created_at": self.created_at,
+            "format": FORMAT_MARKER, "version": version, "created_at": self.created_at,
             "space": self.space.to_dict(), "device": self.device, "backend": self.backend, "batch": self.batch,
             "dtype": self.dtype, "threads": self.threads, "protocol_version": self.protocol_version,
             "env_hash": self.env_hash, "fixed_ms": self.fixed_ms, "fixed": fixed, "cells": cells, **extra,
@@ -299,8 +328,11 @@ class LatencyTable:
         """Rebuild a table from its file object; checks it against its own space, latencies and hash."""
         if not isinstance(data, dict) or data.get("format") != FORMAT_MARKER:
             raise ValueError(f"{source}: field 'format': not a latency table (expected {FORMAT_MARKER!r})")
-        if data.get("version") != FORMAT_VERSION:
+        if data.get("version") not in (FORMAT_VERSION, ANCHORED_FORMAT_VERSION):
             raise ValueError(f"{source}: field 'version': unsupported version {data.get('version')!r}")
+        if (data["version"] == ANCHORED_FORMAT_VERSION) != ("anchor" in data):
+            raise ValueError(f"{source}: field 'anchor': version {data['version']} files "
+                             f"{'need' if data['version'] == ANCHORED_FORMAT_VERSION else 'have no'} one")
         required = ("created_at", "space", "device", "backend", "batch", "dtype", "threads", "protocol_version",
                     "env_hash", "fixed", "cells", "content_hash")
         absent = [key for key in required if key not in data]
@@ -311,10 +343,11 @@ class LatencyTable:
         allow_flagged = data.get("allow_flagged", False)
         if not isinstance(allow_flagged, bool):
             raise ValueError(f"{source}: field 'allow_flagged': expected true or false, got {allow_flagged!r}")
+        anchor = AnchorMap.from_dict(data["anchor"], source) if "anchor" in data else None
         table = cls.from_stats(
             space, stats, device=data["device"], backend=data["backend"], batch=data["batch"],
             dtype=data["dtype"], threads=data["threads"], protocol_version=data["protocol_version"],
-            env_hash=data["env_hash"], created_at=data["created_at"], allow_flagged=allow_flagged,
+            env_hash=data["env_hash"], created_at=data["created_at"], allow_flagged=allow_flagged, anchor=anchor,
         )
         _check_file_agrees(table, data, source)
         return table
@@ -364,6 +397,7 @@ def build_table(
     timeout_s: float = 3600.0,
     poll_s: float = 1.0,
     allow_flagged: bool = False,
+    anchors: int | None = None,
 ) -> LatencyTable:
     """The table of ``space`` on the device behind ``client``.
 
@@ -372,7 +406,8 @@ def build_table(
     serves the entries warm when it fits in its per-core cache); the missing ones are measured through a job when
     ``measure_missing`` (waiting up to ``timeout_s``; ``progress`` receives every poll of those jobs), else
     :class:`MissingEntriesError` lists them. Entries the device flagged raise :class:`FlaggedEntriesError` unless
-    ``allow_flagged``.
+    ``allow_flagged``. Then the table is anchored (:func:`anchor_table`) on ``anchors`` networks measured on the
+    device (None: the backend's default, :func:`~search_client.table.anchors.default_anchors`; 0: not anchored).
     """
     info = client.device_info()
     device = {"url": client.base_url, "name": info["name"], "fingerprint": info["fingerprint"],
@@ -387,8 +422,28 @@ def build_table(
                                                       "--no-measure")
         found.update(client.measure_missing(result.missing, backend, batch, dtype, threads, timeout_s=timeout_s,
                                             poll_s=poll_s, progress=progress, working_set_bytes=working_set))
-    return LatencyTable.from_stats(
+    table = LatencyTable.from_stats(
         space, found, device=device, backend=result.backend, batch=result.batch, dtype=result.dtype,
         threads=result.threads, protocol_version=result.protocol_version, env_hash=result.env_hash,
         allow_flagged=allow_flagged,
     )
+    count = default_anchors(table.backend) if anchors is None else anchors
+    if count == 0:
+        return table
+    return anchor_table(client, table, count, timeout_s=timeout_s, poll_s=poll_s, progress=progress)
+
+
+def anchor_table(client: LatencyClient, table: LatencyTable, count: int, *, timeout_s: float = 3600.0,
+                 poll_s: float = 1.0, progress: ProgressCallback | None = None) -> LatencyTable:
+    """``table`` anchored on ``count`` (>= 2) networks of its space from its cheapest to its most expensive
+    (:func:`~search_client.table.anchors.anchor_choices`), each measured end to end on the device behind
+    ``client`` in the table's context; raises AnchorFitError when they disagree beyond a bias."""
+    choices = anchor_choices(table.entries, count)
+    measured = []
+    for choice in choices:
+        arch = table.space.architecture(choice)
+        stats = client.measure_architecture(arch, table.backend, table.batch, table.dtype, table.threads,
+                                            timeout_s=timeout_s, poll_s=poll_s, progress=progress)
+        measured.append(float(stats["median_ms"]))
+    predicted = [table.latency_of(choice) for choice in choices]
+    return table.anchored(fit_anchor_map(predicted, measured, choices))

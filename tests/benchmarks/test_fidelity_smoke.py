@@ -282,3 +282,38 @@ def test_a_missed_target_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert [v["pass"] for v in report["targets"]] == [True, False] and report["passed"] is False
     assert report["schedule"] == ["T0", "N0"]
     assert all(s["noise"]["round_tau"] is None for s in report["samples"].values())
+
+
+def _rounds(*medians: float) -> list[RoundMeasurement]:
+    return [RoundMeasurement(raw=Stats.from_samples([m] * 5)) for m in medians]
+
+
+def test_anchored_table_predicts_through_the_fit_of_its_anchors_rounds() -> None:
+    space = load_space("micro-16").with_resolution(12, 12)
+    table = fidelity.TableRounds(fidelity.table_specs(space))
+    table.rounds = [_rounds(0.1 + 0.01 * i, 0.2 + 0.01 * i) for i in range(len(table.specs))]
+    params = ProtocolParams()
+    plain = fidelity.aggregate_table(table, params, "min")
+    table.anchors = fidelity.anchor_sample(space, plain, 4)
+    assert [a.arch.metadata["choices"] for a in table.anchors[:1]] == [
+        [min(range(len(c.candidates)), key=lambda j, c=c: (plain.entries[fidelity.cell_spec(c, j)], j))
+         for c in space.cells()]]
+    for anchor in table.anchors:  # anchors 20% slower than the sum plus 0.05 ms; a slower second round
+        sum_ms = plain.predict_sum(anchor.arch)
+        anchor.rounds = _rounds(0.05 + 1.2 * sum_ms, 2 * (0.05 + 1.2 * sum_ms))
+    anchored = fidelity.aggregate_table(table, params, "min")
+    assert anchored.anchor.b == pytest.approx(1.2) and anchored.anchor.a_ms == pytest.approx(0.05)
+    arch = space.architecture([0] * len(space.cells()))
+    assert anchored.predict(arch) == pytest.approx(0.05 + 1.2 * plain.predict(arch))
+    assert fidelity.unanchored(anchored).predict(arch) == pytest.approx(plain.predict(arch))
+    for anchor in table.anchors:  # anchors that no bias explains: reported, not fitted
+        anchor.rounds = _rounds(5.0 / plain.predict_sum(anchor.arch))
+    failed = fidelity.aggregate_table(table, params, "min")
+    assert failed.anchor is None and "disagree beyond a bias" in failed.anchor_error
+
+
+def test_anchors_default_to_the_clients_choice_for_the_backend() -> None:
+    assert fidelity.parse_args([]).anchors is None
+    assert fidelity.parse_args(["--anchors", "0"]).anchors == 0
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--anchors", "1"])

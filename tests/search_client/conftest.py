@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -72,8 +72,11 @@ class FakeDevice:
     """
 
     def __init__(self, stored: dict[str, dict[str, Any]] | None = None, polls_to_finish: int = 1,
-                 fail_ops: set[str] | None = None) -> None:
+                 fail_ops: set[str] | None = None,
+                 network_ms: Callable[[dict[str, Any]], float] | None = None) -> None:
         self.stored: dict[str, dict[str, Any]] = dict(stored or {})
+        self.network_ms = network_ms  # median of a measured architecture (its request body); None: fake stats
+        self.architectures: list[dict[str, Any]] = []
         self.polls_to_finish = polls_to_finish
         self.fail_ops = set(fail_ops or ())
         self.jobs: dict[int, dict[str, Any]] = {}
@@ -101,7 +104,8 @@ class FakeDevice:
         if path == "/v1/measure":
             return self._create_job(body, "ops", body["ops"])
         if path == "/v1/measure/architecture":
-            return self._create_job(body, "architecture", [])
+            self.architectures.append(body["architecture"])
+            return self._create_job(body, "architecture", [], body["architecture"])
         if path.startswith("/v1/jobs/"):
             return self._poll(int(path.rsplit("/", 1)[1]))
         return httpx.Response(404, json={"detail": f"no route {path}", "code": "not_found"})
@@ -118,14 +122,15 @@ class FakeDevice:
             "threads": body["threads"] or 1, "env_hash": "e" * 64, "protocol_version": "test-1",
             "found": found, "missing": [op for op in body["ops"] if op not in found]})
 
-    def _create_job(self, body: dict[str, Any], kind: str, ops: list[str]) -> httpx.Response:
+    def _create_job(self, body: dict[str, Any], kind: str, ops: list[str],
+                    architecture: dict[str, Any] | None = None) -> httpx.Response:
         job_id = len(self.jobs) + 1
         self.jobs[job_id] = {
             "id": job_id, "kind": kind, "status": "queued", "backend": body["backend"], "batch": body["batch"],
             "dtype": body["dtype"], "threads": body["threads"] or 1, "total": max(len(ops), 1), "done": 0,
             "skipped": 0, "failed": 0, "cancelled": 0, "pending": max(len(ops), 1), "error": None,
             "result": None, "created_at": "2025-01-01T00:00:00Z", "started_at": None, "finished_at": None,
-            "failed_items": [], "_ops": ops,
+            "failed_items": [], "_ops": ops, "_architecture": architecture,
         }
         self.polls[job_id] = 0
         return httpx.Response(202, json=self._public(job_id))
@@ -147,6 +152,8 @@ class FakeDevice:
                 self.measured.append(op)
         if job["kind"] == "architecture":
             job["result"] = fake_stats("architecture")
+            if self.network_ms is not None:
+                job["result"]["median_ms"] = self.network_ms(job["_architecture"])
         job.update(status="failed" if failed else "done", done=job["total"] - len(failed), failed=len(failed),
                    pending=0, error="some ops failed" if failed else None,
                    failed_items=[{"op": op, "error": "out of memory"} for op in failed])

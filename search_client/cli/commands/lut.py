@@ -28,6 +28,9 @@ def describe_table(table: LatencyTable) -> str:
         header,
         f"entries: {table.n_cells} cells, {n_entries} candidate entries, {len(table.stats)} measured ops",
         f"latency: fixed {table.fixed_ms:.4f} ms, min {low:.4f} ms, max {high:.4f} ms",
+        *([] if table.anchor is None else [
+            f"anchored on {len(table.anchor.networks)} networks: measured = {table.anchor.a_ms:+.4f} ms + "
+            f"{table.anchor.b:.4f} x sum of the device's medians"]),
     ])
 
 
@@ -49,6 +52,9 @@ def lut(
     allow_flagged: Annotated[bool, typer.Option("--allow-flagged", help="use entries the device flagged (upper "
                                                 "bounds, e.g. ops below its timer's resolution) instead of failing")
                              ] = False,
+    anchors: Annotated[int | None, typer.Option(min=0, help="networks measured end to end to anchor the table's "
+                                                "sum on (0: the plain sum); default: 6 on torch backends, 0 on ORT")
+                       ] = None,
 ) -> None:
     """Build the latency table of a search space on a device and save it (missing ops are measured there)."""
     with exit_on_error():
@@ -58,7 +64,7 @@ def lut(
             chosen = devices.pick_backend(client, backend, announce=typer.echo)
             table = build_table(client, search_space, backend=chosen, batch=batch, dtype=dtype, threads=threads,
                                 measure_missing=not no_measure, timeout_s=timeout, progress=bars,
-                                allow_flagged=allow_flagged)
+                                allow_flagged=allow_flagged, anchors=anchors)
         table.save(out)
         typer.echo(describe_table(table))
         if table.flagged:

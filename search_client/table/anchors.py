@@ -1,0 +1,158 @@
+"""Anchoring a latency table on whole networks: the affine map from the summed table to measured networks.
+
+Why. The sum of per-op latencies measured one op at a time predicts a whole network only as well as an op alone
+behaves like the same op inside the network. On ORT it does (mean error within +-3% at 96-224 px, protocol 4); on
+eager torch it does not, and not even in one direction: torch-cpu tables of proxyless-mobile were +18% (96 px) and
+-9% (224 px) off on a Xeon VM, +4.6% (96) and +10.5% (224) on an EPYC VM (issue 13's note: the cache flush evicts
+the framework's own code, which a network keeps hot from op to op, and places the large late weights nearer than a
+network leaves them; both depend on the machine's caches). No single flush size or framework warm-up removed it on
+both machines. What is common: against the networks the error is affine in the prediction (one scale and one
+offset fit a run to within a few percent), so the table is anchored on a few networks measured end to end.
+
+The anchors (:func:`anchor_choices`): ``count`` architectures from the cheapest to the most expensive of the space,
+by the table itself: anchor k takes, in every cell, the candidate at rank ``round(k / (count - 1) * (n - 1))`` of
+the cell's candidates ordered by their table latency (k = 0 is the all-cheapest network, the space's minimum;
+k = count - 1 the all-slowest, its maximum). So the anchors span every prediction the table can make, and the map
+is never extrapolated. Deterministic: the same table gives the same anchors.
+
+The fit (:func:`fit_anchor_map`): ``measured = a + b * predicted`` by Theil-Sen (b: the median of the pairwise
+slopes, a: the median of ``measured - b * predicted``), which one disturbed anchor measurement does not move; when
+every anchor predicts the same latency there is no slope to fit and the map is the scale ``b = median(measured /
+predicted)``, ``a = 0``. A map that would more than double or halve the table (``b`` outside
+[:data:`MIN_SLOPE`, :data:`MAX_SLOPE`]) or make an anchor's prediction non-positive says the table and the networks
+disagree beyond any bias: :class:`AnchorFitError`, never a silent fit.
+
+Applied (:meth:`AnchorMap.scale_entry`, :meth:`AnchorMap.shift`): every entry is multiplied by ``b`` and ``a`` is
+added to the fixed part, so the anchored table is still a sum over ops (E[LAT] stays linear in the path weights,
+with gradient ``b * F``), and an architecture's prediction is ``a + b * (its unanchored sum)``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Anchors a table is fitted on where its backend is anchored by default (:func:`default_anchors`).
+DEFAULT_ANCHORS = 6
+#: Backends (name prefixes) whose plain sums are biased, anchored by default; ORT's sum is within +-3% (protocol
+#: 4, 96-224 px, two VMs: benchmarks/results/fidelity_summary.md), anchoring it adds the anchors' noise.
+ANCHORED_BACKENDS = ("torch-",)
+#: The range of slopes accepted (outside it: AnchorFitError).
+MIN_SLOPE, MAX_SLOPE = 0.5, 2.0
+FIT_METHOD = "theil-sen"
+
+
+class AnchorFitError(ValueError):
+    """The anchor networks and the table disagree beyond what an affine bias explains (the message says how)."""
+
+
+@dataclass(frozen=True)
+class AnchorNetwork:
+    """One anchor: its choices (candidate index per cell), the unanchored table sum and the measured latency (ms)."""
+
+    choices: tuple[int, ...]
+    predicted_ms: float
+    measured_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"choices": list(self.choices), "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms}
+
+
+@dataclass(frozen=True)
+class AnchorMap:
+    """``measured ~ a_ms + b * predicted``, fitted on ``networks`` (module docstring)."""
+
+    a_ms: float
+    b: float
+    networks: tuple[AnchorNetwork, ...]
+    method: str = FIT_METHOD
+
+    def apply(self, predicted_ms: float) -> float:
+        """The anchored prediction of an unanchored table sum."""
+        return self.a_ms + self.b * predicted_ms
+
+    def scale_entry(self, latency_ms: float) -> float:
+        """An op's anchored entry (its share of the sum)."""
+        return self.b * latency_ms
+
+    def shift(self, fixed_ms: float) -> float:
+        """The anchored fixed part (the offset ``a`` lives there, with the ops every network has)."""
+        return self.a_ms + self.b * fixed_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``anchor`` object of a table file."""
+        return {"method": self.method, "a_ms": self.a_ms, "b": self.b,
+                "networks": [n.as_dict() for n in self.networks]}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "table") -> AnchorMap:
+        """An anchor object of a table file; ValueError naming the bad field. The map is fitted again from the
+        networks and must agree with the stored one (a hand-edited map is refused)."""
+        try:
+            networks = tuple(AnchorNetwork(tuple(int(c) for c in n["choices"]), float(n["predicted_ms"]),
+                                           float(n["measured_ms"])) for n in data["networks"])
+            stored = (float(data["a_ms"]), float(data["b"]), str(data["method"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: field 'anchor': malformed ({exc!r})") from exc
+        fitted = fit_anchor_map([n.predicted_ms for n in networks], [n.measured_ms for n in networks],
+                                [n.choices for n in networks])
+        if (fitted.a_ms, fitted.b, fitted.method) != stored:
+            raise ValueError(f"{source}: field 'anchor': a_ms/b do not follow from its networks (file edited?)")
+        return fitted
+
+
+def default_anchors(backend: str) -> int:
+    """How many anchors a table of ``backend`` is fitted on unless told otherwise: :data:`DEFAULT_ANCHORS` for the
+    backends of :data:`ANCHORED_BACKENDS`, 0 (the plain sum) for the others."""
+    return DEFAULT_ANCHORS if backend.startswith(ANCHORED_BACKENDS) else 0
+
+
+def anchor_choices(cell_costs: Sequence[Sequence[float]], count: int = DEFAULT_ANCHORS) -> list[list[int]]:
+    """``count`` (>= 2) anchor architectures as candidate choices per cell, cheapest first (module docstring);
+    duplicates (a space with few candidates) are dropped."""
+    if count < 2:
+        raise ValueError(f"anchors: need at least 2 networks to fit a map, got {count}")
+    if not cell_costs or any(len(costs) == 0 for costs in cell_costs):
+        raise ValueError("anchors: every cell needs at least one candidate")
+    ranked = [sorted(range(len(costs)), key=lambda j, c=costs: (c[j], j)) for costs in cell_costs]
+    picked: dict[tuple[int, ...], None] = {}
+    for k in range(count):
+        picked.setdefault(tuple(order[round(k / (count - 1) * (len(order) - 1))] for order in ranked), None)
+    return [list(choices) for choices in picked]
+
+
+def fit_anchor_map(predicted: Sequence[float], measured: Sequence[float],
+                   choices: Sequence[Sequence[int]] | None = None) -> AnchorMap:
+    """The map of ``measured ~ a + b * predicted`` (Theil-Sen; module docstring) over anchors given as parallel
+    sequences (``choices``: each anchor's candidate choices, recorded with it). Raises AnchorFitError."""
+    if len(predicted) != len(measured) or len(predicted) < 2:
+        raise AnchorFitError(f"anchors: need at least 2 (predicted, measured) pairs, got {len(predicted)} and "
+                             f"{len(measured)}")
+    if min(predicted) <= 0 or min(measured) <= 0:
+        raise AnchorFitError(f"anchors: latencies must be positive (predicted {list(predicted)}, measured "
+                             f"{list(measured)})")
+    slopes = [(measured[j] - measured[i]) / (predicted[j] - predicted[i])
+              for i in range(len(predicted)) for j in range(i + 1, len(predicted)) if predicted[j] != predicted[i]]
+    if slopes:
+        b = float(statistics.median(slopes))
+        a = float(statistics.median(m - b * p for p, m in zip(predicted, measured)))
+    else:
+        b, a = float(statistics.median(m / p for p, m in zip(predicted, measured))), 0.0
+    networks = tuple(AnchorNetwork(tuple(c), float(p), float(m))
+                     for c, p, m in zip(choices or [()] * len(predicted), predicted, measured))
+    anchor = AnchorMap(a, b, networks)
+    worst = min(anchor.apply(p) for p in predicted)
+    if not MIN_SLOPE <= b <= MAX_SLOPE or worst <= 0:
+        pairs = ", ".join(f"{p:.3f}->{m:.3f}" for p, m in zip(predicted, measured))
+        raise AnchorFitError(f"anchors: the table and the measured networks disagree beyond a bias (fitted "
+                             f"measured = {a:.3f} + {b:.3f} x predicted ms; predicted->measured: {pairs}); "
+                             "measure the table again on a quiet device")
+    return anchor
+
+
+def anchor_report(anchor: AnchorMap) -> Mapping[str, float]:
+    """How far the unanchored table was from its anchors: mean and max relative error (for logs and notes)."""
+    errors = [n.predicted_ms / n.measured_ms - 1 for n in anchor.networks]
+    return {"mean_error": statistics.fmean(errors), "max_abs_error": max(abs(e) for e in errors)}
