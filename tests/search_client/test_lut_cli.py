@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import search_client.cli.devices as devices_module
+from nas_ops.arch import Architecture
 from nas_ops.space import PRESETS
 from search_client.cli import app
 from search_client.device.client import LatencyClient
@@ -127,3 +128,25 @@ def test_spaces_shows_one_space_and_rejects_unknown(tmp_path):
     bad.write_text(json.dumps({"name": "x"}))
     result = runner.invoke(app, ["spaces", str(bad)])
     assert result.exit_code == 2 and "search space field" in result.output
+
+
+def test_lut_anchors_on_networks_when_asked_and_says_so(device, tmp_path):
+    plain = make_table()  # what the fake device's stats sum to
+    device.network_ms = lambda body: 0.1 + 1.1 * plain.latency_of(Architecture.from_dict(body).metadata["choices"])
+    out = tmp_path / "anchored.json"
+    result = runner.invoke(app, ["lut", "--space", "micro-16", "--device", "http://dev:8000", "--out", str(out),
+                                 "--anchors", "3"])
+    assert result.exit_code == 0, result.output
+    table = LatencyTable.load(out)
+    assert len(device.architectures) == len(table.anchor.networks) == 3
+    assert table.anchor.b == pytest.approx(1.1) and table.anchor.a_ms == pytest.approx(0.1)
+    assert (f"anchored on 3 networks: measured = {table.anchor.a_ms:+.4f} ms + {table.anchor.b:.4f} x sum"
+            in result.output)
+
+
+def test_lut_one_anchor_is_a_one_line_error(device, tmp_path):
+    result = runner.invoke(app, ["lut", "--space", "micro-16", "--device", "http://dev:8000", "--out",
+                                 str(tmp_path / "t.json"), "--anchors", "1"])
+    assert result.exit_code == 2, result.output
+    assert "anchors: need at least 2 networks" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "t.json").exists()
