@@ -22,7 +22,7 @@ so the table is also aggregated each other way (median, min, low quantile of the
 Predicted latency of an architecture: the sum of its ops' entries (the prediction rule of docs/CONTRACTS.md),
 anchored as the search client anchors a table (:mod:`search_client.table.anchors`): ``--anchors`` networks from the
 space's cheapest to its most expensive (by table round 0) are measured end to end in every table round (after its
-ops, with the network protocol), and the prediction is ``a + b * sum`` with the Theil-Sen fit of their aggregated
+ops, with the network protocol, in the client's ``ANCHOR_PASSES`` passes: 2 x 3 anchor rounds), and the prediction is ``a + b * sum`` with the Theil-Sen fit of their aggregated
 latencies against their sums (each table aggregate is fitted on the same aggregate of the anchors' rounds). The
 anchors are never in a sample. ``--anchors`` defaults to the client's default for the backend
 (:func:`~search_client.table.anchors.default_anchors`: 6 on torch backends, 0 on ORT), so the headline is the table
@@ -95,7 +95,7 @@ from nas_ops.counting import count_flops, space_working_set_bytes
 from nas_ops.export import onnx_bytes
 from nas_ops.space import SearchSpace, load_space
 from nas_ops.spec import OpSpec, format_spec
-from search_client.table.anchors import AnchorFitError, AnchorMap, anchor_choices, default_anchors, fit_anchor_map
+from search_client.table.anchors import ANCHOR_PASSES, AnchorFitError, AnchorMap, anchor_choices, default_anchors, fit_anchor_map
 from profiler_service.engine.aggregate import AGGREGATES, aggregate_function
 from profiler_service.engine.backends import Backend, get_backend
 from profiler_service.engine.backends.base import Runner, random_input
@@ -304,7 +304,8 @@ def aggregate_table(table: TableRounds, params: ProtocolParams, aggregate: str, 
     plain = Table(aggregate, entries, flagged)
     if not table.anchors:
         return plain
-    measured = [truth(a.medians()[:upto], aggregate, params.aggregate_q) for a in table.anchors]
+    anchor_rounds = None if upto is None else upto * ANCHOR_PASSES
+    measured = [truth(a.medians()[:anchor_rounds], aggregate, params.aggregate_q) for a in table.anchors]
     try:
         anchor = fit_anchor_map([plain.predict_sum(a.arch) for a in table.anchors], measured,
                                 [a.arch.metadata["choices"] for a in table.anchors])
@@ -663,10 +664,12 @@ def run_phases(phases_plan: Sequence[tuple[str, int]], args: argparse.Namespace,
                 if index == 0 and args.anchors:  # the anchors, chosen by the first table round
                     table.anchors = anchor_sample(space, aggregate_table(table, op_params, op_params.aggregate, 1),
                                                   args.anchors)
-                    progress.update(task, total=progress.tasks[task].total + op_params.rounds * len(table.anchors))
-                if table.anchors:
-                    measure_networks_round(table.anchors, index, op_params.rounds, network_backend, args,
-                                           network_params, tick)
+                    progress.update(task, total=progress.tasks[task].total
+                                    + op_params.rounds * ANCHOR_PASSES * len(table.anchors))
+                for anchor_pass in range(ANCHOR_PASSES if table.anchors else 0):
+                    measure_networks_round(table.anchors, index * ANCHOR_PASSES + anchor_pass,
+                                           op_params.rounds * ANCHOR_PASSES, network_backend, args, network_params,
+                                           tick)
                 label, what = f"table round {index}", f"{len(table.specs)} ops, {len(table.anchors)} anchors"
             else:
                 measure_networks_round(networks, index, args.rounds, network_backend, args, network_params, tick)

@@ -15,6 +15,12 @@ the cell's candidates ordered by their table latency (k = 0 is the all-cheapest 
 k = count - 1 the all-slowest, its maximum). So the anchors span every prediction the table can make, and the map
 is never extrapolated. Deterministic: the same table gives the same anchors.
 
+The measurement (:data:`ANCHOR_PASSES`): each anchor is measured in two passes over all anchors (two jobs, each in the
+protocol's interleaved rounds), and its latency is the lower of the two results. The map multiplies every entry of
+the table, so an anchor's noise reaches every prediction: anchors get twice an op's rounds (6 round medians under
+protocol 4, as many as the fidelity benchmark's ground truth). With 3, on a VM whose rounds of one network spread by
+47%, the lowest of 3 rounds sat 4.5% above the lowest of 6, and so did every anchored prediction.
+
 The fit (:func:`fit_anchor_map`): ``measured = a + b * predicted`` by Theil-Sen (b: the median of the pairwise
 slopes, a: the median of ``measured - b * predicted``), which one disturbed anchor measurement does not move; when
 every anchor predicts the same latency there is no slope to fit and the map is the scale ``b = median(measured /
@@ -36,6 +42,8 @@ from typing import Any
 
 #: Anchors a table is fitted on where its backend is anchored by default (:func:`default_anchors`).
 DEFAULT_ANCHORS = 6
+#: Passes over the anchors (each anchor measured in this many jobs; its latency the lowest result).
+ANCHOR_PASSES = 2
 #: Backends (name prefixes) whose plain sums are biased, anchored by default; ORT's sum is within +-3% (protocol
 #: 4, 96-224 px, two VMs: benchmarks/results/fidelity_summary.md), anchoring it adds the anchors' noise.
 ANCHORED_BACKENDS = ("torch-",)

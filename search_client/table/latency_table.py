@@ -58,7 +58,7 @@ from nas_ops.counting import space_working_set_bytes
 from nas_ops.space import SearchSpace
 from nas_ops.spec import format_spec
 from search_client.device.errors import MissingEntriesError
-from search_client.table.anchors import AnchorMap, anchor_choices, default_anchors, fit_anchor_map
+from search_client.table.anchors import ANCHOR_PASSES, AnchorMap, anchor_choices, default_anchors, fit_anchor_map
 
 if TYPE_CHECKING:
     from search_client.device.client import LatencyClient, ProgressCallback
@@ -437,13 +437,13 @@ def anchor_table(client: LatencyClient, table: LatencyTable, count: int, *, time
                  poll_s: float = 1.0, progress: ProgressCallback | None = None) -> LatencyTable:
     """``table`` anchored on ``count`` (>= 2) networks of its space from its cheapest to its most expensive
     (:func:`~search_client.table.anchors.anchor_choices`), each measured end to end on the device behind
-    ``client`` in the table's context; raises AnchorFitError when they disagree beyond a bias."""
+    ``client`` in the table's context, in :data:`~search_client.table.anchors.ANCHOR_PASSES` passes over all of
+    them (its latency: the lowest pass); raises AnchorFitError when they disagree beyond a bias."""
     choices = anchor_choices(table.entries, count)
-    measured = []
-    for choice in choices:
-        arch = table.space.architecture(choice)
-        stats = client.measure_architecture(arch, table.backend, table.batch, table.dtype, table.threads,
-                                            timeout_s=timeout_s, poll_s=poll_s, progress=progress)
-        measured.append(float(stats["median_ms"]))
+    archs = [table.space.architecture(choice) for choice in choices]
+    passes = [[float(client.measure_architecture(arch, table.backend, table.batch, table.dtype, table.threads,
+                                                 timeout_s=timeout_s, poll_s=poll_s, progress=progress)["median_ms"])
+               for arch in archs] for _ in range(ANCHOR_PASSES)]
+    measured = [min(results) for results in zip(*passes)]
     predicted = [table.latency_of(choice) for choice in choices]
     return table.anchored(fit_anchor_map(predicted, measured, choices))
