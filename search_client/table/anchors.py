@@ -1,12 +1,12 @@
 """Anchoring a latency table on whole networks: the affine map from the summed table to measured networks.
 
 Why. The sum of per-op latencies measured one op at a time predicts a whole network only as well as an op alone
-behaves like the same op inside the network. On ORT it does (mean error within +-3% at 96-224 px, protocol 4); on
-eager torch it does not, and not even in one direction: torch-cpu tables of proxyless-mobile were +18% (96 px) and
--9% (224 px) off on a Xeon VM, +4.6% (96) and +10.5% (224) on an EPYC VM (issue 13's note: the cache flush evicts
-the framework's own code, which a network keeps hot from op to op, and places the large late weights nearer than a
-network leaves them; both depend on the machine's caches). No single flush size or framework warm-up removed it on
-both machines. What is common: against the networks the error is affine in the prediction (one scale and one
+behaves like the same op inside the network. On ORT it does (mean error within +-3% at 96-224 px, protocol 4, on a
+quiet VM); on eager torch it does not, and not even in one direction: torch-cpu tables of proxyless-mobile were +18%
+(96 px) and -9% (224 px) off on a Xeon VM, +10% to +15% (96) and +21% to +24% (224) on an EPYC VM
+(benchmarks/results/fidelity_summary.md). The cache flush evicts the framework's own code, which a network keeps
+hot from op to op, and leaves the large late weights nearer than a network does; both depend on the machine's
+caches, and no single flush size or framework warm-up removed the bias on both machines (issue 13's note). What is common: against the networks the error is affine in the prediction (one scale and one
 offset fit a run to within a few percent), so the table is anchored on a few networks measured end to end.
 
 The anchors (:func:`anchor_choices`): ``count`` architectures from the cheapest to the most expensive of the space,
