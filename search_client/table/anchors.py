@@ -24,8 +24,9 @@ protocol 4, as many as the fidelity benchmark's ground truth). With 3, on a VM w
 The fit (:func:`fit_anchor_map`): ``measured = a + b * predicted`` by Theil-Sen (b: the median of the pairwise
 slopes, a: the median of ``measured - b * predicted``), which one disturbed anchor measurement does not move; when
 every anchor predicts the same latency there is no slope to fit and the map is the scale ``b = median(measured /
-predicted)``, ``a = 0``. A map that would more than double or halve the table (``b`` outside
-[:data:`MIN_SLOPE`, :data:`MAX_SLOPE`]) or make an anchor's prediction non-positive says the table and the networks
+predicted)``, ``a = 0``. A map that would scale the table by more than 4x either way (``b`` outside
+[:data:`MIN_SLOPE`, :data:`MAX_SLOPE`]; torch-cpu on tiny-32 fits b = 0.47 on a VM, its ops alone paying overhead
+that networks do not) or make an anchor's prediction non-positive says the table and the networks
 disagree beyond any bias: :class:`AnchorFitError`, never a silent fit.
 
 Applied (:meth:`AnchorMap.scale_entry`, :meth:`AnchorMap.shift`): every entry is multiplied by ``b`` and ``a`` is
@@ -48,7 +49,7 @@ ANCHOR_PASSES = 2
 #: 4, 96-224 px, two VMs: benchmarks/results/fidelity_summary.md), anchoring it adds the anchors' noise.
 ANCHORED_BACKENDS = ("torch-",)
 #: The range of slopes accepted (outside it: AnchorFitError).
-MIN_SLOPE, MAX_SLOPE = 0.5, 2.0
+MIN_SLOPE, MAX_SLOPE = 0.25, 4.0
 FIT_METHOD = "theil-sen"
 
 
