@@ -363,9 +363,10 @@ class LatencyClient:
         poll_s: float = 1.0,
         progress: ProgressCallback | None = None,
         working_set_bytes: int | None = None,
+        force: bool = False,
     ) -> dict[str, dict[str, Any]]:
-        """Stats of every op of ``ops``: look up, measure the missing ones through jobs, look up again (all under
-        the cache regime of ``working_set_bytes``, see :meth:`lookup`).
+        """Stats of every op of ``ops``: look up, measure the missing ones (``force``: all of them, again) through
+        jobs, look up again (all under the cache regime of ``working_set_bytes``, see :meth:`lookup`).
 
         Returns ``{spec: Stats}`` for every spec; raises :class:`MissingEntriesError` if some are still missing.
         ``progress`` receives every poll of the jobs (see :meth:`wait_job`).
@@ -373,14 +374,15 @@ class LatencyClient:
         specs = spec_strings(ops)
         result = self.lookup(specs, backend, batch, dtype, threads, working_set_bytes=working_set_bytes)
         found = dict(result.found)
-        if result.missing:
-            for chunk in _chunks(result.missing, LOOKUP_CHUNK):
-                job = self.submit_measure(chunk, backend, batch, dtype, threads,
+        to_measure = specs if force else result.missing
+        if to_measure:
+            for chunk in _chunks(to_measure, LOOKUP_CHUNK):
+                job = self.submit_measure(chunk, backend, batch, dtype, threads, force=force,
                                           working_set_bytes=working_set_bytes)
                 if job.get("status") not in FINISHED:
                     job = self.wait_job(job["id"], timeout_s=timeout_s, poll_s=poll_s, progress=progress)
                 self._check_finished(job)
-            again = self.lookup(result.missing, backend, batch, dtype, threads, working_set_bytes=working_set_bytes)
+            again = self.lookup(to_measure, backend, batch, dtype, threads, working_set_bytes=working_set_bytes)
             found.update(again.found)
             if again.missing:
                 raise MissingEntriesError(again.missing, f"on {self.base_url} ({backend}) after measuring")

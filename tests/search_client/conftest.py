@@ -73,10 +73,13 @@ class FakeDevice:
 
     def __init__(self, stored: dict[str, dict[str, Any]] | None = None, polls_to_finish: int = 1,
                  fail_ops: set[str] | None = None,
-                 network_ms: Callable[[dict[str, Any]], float] | None = None) -> None:
+                 network_ms: Callable[[dict[str, Any]], float] | None = None,
+                 flagged_on_measure: dict[str, str] | None = None) -> None:
         self.stored: dict[str, dict[str, Any]] = dict(stored or {})
         self.network_ms = network_ms  # median of a measured architecture (its request body); None: fake stats
         self.architectures: list[dict[str, Any]] = []
+        self.flagged_on_measure = dict(flagged_on_measure or {})  # ops a measurement stores flagged, with the reason
+        self.forced: list[list[str]] = []  # the ops of every job submitted with force
         self.polls_to_finish = polls_to_finish
         self.fail_ops = set(fail_ops or ())
         self.jobs: dict[int, dict[str, Any]] = {}
@@ -102,6 +105,8 @@ class FakeDevice:
         if path == "/v1/lookup":
             return self._lookup(body)
         if path == "/v1/measure":
+            if body.get("force"):
+                self.forced.append(list(body["ops"]))
             return self._create_job(body, "ops", body["ops"])
         if path == "/v1/measure/architecture":
             self.architectures.append(body["architecture"])
@@ -149,6 +154,8 @@ class FakeDevice:
         for op in job["_ops"]:
             if op not in failed:
                 self.stored[op] = fake_stats(op)
+                if op in self.flagged_on_measure:
+                    self.stored[op]["flagged"] = self.flagged_on_measure[op]
                 self.measured.append(op)
         if job["kind"] == "architecture":
             job["result"] = fake_stats("architecture")

@@ -58,15 +58,27 @@ def test_allowed_flags_are_kept_in_the_file_and_a_plain_table_is_unchanged(tmp_p
 
 
 def test_build_table_refuses_flagged_device_entries_unless_allowed() -> None:
-    device = FakeDevice(stored=stats_with_flags(SPECS[0]))
+    device = FakeDevice(stored=stats_with_flags(SPECS[0]), flagged_on_measure={SPECS[0]: REASON})
     with pytest.raises(FlaggedEntriesError, match=SPECS[0]):
         build_table(device.client(), MICRO, backend="ort-cpu")
+    assert device.forced == [[SPECS[0]]]  # measured once more before refusing
     assert build_table(device.client(), MICRO, backend="ort-cpu", allow_flagged=True).flagged == {SPECS[0]: REASON}
+    assert device.forced == [[SPECS[0]]]  # allowed flags are used as they are
+
+
+def test_a_flag_that_a_second_measurement_clears_does_not_fail_the_table() -> None:
+    device = FakeDevice(stored=stats_with_flags(SPECS[0], SPECS[5]))
+    table = build_table(device.client(), MICRO, backend="ort-cpu")
+    assert device.forced == [[SPECS[0], SPECS[5]]] and device.measured == [SPECS[0], SPECS[5]]
+    assert table.flagged == {} and table.stats[SPECS[0]]["median_ms"] == fake_stats(SPECS[0])["median_ms"]
+    with pytest.raises(FlaggedEntriesError):  # without measuring, nothing is measured again
+        build_table(FakeDevice(stored=stats_with_flags(SPECS[0])).client(), MICRO, backend="ort-cpu",
+                    measure_missing=False)
 
 
 @pytest.fixture
 def flagged_device(monkeypatch) -> FakeDevice:
-    fake = FakeDevice(stored=stats_with_flags(SPECS[3]))
+    fake = FakeDevice(stored=stats_with_flags(SPECS[3]), flagged_on_measure={SPECS[3]: REASON})
     monkeypatch.setattr(devices_module, "make_client", lambda url, token=None, **kwargs: LatencyClient(
         url, token, transport=httpx.MockTransport(fake.handle), **kwargs))
     return fake
