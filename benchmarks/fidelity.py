@@ -321,8 +321,13 @@ def unanchored(table: Table) -> Table:
 
 def anchor_sample(space: SearchSpace, table: Table, count: int) -> list[Network]:
     """The anchor networks of ``space`` by ``table`` (:func:`anchor_choices`), not yet measured."""
-    costs = [[table.entries[cell_spec(cell, j)] for j in range(len(cell.candidates))] for cell in space.cells()]
-    return [Network("anchor", space.architecture(choices)) for choices in anchor_choices(costs, count)]
+    return [Network("anchor", space.architecture(choices)) for choices in anchor_choices(cell_costs(space, table),
+                                                                                       count)]
+
+
+def cell_costs(space: SearchSpace, table: Table) -> list[list[float]]:
+    """The table's entry of every candidate of every cell (a chosen Zero: its identity block)."""
+    return [[table.entries[cell_spec(cell, j)] for j in range(len(cell.candidates))] for cell in space.cells()]
 
 
 def measure_table_round(table: TableRounds, round_index: int, backend: Backend, args: argparse.Namespace,
@@ -398,9 +403,7 @@ def stratified_sample(space: SearchSpace, table: Table, count: int, seed: int
                       ) -> tuple[list[Architecture], list[float], dict[str, Any]]:
     """``count`` architectures whose predictions under ``table`` span the space's min..max (module docstring):
     the architectures, their predictions, and a description of the selection for the report."""
-    cells = space.cells()
-    costs = [[table.entries[cell_spec(cell, j)] for j in range(len(cell.candidates))] for cell in cells]
-    drawn = candidate_choices(costs, max(2000, CANDIDATES_PER_ARCH * count), random.Random(f"stratified:{seed}"))
+    drawn = candidate_choices(cell_costs(space, table), max(2000, CANDIDATES_PER_ARCH * count), random.Random(f"stratified:{seed}"))
     unique = list(dict.fromkeys(map(tuple, drawn)))
     archs = [space.architecture(list(choices)) for choices in unique]
     predicted = [table.predict(arch) for arch in archs]

@@ -37,7 +37,7 @@ with gradient ``b * F``), and an architecture's prediction is ``a + b * (its una
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,8 +160,3 @@ def fit_anchor_map(predicted: Sequence[float], measured: Sequence[float],
                              "measure the table again on a quiet device")
     return anchor
 
-
-def anchor_report(anchor: AnchorMap) -> Mapping[str, float]:
-    """How far the unanchored table was from its anchors: mean and max relative error (for logs and notes)."""
-    errors = [n.predicted_ms / n.measured_ms - 1 for n in anchor.networks]
-    return {"mean_error": statistics.fmean(errors), "max_abs_error": max(abs(e) for e in errors)}
