@@ -109,7 +109,8 @@ class ContextBody(BaseModel):
         description="bytes of weights + peak activations of the network the ops belong to (nas_ops.counting."
         "network_memory_bytes; for a search space, its typical network's: space_working_set_bytes). Under the "
         "service's auto protocol it picks the cache regime: warm when it fits in the per-core cache (/v1/device "
-        "protocol.cache), else cold; null: cold, except /v1/measure/architecture, which uses the architecture's "
+        "protocol.cache), else a cache flush of its size rounded up to a power of two of KiB (flush<K>) below 16 "
+        "MiB, else cold (the 16 MiB flush); null: cold, except /v1/measure/architecture, which uses the architecture's "
         "own. The regime is part of the answer's protocol_version, so lookups with the same regime find the rows "
         "measured with it.")
 
@@ -183,7 +184,7 @@ class JobOut(BaseModel):
     dtype: str
     threads: int
     protocol_version: str = Field(description="the protocol version (and so the cache regime: 4 cold, 4+warm "
-                                  "warm) the job measures in; its rows are stored under it")
+                                  "warm, 4+flush<K> a K KiB flush) the job measures in; its rows are stored under it")
     total: int
     done: int
     skipped: int

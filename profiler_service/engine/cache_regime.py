@@ -1,18 +1,30 @@
-"""Which cache regime a measurement runs in: ``cold`` (the protocol's cache flush before every run) or ``warm``.
+"""Which cache regime a measurement runs in: how much memory is read, untimed, before every run (the cache flush).
 
-The rule (the one definition; :func:`regime`): a network whose working set (weights + peak activations,
-:func:`nas_ops.counting.network_memory_bytes`) fits in the cache private to one core runs from that cache, call after
-call, and so do its ops: they are timed with warm caches. A larger network evicts each op's weights before the op
-runs again: its ops are timed cold, after the flush. What a request measures decides, not a preset: the client sends
-the working set of the network the ops belong to (``working_set_bytes``); a request without one is measured cold,
-as every request was before the field existed (an op's own working set would not do: a 224x224 network's ops fit
-in the cache one by one, and the flush exists because in the network they do not).
+The rule (the one definition; :func:`regime`): the flush stands for the rest of the network, which runs between two
+calls of an op and reads about the network's working set (weights + peak activations,
+:func:`nas_ops.counting.network_memory_bytes`). So:
 
-Why the per-core cache (level 2) and not the last level: on this project's 2-core x86 VM (2 MiB L2 per core, 480
-MiB shared L3, ort-cpu, 1 thread) tables of the 16x16/32x32 spaces (micro-16, tiny-32: 0.1-0.9 MiB) predict random
-and derived networks within +5% warm and +4% to +18% over cold, while the 224x224 spaces (proxyless-*: 15-50 MiB,
-which fit in that L3) are about 0% off cold and -4% (ort-cpu) to -19% (torch-cpu) off warm (protocol point 5). The
-shared level does not discriminate; the private one does.
+- ``warm`` (no flush): the working set fits in the cache private to one core; the network runs from that cache,
+  call after call, and so do its ops.
+- ``flush<K>`` (a flush of K KiB, K the working set rounded up to a power of two): a network larger than the
+  private cache but smaller than the cold flush evicts that cache between two calls of an op, and its data comes
+  from the shared cache, not from memory; the flush does the same, no more.
+- ``cold`` (the protocol's 16 MiB flush, ``ProtocolParams().cache_flush_kib``): a working set of at least 8 MiB
+  (rounded up, 16 MiB or more), and a request that gives none or a service whose cache size is unknown.
+
+What a request measures decides, not a preset: the client sends the working set of the network the ops belong to
+(``working_set_bytes``); a request without one is measured cold, as every request was before the field existed (an
+op's own working set would not do: a 224x224 network's ops fit in the cache one by one, and the flush exists
+because in the network they do not).
+
+Why the per-core cache (level 2) decides warm: on this project's 2-core Xeon VM (2 MiB L2 per core, 480 MiB shared
+L3, ort-cpu, 1 thread) tables of the 16x16/32x32 spaces (micro-16, tiny-32: 0.1-0.9 MiB) predict random and derived
+networks within +5% warm and +4% to +18% over cold, while the 224x224 spaces (proxyless-*: 15-50 MiB, which fit in
+that L3) are about 0% off cold and -4% (ort-cpu) to -19% (torch-cpu) off warm (protocol point 5). Why the flush
+follows the working set between the two: on the 2-core EPYC VM (512 KiB L2 per core, 32 MiB L3) tiny-32's networks
+(417-873 KiB) do not fit in L2; after the 16 MiB flush every op pays a call into a cold runtime (about 0.04 ms,
+varying by as much between runs) around 0.006 ms of work, and 9 of its 40 ops calibrated to 0; after a 1 MiB flush
+none did, and 8 random networks measured -1% to -5% off their summed tables (warm: +3% to +44%).
 
 The cache size (:func:`read_core_cache`): the largest data or unified cache of level 2 or below that Linux reports
 under ``/sys/devices/system/cpu/cpu*/cache``, the smallest over the CPUs (a network that fits the smallest core's
@@ -23,13 +35,17 @@ shown in ``/v1/device``): every request is then measured cold. A service can be 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-Regime = Literal["cold", "warm"]
-REGIMES: tuple[Regime, ...] = ("cold", "warm")
+#: A regime's name: ``warm``, ``cold`` or ``flush<K>`` (K KiB, a power of two below :data:`COLD_FLUSH_KIB`).
+Regime = str
+#: The flush of the cold regime, in KiB: the protocol's default (``ProtocolParams().cache_flush_kib``).
+COLD_FLUSH_KIB = 16384
+_PARTIAL = re.compile(r"^flush([1-9][0-9]*)$")
 SYSFS_CPU = Path("/sys/devices/system/cpu")
 #: The deepest cache level counted as private to a core.
 PRIVATE_LEVEL = 2
@@ -93,8 +109,41 @@ def configured_cache(kib: int | None, root: Path = SYSFS_CPU) -> CacheInfo:
 
 
 def regime(working_set_bytes: int | None, cache: CacheInfo) -> Regime:
-    """``warm`` when the working set fits in the per-core cache; ``cold`` when it does not, when the request gives
-    no working set, or when the cache size is unknown (the flush: what every measurement did before the rule)."""
+    """The regime of a network of ``working_set_bytes`` (module docstring): ``warm`` when it fits in the per-core
+    cache, ``flush<K>`` when its size rounded up to a power of two of KiB is below :data:`COLD_FLUSH_KIB`, else
+    ``cold``; ``cold`` also when the request gives no working set or the cache size is unknown."""
     if working_set_bytes is None or cache.size_bytes is None:
         return "cold"
-    return "warm" if working_set_bytes <= cache.size_bytes else "cold"
+    if working_set_bytes <= cache.size_bytes:
+        return "warm"
+    kib = 1 << max(0, math.ceil(math.log2(working_set_bytes / 1024)))
+    return f"flush{kib}" if kib < COLD_FLUSH_KIB else "cold"
+
+
+def flush_kib(name: Regime) -> int:
+    """The KiB a regime reads before every run: 0 warm, :data:`COLD_FLUSH_KIB` cold, K for ``flush<K>``;
+    ValueError for any other name."""
+    if name == "warm":
+        return 0
+    if name == "cold":
+        return COLD_FLUSH_KIB
+    match = _PARTIAL.match(name)
+    kib = int(match.group(1)) if match else 0
+    if not match or kib & (kib - 1) or kib >= COLD_FLUSH_KIB:
+        raise ValueError(f"cache regime: expected warm, cold or flush<K> (K a power of two below "
+                         f"{COLD_FLUSH_KIB}), got {name!r}")
+    return kib
+
+
+def regimes_of(cache: CacheInfo) -> list[Regime]:
+    """Every regime :func:`regime` can pick with ``cache``: cold, warm and the partial flushes above its size."""
+    names: list[Regime] = ["cold"]
+    if cache.size_bytes is None:
+        return names
+    names.append("warm")
+    kib = 1
+    while kib < COLD_FLUSH_KIB:
+        if kib * 1024 > cache.size_bytes:
+            names.append(f"flush{kib}")
+        kib *= 2
+    return names

@@ -7,9 +7,9 @@
 - ``fast``: short runs for tests and smoke checks (warm caches, its own version).
 
 A regime's parameters and stored version are the same whichever preset chose it: ``cold`` is ``ProtocolParams()``
-stored as ``PROTOCOL_VERSION`` ("4"), ``warm`` is ``cache_flush_kib=0`` stored as "4+warm". So rows measured under
-``--protocol warm`` are the rows ``auto`` serves to a small network, and a number of one regime is never served as
-the other's.
+stored as ``PROTOCOL_VERSION`` ("4"), ``warm`` is ``cache_flush_kib=0`` stored as "4+warm", ``flush<K>`` (``auto``
+only) is ``cache_flush_kib=K`` stored as "4+flush<K>". So rows measured under ``--protocol warm`` are the rows
+``auto`` serves to a small network, and a number of one regime is never served as another's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from profiler_service.engine.cache_regime import REGIMES, CacheInfo, Regime, regime
+from profiler_service.engine.cache_regime import CacheInfo, Regime, flush_kib, regime, regimes_of
 from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
 
 PROTOCOL_PRESETS = ("auto", "cold", "default", "warm", "fast")
@@ -63,8 +63,13 @@ def protocol_version_for(preset: str, working_set_bytes: int | None = None,
 
 
 def regime_of_version(version: str) -> Regime:
-    """The cache regime a stored version names: ``warm`` for a ``+warm`` suffix, ``cold`` for anything else."""
-    return "warm" if version.endswith("+warm") else "cold"
+    """The cache regime a stored version names: its ``+warm`` or ``+flush<K>`` suffix, ``cold`` for anything else."""
+    _, _, suffix = version.partition("+")
+    try:
+        flush_kib(suffix)
+    except ValueError:
+        return "cold"
+    return suffix
 
 
 @dataclass(frozen=True)
@@ -89,18 +94,26 @@ class ServiceProtocol:
         params = _fixed_params(preset)
         return ResolvedProtocol(params, _fixed_version(preset), "warm" if params.cache_flush_kib == 0 else "cold")
 
+    @staticmethod
+    @functools.cache
+    def _of_regime(name: Regime) -> ResolvedProtocol:
+        """The protocol of a cache regime: the cold and warm presets', or a partial flush of its own version."""
+        if name in ("cold", "warm"):
+            return ServiceProtocol._fixed(name)
+        return ResolvedProtocol(ProtocolParams(cache_flush_kib=flush_kib(name)), f"{PROTOCOL_VERSION}+{name}", name)
+
     def for_working_set(self, working_set_bytes: int | None) -> ResolvedProtocol:
         """The protocol of a request measuring (ops of) a network of ``working_set_bytes`` (None: not given)."""
         if self.preset != "auto":
             return self._fixed(self.preset)
-        return self._fixed(regime(working_set_bytes, self.cache))
+        return self._of_regime(regime(working_set_bytes, self.cache))
 
     def for_job(self, submitted_version: str) -> ResolvedProtocol:
         """The protocol a job submitted under ``submitted_version`` is measured under now: its regime (``auto``)
         or this service's fixed preset (as a job resumed under another preset always was)."""
         if self.preset != "auto":
             return self._fixed(self.preset)
-        return self._fixed(regime_of_version(submitted_version))
+        return self._of_regime(regime_of_version(submitted_version))
 
     @property
     def base(self) -> ResolvedProtocol:
@@ -111,10 +124,11 @@ class ServiceProtocol:
         """The ``protocol`` entry of ``/v1/device``: the base version and parameters (a request without a working
         set), the preset, the cache the rule uses, and every regime's version."""
         base = self.base
-        regimes = {name: self._fixed(name).version for name in REGIMES} if self.preset == "auto" else {
-            base.regime: base.version}
+        regimes = {name: self._of_regime(name).version for name in regimes_of(self.cache)} \
+            if self.preset == "auto" else {base.regime: base.version}
         return {"version": base.version, "params": base.params.model_dump(), "preset": self.preset,
                 "cache": self.cache.as_dict(), "regimes": regimes,
-                "rule": "auto: warm when the request's working_set_bytes <= cache.size_bytes, else cold; cold "
-                        "without working_set_bytes or with an unknown cache size" if self.preset == "auto" else
-                        f"fixed preset {self.preset}: working_set_bytes is ignored"}
+                "rule": "auto: warm when the request's working_set_bytes <= cache.size_bytes; else flush<K>, a "
+                        "cache flush of K KiB, the working set rounded up to a power of two, while K < 16384; "
+                        "else cold (16 MiB flush); cold without working_set_bytes or with an unknown cache size"
+                        if self.preset == "auto" else f"fixed preset {self.preset}: working_set_bytes is ignored"}

@@ -29,7 +29,9 @@ Rows of another version are never served as this one's.
    -4% (ort-cpu) and -19% (torch-cpu); 16 MiB about 0% and -4%; 32 MiB +2% and -4%, but +8% for torch-cpu at
    160, where activations are smaller. The flush also makes the op's own intermediate buffers cold, which a
    network does not, so the best size grows with the network's memory traffic per inference; 16 MiB suits
-   mobile-size networks. 0 keeps caches warm.
+   mobile-size networks. 0 keeps caches warm. Which size a measurement uses follows from the working set of the
+   network it belongs to (its cache regime, :mod:`profiler_service.engine.cache_regime`): 0 when the network fits
+   in a core's private cache, the working set (rounded up to a power of two) between that and 16 MiB.
 6. Warm-up: at least ``warmup_runs`` runs and at least ``warmup_s`` seconds.
 7. Timed runs, in blocks of about ``block_s`` seconds (at least ``min_block_runs`` runs), each run timed on its
    own (CUDA events on CUDA). When the first block's median is shorter than ``min_timing_ticks`` ticks of the
@@ -81,6 +83,7 @@ from nas_ops.network import build_network
 from nas_ops.spec import OpSpec
 from profiler_service.engine import calibration
 from profiler_service.engine.backends.base import Backend, Runner
+from profiler_service.engine.cache_regime import COLD_FLUSH_KIB
 from profiler_service.engine.aggregate import AGGREGATES, DEFAULT_AGGREGATE, DEFAULT_QUANTILE, AggregateName
 from profiler_service.engine.fingerprint import env_hash
 from profiler_service.engine.stats import RoundMeasurement, Stats
@@ -120,7 +123,8 @@ class ProtocolParams(BaseModel):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence level of that interval")
     time_budget_s: float = Field(0.25, gt=0, le=600, description="seconds of timed runs per round (soft)")
     disturbed_block_rel: float | None = Field(0.05, gt=0, le=10, description="block filter; None keeps all")
-    cache_flush_kib: int = Field(16384, ge=0, le=1 << 20, description="KiB read before every run; 0: warm caches")
+    cache_flush_kib: int = Field(COLD_FLUSH_KIB, ge=0, le=1 << 20,
+                                 description="KiB read before every run; 0: warm caches")
     affinity: bool = Field(True, description="pin to fixed cores where the OS allows")
     calibrate: bool = Field(True, description="per-op boundary calibration (ops only)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the weights, the input and the round orders")

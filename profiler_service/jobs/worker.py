@@ -30,7 +30,8 @@ version of now (resolved inside the job's error handling): a job whose backend i
 each pending item, "backend X is no longer served by this device", and the worker goes on with the next job; a
 job resumed after a restart with another runtime stores its rows under the environment they were measured in.
 With ``protocol_for_job`` the protocol follows the job: a job submitted in the warm cache regime (protocol version
-``4+warm``, chosen by the service's ``auto`` preset from the request's working set) is measured and stored warm.
+``4+warm``, chosen by the service's ``auto`` preset from the request's working set) is measured and stored warm,
+one submitted under ``4+flush1024`` with that flush.
 
 Canaries: with a :class:`~profiler_service.jobs.canaries.CanaryWatch`, the worker measures the canary ops at its
 start, every ``interval_s`` while it serves (also between the items of a long job) and before a job, and keeps

@@ -10,7 +10,16 @@ import pytest
 
 from nas_ops.counting import network_memory_bytes, space_working_set_bytes
 from nas_ops.space import load_space
-from profiler_service.engine.cache_regime import CacheInfo, configured_cache, parse_cache_size, read_core_cache, regime
+from profiler_service.engine.cache_regime import (
+    COLD_FLUSH_KIB,
+    CacheInfo,
+    configured_cache,
+    flush_kib,
+    parse_cache_size,
+    read_core_cache,
+    regime,
+    regimes_of,
+)
 from profiler_service.engine.presets import (
     PROTOCOL_PRESETS,
     ServiceProtocol,
@@ -23,6 +32,7 @@ from profiler_service.settings import ProfilerSettings
 
 MIB = 1 << 20
 L2 = CacheInfo(2 * MIB, "scripted: 2 MiB")
+L2_EPYC = CacheInfo(512 * 1024, "scripted: 512 KiB")  # the project's EPYC VM: 512 KiB L2 per core, 32 MiB L3
 UNKNOWN = CacheInfo(None, "unknown: scripted")
 # This project's VM: L1d 48K, L1i 64K, L2 2048K per core, L3 480 MiB shared.
 VM_CACHES = [(1, "Data", "48K"), (1, "Instruction", "64K"), (2, "Unified", "2048K"), (3, "Unified", "491520K")]
@@ -89,14 +99,45 @@ def test_a_configured_size_wins_over_sysfs(tmp_path: Path) -> None:
 def test_the_rule() -> None:
     assert regime(2 * MIB, L2) == "warm"
     assert regime(1, L2) == "warm"
-    assert regime(2 * MIB + 1, L2) == "cold"
+    # larger than the private cache: a flush of the working set, rounded up to a power of two of KiB
+    assert regime(2 * MIB + 1, L2) == "flush4096"
+    assert regime(4 * MIB, L2) == "flush4096"
+    assert regime(8 * MIB, L2) == "flush8192"
+    assert regime(8 * MIB + 1, L2) == "cold"  # rounds up to the cold flush itself
+    assert regime(50 * MIB, L2) == "cold"
+    assert regime(513 * 1024, L2_EPYC) == "flush1024"
     assert regime(None, L2) == "cold"  # no working set: cold, as before the rule
     assert regime(1, UNKNOWN) == "cold"  # unknown cache: cold
 
 
+def test_each_regime_names_its_flush() -> None:
+    assert (flush_kib("warm"), flush_kib("cold"), flush_kib("flush1024")) == (0, COLD_FLUSH_KIB, 1024)
+    assert COLD_FLUSH_KIB == ProtocolParams().cache_flush_kib  # the cold regime is the protocol's default
+    for bad in ("hot", "flush1000", "flush0", "flush16384", "flush-1", "flush", "4+warm"):
+        with pytest.raises(ValueError, match="expected warm, cold or flush<K>"):
+            flush_kib(bad)
+    assert regimes_of(L2_EPYC) == ["cold", "warm", "flush1024", "flush2048", "flush4096", "flush8192"]
+    assert regimes_of(UNKNOWN) == ["cold"]
+    # every regime the rule picks is listed, and each lists a flush the rule can pick
+    sizes = [1 << k for k in range(10, 30)] + [(1 << k) + 1 for k in range(10, 30)]
+    assert {regime(size, L2_EPYC) for size in sizes} == set(regimes_of(L2_EPYC))
+
+
+def test_a_partial_flush_has_its_own_parameters_and_version() -> None:
+    auto = ServiceProtocol("auto", L2_EPYC)
+    partial = auto.for_working_set(734 * 1024)  # tiny-32's typical network
+    assert (partial.regime, partial.version, partial.params) == (
+        "flush1024", f"{PROTOCOL_VERSION}+flush1024", ProtocolParams(cache_flush_kib=1024))
+    assert auto.for_job(f"{PROTOCOL_VERSION}+flush1024") == partial  # a resumed job keeps its flush
+    assert regime_of_version(f"{PROTOCOL_VERSION}+flush1024") == "flush1024"
+    assert regime_of_version(f"{PROTOCOL_VERSION}+flush1000") == "cold"  # not a regime's version
+    # a fixed preset ignores it, as it ignores warm
+    assert ServiceProtocol("cold", L2_EPYC).for_working_set(734 * 1024).version == PROTOCOL_VERSION
+
+
 def test_auto_picks_the_regime_and_its_stored_version() -> None:
     auto = ServiceProtocol("auto", L2)
-    warm, cold = auto.for_working_set(MIB), auto.for_working_set(4 * MIB)
+    warm, cold = auto.for_working_set(MIB), auto.for_working_set(16 * MIB)
     assert (warm.regime, warm.version, warm.params) == ("warm", f"{PROTOCOL_VERSION}+warm",
                                                         ProtocolParams(cache_flush_kib=0))
     assert (cold.regime, cold.version, cold.params) == ("cold", PROTOCOL_VERSION, ProtocolParams())
@@ -125,8 +166,11 @@ def test_a_job_keeps_the_regime_it_was_submitted_in() -> None:
 def test_describe_reports_the_cache_and_the_regimes() -> None:
     described = ServiceProtocol("auto", UNKNOWN).describe()
     assert described["cache"] == {"size_bytes": None, "source": "unknown: scripted"}
-    assert described["regimes"] == {"cold": PROTOCOL_VERSION, "warm": f"{PROTOCOL_VERSION}+warm"}
+    assert described["regimes"] == {"cold": PROTOCOL_VERSION}  # an unknown cache: everything cold
     assert described["version"] == PROTOCOL_VERSION and described["preset"] == "auto"
+    regimes = ServiceProtocol("auto", L2).describe()["regimes"]
+    assert regimes == {"cold": PROTOCOL_VERSION, "warm": f"{PROTOCOL_VERSION}+warm",
+                       "flush4096": f"{PROTOCOL_VERSION}+flush4096", "flush8192": f"{PROTOCOL_VERSION}+flush8192"}
     assert ServiceProtocol("warm", L2).describe()["regimes"] == {"warm": f"{PROTOCOL_VERSION}+warm"}
 
 
@@ -160,6 +204,19 @@ def test_the_preset_spaces_fall_on_the_measured_side_of_a_2_mib_l2(space: str, r
     rng = random.Random(1)
     sizes = [network_memory_bytes(loaded.architecture(loaded.random_choices(rng)), 1, "float32") for _ in range(100)]
     assert {regime(size, L2) for size in sizes} == {expected}
+
+
+@pytest.mark.parametrize(("space", "expected", "networks"), [
+    ("micro-16", "warm", {"warm"}), ("tiny-32", "flush1024", {"warm", "flush1024"}),
+    ("proxyless-mobile", "cold", {"cold"}), ("proxyless-gpu", "cold", {"cold"}),
+])
+def test_the_preset_spaces_on_a_512_kib_l2(space: str, expected: str, networks: set[str]) -> None:
+    # tiny-32 (0.45-0.86 MiB) does not fit the EPYC VM's L2: its table takes a 1 MiB flush, not the 16 MiB one
+    loaded = load_space(space)
+    assert regime(space_working_set_bytes(loaded), L2_EPYC) == expected
+    rng = random.Random(1)
+    sizes = [network_memory_bytes(loaded.architecture(loaded.random_choices(rng)), 1, "float32") for _ in range(100)]
+    assert {regime(size, L2_EPYC) for size in sizes} == networks
 
 
 def test_a_local_measurement_of_a_space_takes_its_regime(monkeypatch: pytest.MonkeyPatch) -> None:

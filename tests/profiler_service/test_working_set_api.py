@@ -67,7 +67,8 @@ def test_the_answer_carries_the_protocol_version_of_the_regime(auto: tuple[TestC
     client, _ = auto
     assert lookup(client, working_set_bytes=MIB)["protocol_version"] == WARM
     assert lookup(client, working_set_bytes=2 * MIB)["protocol_version"] == WARM  # fits exactly
-    assert lookup(client, working_set_bytes=2 * MIB + 1)["protocol_version"] == COLD
+    assert lookup(client, working_set_bytes=2 * MIB + 1)["protocol_version"] == f"{PROTOCOL_VERSION}+flush4096"
+    assert lookup(client, working_set_bytes=16 * MIB)["protocol_version"] == COLD
     assert lookup(client, working_set_bytes=float(MIB))["protocol_version"] == WARM  # an integral JSON number
     assert lookup(client)["protocol_version"] == COLD  # none given: cold, as before
     assert lookup(client, working_set_bytes=None)["protocol_version"] == COLD
@@ -78,7 +79,9 @@ def test_the_device_reports_the_cache_and_the_rule(auto: tuple[TestClient, Flush
     protocol = client.get("/v1/device").json()["protocol"]
     assert protocol["preset"] == "auto" and protocol["version"] == COLD
     assert protocol["cache"]["size_bytes"] == 2 * MIB and "PROFILER_CACHE_KIB" in protocol["cache"]["source"]
-    assert protocol["regimes"] == {"cold": COLD, "warm": WARM}
+    assert protocol["regimes"] == {"cold": COLD, "warm": WARM, "flush4096": f"{PROTOCOL_VERSION}+flush4096",
+                                   "flush8192": f"{PROTOCOL_VERSION}+flush8192"}
+    assert "flush<K>" in protocol["rule"]
 
 
 def test_a_job_and_a_lookup_with_the_same_working_set_agree(auto: tuple[TestClient, FlushRecorder]) -> None:
@@ -102,6 +105,20 @@ def test_a_cold_job_is_flushed(auto: tuple[TestClient, FlushRecorder]) -> None:
     job = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "wait_s": 60}).json()
     assert job["status"] == "done" and set(recorder.flushes) == {COLD_FLUSH} and job["protocol_version"] == COLD
     assert lookup(client)["missing"] == [] and lookup(client, working_set_bytes=1)["missing"] == SMALL_OPS[:1]
+
+
+def test_a_job_between_the_cache_and_16_mib_is_flushed_by_its_size(auto: tuple[TestClient, FlushRecorder]
+                                                                      ) -> None:
+    client, recorder = auto
+    job = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "working_set_bytes": 3 * MIB,
+                                           "wait_s": 60}).json()
+    assert job["status"] == "done" and job["protocol_version"] == f"{PROTOCOL_VERSION}+flush4096"
+    assert set(recorder.flushes) == {4096}
+    assert lookup(client, working_set_bytes=4 * MIB)["missing"] == []  # the same regime: its rows
+    assert lookup(client)["missing"] == SMALL_OPS[:1] and lookup(client, working_set_bytes=MIB)["missing"] == \
+        SMALL_OPS[:1]  # cold and warm rows are others
+    with client.app.state.service.sessions() as session:
+        assert {m.protocol_params["cache_flush_kib"] for m in session.query(Measurement).all()} == {4096}
 
 
 def architecture_job(client: TestClient, arch: dict[str, Any], **extra: Any) -> Job:
