@@ -102,7 +102,7 @@ from profiler_service.engine.backends.base import Runner, random_input
 from profiler_service.engine.backends.ort_backend import OrtBackend, OrtRunner
 from profiler_service.engine.calibration import CalibrationCache
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
-from profiler_service.engine.cache_regime import read_core_cache
+from profiler_service.engine.cache_regime import flush_kib, read_core_cache
 from profiler_service.engine.presets import PROTOCOL_PRESETS, ResolvedProtocol, ServiceProtocol
 from profiler_service.engine.protocol import ProtocolParams, measure_network_round, measure_op_round
 from profiler_service.engine.rounds import round_order, stored_result
@@ -552,6 +552,12 @@ def sample_markdown(name: str, sample: dict[str, Any], aggregate: str) -> list[s
     return lines
 
 
+def _flush_override(report: dict[str, Any]) -> str:
+    """The note of the Markdown report's protocol line when ``--cache-flush-kib`` replaced the regime's flush."""
+    used = report["op_protocol"]["cache_flush_kib"]
+    return "" if used == flush_kib(report["cache_regime"]) else f"; but measured with a {used} KiB flush: --cache-flush-kib"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The Markdown report."""
     c, table = report["config"], report["table"]
@@ -561,7 +567,8 @@ def markdown(report: dict[str, Any]) -> str:
         (f"Two samples of {c['archs']} architectures (seed {c['seed']}): uniform and stratified. Table: {table['ops']} "
          f"ops in {c['table_rounds']} rounds, aggregate `{table['aggregate']}` ({table['flagged']} flagged); "
          f"networks in {c['rounds']} rounds of {c['network_budget_s'] / c['rounds']:.2f} s; protocol "
-         f"{report['protocol_version']} (preset `{c['protocol']}`, {report['cache_regime']} caches). "
+         f"{report['protocol_version']} (preset `{c['protocol']}`, {report['cache_regime']} caches"
+         f"{_flush_override(report)}). "
          f"Schedule: {' '.join(report['schedule'])}."),
         "", "## Targets", "", "| sample | metric | target | value | verdict |", "|---|---|---|---|---|",
     ]

@@ -317,3 +317,11 @@ def test_anchors_default_to_the_clients_choice_for_the_backend() -> None:
     assert fidelity.parse_args(["--anchors", "0"]).anchors == 0
     with pytest.raises(SystemExit):
         fidelity.parse_args(["--anchors", "1"])
+
+
+def test_the_markdown_says_when_the_flush_was_not_the_regimes() -> None:
+    report = {"cache_regime": "flush1024", "op_protocol": {"cache_flush_kib": 1024}, "config": {"protocol": "auto"}}
+    assert fidelity._flush_override(report) == ""
+    report["op_protocol"]["cache_flush_kib"] = 0
+    assert fidelity._flush_override(report) == "; but measured with a 0 KiB flush: --cache-flush-kib"
+    assert fidelity._flush_override({"cache_regime": "warm", "op_protocol": {"cache_flush_kib": 0}}) == ""
