@@ -23,8 +23,9 @@ networks within +5% warm and +4% to +18% over cold, while the 224x224 spaces (pr
 that L3) are about 0% off cold and -4% (ort-cpu) to -19% (torch-cpu) off warm (protocol point 5). Why the flush
 follows the working set between the two: on the 2-core EPYC VM (512 KiB L2 per core, 32 MiB L3) tiny-32's networks
 (417-873 KiB) do not fit in L2; after the 16 MiB flush every op pays a call into a cold runtime (about 0.04 ms,
-varying by as much between runs) around 0.006 ms of work, and 9 of its 40 ops calibrated to 0; after a 1 MiB flush
-none did, and 8 random networks measured -1% to -5% off their summed tables (warm: +3% to +44%).
+varying by as much between runs) around 0.006 ms of work, and 9 of its 40 ops calibrated to 0. Side by side in
+``benchmarks/fidelity.py`` (benchmarks/results/fidelity_summary.md): the 16 MiB flush +24.5% mean error; a 1 MiB
+flush a median MAPE of 2.5% over five runs, warm caches 4.1% over four (each met every target in two).
 
 The cache size (:func:`read_core_cache`): the largest data or unified cache of level 2 or below that Linux reports
 under ``/sys/devices/system/cpu/cpu*/cache``, the smallest over the CPUs (a network that fits the smallest core's
