@@ -76,6 +76,7 @@ class FakeDevice:
                  network_ms: Callable[[dict[str, Any]], float] | None = None,
                  flagged_on_measure: dict[str, str] | None = None) -> None:
         self.stored: dict[str, dict[str, Any]] = dict(stored or {})
+        self.drift: dict[str, Any] | None = None  # the drift entry of GET /v1/device (None: a service without it)
         self.network_ms = network_ms  # median of a measured architecture (its request body); None: fake stats
         self.architectures: list[dict[str, Any]] = []
         self.flagged_on_measure = dict(flagged_on_measure or {})  # ops a measurement stores flagged, with the reason
@@ -98,10 +99,10 @@ class FakeDevice:
         if path == "/v1/health":
             return httpx.Response(200, json={"status": "ok", "version": "0.1.0"})
         if path == "/v1/device":
-            return httpx.Response(200, json={
-                "name": "fake", "fingerprint": FAKE_FINGERPRINT, "fingerprint_hash": "f" * 64,
-                "protocol": {"version": "test-1", "params": {}}, "default_threads": 1,
-                "backends": [{"name": "ort-cpu", "options": {}, "env_hash": "e" * 64}], "limits": {}})
+            info = {"name": "fake", "fingerprint": FAKE_FINGERPRINT, "fingerprint_hash": "f" * 64,
+                    "protocol": {"version": "test-1", "params": {}}, "default_threads": 1,
+                    "backends": [{"name": "ort-cpu", "options": {}, "env_hash": "e" * 64}], "limits": {}}
+            return httpx.Response(200, json=info if self.drift is None else {**info, "drift": self.drift})
         if path == "/v1/lookup":
             return self._lookup(body)
         if path == "/v1/measure":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -31,6 +31,18 @@ def _predicted(arch: Architecture, table_file: Path | None, url: str, backend: s
     raise ValueError(f"no prediction for {url} / {backend} in the architecture's metadata; give --table FILE")
 
 
+def drift_warning(device_info: dict[str, Any], backend: str) -> str | None:
+    """A one-line warning when the device's canaries say ``backend`` runs off the speed its numbers were stored at
+    (``drift`` of ``GET /v1/device``, checked before every job); None when it does not, or when the device does not
+    check canaries."""
+    for entry in (device_info.get("drift") or {}).get("backends", []):
+        if entry.get("backend") == backend and entry.get("drifting"):
+            return (f"warning: the device reports drift on {backend}: its canary ops run at {entry['ratio']:.2f}x "
+                    f"their stored latency (checked {entry['checked_at']}); this measurement and the table may "
+                    "disagree by as much: verify again once the device is back to its speed")
+    return None
+
+
 @app.command("verify")
 def verify(
     arch_file: Annotated[Path, typer.Argument(metavar="ARCH", help="architecture file written by 'search'")],
@@ -53,6 +65,7 @@ def verify(
             with JobBars(progress) as bars:
                 stats = client.measure_architecture(arch, chosen, batch, threads=threads, timeout_s=timeout,
                                                     progress=bars)
+            warning = drift_warning(client.device_info(), chosen)
         measured = float(stats["median_ms"])
         error = (predicted - measured) / measured
         typer.echo(f"device {device} / {chosen}, batch {batch}")
@@ -61,4 +74,6 @@ def verify(
         typer.echo(f"predicted {predicted:.4f} ms ({source})")
         typer.echo(f"measured  {measured:.4f} ms (median of {stats.get('samples')} runs, IQR {stats['iqr_ms']:.4f} ms)")
         typer.echo(f"relative error {100 * error:+.2f}%")
+        if warning is not None:
+            typer.echo(warning, err=True)
         typer.echo(json.dumps({"predicted_ms": predicted, "measured_ms": measured, "relative_error": error}))
