@@ -22,7 +22,8 @@ so the table is also aggregated each other way (median, min, low quantile of the
 Predicted latency of an architecture: the sum of its ops' entries (the prediction rule of docs/CONTRACTS.md),
 anchored as the search client anchors a table (:mod:`search_client.table.anchors`): ``--anchors`` networks from the
 space's cheapest to its most expensive (by table round 0) are measured end to end in every table round (after its
-ops, with the network protocol, in the client's ``ANCHOR_PASSES`` passes: 2 x 3 anchor rounds), and the prediction is ``a + b * sum`` with the Theil-Sen fit of their aggregated
+ops, with the network protocol, in the client's ``ANCHOR_PASSES`` passes: 2 x 3 anchor rounds), and the
+prediction is ``a + b * sum`` with the Theil-Sen fit of their aggregated
 latencies against their sums (each table aggregate is fitted on the same aggregate of the anchors' rounds). The
 anchors are never in a sample. ``--anchors`` defaults to the client's default for the backend
 (:func:`~search_client.table.anchors.default_anchors`: 6 on torch backends, 0 on ORT), so the headline is the table
@@ -95,7 +96,14 @@ from nas_ops.counting import count_flops, space_working_set_bytes
 from nas_ops.export import onnx_bytes
 from nas_ops.space import SearchSpace, load_space
 from nas_ops.spec import OpSpec, format_spec
-from search_client.table.anchors import ANCHOR_PASSES, AnchorFitError, AnchorMap, anchor_choices, default_anchors, fit_anchor_map
+from search_client.table.anchors import (
+    ANCHOR_PASSES,
+    AnchorFitError,
+    AnchorMap,
+    anchor_choices,
+    default_anchors,
+    fit_anchor_map,
+)
 from profiler_service.engine.aggregate import AGGREGATES, aggregate_function
 from profiler_service.engine.backends import Backend, get_backend
 from profiler_service.engine.backends.base import Runner, random_input
@@ -403,7 +411,8 @@ def stratified_sample(space: SearchSpace, table: Table, count: int, seed: int
                       ) -> tuple[list[Architecture], list[float], dict[str, Any]]:
     """``count`` architectures whose predictions under ``table`` span the space's min..max (module docstring):
     the architectures, their predictions, and a description of the selection for the report."""
-    drawn = candidate_choices(cell_costs(space, table), max(2000, CANDIDATES_PER_ARCH * count), random.Random(f"stratified:{seed}"))
+    drawn = candidate_choices(cell_costs(space, table), max(2000, CANDIDATES_PER_ARCH * count),
+                              random.Random(f"stratified:{seed}"))
     unique = list(dict.fromkeys(map(tuple, drawn)))
     archs = [space.architecture(list(choices)) for choices in unique]
     predicted = [table.predict(arch) for arch in archs]
@@ -555,7 +564,9 @@ def sample_markdown(name: str, sample: dict[str, Any], aggregate: str) -> list[s
 def _flush_override(report: dict[str, Any]) -> str:
     """The note of the Markdown report's protocol line when ``--cache-flush-kib`` replaced the regime's flush."""
     used = report["op_protocol"]["cache_flush_kib"]
-    return "" if used == flush_kib(report["cache_regime"]) else f"; but measured with a {used} KiB flush: --cache-flush-kib"
+    if used == flush_kib(report["cache_regime"]):
+        return ""
+    return f"; but measured with a {used} KiB flush: --cache-flush-kib"
 
 
 def markdown(report: dict[str, Any]) -> str:

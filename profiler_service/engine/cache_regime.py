@@ -36,7 +36,6 @@ shown in ``/v1/device``): every request is then measured cold. A service can be 
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +116,7 @@ def regime(working_set_bytes: int | None, cache: CacheInfo) -> Regime:
         return "cold"
     if working_set_bytes <= cache.size_bytes:
         return "warm"
-    kib = 1 << max(0, math.ceil(math.log2(working_set_bytes / 1024)))
+    kib = 1 << (-(-working_set_bytes // 1024) - 1).bit_length()  # KiB, rounded up to a power of two (exact)
     return f"flush{kib}" if kib < COLD_FLUSH_KIB else "cold"
 
 

@@ -18,7 +18,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from profiler_service.engine.cache_regime import CacheInfo, Regime, flush_kib, regime, regimes_of
+from profiler_service.engine.cache_regime import COLD_FLUSH_KIB, CacheInfo, Regime, flush_kib, regime, regimes_of
 from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
 
 PROTOCOL_PRESETS = ("auto", "cold", "default", "warm", "fast")
@@ -97,10 +97,10 @@ class ServiceProtocol:
     @staticmethod
     @functools.cache
     def _of_regime(name: Regime) -> ResolvedProtocol:
-        """The protocol of a cache regime: the cold and warm presets', or a partial flush of its own version."""
-        if name in ("cold", "warm"):
-            return ServiceProtocol._fixed(name)
-        return ResolvedProtocol(ProtocolParams(cache_flush_kib=flush_kib(name)), f"{PROTOCOL_VERSION}+{name}", name)
+        """The protocol of a cache regime: its flush, stored as ``PROTOCOL_VERSION`` (cold) or with the regime's
+        name as suffix (the cold and warm presets' exactly)."""
+        version = PROTOCOL_VERSION if name == "cold" else f"{PROTOCOL_VERSION}+{name}"
+        return ResolvedProtocol(ProtocolParams(cache_flush_kib=flush_kib(name)), version, name)
 
     def for_working_set(self, working_set_bytes: int | None) -> ResolvedProtocol:
         """The protocol of a request measuring (ops of) a network of ``working_set_bytes`` (None: not given)."""
@@ -129,6 +129,7 @@ class ServiceProtocol:
         return {"version": base.version, "params": base.params.model_dump(), "preset": self.preset,
                 "cache": self.cache.as_dict(), "regimes": regimes,
                 "rule": "auto: warm when the request's working_set_bytes <= cache.size_bytes; else flush<K>, a "
-                        "cache flush of K KiB, the working set rounded up to a power of two, while K < 16384; "
-                        "else cold (16 MiB flush); cold without working_set_bytes or with an unknown cache size"
+                        f"cache flush of K KiB, the working set rounded up to a power of two, while K < "
+                        f"{COLD_FLUSH_KIB}; else cold (16 MiB flush); cold without working_set_bytes or with an "
+                        "unknown cache size"
                         if self.preset == "auto" else f"fixed preset {self.preset}: working_set_bytes is ignored"}

@@ -6,8 +6,9 @@ quiet VM); on eager torch it does not, and not even in one direction: torch-cpu 
 (96 px) and -9% (224 px) off on a Xeon VM, +10% to +15% (96) and +21% to +24% (224) on an EPYC VM
 (benchmarks/results/fidelity_summary.md). The cache flush evicts the framework's own code, which a network keeps
 hot from op to op, and leaves the large late weights nearer than a network does; both depend on the machine's
-caches, and no single flush size or framework warm-up removed the bias on both machines (issue 13's note). What is common: against the networks the error is affine in the prediction (one scale and one
-offset fit a run to within a few percent), so the table is anchored on a few networks measured end to end.
+caches, and no single flush size or framework warm-up removed the bias on both machines (issue 13's note). What is
+common: against the networks the error is affine in the prediction (one scale and one offset fit a run to within a
+few percent), so the table is anchored on a few networks measured end to end.
 
 The anchors (:func:`anchor_choices`): ``count`` architectures from the cheapest to the most expensive of the space,
 by the table itself: anchor k takes, in every cell, the candidate at rank ``round(k / (count - 1) * (n - 1))`` of
