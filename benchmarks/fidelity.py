@@ -109,10 +109,11 @@ from profiler_service.engine.backends import Backend, get_backend
 from profiler_service.engine.backends.base import Runner, random_input
 from profiler_service.engine.backends.ort_backend import OrtBackend, OrtRunner
 from profiler_service.engine.calibration import CalibrationCache
+from profiler_service.engine.duet import Duet, DuetBackend
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
 from profiler_service.engine.cache_regime import flush_kib, read_core_cache
 from profiler_service.engine.presets import PROTOCOL_PRESETS, ResolvedProtocol, ServiceProtocol
-from profiler_service.engine.protocol import ProtocolParams, measure_network_round, measure_op_round
+from profiler_service.engine.protocol import ProtocolParams, cache_flusher, measure_network_round, measure_op_round
 from profiler_service.engine.rounds import round_order, stored_result
 from profiler_service.engine.stats import RoundMeasurement, Stats
 
@@ -155,6 +156,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--anchors", type=int, default=None,
                         help="anchor networks the table is fitted on (0: the plain sum); default: the search "
                              "client's for the backend (6 on torch backends, 0 on ORT)")
+    parser.add_argument("--duet", action="store_true",
+                        help="time every block of ops and networks between two blocks of a reference op and "
+                             "store it relative to them (profiler_service.engine.duet); reports get a _duet suffix")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
     args = parser.parse_args(argv)
     for name in ("archs", "threads", "batch", "rounds"):
@@ -569,6 +573,16 @@ def _flush_override(report: dict[str, Any]) -> str:
     return f"; but measured with a {used} KiB flush: --cache-flush-kib"
 
 
+def _duet_note(report: dict[str, Any]) -> str:
+    """The Markdown report's sentence on the duet (empty without one)."""
+    duet = report.get("duet")
+    if not duet:
+        return ""
+    return (f" Duet: every block timed between two blocks of `{duet['reference']}` (baseline "
+            f"{duet['baseline_ms']:.4f} ms) and scaled by baseline / reference: {duet['blocks']} blocks, scale "
+            f"p10 {duet['scale_p10']:.3f}, median {duet['scale_median']:.3f}, p90 {duet['scale_p90']:.3f}.")
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The Markdown report."""
     c, table = report["config"], report["table"]
@@ -580,7 +594,7 @@ def markdown(report: dict[str, Any]) -> str:
          f"networks in {c['rounds']} rounds of {c['network_budget_s'] / c['rounds']:.2f} s; protocol "
          f"{report['protocol_version']} (preset `{c['protocol']}`, {report['cache_regime']} caches"
          f"{_flush_override(report)}). "
-         f"Schedule: {' '.join(report['schedule'])}."),
+         f"Schedule: {' '.join(report['schedule'])}.{_duet_note(report)}"),
         "", "## Targets", "", "| sample | metric | target | value | verdict |", "|---|---|---|---|---|",
     ]
     lines += [f"| {v['sample']} | {v['metric']} | >= {v['target']} | {_fmt(v['value'])} | "
@@ -659,11 +673,11 @@ def progress_bar() -> Progress:
 
 
 def run_phases(phases_plan: Sequence[tuple[str, int]], args: argparse.Namespace, backend: Backend,
-               space: SearchSpace, op_params: ProtocolParams, network_params: ProtocolParams
-               ) -> tuple[TableRounds, list[Network], list[dict[str, Any]], dict[str, Any]]:
+               space: SearchSpace, op_params: ProtocolParams, network_params: ProtocolParams,
+               duet: Duet | None = None) -> tuple[TableRounds, list[Network], list[dict[str, Any]], dict[str, Any]]:
     """Measure the table and network rounds of ``phases_plan`` (selecting the stratified sample after table round
-    0): the table's rounds, the networks of both samples with their rounds, each phase's wall time, and the
-    stratified selection."""
+    0), every op and network timed in ``duet`` when one is given: the table's rounds, the networks of both samples
+    with their rounds, each phase's wall time, and the stratified selection."""
     table = TableRounds(table_specs(space))
     networks = [Network("uniform", arch) for arch in uniform_sample(space, args.archs, args.seed)]
     phases: list[dict[str, Any]] = []
@@ -673,6 +687,8 @@ def run_phases(phases_plan: Sequence[tuple[str, int]], args: argparse.Namespace,
         network_backend = backend
         if isinstance(backend, OrtBackend) and not args.no_export_cache:
             network_backend = ExportCachingOrt(backend, Path(export_dir))
+        if duet is not None:  # one reference and baseline for the table and the networks
+            backend, network_backend = DuetBackend(backend, duet), DuetBackend(network_backend, duet)
         task = progress.add_task("measuring", total=op_params.rounds * len(table.specs) + args.rounds * 2 * args.archs)
 
         def tick(description: str) -> None:
@@ -723,7 +739,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     op_params, network_params = protocols(args, protocol.params)
     started, loadavg_start = time.perf_counter(), loadavg()
     phases_plan = schedule(op_params.rounds, args.rounds)
-    table, networks, phases, selection = run_phases(phases_plan, args, backend, space, op_params, network_params)
+    duet = start_duet(backend, args, op_params, network_params) if args.duet else None
+    try:
+        table, networks, phases, selection = run_phases(phases_plan, args, backend, space, op_params,
+                                                        network_params, duet)
+    finally:
+        if duet is not None:
+            duet.close()
     tables = {name: aggregate_table(table, op_params, name) for name in AGGREGATES}
     samples = {name: sample_report([n for n in networks if n.sample == name], tables, network_params)
                for name in SAMPLES}
@@ -739,15 +761,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets = [{**v, "pass": False} for v in targets]
     report = build_report(args, backend, space, protocol, (op_params, network_params), table, tables, samples,
                           targets, phases_plan, phases, loadavg_start, time.perf_counter() - started)
+    report["duet"] = None if duet is None else duet.describe()
     write_reports(report, args.out_dir)
     print_summary(report, args.out_dir)
     return 0 if all(v["pass"] for v in targets) else 1
 
 
+def start_duet(backend: Backend, args: argparse.Namespace, op_params: ProtocolParams,
+               network_params: ProtocolParams) -> Duet:
+    """The duet of ``--duet``: the reference prepared on ``backend`` and its baseline measured after the
+    protocol's cache flush (ops and networks share it, so they must share the flush)."""
+    if op_params.cache_flush_kib != network_params.cache_flush_kib:
+        raise ValueError("--duet: ops and networks must be measured with the same cache flush")
+    return Duet.start(backend, args.threads, seed=op_params.seed, before_each=cache_flusher(op_params.cache_flush_kib))
+
+
 def report_stem(report: dict[str, Any]) -> str:
-    """``fidelity_<backend>_<space>_r<resolution>_s<seed>``."""
+    """``fidelity_<backend>_<space>_r<resolution>_s<seed>``, ``_duet`` appended for a duet run."""
     c = report["config"]
-    return f"fidelity_{c['backend']}_{c['space']}_r{c['resolution']}_s{c['seed']}"
+    suffix = "_duet" if report.get("duet") else ""
+    return f"fidelity_{c['backend']}_{c['space']}_r{c['resolution']}_s{c['seed']}{suffix}"
 
 
 def build_report(args: argparse.Namespace, backend: Backend, space: SearchSpace, protocol: ResolvedProtocol,
