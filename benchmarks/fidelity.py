@@ -109,7 +109,7 @@ from profiler_service.engine.backends import Backend, get_backend
 from profiler_service.engine.backends.base import Runner, random_input
 from profiler_service.engine.backends.ort_backend import OrtBackend, OrtRunner
 from profiler_service.engine.calibration import CalibrationCache
-from profiler_service.engine.duet import Duet, DuetBackend
+from profiler_service.engine.duet import Duet, DuetBackend, network_reference, op_reference
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
 from profiler_service.engine.cache_regime import flush_kib, read_core_cache
 from profiler_service.engine.presets import PROTOCOL_PRESETS, ResolvedProtocol, ServiceProtocol
@@ -125,6 +125,7 @@ TRUTH_AGGREGATES: tuple[str, ...] = ("mean", *AGGREGATES)
 TARGETS: tuple[tuple[str, str, float], ...] = (
     ("uniform", "within10", 0.95), ("uniform", "tau", 0.9), ("uniform", "within5", 0.90), ("stratified", "tau", 0.97))
 NETWORK_TARGET_REL_CI = 0.005  # networks stop on their budget unless their median is this precise
+DUET_REFERENCES = ("op", "network")
 CANDIDATES_PER_ARCH = 80  # stratified sample: candidates drawn per architecture picked (at least 2,000)
 Tick = Callable[[str], None]
 
@@ -156,9 +157,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--anchors", type=int, default=None,
                         help="anchor networks the table is fitted on (0: the plain sum); default: the search "
                              "client's for the backend (6 on torch backends, 0 on ORT)")
-    parser.add_argument("--duet", action="store_true",
-                        help="time every block of ops and networks between two blocks of a reference op and "
-                             "store it relative to them (profiler_service.engine.duet); reports get a _duet suffix")
+    parser.add_argument("--duet", choices=DUET_REFERENCES, default=None,
+                        help="time every block of ops and networks between two blocks of a reference and store it "
+                             "relative to them (profiler_service.engine.duet): 'op', a fixed mid-size MBConv, or "
+                             "'network', the space's network of every cell's middle candidate; reports get a "
+                             "_duet-<reference> suffix")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
     args = parser.parse_args(argv)
     for name in ("archs", "threads", "batch", "rounds"):
@@ -739,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     op_params, network_params = protocols(args, protocol.params)
     started, loadavg_start = time.perf_counter(), loadavg()
     phases_plan = schedule(op_params.rounds, args.rounds)
-    duet = start_duet(backend, args, op_params, network_params) if args.duet else None
+    duet = start_duet(backend, space, args, op_params, network_params) if args.duet else None
     try:
         table, networks, phases, selection = run_phases(phases_plan, args, backend, space, op_params,
                                                         network_params, duet)
@@ -767,19 +770,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(v["pass"] for v in targets) else 1
 
 
-def start_duet(backend: Backend, args: argparse.Namespace, op_params: ProtocolParams,
+def duet_reference_arch(space: SearchSpace) -> Architecture:
+    """The reference network of ``--duet network``: every cell's middle candidate (never in a sample by design:
+    it is not drawn, and the benchmark does not depend on it being distinct)."""
+    return space.architecture([len(cell.candidates) // 2 for cell in space.cells()])
+
+
+def start_duet(backend: Backend, space: SearchSpace, args: argparse.Namespace, op_params: ProtocolParams,
                network_params: ProtocolParams) -> Duet:
     """The duet of ``--duet``: the reference prepared on ``backend`` and its baseline measured after the
     protocol's cache flush (ops and networks share it, so they must share the flush)."""
     if op_params.cache_flush_kib != network_params.cache_flush_kib:
         raise ValueError("--duet: ops and networks must be measured with the same cache flush")
-    return Duet.start(backend, args.threads, seed=op_params.seed, before_each=cache_flusher(op_params.cache_flush_kib))
+    if args.duet == "network":
+        reference = network_reference(duet_reference_arch(space), f"network:{space.name}:middle", args.batch)
+    else:
+        reference = op_reference()
+    return Duet.start(backend, args.threads, reference, seed=op_params.seed,
+                      before_each=cache_flusher(op_params.cache_flush_kib))
 
 
 def report_stem(report: dict[str, Any]) -> str:
-    """``fidelity_<backend>_<space>_r<resolution>_s<seed>``, ``_duet`` appended for a duet run."""
+    """``fidelity_<backend>_<space>_r<resolution>_s<seed>``, ``_duet-<op|network>`` appended for a duet run."""
     c = report["config"]
-    suffix = "_duet" if report.get("duet") else ""
+    suffix = f"_duet-{c['duet']}" if c.get("duet") else ""
     return f"fidelity_{c['backend']}_{c['space']}_r{c['resolution']}_s{c['seed']}{suffix}"
 
 
@@ -797,7 +811,7 @@ def build_report(args: argparse.Namespace, backend: Backend, space: SearchSpace,
                    "archs": args.archs, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                    "rounds": args.rounds, "table_rounds": op_params.rounds, "protocol": args.protocol,
                    "network_budget_s": args.network_budget, "export_cache": not args.no_export_cache,
-                   "anchors": args.anchors},
+                   "anchors": args.anchors, "duet": args.duet},
         "protocol_version": protocol.version,
         "cache_regime": protocol.regime,
         "op_protocol": op_params.model_dump(),

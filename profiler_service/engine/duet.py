@@ -14,9 +14,17 @@ state as the module), and returns the module's times multiplied by ``baseline_ms
 of both reference blocks' runs and ``baseline_ms`` the reference's latency measured once when the duet starts
 (:meth:`Duet.start`: the lowest block median of a short series). Values stay in milliseconds, on the scale of the
 baseline's moment; a sum of ops and a whole network measured through one duet share its baseline, so their ratio
-(the table's error) does not depend on it. Each reference block lasts about half the module's previous block
-(at least ``MIN_REFERENCE_RUNS`` runs), so a duet costs about twice the timed runs: within the same time budget,
-half the module's samples.
+(the table's error) does not depend on it. Each reference block lasts about half the module's previous block in
+wall time, its ``before_each`` included (at least ``MIN_REFERENCE_RUNS`` runs), so a duet costs about twice the
+time: within the same time budget, half the module's samples.
+
+The reference must slow down when the module does. Measured on the Xeon VM (ort-cpu, 16 MiB flush, three random
+proxyless-mobile networks at 128 px, 164 blocks of 5 runs each, interleaved with blocks of each candidate
+reference; the spread is p90 / p10 - 1 of the block medians): raw spread 0.63-0.69; as the ratio to a small
+canary op (16x16x16) 0.40-0.49 (correlation 0.67-0.73), to a 16 MiB read 0.31-0.39 (0.83), to a 128x128 matmul
+0.25-0.41 (0.75-0.85), to a mid-size MBConv (:data:`DEFAULT_REFERENCE`, 28x28x40, k5, e6) 0.15-0.18 (0.92-0.94),
+and to another network of the space 0.09-0.10 (0.95-0.97). A reference that moves memory and compute as the
+measured work does tracks it best; :func:`op_reference` and :func:`network_reference` build either kind.
 
 :class:`DuetBackend` wraps a backend so that every runner it prepares (ops, calibration modules, networks) is
 timed in the duet; its environment names the reference, so duet numbers never share an environment hash with
@@ -26,20 +34,22 @@ plain ones. The protocol itself (:mod:`profiler_service.engine.protocol`) is unc
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from nas_ops.arch import Architecture
 from nas_ops.blocks import build_op
+from nas_ops.network import build_network
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends.base import Backend, Runner
 
-#: The reference op: the mid-size canary (a few tenths of a ms on one CPU core), see
-#: :data:`profiler_service.engine.canary.CANARY_SPECS`.
-DEFAULT_REFERENCE = "mbconv_r16x16_c16-16_k3_e3_s1_relu6_skip"
-MIN_REFERENCE_RUNS = 3
+#: The default reference op: a mid-size MBConv (about a millisecond after a 16 MiB flush on one CPU core).
+DEFAULT_REFERENCE = "mbconv_r28x28_c40-40_k5_e6_s1_relu6_skip"
+MIN_REFERENCE_RUNS = 2
 MAX_REFERENCE_RUNS = 10_000
 BASELINE_BLOCKS = 20
 
@@ -50,33 +60,33 @@ class DuetRunner(Runner):
     def __init__(self, target: Runner, duet: Duet) -> None:
         self.target = target
         self.duet = duet
-        self._last_block_ms = 0.0
+        self._last_block_s = 0.0  # wall time of the module's previous block
 
     def run(self) -> None:
         self.target.run()
 
     def _reference_runs(self) -> int:
-        half_block = self._last_block_ms / 2
-        return min(MAX_REFERENCE_RUNS, max(MIN_REFERENCE_RUNS, math.ceil(half_block / self.duet.baseline_ms)))
+        half_block = self._last_block_s / 2
+        return min(MAX_REFERENCE_RUNS, max(MIN_REFERENCE_RUNS, round(half_block / self.duet.run_wall_s)))
 
-    def _relative(self, time_block: Callable[[], list[float]], block_ms: Callable[[list[float]], float],
-                  before_each: Callable[[], None] | None) -> list[float]:
-        runs = self._reference_runs()
+    def _relative(self, time_block: Callable[[], list[float]], before_each: Callable[[], None] | None
+                  ) -> list[float]:
+        runs, clock = self._reference_runs(), self.duet.clock
         reference = self.duet.reference.time_runs(runs, before_each)
+        start = clock()
         times = time_block()
+        self._last_block_s = clock() - start
         reference += self.duet.reference.time_runs(runs, before_each)
-        self._last_block_ms = block_ms(times)
         scale = self.duet.baseline_ms / float(np.median(reference))
         self.duet.scales.append(scale)
         return [t * scale for t in times]
 
     def time_runs(self, count: int, before_each: Callable[[], None] | None = None) -> list[float]:
-        return self._relative(lambda: self.target.time_runs(count, before_each), sum, before_each)
+        return self._relative(lambda: self.target.time_runs(count, before_each), before_each)
 
     def time_group(self, count: int, runs_per_timing: int,
                    before_each: Callable[[], None] | None = None) -> list[float]:
-        return self._relative(lambda: self.target.time_group(count, runs_per_timing, before_each),
-                              lambda times: sum(times) * runs_per_timing, before_each)
+        return self._relative(lambda: self.target.time_group(count, runs_per_timing, before_each), before_each)
 
     @property
     def timer_resolution_ms(self) -> float:
@@ -95,32 +105,41 @@ class DuetRunner(Runner):
 
 
 class Duet:
-    """A prepared reference runner and its baseline latency (ms); :meth:`start` builds one."""
+    """A prepared reference runner, its baseline latency (ms) and the wall time of one of its runs with its
+    ``before_each`` (s, what sizes the reference blocks); :meth:`start` builds one. ``label`` names the reference
+    in reports and environments."""
 
-    def __init__(self, reference: Runner, baseline_ms: float, spec: str = DEFAULT_REFERENCE) -> None:
+    def __init__(self, reference: Runner, baseline_ms: float, run_wall_s: float, label: str = DEFAULT_REFERENCE,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         if not baseline_ms > 0:
             raise ValueError(f"baseline_ms: the reference's latency must be > 0 ms, got {baseline_ms!r}")
+        if not run_wall_s > 0:
+            raise ValueError(f"run_wall_s: a reference run must take time, got {run_wall_s!r} s")
         self.reference = reference
         self.baseline_ms = baseline_ms
-        self.spec = spec
+        self.run_wall_s = run_wall_s
+        self.label = label
+        self.clock = clock
         self.scales: list[float] = []  # baseline / reference median, one per timed block
 
     @classmethod
-    def start(cls, backend: Backend, threads: int, *, spec: str = DEFAULT_REFERENCE, seed: int = 0,
-              before_each: Callable[[], None] | None = None, blocks: int = BASELINE_BLOCKS,
-              block_runs: int = 10) -> Duet:
-        """Prepare the reference ``spec`` (batch 1, float32) on ``backend`` and measure its baseline: the lowest
-        median of ``blocks`` blocks of ``block_runs`` runs, each run after ``before_each`` (pass the flush of the
-        protocol the duet will time with)."""
-        reference = backend.prepare(reference_module(spec), (1, *parse_spec(spec).input_shape), "float32", threads,
-                                    seed=seed)
+    def start(cls, backend: Backend, threads: int, reference: tuple[nn.Module, tuple[int, int, int, int], str],
+              *, seed: int = 0, before_each: Callable[[], None] | None = None, blocks: int = BASELINE_BLOCKS,
+              block_runs: int = 5, clock: Callable[[], float] = time.perf_counter) -> Duet:
+        """Prepare ``reference`` (module, input shape, label: :func:`op_reference`, :func:`network_reference`) on
+        ``backend`` and measure its baseline: the lowest median of ``blocks`` blocks of ``block_runs`` runs, each
+        run after ``before_each`` (pass the flush of the protocol the duet will time with)."""
+        module, input_shape, label = reference
+        runner = backend.prepare(module, input_shape, "float32", threads, seed=seed)
         try:
-            reference.time_runs(block_runs, before_each)  # warm-up
-            medians = [float(np.median(reference.time_runs(block_runs, before_each))) for _ in range(blocks)]
+            runner.time_runs(block_runs, before_each)  # warm-up
+            start = clock()
+            medians = [float(np.median(runner.time_runs(block_runs, before_each))) for _ in range(blocks)]
+            run_wall_s = (clock() - start) / (blocks * block_runs)
         except BaseException:
-            reference.close()
+            runner.close()
             raise
-        return cls(reference, min(medians), spec)
+        return cls(runner, min(medians), run_wall_s, label, clock)
 
     def wrap(self, runner: Runner) -> DuetRunner:
         """``runner`` timed in this duet."""
@@ -131,7 +150,7 @@ class Duet:
         and p90: how far the machine moved from the baseline's moment), as plain JSON values."""
         scales = np.asarray(self.scales or [math.nan])
         p10, median, p90 = (float(np.percentile(scales, q)) for q in (10, 50, 90))
-        return {"reference": self.spec, "baseline_ms": self.baseline_ms, "blocks": len(self.scales),
+        return {"reference": self.label, "baseline_ms": self.baseline_ms, "blocks": len(self.scales),
                 "scale_p10": p10, "scale_median": median, "scale_p90": p90}
 
     def close(self) -> None:
@@ -139,9 +158,16 @@ class Duet:
         self.reference.close()
 
 
-def reference_module(spec: str) -> nn.Module:
-    """The eval-mode module of the reference op ``spec``."""
-    return build_op(parse_spec(spec)).eval()
+def op_reference(spec: str = DEFAULT_REFERENCE, batch: int = 1) -> tuple[nn.Module, tuple[int, int, int, int], str]:
+    """The reference of :meth:`Duet.start` that is the op ``spec``: its eval-mode module, input shape, label."""
+    parsed = parse_spec(spec)
+    return build_op(parsed).eval(), (batch, *parsed.input_shape), spec
+
+
+def network_reference(arch: Architecture, label: str, batch: int = 1
+                      ) -> tuple[nn.Module, tuple[int, int, int, int], str]:
+    """The reference of :meth:`Duet.start` that is the whole network of ``arch``."""
+    return build_network(arch).eval(), (batch, arch.in_chs, *arch.input_size), label
 
 
 class DuetBackend(Backend):
@@ -161,7 +187,7 @@ class DuetBackend(Backend):
         return self.inner.available
 
     def environment(self, threads: int) -> dict[str, Any]:
-        return {**self.inner.environment(threads), "duet_reference": self.duet.spec}
+        return {**self.inner.environment(threads), "duet_reference": self.duet.label}
 
     def _prepare(self, module: nn.Module, input_shape: tuple[int, int, int, int], dtype: str, threads: int,
                  seed: int) -> Runner:

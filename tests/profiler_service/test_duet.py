@@ -3,17 +3,25 @@ speed; the wrapper backend times every runner it prepares that way."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from nas_ops.blocks import build_op
+from nas_ops.space import load_space
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends import get_backend
 from profiler_service.engine.backends.base import Runner
-from profiler_service.engine.duet import DEFAULT_REFERENCE, MIN_REFERENCE_RUNS, Duet, DuetBackend, DuetRunner
+from profiler_service.engine.duet import (
+    DEFAULT_REFERENCE,
+    MIN_REFERENCE_RUNS,
+    Duet,
+    DuetBackend,
+    DuetRunner,
+    network_reference,
+    op_reference,
+)
 from profiler_service.engine.fingerprint import env_hash
 from profiler_service.engine.protocol import ProtocolParams, time_runner
 
@@ -75,7 +83,8 @@ class MachineRunner(Runner):
 
 
 def duet_of(machine: Machine, target_ms: float = 2.0, reference_ms: float = 0.5) -> tuple[DuetRunner, Duet]:
-    duet = Duet(MachineRunner(machine, reference_ms, "ref"), baseline_ms=reference_ms)
+    duet = Duet(MachineRunner(machine, reference_ms, "ref"), baseline_ms=reference_ms, run_wall_s=reference_ms / 1e3,
+                clock=machine.clock)
     return duet.wrap(MachineRunner(machine, target_ms, "target")), duet
 
 
@@ -96,18 +105,19 @@ def test_reference_blocks_come_before_and_after_and_last_half_the_previous_block
     runner.time_runs(2)  # no previous block: the minimum on each side
     assert machine.log == ["ref"] * MIN_REFERENCE_RUNS + ["target"] * 2 + ["ref"] * MIN_REFERENCE_RUNS
     machine.log.clear()
-    runner.time_runs(10)  # previous block 4 ms: 2 ms of reference on each side, 4 runs of 0.5 ms
+    runner.time_runs(10)  # previous block 4 ms of wall time: 2 ms of reference on each side, 4 runs of 0.5 ms
     assert machine.log == ["ref"] * 4 + ["target"] * 10 + ["ref"] * 4
     machine.log.clear()
     runner.time_runs(1)  # previous block 20 ms: 10 ms on each side
-    assert machine.log.count("ref") == 2 * math.ceil(10 / 0.5)
+    assert machine.log.count("ref") == 2 * 20
 
 
 def test_the_flush_runs_before_every_reference_and_module_run() -> None:
     machine = Machine()
     runner, _ = duet_of(machine)
     runner.time_runs(2, before_each=lambda: machine.log.append("flush"))
-    assert machine.log == ["flush", "ref"] * 3 + ["flush", "target"] * 2 + ["flush", "ref"] * 3
+    assert machine.log == (["flush", "ref"] * MIN_REFERENCE_RUNS + ["flush", "target"] * 2
+                           + ["flush", "ref"] * MIN_REFERENCE_RUNS)
 
 
 def test_groups_are_scaled_and_size_the_next_reference_block_by_their_runs() -> None:
@@ -149,15 +159,21 @@ def test_time_runner_through_a_duet_stores_the_drift_free_latency(in_duet: bool)
         assert np.median(timing.samples) > 2.0 * 1.02
 
 
-def test_duet_backend_wraps_every_runner_and_names_the_reference_in_its_environment() -> None:
+@pytest.mark.parametrize("kind", ["op", "network"])
+def test_duet_backend_wraps_every_runner_and_names_the_reference_in_its_environment(kind: str) -> None:
     inner = get_backend("ort-cpu")
-    duet = Duet.start(inner, 1, blocks=3, block_runs=3)
+    if kind == "op":
+        reference = op_reference()
+    else:
+        space = load_space("micro-16").with_resolution(12, 12)
+        reference = network_reference(space.architecture([0] * len(space.cells())), "network:micro-16")
+    duet = Duet.start(inner, 1, reference, blocks=3, block_runs=3)
     try:
-        assert duet.baseline_ms > 0 and duet.spec == DEFAULT_REFERENCE
+        assert duet.baseline_ms > 0 and duet.run_wall_s > 0 and duet.label == reference[2]
         backend = DuetBackend(inner, duet)
         assert (backend.name, backend.options, backend.dtypes) == (inner.name, inner.options, inner.dtypes)
         environment = backend.environment(1)
-        assert environment["duet_reference"] == DEFAULT_REFERENCE
+        assert environment["duet_reference"] == reference[2]
         assert env_hash(environment) != env_hash(inner.environment(1))
         spec = parse_spec("mbconv_r8x8_c8-8_k3_e3_s1_relu6_skip")
         with backend.prepare(build_op(spec), (1, *spec.input_shape), "float32", 1) as runner:
@@ -170,7 +186,15 @@ def test_duet_backend_wraps_every_runner_and_names_the_reference_in_its_environm
         duet.close()
 
 
+def test_the_default_reference_op_is_a_mid_size_mbconv() -> None:
+    module, shape, label = op_reference()
+    assert label == DEFAULT_REFERENCE and shape == (1, 40, 28, 28)
+    assert not module.training
+
+
 def test_a_duet_needs_a_positive_baseline() -> None:
     machine = Machine()
     with pytest.raises(ValueError, match="baseline_ms"):
-        Duet(MachineRunner(machine, 0.5, "ref"), baseline_ms=0.0)
+        Duet(MachineRunner(machine, 0.5, "ref"), baseline_ms=0.0, run_wall_s=1e-3)
+    with pytest.raises(ValueError, match="run_wall_s"):
+        Duet(MachineRunner(machine, 0.5, "ref"), baseline_ms=0.5, run_wall_s=0.0)
