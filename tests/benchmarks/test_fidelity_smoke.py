@@ -325,3 +325,24 @@ def test_the_markdown_says_when_the_flush_was_not_the_regimes() -> None:
     report["op_protocol"]["cache_flush_kib"] = 0
     assert fidelity._flush_override(report) == "; but measured with a 0 KiB flush: --cache-flush-kib"
     assert fidelity._flush_override({"cache_regime": "warm", "op_protocol": {"cache_flush_kib": 0}}) == ""
+
+
+def test_duet_runs_name_their_reference_in_the_report_stem_and_the_markdown() -> None:
+    assert fidelity.parse_args([]).duet is None
+    assert fidelity.parse_args(["--duet", "network"]).duet == "network"
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--duet", "canary"])
+    report = {"config": {"backend": "ort-cpu", "space": "micro-16", "resolution": 12, "seed": 3, "duet": "op"},
+              "duet": {"reference": "mbconv_r28x28_c40-40_k5_e6_s1_relu6_skip", "baseline_ms": 0.5, "blocks": 10,
+                       "scale_p10": 0.9, "scale_median": 1.0, "scale_p90": 1.2}}
+    assert fidelity.report_stem(report) == "fidelity_ort-cpu_micro-16_r12_s3_duet-op"
+    assert "between two blocks of `mbconv_r28x28_c40-40_k5_e6_s1_relu6_skip`" in fidelity._duet_note(report)
+    assert "p90 1.200" in fidelity._duet_note(report)
+    plain = {"config": {**report["config"], "duet": None}, "duet": None}
+    assert fidelity.report_stem(plain) == "fidelity_ort-cpu_micro-16_r12_s3" and fidelity._duet_note(plain) == ""
+
+
+def test_the_duet_reference_network_takes_every_cells_middle_candidate() -> None:
+    space = load_space("proxyless-mobile").with_resolution(96, 96)
+    arch = fidelity.duet_reference_arch(space)
+    assert arch.metadata["choices"] == [len(cell.candidates) // 2 for cell in space.cells()]
