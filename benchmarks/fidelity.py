@@ -185,9 +185,14 @@ def resolve_protocol(args: argparse.Namespace, space: SearchSpace) -> ResolvedPr
 
 def protocols(args: argparse.Namespace, preset: ProtocolParams) -> tuple[ProtocolParams, ProtocolParams]:
     """(op protocol, network protocol): the ``preset`` with the command line's rounds, flush and affinity;
-    networks are not calibrated and get ``--network-budget / --rounds`` seconds per round."""
+    networks are not calibrated and get ``--network-budget / --rounds`` seconds per round. Under ``--duet`` the
+    rounds are aggregated by their median and no block is set aside: a block scaled by its reference is off in
+    either direction (a disturbed reference block makes it look fast), so the one-sided rules of the plain
+    protocol (the lowest round, blocks far above the fastest dropped) would pick the outliers below."""
     base = preset.model_dump()
     base["affinity"] = not args.no_affinity
+    if getattr(args, "duet", None):
+        base.update(aggregate="median", disturbed_block_rel=None)
     if args.cache_flush_kib is not None:
         base["cache_flush_kib"] = args.cache_flush_kib
     if args.table_rounds is not None:

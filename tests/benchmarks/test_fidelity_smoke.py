@@ -137,6 +137,10 @@ def test_protocols_take_the_preset_the_table_rounds_and_split_the_network_budget
     assert resolved.version == "4+fast"
     op, _ = fidelity.protocols(args, resolved.params)
     assert op.rounds == 2 and op.time_budget_s == ProtocolParams.fast().time_budget_s and not op.affinity
+    args = fidelity.parse_args(["--duet", "network"])  # ratios are off both ways: the median, every block
+    op, network = fidelity.protocols(args, fidelity.resolve_protocol(args, space).params)
+    assert (op.aggregate, op.disturbed_block_rel, network.aggregate, network.disturbed_block_rel) == (
+        "median", None, "median", None)
 
 
 def test_schedule_is_symmetric_with_table_round_0_first() -> None:
