@@ -26,6 +26,11 @@ canary op (16x16x16) 0.40-0.49 (correlation 0.67-0.73), to a 16 MiB read 0.31-0.
 and to another network of the space 0.09-0.10 (0.95-0.97). A reference that moves memory and compute as the
 measured work does tracks it best; :func:`op_reference` and :func:`network_reference` build either kind.
 
+A scaled block is off in both directions (a disturbed reference block makes the module look fast), so the
+protocol's one-sided rules, the ``min`` aggregate and the filter of blocks far above the fastest, pick the low
+outliers of a duet; aggregate its rounds by their median and keep every block (``benchmarks/fidelity.py --duet``
+does).
+
 :class:`DuetBackend` wraps a backend so that every runner it prepares (ops, calibration modules, networks) is
 timed in the duet; its environment names the reference, so duet numbers never share an environment hash with
 plain ones. The protocol itself (:mod:`profiler_service.engine.protocol`) is unchanged: the duet is a clock.
