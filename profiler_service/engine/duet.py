@@ -38,7 +38,6 @@ plain ones. The protocol itself (:mod:`profiler_service.engine.protocol`) is unc
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +56,8 @@ DEFAULT_REFERENCE = "mbconv_r28x28_c40-40_k5_e6_s1_relu6_skip"
 MIN_REFERENCE_RUNS = 2
 MAX_REFERENCE_RUNS = 10_000
 BASELINE_BLOCKS = 20
+#: What :meth:`Duet.start` times: the reference's eval-mode module, its input shape (N, C, H, W) and its label.
+Reference = tuple[nn.Module, tuple[int, int, int, int], str]
 
 
 class DuetRunner(Runner):
@@ -128,7 +129,7 @@ class Duet:
         self.scales: list[float] = []  # baseline / reference median, one per timed block
 
     @classmethod
-    def start(cls, backend: Backend, threads: int, reference: tuple[nn.Module, tuple[int, int, int, int], str],
+    def start(cls, backend: Backend, threads: int, reference: Reference,
               *, seed: int = 0, before_each: Callable[[], None] | None = None, blocks: int = BASELINE_BLOCKS,
               block_runs: int = 5, clock: Callable[[], float] = time.perf_counter) -> Duet:
         """Prepare ``reference`` (module, input shape, label: :func:`op_reference`, :func:`network_reference`) on
@@ -153,8 +154,9 @@ class Duet:
     def describe(self) -> dict[str, Any]:
         """The reference, its baseline and the scale factors applied so far (how many blocks; their p10, median
         and p90: how far the machine moved from the baseline's moment), as plain JSON values."""
-        scales = np.asarray(self.scales or [math.nan])
-        p10, median, p90 = (float(np.percentile(scales, q)) for q in (10, 50, 90))
+        p10 = median = p90 = None  # no block timed yet
+        if self.scales:
+            p10, median, p90 = (float(np.percentile(self.scales, q)) for q in (10, 50, 90))
         return {"reference": self.label, "baseline_ms": self.baseline_ms, "blocks": len(self.scales),
                 "scale_p10": p10, "scale_median": median, "scale_p90": p90}
 
@@ -163,14 +165,13 @@ class Duet:
         self.reference.close()
 
 
-def op_reference(spec: str = DEFAULT_REFERENCE, batch: int = 1) -> tuple[nn.Module, tuple[int, int, int, int], str]:
+def op_reference(spec: str = DEFAULT_REFERENCE, batch: int = 1) -> Reference:
     """The reference of :meth:`Duet.start` that is the op ``spec``: its eval-mode module, input shape, label."""
     parsed = parse_spec(spec)
     return build_op(parsed).eval(), (batch, *parsed.input_shape), spec
 
 
-def network_reference(arch: Architecture, label: str, batch: int = 1
-                      ) -> tuple[nn.Module, tuple[int, int, int, int], str]:
+def network_reference(arch: Architecture, label: str, batch: int = 1) -> Reference:
     """The reference of :meth:`Duet.start` that is the whole network of ``arch``."""
     return build_network(arch).eval(), (batch, arch.in_chs, *arch.input_size), label
 

@@ -192,6 +192,12 @@ def test_the_default_reference_op_is_a_mid_size_mbconv() -> None:
     assert not module.training
 
 
+def test_a_duet_that_timed_nothing_describes_no_scale() -> None:
+    duet = Duet(MachineRunner(Machine(), 0.5, "ref"), baseline_ms=0.5, run_wall_s=5e-4)
+    assert duet.describe() == {"reference": DEFAULT_REFERENCE, "baseline_ms": 0.5, "blocks": 0, "scale_p10": None,
+                               "scale_median": None, "scale_p90": None}
+
+
 def test_a_duet_needs_a_positive_baseline() -> None:
     machine = Machine()
     with pytest.raises(ValueError, match="baseline_ms"):
