@@ -187,8 +187,14 @@ def distributed_session(train_device: str = "cpu", *, timeout_s: float = DEFAULT
     timeout = datetime.timedelta(seconds=timeout_s)
     dist.init_process_group(backend, store=_attempt_store(environ or os.environ, rank, world, timeout), rank=rank,
                             world_size=world, timeout=timeout)
+    ctx = DistContext(rank, world, local, backend, float(timeout_s), collective_device)
     try:
-        yield DistContext(rank, world, local, backend, float(timeout_s), collective_device)
+        yield ctx
+        # Tear down together: a rank that destroys its group (and exits) while rank 0 still writes the run's files
+        # can abort in gloo's teardown ("terminate called without an active exception", SIGABRT), seen under
+        # load. Not after an error: the other ranks may never come to the barrier.
+        with _collective(ctx, "the closing barrier"):
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 
