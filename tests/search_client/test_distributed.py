@@ -4,6 +4,7 @@ replaced by a recording one), the checkpoint's world size, and the CLI's --nproc
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -253,3 +254,25 @@ def test_nproc_starts_torchrun_with_the_same_arguments(monkeypatch: pytest.Monke
     with pytest.raises(ValueError, match="already runs under torchrun"):
         check_nproc(2)
     check_nproc(1)
+
+
+def _one_rank_environ() -> dict[str, str]:
+    """A torchrun environment of a world of one, its store on a free local port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def test_the_ranks_meet_before_the_group_is_destroyed_after_a_normal_end_only(monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    barriers: list[bool] = []
+    real_barrier = distributed.dist.barrier
+    monkeypatch.setattr(distributed.dist, "barrier", lambda *a, **k: (barriers.append(True), real_barrier(*a, **k)))
+    with distributed_session("cpu", timeout_s=30, environ=_one_rank_environ()) as ctx:
+        assert ctx.world_size == 1 and distributed.dist.is_initialized() and not barriers
+    assert barriers == [True] and not distributed.dist.is_initialized()
+    with pytest.raises(RuntimeError, match="boom"):
+        with distributed_session("cpu", timeout_s=30, environ=_one_rank_environ()):
+            raise RuntimeError("boom")
+    assert barriers == [True] and not distributed.dist.is_initialized()  # no barrier after an error
