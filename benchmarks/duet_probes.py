@@ -39,7 +39,7 @@ from nas_ops.space import SearchSpace, load_space
 from profiler_service.engine.backends import get_backend
 from profiler_service.engine.backends.base import Backend, Runner
 from profiler_service.engine.cache_regime import COLD_FLUSH_KIB
-from profiler_service.engine.duet import network_reference, op_reference
+from profiler_service.engine.duet import middle_architecture, network_reference, op_reference
 from profiler_service.engine.protocol import cache_flusher
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -90,8 +90,7 @@ def probes(backend: Backend, space: SearchSpace, args: argparse.Namespace,
     runs = args.block_runs
     canary = prepare(backend, *op_reference(CANARY_OP)[:2])
     mbconv = prepare(backend, *op_reference()[:2])
-    middle = space.architecture([len(cell.candidates) // 2 for cell in space.cells()])
-    network = prepare(backend, *network_reference(middle, "middle")[:2])
+    network = prepare(backend, *network_reference(middle_architecture(space), "middle")[:2])
     buffer = np.ones(max(args.cache_flush_kib, 1) * 256, dtype=np.float32)
     matrix = np.random.default_rng(0).standard_normal((MATMUL_SIZE, MATMUL_SIZE)).astype(np.float32)
     table: dict[str, Probe] = {

@@ -110,6 +110,7 @@ from profiler_service.engine.backends.base import Runner, random_input
 from profiler_service.engine.backends.ort_backend import OrtBackend, OrtRunner
 from profiler_service.engine.calibration import CalibrationCache
 from profiler_service.engine.duet import Duet, DuetBackend, network_reference, op_reference
+from profiler_service.engine.duet import middle_architecture as duet_reference_arch  # --duet network
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
 from profiler_service.engine.cache_regime import flush_kib, read_core_cache
 from profiler_service.engine.presets import PROTOCOL_PRESETS, ResolvedProtocol, ServiceProtocol
@@ -773,12 +774,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_reports(report, args.out_dir)
     print_summary(report, args.out_dir)
     return 0 if all(v["pass"] for v in targets) else 1
-
-
-def duet_reference_arch(space: SearchSpace) -> Architecture:
-    """The reference network of ``--duet network``: every cell's middle candidate (never in a sample by design:
-    it is not drawn, and the benchmark does not depend on it being distinct)."""
-    return space.architecture([len(cell.candidates) // 2 for cell in space.cells()])
 
 
 def start_duet(backend: Backend, space: SearchSpace, args: argparse.Namespace, op_params: ProtocolParams,

@@ -48,6 +48,7 @@ from torch import nn
 from nas_ops.arch import Architecture
 from nas_ops.blocks import build_op
 from nas_ops.network import build_network
+from nas_ops.space import SearchSpace
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends.base import Backend, Runner
 
@@ -169,6 +170,11 @@ def op_reference(spec: str = DEFAULT_REFERENCE, batch: int = 1) -> Reference:
     """The reference of :meth:`Duet.start` that is the op ``spec``: its eval-mode module, input shape, label."""
     parsed = parse_spec(spec)
     return build_op(parsed).eval(), (batch, *parsed.input_shape), spec
+
+
+def middle_architecture(space: SearchSpace) -> Architecture:
+    """The network reference of a space: every cell's middle candidate (a typical network, fixed by the space)."""
+    return space.architecture([len(cell.candidates) // 2 for cell in space.cells()])
 
 
 def network_reference(arch: Architecture, label: str, batch: int = 1) -> Reference:
