@@ -109,7 +109,14 @@ from profiler_service.engine.backends import Backend, get_backend
 from profiler_service.engine.backends.base import Runner, random_input
 from profiler_service.engine.backends.ort_backend import OrtBackend, OrtRunner
 from profiler_service.engine.calibration import CalibrationCache
-from profiler_service.engine.duet import Duet, DuetBackend, network_reference, op_reference
+from profiler_service.engine.duet import (
+    DEFAULT_REFERENCE,
+    Duet,
+    DuetBackend,
+    duet_params,
+    network_reference,
+    op_reference,
+)
 from profiler_service.engine.duet import middle_architecture as duet_reference_arch  # --duet network
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
 from profiler_service.engine.cache_regime import flush_kib, read_core_cache
@@ -150,6 +157,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--network-budget", type=float, default=1.5,
                         help="seconds of timed runs of one network, split over its rounds (6 rounds: 0.25 s each, "
                              "an op round's budget)")
+    parser.add_argument("--op-budget", type=float, default=None,
+                        help="seconds of timed runs of one op per table round (default: the preset's time_budget_s)")
     parser.add_argument("--cache-flush-kib", type=int, default=None,
                         help="protocol cache_flush_kib for ops and networks (default: the preset's)")
     parser.add_argument("--no-affinity", action="store_true", help="do not pin the measuring thread to fixed cores")
@@ -172,6 +181,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--anchors must be 0 (no anchoring) or >= 2")
     if args.table_rounds is not None and args.table_rounds < 1:
         parser.error("--table-rounds must be >= 1")
+    if args.op_budget is not None and not 0 < args.op_budget <= 600:
+        parser.error("--op-budget must be in (0, 600] seconds")
     if not 0 < args.network_budget / args.rounds <= 600:
         parser.error("--network-budget / --rounds must be in (0, 600] seconds")
     return args
@@ -193,11 +204,13 @@ def protocols(args: argparse.Namespace, preset: ProtocolParams) -> tuple[Protoco
     base = preset.model_dump()
     base["affinity"] = not args.no_affinity
     if getattr(args, "duet", None):
-        base.update(aggregate="median", disturbed_block_rel=None)
+        base = duet_params(preset, duet_label(args)).model_dump() | {"affinity": not args.no_affinity}
     if args.cache_flush_kib is not None:
         base["cache_flush_kib"] = args.cache_flush_kib
     if args.table_rounds is not None:
         base["rounds"] = args.table_rounds
+    if getattr(args, "op_budget", None) is not None:
+        base["time_budget_s"] = args.op_budget
     op = ProtocolParams(**base)
     network = ProtocolParams(**{**base, "calibrate": False, "time_budget_s": args.network_budget / args.rounds,
                                 "target_rel_ci": NETWORK_TARGET_REL_CI})
@@ -776,6 +789,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(v["pass"] for v in targets) else 1
 
 
+def duet_label(args: argparse.Namespace) -> str:
+    """The name of ``--duet``'s reference: the op's spec, or ``network:<--space>:middle``."""
+    return f"network:{args.space}:middle" if args.duet == "network" else DEFAULT_REFERENCE
+
+
 def start_duet(backend: Backend, space: SearchSpace, args: argparse.Namespace, op_params: ProtocolParams,
                network_params: ProtocolParams) -> Duet:
     """The duet of ``--duet``: the reference prepared on ``backend`` and its baseline measured after the
@@ -783,7 +801,7 @@ def start_duet(backend: Backend, space: SearchSpace, args: argparse.Namespace, o
     if op_params.cache_flush_kib != network_params.cache_flush_kib:
         raise ValueError("--duet: ops and networks must be measured with the same cache flush")
     if args.duet == "network":
-        reference = network_reference(duet_reference_arch(space), f"network:{space.name}:middle", args.batch)
+        reference = network_reference(duet_reference_arch(space), duet_label(args), args.batch)
     else:
         reference = op_reference()
     return Duet.start(backend, args.threads, reference, seed=op_params.seed,

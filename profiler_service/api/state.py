@@ -38,23 +38,24 @@ class ServiceState:
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         self.fingerprint = device_fingerprint()
         self.backends = select_backends(settings.backend_names())
-        self.protocol = ServiceProtocol(settings.protocol, configured_cache(settings.cache_kib))
-        # the protocol of a request without a working set (and of the canaries)
+        self.protocol = ServiceProtocol(settings.protocol, configured_cache(settings.cache_kib), settings.duet)
+        # the protocol of a request without a working set
         self.protocol_params = self.protocol.base.params
         self.protocol_version = self.protocol.base.version
+        canary = self.protocol.canary_base  # never in a duet: the canaries watch the machine's raw speed
         self.metrics = ServiceMetrics()
         self._env_cache: dict[tuple[str, int], tuple[dict[str, Any], str]] = {}
         self._env_lock = threading.Lock()
         with write_session(self.sessions) as session:
             self.device_id = get_or_create_device(session, settings.device_name, self.fingerprint).id
         self.canaries = None if settings.canary_interval_s == 0 else CanaryWatch(
-            sessions=self.sessions, device_id=self.device_id, protocol_version=self.protocol_version,
+            sessions=self.sessions, device_id=self.device_id, protocol_version=canary.version,
             threads=settings.threads, interval_s=settings.canary_interval_s,
             before_job_s=settings.canary_before_job_s, threshold_rel=settings.canary_drift_rel,
         )
         self.worker = JobWorker(
             sessions=self.sessions, device_id=self.device_id, backends=self.backends,
-            protocol_params=self.protocol_params, protocol_version=self.protocol_version,
+            protocol_params=canary.params, protocol_version=canary.version,
             environment=self.environment, poll_s=settings.worker_poll_s, on_measured=self._count_measurement,
             canaries=self.canaries, protocol_for_job=self.protocol.for_job,
         )

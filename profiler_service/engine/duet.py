@@ -51,6 +51,7 @@ from nas_ops.network import build_network
 from nas_ops.space import SearchSpace
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends.base import Backend, Runner
+from profiler_service.engine.protocol import ProtocolParams, seeded
 
 #: The default reference op: a mid-size MBConv (about a millisecond after a 16 MiB flush on one CPU core).
 DEFAULT_REFERENCE = "mbconv_r28x28_c40-40_k5_e6_s1_relu6_skip"
@@ -59,6 +60,14 @@ MAX_REFERENCE_RUNS = 10_000
 BASELINE_BLOCKS = 20
 #: What :meth:`Duet.start` times: the reference's eval-mode module, its input shape (N, C, H, W) and its label.
 Reference = tuple[nn.Module, tuple[int, int, int, int], str]
+
+
+def duet_params(params: ProtocolParams, reference: str = DEFAULT_REFERENCE) -> ProtocolParams:
+    """``params`` measured in a duet with ``reference``: the rounds aggregated by their median and every block
+    kept (a scaled block is off in either direction, so the one-sided ``min`` and block filter would pick the low
+    outliers: module docstring). The one definition of what a duet changes in the protocol."""
+    return ProtocolParams(**{**params.model_dump(), "duet_reference": reference, "aggregate": "median",
+                             "disturbed_block_rel": None})
 
 
 class DuetRunner(Runner):
@@ -148,6 +157,11 @@ class Duet:
             raise
         return cls(runner, min(medians), run_wall_s, label, clock)
 
+    def rebased(self, baseline_ms: float) -> Duet:
+        """This duet's reference on the scale of ``baseline_ms`` (a baseline stored earlier for the same reference
+        and context, so that numbers measured since share one scale); the new duet owns the reference runner."""
+        return Duet(self.reference, baseline_ms, self.run_wall_s, self.label, self.clock)
+
     def wrap(self, runner: Runner) -> DuetRunner:
         """``runner`` timed in this duet."""
         return DuetRunner(runner, self)
@@ -169,7 +183,9 @@ class Duet:
 def op_reference(spec: str = DEFAULT_REFERENCE, batch: int = 1) -> Reference:
     """The reference of :meth:`Duet.start` that is the op ``spec``: its eval-mode module, input shape, label."""
     parsed = parse_spec(spec)
-    return build_op(parsed).eval(), (batch, *parsed.input_shape), spec
+    with seeded(0):  # the same weights in every process: a stored baseline stays the reference's
+        module = build_op(parsed).eval()
+    return module, (batch, *parsed.input_shape), spec
 
 
 def middle_architecture(space: SearchSpace) -> Architecture:
@@ -179,7 +195,9 @@ def middle_architecture(space: SearchSpace) -> Architecture:
 
 def network_reference(arch: Architecture, label: str, batch: int = 1) -> Reference:
     """The reference of :meth:`Duet.start` that is the whole network of ``arch``."""
-    return build_network(arch).eval(), (batch, arch.in_chs, *arch.input_size), label
+    with seeded(0):
+        module = build_network(arch).eval()
+    return module, (batch, arch.in_chs, *arch.input_size), label
 
 
 class DuetBackend(Backend):

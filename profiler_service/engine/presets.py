@@ -10,6 +10,11 @@ A regime's parameters and stored version are the same whichever preset chose it:
 stored as ``PROTOCOL_VERSION`` ("4"), ``warm`` is ``cache_flush_kib=0`` stored as "4+warm", ``flush<K>`` (``auto``
 only) is ``cache_flush_kib=K`` stored as "4+flush<K>". So rows measured under ``--protocol warm`` are the rows
 ``auto`` serves to a small network, and a number of one regime is never served as another's.
+
+A service with ``duet`` on measures every regime in a duet (protocol point 11,
+:func:`~profiler_service.engine.duet.duet_params`) and stores it with ``+duet`` appended ("4+duet",
+"4+warm+duet", "4+flush1024+duet"): duet numbers are never served as plain ones, nor plain ones as duet ones.
+The canaries are never timed in a duet (:attr:`ServiceProtocol.canary_base`): they watch the machine's raw speed.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from profiler_service.engine.cache_regime import COLD_FLUSH_KIB, CacheInfo, Regime, flush_kib, regime, regimes_of
+from profiler_service.engine.duet import DEFAULT_REFERENCE, duet_params
 from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
 
 PROTOCOL_PRESETS = ("auto", "cold", "default", "warm", "fast")
 #: Earlier names of presets (accepted, same meaning).
 PRESET_ALIASES = {"default": "cold"}
+#: The part of a stored version that says its numbers were measured in a duet.
+DUET_SUFFIX = "duet"
 
 
 def _canonical(preset: str) -> str:
@@ -63,13 +71,26 @@ def protocol_version_for(preset: str, working_set_bytes: int | None = None,
 
 
 def regime_of_version(version: str) -> Regime:
-    """The cache regime a stored version names: its ``+warm`` or ``+flush<K>`` suffix, ``cold`` for anything else."""
-    _, _, suffix = version.partition("+")
-    try:
-        flush_kib(suffix)
-    except ValueError:
-        return "cold"
-    return suffix
+    """The cache regime a stored version names: its ``+warm`` or ``+flush<K>`` part, ``cold`` for anything else."""
+    for part in version.split("+")[1:]:
+        try:
+            flush_kib(part)
+        except ValueError:
+            continue
+        return part
+    return "cold"
+
+
+def is_duet_version(version: str) -> bool:
+    """Whether a stored version says its numbers were measured in a duet (its ``+duet`` part)."""
+    return DUET_SUFFIX in version.split("+")[1:]
+
+
+def with_duet(resolved: ResolvedProtocol, reference: str = DEFAULT_REFERENCE) -> ResolvedProtocol:
+    """``resolved`` measured in a duet with ``reference``: its parameters through
+    :func:`~profiler_service.engine.duet.duet_params`, ``+duet`` appended to its version."""
+    return ResolvedProtocol(duet_params(resolved.params, reference), f"{resolved.version}+{DUET_SUFFIX}",
+                            resolved.regime)
 
 
 @dataclass(frozen=True)
@@ -82,11 +103,26 @@ class ResolvedProtocol:
 
 
 class ServiceProtocol:
-    """The protocol a service measures with: a preset, and for ``auto`` the cache it compares working sets with."""
+    """The protocol a service measures with: a preset, for ``auto`` the cache it compares working sets with, and
+    whether it measures in a duet (module docstring)."""
 
-    def __init__(self, preset: str, cache: CacheInfo) -> None:
+    def __init__(self, preset: str, cache: CacheInfo, duet: bool = False) -> None:
         self.preset = _canonical(preset)
         self.cache = cache
+        self.duet = duet
+
+    def _plain(self, working_set_bytes: int | None) -> ResolvedProtocol:
+        if self.preset != "auto":
+            return self._fixed(self.preset)
+        return self._of_regime(regime(working_set_bytes, self.cache))
+
+    def _measured(self, plain: ResolvedProtocol) -> ResolvedProtocol:
+        return self._duet_of(plain) if self.duet else plain
+
+    @staticmethod
+    @functools.cache
+    def _duet_of(plain: ResolvedProtocol) -> ResolvedProtocol:
+        return with_duet(plain)
 
     @staticmethod
     @functools.cache  # every lookup resolves its protocol: build each preset's (immutable) parameters once
@@ -104,30 +140,34 @@ class ServiceProtocol:
 
     def for_working_set(self, working_set_bytes: int | None) -> ResolvedProtocol:
         """The protocol of a request measuring (ops of) a network of ``working_set_bytes`` (None: not given)."""
-        if self.preset != "auto":
-            return self._fixed(self.preset)
-        return self._of_regime(regime(working_set_bytes, self.cache))
+        return self._measured(self._plain(working_set_bytes))
 
     def for_job(self, submitted_version: str) -> ResolvedProtocol:
         """The protocol a job submitted under ``submitted_version`` is measured under now: its regime (``auto``)
-        or this service's fixed preset (as a job resumed under another preset always was)."""
+        or this service's fixed preset (as a job resumed under another preset always was), in a duet when this
+        service measures in one (whatever the job was submitted under)."""
         if self.preset != "auto":
-            return self._fixed(self.preset)
-        return self._of_regime(regime_of_version(submitted_version))
+            return self._measured(self._fixed(self.preset))
+        return self._measured(self._of_regime(regime_of_version(submitted_version)))
 
     @property
     def base(self) -> ResolvedProtocol:
-        """The protocol of a request without a working set (and of the canary checks)."""
+        """The protocol of a request without a working set."""
         return self.for_working_set(None)
+
+    @property
+    def canary_base(self) -> ResolvedProtocol:
+        """The protocol the canary checks derive theirs from: :attr:`base` without the duet."""
+        return self._plain(None)
 
     def describe(self) -> dict[str, Any]:
         """The ``protocol`` entry of ``/v1/device``: the base version and parameters (a request without a working
         set), the preset, the cache the rule uses, and every regime's version."""
         base = self.base
-        regimes = {name: self._of_regime(name).version for name in regimes_of(self.cache)} \
+        regimes = {name: self._measured(self._of_regime(name)).version for name in regimes_of(self.cache)} \
             if self.preset == "auto" else {base.regime: base.version}
         return {"version": base.version, "params": base.params.model_dump(), "preset": self.preset,
-                "cache": self.cache.as_dict(), "regimes": regimes,
+                "duet": base.params.duet_reference, "cache": self.cache.as_dict(), "regimes": regimes,
                 "rule": "auto: warm when the request's working_set_bytes <= cache.size_bytes; else flush<K>, a "
                         f"cache flush of K KiB, the working set rounded up to a power of two, while K < "
                         f"{COLD_FLUSH_KIB}; else cold (16 MiB flush); cold without working_set_bytes or with an "

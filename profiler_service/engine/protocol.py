@@ -56,6 +56,12 @@ Rows of another version are never served as this one's.
 10. No silent zeros (:func:`profiler_service.engine.rounds.stored_result`): an op that costs multiply-adds whose
    aggregated latency is not above the timer's resolution (calibration floored it at 0, or it stayed below the
    timer even in groups) is stored flagged, with the reason, and with an upper bound instead of 0.
+11. Duet (``duet_reference``, the service's ``duet`` setting): every timed block is measured between two blocks
+   of a fixed reference op and stored relative to them (:mod:`profiler_service.engine.duet`), so a slowdown of
+   the machine that lasts longer than a block cancels out; :func:`~profiler_service.engine.duet.duet_params` sets
+   what goes with it (the median aggregate, every block kept). The job worker applies it
+   (:mod:`profiler_service.jobs.duets`: one reference and one stored baseline per measurement context); these
+   functions only record it. The stored version carries a ``+duet`` suffix.
 """
 
 from __future__ import annotations
@@ -133,6 +139,8 @@ class ProtocolParams(BaseModel):
     aggregate_q: float = Field(DEFAULT_QUANTILE, gt=0, lt=1, description="the quantile of low_quantile")
     min_timing_ticks: int = Field(100, ge=1, le=10**9, description="timer ticks one timing must last (point 7)")
     max_runs_per_timing: int = Field(1 << 16, ge=1, le=1 << 24, description="runs in one timing at most")
+    duet_reference: str | None = Field(None, min_length=1, max_length=256,
+                                       description="the duet's reference (point 11); None: no duet")
 
     @model_validator(mode="after")
     def _runs_ordered(self) -> ProtocolParams:

@@ -31,14 +31,17 @@ each pending item, "backend X is no longer served by this device", and the worke
 job resumed after a restart with another runtime stores its rows under the environment they were measured in.
 With ``protocol_for_job`` the protocol follows the job: a job submitted in the warm cache regime (protocol version
 ``4+warm``, chosen by the service's ``auto`` preset from the request's working set) is measured and stored warm,
-one submitted under ``4+flush1024`` with that flush.
+one submitted under ``4+flush1024`` with that flush. A protocol with a ``duet_reference`` (the service's ``duet``
+setting) is measured in the duet of the job's context (:mod:`profiler_service.jobs.duets`: started by the first
+job that needs it, its baseline stored for every later one), ops and networks alike.
 
 Canaries: with a :class:`~profiler_service.jobs.canaries.CanaryWatch`, the worker measures the canary ops at its
 start, every ``interval_s`` while it serves (also between the items of a long job) and before a job, and keeps
 the drift report the API shows.
 
 The worker gets what it needs and nothing of the web service: a session factory, this device's id, the served
-backends, the protocol (parameters and stored version), an environment resolver and, optionally, a canary watch.
+backends, the protocol (parameters and stored version: those of the canary checks, and of every job unless
+``protocol_for_job`` resolves its own), an environment resolver and, optionally, a canary watch.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from profiler_service.engine.presets import ResolvedProtocol
 from profiler_service.engine.rounds import lacking_rounds, round_order, stored_result
 from profiler_service.engine.stats import RoundMeasurement, Stats
 from profiler_service.jobs.canaries import CANARY_BATCH, CANARY_DTYPE, CanaryWatch
+from profiler_service.jobs.duets import DuetPool
 from profiler_service.jobs.lease import LeaseKeeper
 from profiler_service.jobs.retry import Backoff, Interrupted, Sleep, StoreUnavailable, with_retries
 from profiler_service.jobs.store import NETWORK_POSITION, ClaimedJob, JobStore, PendingItem, new_owner_id
@@ -143,6 +147,7 @@ class JobWorker:
         self.measure_op = measure_op
         self.measure_network = measure_network
         self.canaries = canaries
+        self.duets = DuetPool(sessions, device_id)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -166,6 +171,8 @@ class JobWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if not self.alive:
+            self.duets.close()
 
     def wake(self) -> None:
         """Look for work now (after a submit) instead of at the next poll."""
@@ -253,7 +260,8 @@ class JobWorker:
             resolved = self.protocol_for_job(job.context.protocol_version)
             params, version = resolved.params, resolved.version
         context = job.context.in_environment(current_hash, version)
-        return _Run(job, self.backends[name], context, environment, params)
+        backend = self.duets.backend(self.backends[name], context.threads, current_hash, version, params)
+        return _Run(job, backend, context, environment, params)
 
     def _measured(self, backend: str, kind: str, started: float) -> None:
         if self.on_measured is not None:
