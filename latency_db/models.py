@@ -298,7 +298,9 @@ class MeasurementRound(Base):
 
 class CanaryReference(Base):
     """The stored value of one canary op on one device in one measurement context: what later canary checks of
-    that context are compared with (the first check stores it): the aggregate of that check's rounds."""
+    that context are compared with (the first check stores it): the aggregate of that check's rounds. A duet's
+    baseline is stored the same way (the reference op's row in the duet's context, protocol version ``...+duet``):
+    every later duet of that context scales to it."""
 
     __tablename__ = "canary_references"
     __table_args__ = (

@@ -1,4 +1,5 @@
-"""The real service as a process: a job survives SIGKILL and every item is measured exactly once."""
+"""The real service as a process: a job survives SIGKILL and every item is measured exactly once; a duet service
+keeps one baseline across restarts."""
 
 from __future__ import annotations
 
@@ -83,3 +84,35 @@ def test_token_and_bind_rules_on_a_real_process(tmp_path) -> None:
         assert ok.status_code == 202 and ok.json()["done"] < len(OPS)
     finally:
         profiler.stop()
+
+
+def test_a_duet_service_keeps_one_baseline_across_restarts(tmp_path) -> None:
+    from latency_db.models import CanaryReference
+    from profiler_service.engine.duet import DEFAULT_REFERENCE
+
+    db_url = f"sqlite:///{tmp_path / 'duet.db'}"
+    measured = []
+    for ops in (OPS[:2], OPS[2:3]):  # two processes, one after the other, on one database
+        profiler = LiveProfiler(db_url, tmp_path / "serve.log", extra_args=("--duet",)).start()
+        try:
+            protocol = httpx.get(f"{profiler.url}/v1/device", timeout=5).json()["protocol"]
+            job = httpx.post(f"{profiler.url}/v1/measure", json={"backend": "ort-cpu", "ops": ops, "wait_s": 120},
+                             timeout=130).json()
+            assert job["status"] == "done" and job["protocol_version"] == protocol["version"]
+            measured.append(protocol["version"])
+        finally:
+            profiler.stop()
+    assert measured[0] == measured[1] and measured[0].endswith("+duet")
+    engine = make_engine(db_url)
+    try:
+        with make_session_factory(engine)() as session:
+            versions = sorted(session.scalars(select(Measurement.protocol_version)))
+            baselines = session.scalars(select(CanaryReference)).all()
+    finally:
+        engine.dispose()
+    assert versions == [measured[0]] * 3
+    # the second process scaled to the first one's baseline instead of storing its own
+    duet = [b.protocol_version for b in baselines if b.op_spec == DEFAULT_REFERENCE]
+    assert duet == [measured[0]]
+    # the canaries were measured plain: their references are under the version without the duet
+    assert {b.protocol_version for b in baselines if b.op_spec != DEFAULT_REFERENCE} == {measured[0][:-len("+duet")]}
