@@ -119,16 +119,16 @@ def _specs_from(specs: list[str], space: str | None) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-def local_protocol(preset: str, space: str | None, batch: int, dtype: str) -> ResolvedProtocol:
+def local_protocol(preset: str, space: str | None, batch: int, dtype: str, duet: bool = False) -> ResolvedProtocol:
     """The protocol of a local measurement: ``preset``, with ``auto`` resolved from the working set of ``space``'s
-    typical network and this machine's per-core cache (cold without a space)."""
+    typical network and this machine's per-core cache (cold without a space), in a duet when ``duet``."""
     from nas_ops.counting import space_working_set_bytes
     from nas_ops.space import load_space
     from profiler_service.engine.cache_regime import read_core_cache
     from profiler_service.engine.presets import ServiceProtocol
 
     working_set = space_working_set_bytes(load_space(space), batch, dtype) if space else None
-    return ServiceProtocol(preset, read_core_cache()).for_working_set(working_set)
+    return ServiceProtocol(preset, read_core_cache(), duet).for_working_set(working_set)
 
 
 @app.command()
@@ -141,6 +141,8 @@ def measure(
     threads: Annotated[int, typer.Option(min=1, max=256)] = 1,
     protocol: Annotated[str, typer.Option(help="auto (the cache regime of --space's working set; cold without "
                                           "--space) | cold | warm | fast")] = "auto",
+    duet: Annotated[bool, typer.Option(help="time every block between two blocks of a reference op and report it "
+                                       "relative to them (as serve --duet; the scale of this run's baseline)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     out_file: Annotated[Path | None, typer.Option("--out", help="also write the stats as JSON here")] = None,
 ) -> None:
@@ -156,7 +158,7 @@ def measure(
     try:
         texts = _specs_from(specs or [], space)
         engine = get_backend(backend)
-        resolved = local_protocol(protocol, space, batch, dtype)
+        resolved = local_protocol(protocol, space, batch, dtype, duet)
         params = resolved.params
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
@@ -167,6 +169,13 @@ def measure(
         fail(str(exc))
     except ApiError as exc:
         fail(exc.detail)
+    if params.duet_reference is not None:
+        from profiler_service.engine.duet import DuetBackend, start_protocol_duet
+
+        try:
+            engine = DuetBackend(engine, start_protocol_duet(engine, threads, params))
+        except (RuntimeError, ValueError) as exc:
+            fail(f"duet reference {params.duet_reference}: {exc}", code=1)
     results: dict[str, dict[str, float]] = {}
     calibration = CalibrationCache()  # one session: the command's ops share their calibration values
     with Progress(TextColumn("[bold]measuring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

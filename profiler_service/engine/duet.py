@@ -51,7 +51,7 @@ from nas_ops.network import build_network
 from nas_ops.space import SearchSpace
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends.base import Backend, Runner
-from profiler_service.engine.protocol import ProtocolParams, seeded
+from profiler_service.engine.protocol import MEASURE_LOCK, ProtocolParams, cache_flusher, pinned_cores, seeded
 
 #: The default reference op: a mid-size MBConv (about a millisecond after a 16 MiB flush on one CPU core).
 DEFAULT_REFERENCE = "mbconv_r28x28_c40-40_k5_e6_s1_relu6_skip"
@@ -186,6 +186,17 @@ def op_reference(spec: str = DEFAULT_REFERENCE, batch: int = 1) -> Reference:
     with seeded(0):  # the same weights in every process: a stored baseline stays the reference's
         module = build_op(parsed).eval()
     return module, (batch, *parsed.input_shape), spec
+
+
+def start_protocol_duet(backend: Backend, threads: int, params: ProtocolParams,
+                        clock: Callable[[], float] = time.perf_counter) -> Duet:
+    """The duet of ``params`` (its ``duet_reference`` op) on ``backend``: the baseline timed as the protocol times,
+    under the measurement lock and its core pinning, after its cache flush."""
+    if params.duet_reference is None:
+        raise ValueError("params: no duet_reference to start a duet with")
+    with MEASURE_LOCK, pinned_cores(threads, params.affinity):
+        return Duet.start(backend, threads, op_reference(params.duet_reference), seed=params.seed,
+                          before_each=cache_flusher(params.cache_flush_kib), clock=clock)
 
 
 def middle_architecture(space: SearchSpace) -> Architecture:

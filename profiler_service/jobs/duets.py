@@ -25,8 +25,8 @@ from latency_db.context import MeasurementContext
 from latency_db.repository import store_canary_references
 from latency_db.transactions import write_session
 from profiler_service.engine.backends import Backend
-from profiler_service.engine.duet import Duet, DuetBackend, op_reference
-from profiler_service.engine.protocol import MEASURE_LOCK, ProtocolParams, cache_flusher, pinned_cores
+from profiler_service.engine.duet import Duet, DuetBackend, start_protocol_duet
+from profiler_service.engine.protocol import ProtocolParams
 
 #: The context of a stored baseline besides backend, threads, environment and protocol version.
 REFERENCE_BATCH, REFERENCE_DTYPE = 1, "float32"
@@ -64,11 +64,8 @@ class DuetPool:
 
     def _start(self, backend: Backend, threads: int, context: MeasurementContext,
                params: ProtocolParams) -> Duet:
-        spec = params.duet_reference
-        assert spec is not None
-        with MEASURE_LOCK, pinned_cores(threads, params.affinity):
-            measured = Duet.start(backend, threads, op_reference(spec), seed=params.seed,
-                                  before_each=cache_flusher(params.cache_flush_kib), clock=self.clock)
+        measured = start_protocol_duet(backend, threads, params, self.clock)
+        spec = measured.label
         try:
             with write_session(self.sessions) as session:
                 stored = store_canary_references(session, device_id=self.device_id, context=context,

@@ -44,6 +44,14 @@ def test_measure_locally_prints_json_stats() -> None:
     assert document["backend"] == "ort-cpu" and document["stats"][spec]["median_ms"] > 0
 
 
+def test_measure_locally_in_a_duet() -> None:
+    spec = "mbconv_r8x8_c8-8_k3_e3_s1_relu6_skip"
+    result = runner.invoke(app, ["measure", spec, "--backend", "ort-cpu", "--protocol", "fast", "--duet", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout.strip().splitlines()[-1])
+    assert document["protocol_version"] == "4+fast+duet" and document["stats"][spec]["median_ms"] > 0
+
+
 def test_measure_bad_spec_is_a_one_line_error() -> None:
     result = subprocess.run([str(PROFILER), "measure", "mbconv_r8x8_c8-8_k4_e3_s1_relu6"], capture_output=True,
                             text=True, timeout=60)
