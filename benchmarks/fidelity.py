@@ -17,7 +17,11 @@ measured in ``--table-rounds`` rounds (default: the protocol's ``rounds``), each
 seeded order (:func:`~profiler_service.engine.rounds.round_order`, the benchmark's seed as the job id), one
 calibration cache for the whole table; an op's entry is :func:`~profiler_service.engine.rounds.stored_result` of its
 rounds (the protocol's aggregate; flagged entries are upper bounds, counted in the report). Every op round is kept,
-so the table is also aggregated each other way (median, min, low quantile of the rounds).
+so the table is also aggregated each other way (median, min, low quantile of the rounds). As the service does by
+default, every block of ops and networks is timed in a duet (``--duet op``, :mod:`profiler_service.engine.duet`:
+between two blocks of a fixed reference op, stored relative to them, the rounds aggregated by their median);
+``--duet none`` measures plain timings (``serve --no-duet``), ``--duet network`` with a network of the space as the
+reference. Table and networks share one duet (one baseline).
 
 Predicted latency of an architecture: the sum of its ops' entries (the prediction rule of docs/CONTRACTS.md),
 anchored as the search client anchors a table (:mod:`search_client.table.anchors`): ``--anchors`` networks from the
@@ -167,13 +171,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--anchors", type=int, default=None,
                         help="anchor networks the table is fitted on (0: the plain sum); default: the search "
                              "client's for the backend (6 on torch backends, 0 on ORT)")
-    parser.add_argument("--duet", choices=DUET_REFERENCES, default=None,
+    parser.add_argument("--duet", choices=(*DUET_REFERENCES, "none"), default="op",
                         help="time every block of ops and networks between two blocks of a reference and store it "
-                             "relative to them (profiler_service.engine.duet): 'op', a fixed mid-size MBConv, or "
-                             "'network', the space's network of every cell's middle candidate; reports get a "
+                             "relative to them (profiler_service.engine.duet): 'op', a fixed mid-size MBConv (what "
+                             "the service does by default), 'network', the space's network of every cell's middle "
+                             "candidate, or 'none' (plain timings, serve --no-duet); reports of a duet get a "
                              "_duet-<reference> suffix")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
     args = parser.parse_args(argv)
+    if args.duet == "none":
+        args.duet = None
     for name in ("archs", "threads", "batch", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")

@@ -72,9 +72,9 @@ def serve(
     device_name: Annotated[str | None, typer.Option(help="name of this device (default: hostname)")] = None,
     protocol: Annotated[str | None, typer.Option(help="protocol preset: auto (default: the cache regime follows "
                                                  "each request's working set) | cold | warm | fast")] = None,
-    duet: Annotated[bool | None, typer.Option("--duet/--no-duet", help="measure in a duet with a reference op "
-                                              "(drift of the machine cancels; about twice the time; default off "
-                                              "or PROFILER_DUET)")] = None,
+    duet: Annotated[bool | None, typer.Option("--duet/--no-duet", help="measure in a duet with a reference op, "
+                                              "so that drift of the machine cancels (default on, or "
+                                              "PROFILER_DUET); --no-duet: plain timings")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the REST API (migrates the database to head first). Health: GET /v1/health.

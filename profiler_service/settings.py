@@ -35,9 +35,9 @@ class ProfilerSettings(BaseSettings):
     protocol: str = Field("auto", description="protocol preset: 'auto' (the cache regime follows each request's "
                           "working_set_bytes: warm when it fits in the per-core cache, else cold), 'cold' (alias "
                           "'default': caches flushed), 'warm' (caches warm) or 'fast' (short runs, for tests)")
-    duet: bool = Field(False, description="measure every op and network in a duet with a fixed reference op "
-                       "(protocol point 11): a slowdown of the machine during a table cancels out; about twice the "
-                       "time per table; stored as its own protocol version (+duet)")
+    duet: bool = Field(True, description="measure every op and network in a duet with a fixed reference op "
+                       "(protocol point 11): a slowdown of the machine while it measures cancels out; stored as its "
+                       "own protocol version (+duet); false: plain timings")
     cache_kib: int | None = Field(None, ge=1, le=1 << 30, description="per-core cache size the 'auto' protocol "
                                   "compares working sets with, KiB; default: read from sysfs (unknown: all cold)")
     worker_poll_s: float = Field(1.0, gt=0, le=60)

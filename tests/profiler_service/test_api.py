@@ -274,10 +274,10 @@ def test_protocol_presets_are_part_of_the_measurement_identity(service_db: str) 
     from profiler_service.api.app import create_app
 
     with TestClient(create_app(make_settings(service_db, protocol="fast"))) as fast:
-        assert fast.get("/v1/device").json()["protocol"]["version"] == f"{PROTOCOL_VERSION}+fast"
+        assert fast.get("/v1/device").json()["protocol"]["version"] == f"{PROTOCOL_VERSION}+fast+duet"
         assert fast.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "wait_s": 60}).json()["done"] == 1
     with TestClient(create_app(make_settings(service_db, protocol="warm"))) as warm:
         info = warm.get("/v1/device").json()["protocol"]
-        assert info["version"] == f"{PROTOCOL_VERSION}+warm" and info["params"]["cache_flush_kib"] == 0
+        assert info["version"] == f"{PROTOCOL_VERSION}+warm+duet" and info["params"]["cache_flush_kib"] == 0
         lookup = warm.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1]}).json()
-        assert lookup["missing"] == SMALL_OPS[:1] and lookup["protocol_version"] == f"{PROTOCOL_VERSION}+warm"
+        assert lookup["missing"] == SMALL_OPS[:1] and lookup["protocol_version"] == f"{PROTOCOL_VERSION}+warm+duet"

@@ -24,6 +24,7 @@ from profiler_service.engine.canary import CANARY_SPECS, compare, is_drift, meas
 from profiler_service.engine.presets import protocol_version_for
 from profiler_service.engine.protocol import ProtocolParams
 from profiler_service.engine.stats import RoundMeasurement
+from profiler_service.settings import ProfilerSettings
 from profiler_service.jobs.canaries import CanaryWatch, drift_view
 from profiler_service.jobs.worker import JobWorker
 from tests.profiler_service.conftest import SMALL_OPS, make_settings
@@ -199,10 +200,22 @@ def speed(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return factor
 
 
+def canary_settings(service_db: str, duet: bool) -> ProfilerSettings:
+    return make_settings(service_db, backends="ort-cpu", canary_interval_s=3600.0, canary_before_job_s=0.0,
+                         duet=duet)
+
+
 @pytest.fixture
 def canary_client(service_db: str, speed: list[float]) -> Iterator[TestClient]:
-    settings = make_settings(service_db, backends="ort-cpu", canary_interval_s=3600.0, canary_before_job_s=0.0)
-    with TestClient(create_app(settings)) as client:
+    """A plain service (no duet): its stored values follow the device's speed."""
+    with TestClient(create_app(canary_settings(service_db, duet=False))) as client:
+        yield client
+
+
+@pytest.fixture
+def duet_canary_client(service_db: str, speed: list[float]) -> Iterator[TestClient]:
+    """A service with the default duet."""
+    with TestClient(create_app(canary_settings(service_db, duet=True))) as client:
         yield client
 
 
@@ -244,6 +257,20 @@ def test_the_device_reports_drift_everywhere_and_force_measures_again(canary_cli
     client.post("/v1/measure", json={**body, "ops": SMALL_OPS[2:], "wait_s": 60})
     assert drift_of(client)["status"] == "ok"
     assert client.get("/v1/ready").json()["drift"] == "ok"
+
+
+def test_a_duet_service_reports_the_drift_and_stores_values_the_drift_does_not_move(
+        duet_canary_client: TestClient, speed: list[float], service_db: str) -> None:
+    client = duet_canary_client
+    wait_for(lambda: drift_of(client)["status"] != "unchecked", "the canary check at start")
+    body = {"backend": "ort-cpu", "ops": SMALL_OPS[:1], "wait_s": 60}
+    assert client.post("/v1/measure", json=body).json()["protocol_version"].endswith("+duet")
+    before = stored_median(service_db, SMALL_OPS[0])
+    speed[0] = 1.6  # throttled: the reference op slows down with the op
+    again = client.post("/v1/measure", json={**body, "force": True}).json()
+    assert again["status"] == "done" and again["done"] == 1
+    assert drift_of(client)["status"] == "drift"  # the canaries are timed plain: the drift is still seen
+    assert stored_median(service_db, SMALL_OPS[0]) == pytest.approx(before)  # plain: before * 1.6
 
 
 def stored_median(db_url: str, op: str) -> float:

@@ -173,7 +173,8 @@ def test_one_duet_per_context_and_none_without_a_reference(sessions) -> None:
 # --- a whole service in a duet ----------------------------------------------------------------------------------------
 @pytest.fixture
 def duet_client(service_db: str) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(service_db, duet=True))) as test_client:
+    """The service as it starts by default: in a duet."""
+    with TestClient(create_app(make_settings(service_db))) as test_client:
         yield test_client
 
 
@@ -211,6 +212,6 @@ def test_a_duet_service_measures_stores_and_serves_under_its_version(duet_client
 def test_a_plain_service_never_serves_duet_rows(duet_client: TestClient, service_db: str) -> None:
     job = duet_client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "wait_s": 120}).json()
     assert job["status"] == "done"
-    with TestClient(create_app(make_settings(service_db))) as plain:
+    with TestClient(create_app(make_settings(service_db, duet=False))) as plain:
         lookup = plain.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1]}).json()
     assert lookup["missing"] == SMALL_OPS[:1] and lookup["protocol_version"] == f"{PROTOCOL_VERSION}+fast"

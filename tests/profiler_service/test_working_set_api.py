@@ -22,7 +22,8 @@ from tests.profiler_service.conftest import SMALL_OPS, make_settings
 from tests.profiler_service.jobs_fakes import stats
 
 MIB = 1 << 20
-WARM, COLD = f"{PROTOCOL_VERSION}+warm", PROTOCOL_VERSION
+# the service measures in a duet by default: every version carries +duet
+WARM, COLD = f"{PROTOCOL_VERSION}+warm+duet", f"{PROTOCOL_VERSION}+duet"
 COLD_FLUSH = ProtocolParams().cache_flush_kib
 
 
@@ -67,7 +68,7 @@ def test_the_answer_carries_the_protocol_version_of_the_regime(auto: tuple[TestC
     client, _ = auto
     assert lookup(client, working_set_bytes=MIB)["protocol_version"] == WARM
     assert lookup(client, working_set_bytes=2 * MIB)["protocol_version"] == WARM  # fits exactly
-    assert lookup(client, working_set_bytes=2 * MIB + 1)["protocol_version"] == f"{PROTOCOL_VERSION}+flush4096"
+    assert lookup(client, working_set_bytes=2 * MIB + 1)["protocol_version"] == f"{PROTOCOL_VERSION}+flush4096+duet"
     assert lookup(client, working_set_bytes=16 * MIB)["protocol_version"] == COLD
     assert lookup(client, working_set_bytes=float(MIB))["protocol_version"] == WARM  # an integral JSON number
     assert lookup(client)["protocol_version"] == COLD  # none given: cold, as before
@@ -79,8 +80,8 @@ def test_the_device_reports_the_cache_and_the_rule(auto: tuple[TestClient, Flush
     protocol = client.get("/v1/device").json()["protocol"]
     assert protocol["preset"] == "auto" and protocol["version"] == COLD
     assert protocol["cache"]["size_bytes"] == 2 * MIB and "PROFILER_CACHE_KIB" in protocol["cache"]["source"]
-    assert protocol["regimes"] == {"cold": COLD, "warm": WARM, "flush4096": f"{PROTOCOL_VERSION}+flush4096",
-                                   "flush8192": f"{PROTOCOL_VERSION}+flush8192"}
+    assert protocol["regimes"] == {"cold": COLD, "warm": WARM, "flush4096": f"{PROTOCOL_VERSION}+flush4096+duet",
+                                   "flush8192": f"{PROTOCOL_VERSION}+flush8192+duet"}
     assert "flush<K>" in protocol["rule"]
 
 
@@ -112,7 +113,7 @@ def test_a_job_between_the_cache_and_16_mib_is_flushed_by_its_size(auto: tuple[T
     client, recorder = auto
     job = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "working_set_bytes": 3 * MIB,
                                            "wait_s": 60}).json()
-    assert job["status"] == "done" and job["protocol_version"] == f"{PROTOCOL_VERSION}+flush4096"
+    assert job["status"] == "done" and job["protocol_version"] == f"{PROTOCOL_VERSION}+flush4096+duet"
     assert set(recorder.flushes) == {4096}
     assert lookup(client, working_set_bytes=4 * MIB)["missing"] == []  # the same regime: its rows
     assert lookup(client)["missing"] == SMALL_OPS[:1] and lookup(client, working_set_bytes=MIB)["missing"] == \
