@@ -30,7 +30,7 @@ ops, with the network protocol, in the client's ``ANCHOR_PASSES`` passes: 2 x 3 
 prediction is ``a + b * sum`` with the Theil-Sen fit of their aggregated
 latencies against their sums (each table aggregate is fitted on the same aggregate of the anchors' rounds). The
 anchors are never in a sample. ``--anchors`` defaults to the client's default for the backend
-(:func:`~search_client.table.anchors.default_anchors`: 6 on torch backends, 0 on ORT), so the headline is the table
+(:func:`~search_client.table.anchors.default_anchors`: 6), so the headline is the table
 a user of the client gets; the report keeps the plain sum's figures beside (``unanchored``). A table whose anchors
 no bias explains (:class:`~search_client.table.anchors.AnchorFitError`) is reported unanchored, with the error, and
 fails its targets.
@@ -170,7 +170,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="export every network round to ONNX again (as the service does; much slower)")
     parser.add_argument("--anchors", type=int, default=None,
                         help="anchor networks the table is fitted on (0: the plain sum); default: the search "
-                             "client's for the backend (6 on torch backends, 0 on ORT)")
+                             "client's (6)")
     parser.add_argument("--duet", choices=(*DUET_REFERENCES, "none"), default="op",
                         help="time every block of ops and networks between two blocks of a reference and store it "
                              "relative to them (profiler_service.engine.duet): 'op', a fixed mid-size MBConv (what "
@@ -197,9 +197,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def resolve_protocol(args: argparse.Namespace, space: SearchSpace) -> ResolvedProtocol:
     """The preset of ``--protocol`` as a service resolves it for ``space`` (``auto``: by the working set of the
-    space's typical network and this machine's per-core cache); ValueError for an unknown preset."""
+    space's typical network and this machine's per-core cache), in a duet unless ``--duet none``; ValueError for an
+    unknown preset."""
     working_set = space_working_set_bytes(space, args.batch, "float32")
-    return ServiceProtocol(args.protocol, read_core_cache()).for_working_set(working_set)
+    duet = getattr(args, "duet", None) is not None
+    return ServiceProtocol(args.protocol, read_core_cache(), duet).for_working_set(working_set)
 
 
 def protocols(args: argparse.Namespace, preset: ProtocolParams) -> tuple[ProtocolParams, ProtocolParams]:
@@ -764,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.anchors is None:
-        args.anchors = default_anchors(backend.name)
+        args.anchors = default_anchors()
     op_params, network_params = protocols(args, protocol.params)
     started, loadavg_start = time.perf_counter(), loadavg()
     phases_plan = schedule(op_params.rounds, args.rounds)

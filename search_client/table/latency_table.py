@@ -410,7 +410,7 @@ def build_table(
     calibration session: on a noisy VM one disturbed boundary timing flagged 4 of tiny-32's ops in ``make demo``, and
     such a flag does not survive a second session; a flag that does is an op below the device's resolution).
     Then the table is anchored (:func:`anchor_table`) on ``anchors`` networks measured on the
-    device (None: the backend's default, :func:`~search_client.table.anchors.default_anchors`; 0: not anchored).
+    device (None: the default, :func:`~search_client.table.anchors.default_anchors`; 0: not anchored).
     """
     info = client.device_info()
     device = {"url": client.base_url, "name": info["name"], "fingerprint": info["fingerprint"],
@@ -435,7 +435,7 @@ def build_table(
         threads=result.threads, protocol_version=result.protocol_version, env_hash=result.env_hash,
         allow_flagged=allow_flagged,
     )
-    count = default_anchors(table.backend) if anchors is None else anchors
+    count = default_anchors() if anchors is None else anchors
     if count == 0:
         return table
     return anchor_table(client, table, count, timeout_s=timeout_s, poll_s=poll_s, progress=progress)

@@ -16,6 +16,7 @@ from torch import nn
 from nas_ops.space import load_space
 from nas_ops.spec import OpSpec, format_spec
 from profiler_service.engine.backends import get_backend
+from profiler_service.engine.duet import DEFAULT_REFERENCE
 from profiler_service.engine.protocol import ProtocolParams
 from profiler_service.engine.rounds import stored_result
 from profiler_service.engine.stats import RoundMeasurement, Stats
@@ -40,7 +41,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Complete
            "--resolution", "12", "--archs", str(ARCHS), "--protocol", "fast", "--rounds", "2", "--table-rounds", "2",
            "--network-budget", "0.04", "--seed", "3", "--out-dir", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
-    stem = out / "fidelity_ort-cpu_micro-16_r12_s3"
+    stem = out / "fidelity_ort-cpu_micro-16_r12_s3_duet-op"  # the default: the service's duet
     report = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
     return done, report, stem
 
@@ -65,7 +66,7 @@ def test_smoke_run_ends_with_the_summary_line_and_exits_by_the_targets(smoke) ->
 def test_smoke_report_holds_both_samples_every_aggregate_and_the_noise_ceiling(smoke) -> None:
     _, report, stem = smoke
     assert report["config"]["seed"] == 3 and report["schedule"] == ["T0", "N0", "N1", "T1"]
-    assert report["protocol_version"] == "4+fast" and report["op_protocol"]["rounds"] == 2
+    assert report["protocol_version"] == "4+fast+duet" and report["op_protocol"]["rounds"] == 2
     assert [p["phase"] for p in report["phases"]] == ["table round 0", "stratified selection", "network round 0",
                                                       "network round 1", "table round 1"]
     assert set(report["samples"]) == {"uniform", "stratified"}
@@ -75,7 +76,7 @@ def test_smoke_report_holds_both_samples_every_aggregate_and_the_noise_ceiling(s
         for row in sample["matrix"].values():
             assert set(row) == {"mean", "median", "min", "low_quantile"}
             assert all(set(m) == METRICS for m in row.values())
-        assert sample["metrics"] == sample["matrix"]["min"]["min"]
+        assert sample["metrics"] == sample["matrix"]["median"]["median"]  # the duet's aggregate
         assert set(sample["noise"]) == {"round_tau", "round_spread", "split_half_tau"}
         assert all(isinstance(v, float) for v in sample["noise"].values())
         for network in sample["networks"]:
@@ -94,7 +95,7 @@ def test_smoke_table_keeps_every_op_round_and_can_be_aggregated_again(smoke) -> 
     _, report, _ = smoke
     table = report["table"]
     specs = fidelity.table_specs(load_space("micro-16").with_resolution(12, 12))
-    assert table["ops"] == len(specs) == len(table["entries"]) and table["aggregate"] == "min"
+    assert table["ops"] == len(specs) == len(table["entries"]) and table["aggregate"] == "median"  # the duet's
     assert table["flagged"] == table["flagged_by_aggregate"]["min"] >= 0
     params = ProtocolParams(**report["op_protocol"])
     for spec in specs:
@@ -125,7 +126,7 @@ def test_bad_backend_or_protocol_exits_with_a_message(tmp_path: Path, args: list
 
 def test_protocols_take_the_preset_the_table_rounds_and_split_the_network_budget() -> None:
     space = load_space("proxyless-mobile")
-    args = fidelity.parse_args(["--network-budget", "1.8", "--rounds", "6"])
+    args = fidelity.parse_args(["--network-budget", "1.8", "--rounds", "6", "--duet", "none"])
     resolved = fidelity.resolve_protocol(args, space)
     assert (resolved.version, resolved.regime, resolved.params) == ("4", "cold", ProtocolParams())
     op, network = fidelity.protocols(args, resolved.params)
@@ -134,13 +135,15 @@ def test_protocols_take_the_preset_the_table_rounds_and_split_the_network_budget
     assert network.cache_flush_kib == op.cache_flush_kib
     args = fidelity.parse_args(["--protocol", "fast", "--table-rounds", "2", "--no-affinity"])
     resolved = fidelity.resolve_protocol(args, space)
-    assert resolved.version == "4+fast"
+    assert resolved.version == "4+fast+duet"  # the service's default duet
     op, _ = fidelity.protocols(args, resolved.params)
     assert op.rounds == 2 and op.time_budget_s == ProtocolParams.fast().time_budget_s and not op.affinity
-    args = fidelity.parse_args(["--duet", "network"])  # ratios are off both ways: the median, every block
-    op, network = fidelity.protocols(args, fidelity.resolve_protocol(args, space).params)
-    assert (op.aggregate, op.disturbed_block_rel, network.aggregate, network.disturbed_block_rel) == (
-        "median", None, "median", None)
+    for argv, reference in (["--duet", "network"], "network:proxyless-mobile:middle"), ([], DEFAULT_REFERENCE):
+        args = fidelity.parse_args(argv)  # ratios are off both ways: the median, every block
+        op, network = fidelity.protocols(args, fidelity.resolve_protocol(args, space).params)
+        assert (op.aggregate, op.disturbed_block_rel, network.aggregate, network.disturbed_block_rel) == (
+            "median", None, "median", None)
+        assert op.duet_reference == network.duet_reference == reference
 
 
 def test_schedule_is_symmetric_with_table_round_0_first() -> None:
@@ -282,7 +285,7 @@ def test_a_missed_target_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     argv = ["--space", "micro-16", "--resolution", "8", "--archs", "2", "--protocol", "fast", "--rounds", "1",
             "--network-budget", "0.01", "--out-dir", str(tmp_path)]
     assert fidelity.main(argv) == 1  # a MAPE of 200% or more is never reached
-    report = json.loads((tmp_path / "fidelity_ort-cpu_micro-16_r8_s0.json").read_text())
+    report = json.loads((tmp_path / "fidelity_ort-cpu_micro-16_r8_s0_duet-op.json").read_text())
     assert [v["pass"] for v in report["targets"]] == [True, False] and report["passed"] is False
     assert report["schedule"] == ["T0", "N0"]
     assert all(s["noise"]["round_tau"] is None for s in report["samples"].values())
@@ -332,7 +335,8 @@ def test_the_markdown_says_when_the_flush_was_not_the_regimes() -> None:
 
 
 def test_duet_runs_name_their_reference_in_the_report_stem_and_the_markdown() -> None:
-    assert fidelity.parse_args([]).duet is None
+    assert fidelity.parse_args([]).duet == "op"  # the service's default
+    assert fidelity.parse_args(["--duet", "none"]).duet is None
     assert fidelity.parse_args(["--duet", "network"]).duet == "network"
     with pytest.raises(SystemExit):
         fidelity.parse_args(["--duet", "canary"])

@@ -24,8 +24,9 @@ import httpx
 import pytest
 import torch
 
+from nas_ops.arch import architecture_from_json_obj
 from nas_ops.space import PRESETS, SearchSpace
-from nas_ops.spec import parse_spec
+from nas_ops.spec import format_spec, parse_spec
 from search_client.device.client import LatencyClient
 from search_client.table.latency_table import LatencyTable, table_specs
 from tests.live import LiveProfiler
@@ -77,7 +78,9 @@ class FakeDevice:
                  flagged_on_measure: dict[str, str] | None = None) -> None:
         self.stored: dict[str, dict[str, Any]] = dict(stored or {})
         self.drift: dict[str, Any] | None = None  # the drift entry of GET /v1/device (None: a service without it)
-        self.network_ms = network_ms  # median of a measured architecture (its request body); None: fake stats
+        # median of a measured architecture (its request body); None: the sum of its ops' stored medians (a device
+        # whose networks are exactly their tables: an anchored table is the plain one)
+        self.network_ms = network_ms
         self.architectures: list[dict[str, Any]] = []
         self.flagged_on_measure = dict(flagged_on_measure or {})  # ops a measurement stores flagged, with the reason
         self.forced: list[list[str]] = []  # the ops of every job submitted with force
@@ -160,11 +163,15 @@ class FakeDevice:
                 self.measured.append(op)
         if job["kind"] == "architecture":
             job["result"] = fake_stats("architecture")
-            if self.network_ms is not None:
-                job["result"]["median_ms"] = self.network_ms(job["_architecture"])
+            job["result"]["median_ms"] = (self.network_ms or self.sum_of_ops)(job["_architecture"])
         job.update(status="failed" if failed else "done", done=job["total"] - len(failed), failed=len(failed),
                    pending=0, error="some ops failed" if failed else None,
                    failed_items=[{"op": op, "error": "out of memory"} for op in failed])
+
+    def sum_of_ops(self, architecture: dict[str, Any]) -> float:
+        """The stored medians (fake ones where none is stored) of the architecture's ops, summed."""
+        specs = [format_spec(spec) for spec in architecture_from_json_obj(architecture).specs()]
+        return sum(self.stored.get(spec, fake_stats(spec))["median_ms"] for spec in specs)
 
     def _public(self, job_id: int) -> dict[str, Any]:
         return {k: v for k, v in self.jobs[job_id].items() if not k.startswith("_")}

@@ -75,9 +75,8 @@ def test_anchor_choices_drop_duplicates_and_need_two():
         anchor_choices([[1.0, 2.0]], 1)
 
 
-def test_torch_backends_are_anchored_by_default_ort_is_not():
-    assert default_anchors("torch-cpu") == default_anchors("torch-cuda") == DEFAULT_ANCHORS
-    assert default_anchors("ort-cpu") == default_anchors("ort-cuda") == 0
+def test_every_table_is_anchored_by_default():
+    assert default_anchors() == DEFAULT_ANCHORS == 6
 
 
 def _anchored_table(a: float = -0.4, b: float = 1.3) -> tuple[LatencyTable, LatencyTable]:
@@ -126,7 +125,7 @@ def test_anchored_file_round_trip_and_hand_edits_refused(tmp_path):
         LatencyTable.load(tmp_path / "no_anchor.json")
 
 
-def test_build_table_anchors_a_torch_table_on_measured_networks():
+def test_build_table_anchors_a_table_on_measured_networks():
     plain = make_table(backend="torch-cpu")
 
     def network_ms(body):  # the device: networks 10% slower than the sum, plus 0.2 ms
@@ -141,10 +140,11 @@ def test_build_table_anchors_a_torch_table_on_measured_networks():
     choices = [1, 2, 0]
     assert table.latency_of(choices) == pytest.approx(network_ms({**Architecture.to_dict(
         MICRO.architecture(choices))}), rel=1e-9)
-    with device.client() as client:
-        assert build_table(client, MICRO, backend="ort-cpu", poll_s=0.01).anchor is None
+    with device.client() as client:  # every backend is anchored by default; 0 asks for the plain sum
+        assert build_table(client, MICRO, backend="ort-cpu", poll_s=0.01).anchor.b == pytest.approx(1.1, rel=1e-9)
+        assert build_table(client, MICRO, backend="ort-cpu", poll_s=0.01, anchors=0).anchor is None
         assert build_table(client, MICRO, backend="torch-cpu", anchors=0, poll_s=0.01).anchor is None
-    assert len(device.architectures) == DEFAULT_ANCHORS * ANCHOR_PASSES  # neither of those measured a network
+    assert len(device.architectures) == 2 * DEFAULT_ANCHORS * ANCHOR_PASSES  # anchors=0 measured no network
 
 
 def test_an_anchor_is_the_lowest_of_its_passes():

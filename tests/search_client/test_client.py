@@ -260,7 +260,7 @@ def test_measure_architecture_returns_network_stats():
     arch = PRESETS["micro-16"].architecture([0, 1, 2])
     with device.client() as client:
         stats = client.measure_architecture(arch, "ort-cpu", poll_s=0.01)
-    assert stats == fake_stats("architecture")
+    assert stats == {**fake_stats("architecture"), "median_ms": device.sum_of_ops(arch.to_dict())}
     assert ("POST", "/v1/measure/architecture") in device.requests
 
 

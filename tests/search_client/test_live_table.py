@@ -13,6 +13,7 @@ from nas_ops.spec import format_spec
 from search_client.cli import app
 from search_client.device.client import LatencyClient
 from search_client.device.errors import BadRequest
+from search_client.table.anchors import DEFAULT_ANCHORS
 from search_client.table.latency_table import STATS_FIELDS, LatencyTable, build_table, table_specs
 
 pytestmark = pytest.mark.live
@@ -23,7 +24,7 @@ def test_build_micro16_table_from_scratch_then_offline(live_profiler, tmp_path):
     with LatencyClient(live_profiler.url) as client:
         assert client.lookup(table_specs(MICRO), "ort-cpu").found == {}  # empty database: all measured by a job
         started = time.perf_counter()
-        table = build_table(client, MICRO, backend="ort-cpu", poll_s=0.1, timeout_s=240)
+        table = build_table(client, MICRO, backend="ort-cpu", poll_s=0.1, timeout_s=240, anchors=0)  # plain sum
         elapsed = time.perf_counter() - started
         info = client.device_info()
         after = client.lookup(table_specs(MICRO), "ort-cpu")
@@ -63,7 +64,11 @@ def test_lut_cli_no_measure_reuses_stored_entries(live_profiler, tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 cells, 20 candidate entries, 15 measured ops" in result.output
     from_cli = LatencyTable.load(out)
-    assert from_cli.entries == table.entries and from_cli.stats == table.stats
+    assert from_cli.stats == table.stats  # the stored entries, reused
+    # both anchored by default, each on its own measurement of the anchor networks
+    assert len(from_cli.anchor.networks) == len(table.anchor.networks) == DEFAULT_ANCHORS
+    first = format_spec(MICRO.cells()[0].candidates[0])
+    assert from_cli.entries[0][0] == pytest.approx(from_cli.anchor.b * from_cli.stats[first]["median_ms"])
 
 
 def test_architecture_measurement_and_bad_request(live_profiler):

@@ -51,7 +51,7 @@ def test_verify_warns_when_the_device_drifts(device: FakeDevice, tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert "warning: the device reports drift on ort-cpu: its canary ops run at 1.23x" in result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])  # the JSON line stays the last line of stdout
-    assert report["measured_ms"] == pytest.approx(fake_stats("architecture")["median_ms"])
+    assert report["measured_ms"] == pytest.approx(device.sum_of_ops(json.loads(arch_file(tmp_path).read_text())))
 
 
 @pytest.mark.parametrize("state", [None, drift(False, 1.02), drift(True, 1.5, backend="torch-cpu")])

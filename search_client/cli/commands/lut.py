@@ -53,7 +53,7 @@ def lut(
                                                 "bounds, e.g. ops below its timer's resolution) instead of failing")
                              ] = False,
     anchors: Annotated[int | None, typer.Option(min=0, help="networks measured end to end to anchor the table's "
-                                                "sum on (0: the plain sum); default: 6 on torch backends, 0 on ORT")
+                                                "sum on (0: the plain sum); default: 6")
                        ] = None,
 ) -> None:
     """Build the latency table of a search space on a device and save it (missing ops are measured there)."""
