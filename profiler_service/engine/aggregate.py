@@ -22,6 +22,11 @@ sample per run: ``median`` 0.98 / 0.32 / 0.74 / 0.90, ``low_quantile`` 1.00 / 0.
 +0.1% for ``median``); Kendall tau 0.89 / 0.86 / 0.85 / 0.75 (median) against 0.91 / 0.76 / 0.92 / 0.87 (min).
 The runs with the most load on the machine are where ``median`` loses most: one slow round in three moves it.
 
+Under a duet (the service's default since, :func:`profiler_service.engine.duet.duet_params`) the rounds are
+aggregated by their ``median``: a block scaled by its reference is off in either direction, so the reasoning for
+``min`` (disturbances only slow a run down) no longer holds; ``min`` stays the aggregate of plain timings
+(``serve --no-duet``).
+
 Which one predicts whole networks best on a given machine is an empirical question (the fidelity benchmark
 compares them side by side); the protocol's ``aggregate`` parameter names the one in use, and every round's
 statistics are stored, so a table can be aggregated again another way.

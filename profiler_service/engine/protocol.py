@@ -50,7 +50,7 @@ Rows of another version are never served as this one's.
    of its pending ops in a fresh seeded random order (:mod:`profiler_service.engine.rounds`), so that a slow
    stretch of time hits one round of many ops instead of every sample of one op; a network is measured in as many
    rounds. Every round's statistics are stored; the stored value is the ``aggregate`` of the rounds
-   (:mod:`profiler_service.engine.aggregate`; by default the lowest round median). Default 3 rounds: the
+   (:mod:`profiler_service.engine.aggregate`; by default the lowest round median, their median in a duet). Default 3 rounds: the
    smallest count where at least two rounds are undisturbed when one is, and the most that keeps the proxyless-mobile table (70 ops) near a minute on ort-cpu with
    ``time_budget_s`` 0.25 s per round (0.75 s of timed runs per op in all, the 0.5 s of version 2 plus half).
 10. No silent zeros (:func:`profiler_service.engine.rounds.stored_result`): an op that costs multiply-adds whose

@@ -15,7 +15,7 @@ from nas_ops.space import PRESETS
 from search_client.cli import app
 from search_client.cli.commands.verify import drift_warning
 from search_client.device.client import LatencyClient
-from tests.search_client.conftest import FakeDevice, fake_stats
+from tests.search_client.conftest import FakeDevice
 
 runner = CliRunner()
 
