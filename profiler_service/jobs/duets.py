@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +31,13 @@ from profiler_service.engine.protocol import ProtocolParams
 
 #: The context of a stored baseline besides backend, threads, environment and protocol version.
 REFERENCE_BATCH, REFERENCE_DTYPE = 1, "float32"
+T = TypeVar("T")
+#: How a database write is tried: (what, operation) -> its result (the job worker's bounded retries).
+Retry = Callable[[str, Callable[[], T]], T]
+
+
+def _once(what: str, operation: Callable[[], T]) -> T:
+    return operation()
 
 
 def baseline_context(backend: str, threads: int, env_hash: str, protocol_version: str) -> MeasurementContext:
@@ -49,31 +57,36 @@ class DuetPool:
         self._lock = threading.Lock()
 
     def backend(self, backend: Backend, threads: int, env_hash: str, protocol_version: str,
-                params: ProtocolParams) -> Backend:
+                params: ProtocolParams, retry: Retry = _once) -> Backend:
         """``backend`` as a job measures with ``params``: itself without a duet (``params.duet_reference`` None),
-        else every runner it prepares timed in the duet of this context (started now when it is the first)."""
+        else every runner it prepares timed in the duet of this context (started now when it is the first; its
+        baseline written through ``retry``)."""
         if params.duet_reference is None:
             return backend
         key = (backend.name, threads, env_hash, protocol_version)
         with self._lock:
             duet = self._duets.get(key)
             if duet is None:
-                duet = self._start(backend, threads, baseline_context(*key), params)
+                duet = self._start(backend, threads, baseline_context(*key), params, retry)
                 self._duets[key] = duet
         return DuetBackend(backend, duet)
 
-    def _start(self, backend: Backend, threads: int, context: MeasurementContext,
-               params: ProtocolParams) -> Duet:
+    def _start(self, backend: Backend, threads: int, context: MeasurementContext, params: ProtocolParams,
+               retry: Retry) -> Duet:
         measured = start_protocol_duet(backend, threads, params, self.clock)
-        spec = measured.label
         try:
-            with write_session(self.sessions) as session:
-                stored = store_canary_references(session, device_id=self.device_id, context=context,
-                                                 values={spec: measured.baseline_ms})
+            baseline = retry("storing the duet's baseline", lambda: self._stored_baseline(context, measured))
         except BaseException:
             measured.close()
             raise
-        return measured.rebased(stored[spec])
+        return measured.rebased(baseline)
+
+    def _stored_baseline(self, context: MeasurementContext, measured: Duet) -> float:
+        """The baseline stored for ``context``: ``measured``'s when it is the first."""
+        with write_session(self.sessions) as session:
+            stored = store_canary_references(session, device_id=self.device_id, context=context,
+                                             values={measured.label: measured.baseline_ms})
+        return stored[measured.label]
 
     def baselines(self) -> dict[tuple[str, int, str, str], float]:
         """The baseline (ms) each started duet scales to, by (backend, threads, environment hash, version)."""

@@ -260,7 +260,8 @@ class JobWorker:
             resolved = self.protocol_for_job(job.context.protocol_version)
             params, version = resolved.params, resolved.version
         context = job.context.in_environment(current_hash, version)
-        backend = self.duets.backend(self.backends[name], context.threads, current_hash, version, params)
+        backend = self.duets.backend(self.backends[name], context.threads, current_hash, version, params,
+                                     retry=lambda what, operation: self._retry(f"job {job.id}: {what}", operation))
         return _Run(job, backend, context, environment, params)
 
     def _measured(self, backend: str, kind: str, started: float) -> None:

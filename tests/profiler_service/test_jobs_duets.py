@@ -170,6 +170,28 @@ def test_one_duet_per_context_and_none_without_a_reference(sessions) -> None:
     assert baseline_context("machine", 1, ENV, "4+duet").batch == 1
 
 
+def test_the_baseline_is_written_through_the_callers_retry_and_a_refused_write_keeps_no_duet(sessions) -> None:
+    machine = Machine()
+    pool = DuetPool(sessions, device_id=1, clock=machine.clock)
+    raw = MachineBackend(machine)
+    asked: list[str] = []
+
+    def refusing(what, operation):
+        asked.append(what)
+        raise RuntimeError("the database is gone")
+
+    with pytest.raises(RuntimeError, match="the database is gone"):
+        pool.backend(raw, 1, ENV, "4+duet", PARAMS, retry=refusing)
+    assert asked == ["storing the duet's baseline"] and pool.baselines() == {}
+    assert [r.closed for r in raw.prepared if r.name == "ref"] == [True]  # its reference released
+    with sessions() as session:
+        assert session.scalars(select(CanaryReference)).all() == []
+    # the next job starts it again, and the write goes through
+    pool.backend(raw, 1, ENV, "4+duet", PARAMS, retry=lambda what, operation: operation())
+    assert pool.baselines() == {("machine", 1, ENV, "4+duet"): pytest.approx(0.5)}
+    pool.close()
+
+
 # --- a whole service in a duet ----------------------------------------------------------------------------------------
 @pytest.fixture
 def duet_client(service_db: str) -> Iterator[TestClient]:
