@@ -212,10 +212,8 @@ def protocols(args: argparse.Namespace, preset: ProtocolParams) -> tuple[Protoco
     rounds are aggregated by their median and no block is set aside: a block scaled by its reference is off in
     either direction (a disturbed reference block makes it look fast), so the one-sided rules of the plain
     protocol (the lowest round, blocks far above the fastest dropped) would pick the outliers below."""
-    base = preset.model_dump()
+    base = (duet_params(preset, duet_label(args)) if getattr(args, "duet", None) else preset).model_dump()
     base["affinity"] = not args.no_affinity
-    if getattr(args, "duet", None):
-        base = duet_params(preset, duet_label(args)).model_dump() | {"affinity": not args.no_affinity}
     if args.cache_flush_kib is not None:
         base["cache_flush_kib"] = args.cache_flush_kib
     if args.table_rounds is not None:
