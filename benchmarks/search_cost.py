@@ -67,7 +67,11 @@ from search_client.nas.weight_step import weight_step  # noqa: E402
 from search_client.table.latency_table import LatencyTable, table_specs  # noqa: E402
 from search_client.training.cuda import DeviceTraining  # noqa: E402
 from search_client.training.datasets import open_search_data  # noqa: E402
-from search_client.training.distributed import distributed_session, gather_objects  # noqa: E402
+from search_client.training.distributed import (  # noqa: E402
+    distributed_session,
+    exit_at_end_under_torchrun,
+    gather_objects,
+)
 from search_client.training.train import train_step  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -414,7 +418,8 @@ def write_reports(doc: dict[str, Any], out_dir: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
-        run_child(args.child)
+        with exit_at_end_under_torchrun():
+            run_child(args.child)
         return 0
     torch.set_num_threads(args.threads)
     space = bench_space(args)

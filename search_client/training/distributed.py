@@ -12,6 +12,10 @@ connection because it died, or nothing arrived within the group's timeout: a pee
 processes when one exits with an error, and ``torchrun --max-restarts K`` starts them all again
 (:func:`restart_count` tells a restarted process that it is one, so that it resumes from its checkpoint).
 
+Ending. A process that ran a process group ends through :func:`exit_at_end_under_torchrun` (the commands, the
+workers): once its work is done it exits without the interpreter's finalization, in which gloo's threads can
+abort it (:func:`exit_now`).
+
 Sharding (:class:`StreamShard`): every rank draws the same permutation of a pass (the streams are seeded alike);
 rank r of W takes the pass positions r, r + W, r + 2W, ... below ``(n // W) * W``. The shares are disjoint and
 of equal size (every rank makes the same number of steps, so no collective waits for a rank that ran out of
@@ -27,14 +31,18 @@ samples the same paths everywhere), and it is checked before the all-reduce.
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import gc
 import hashlib
 import os
+import sys
+import traceback
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
@@ -197,6 +205,51 @@ def distributed_session(train_device: str = "cpu", *, timeout_s: float = DEFAULT
             dist.barrier()
     finally:
         dist.destroy_process_group()
+        gc.collect()  # what still holds the group's work or tensors goes now, while the interpreter is whole
+
+
+def exit_now(code: int) -> NoReturn:
+    """End this process with ``code`` without the interpreter's finalization; the atexit handlers run and the
+    standard streams are flushed first. For a process that ran a process group: gloo's threads may still release
+    tensors when the interpreter tears itself down, and a thread that takes the GIL then aborts the process
+    (SIGABRT, "terminate called without an active exception", seen under load after a run's work was done;
+    pytorch/pytorch#179291). Skipping the finalization leaves nothing for them to race with."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can reach it
+            pass
+    os._exit(code)
+
+
+@contextmanager
+def exit_at_end_under_torchrun(environ: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Around the whole work of a process (a command, a worker): started by torchrun, the process ends when the
+    block does, through :func:`exit_now`, with exit code 0, a SystemExit's code, or 1 after any other exception
+    (its traceback printed first). Outside torchrun the block runs as it is."""
+    if torchrun_env(environ) is None:
+        yield
+        return
+    code = 0
+    try:
+        yield
+    except SystemExit as exc:
+        code = _exit_status(exc.code)
+    except BaseException:  # noqa: BLE001 - printed, then the process ends with code 1
+        traceback.print_exc()
+        code = 1
+    exit_now(code)
+
+
+def _exit_status(code: object) -> int:
+    """The process exit status Python gives ``SystemExit(code)`` (None: 0; an integer as it is; else printed, 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 def _attempt_store(environ: Mapping[str, str], rank: int, world: int, timeout: datetime.timedelta) -> dist.Store:
@@ -223,6 +276,9 @@ def _collective(ctx: DistContext, what: str) -> Iterator[None]:
         if isinstance(exc, DistributedError):
             raise
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # The backend's traceback keeps the collective's frames (its work and tensors) alive for as long as the
+        # error is (to the process's end, in a command that reports it): dropped here.
+        exc.__traceback__ = None
         raise PeerFailure(
             f"rank {ctx.rank} of {ctx.world_size}: {what} failed: another process of the run died or did not "
             f"answer within the {ctx.timeout_s:g} s timeout ({ctx.backend}: {cause[:300]})") from None

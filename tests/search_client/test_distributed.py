@@ -4,8 +4,12 @@ replaced by a recording one), the checkpoint's world size, and the CLI's --nproc
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +41,7 @@ from search_client.training.distributed import (
 from search_client.training.image_sets import ImageSet
 from search_client.training.streams import BatchStream
 
+ROOT = Path(__file__).resolve().parents[2]
 TWO = DistContext(rank=1, world_size=2, local_rank=1, backend="gloo", timeout_s=5.0)
 
 
@@ -157,6 +162,46 @@ def test_a_failed_collective_is_one_line_naming_rank_and_timeout(monkeypatch: py
     assert message.startswith("rank 1 of 2: broadcast of the latency tables failed: another process of the run "
                               "died or did not answer within the 5 s timeout (gloo: [pair.cc:553] Connection closed")
     assert "\n" not in message
+    # the backend's traceback is dropped: it would keep the collective's work alive to the process's end
+    assert info.value.__suppress_context__ and info.value.__context__.__traceback__ is None
+
+
+_ENDING_WORKER = """
+import atexit, sys
+from pathlib import Path
+from search_client.training.distributed import exit_at_end_under_torchrun
+atexit.register(lambda: Path(sys.argv[1]).write_text("atexit ran"))
+with exit_at_end_under_torchrun():
+    print("buffered line", end="")
+    {body}
+print("not reached under torchrun")
+"""
+
+
+@pytest.mark.parametrize(("body", "code", "err"), [
+    ("pass", 0, ""),
+    ("raise SystemExit(3)", 3, ""),
+    ("raise SystemExit('error: one line')", 1, "error: one line"),
+    ("raise KeyError('boom')", 1, "KeyError: 'boom'"),
+])
+def test_a_torchrun_process_ends_with_the_blocks_code_after_atexit_and_flushed_streams(
+        tmp_path: Path, body: str, code: int, err: str) -> None:
+    marker = tmp_path / "marker.txt"
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _ENDING_WORKER.format(body=body), str(marker)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == code, done.stderr
+    assert done.stdout == "buffered line"  # flushed, and nothing after the block ran
+    assert marker.read_text() == "atexit ran"
+    assert err in done.stderr and (err or done.stderr == "")
+
+
+def test_outside_torchrun_the_block_ends_as_usual() -> None:
+    with pytest.raises(KeyError):
+        with distributed.exit_at_end_under_torchrun(environ={}):
+            raise KeyError("boom")
+    with distributed.exit_at_end_under_torchrun(environ={}):
+        pass
 
 
 def test_rank_0s_error_reaches_the_other_ranks(monkeypatch: pytest.MonkeyPatch) -> None:

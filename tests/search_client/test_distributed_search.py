@@ -32,7 +32,12 @@ from search_client.nas.callbacks import SearchCallbacks  # noqa: E402
 from search_client.nas.config import SearchConfig  # noqa: E402
 from search_client.nas.distributed_search import broadcast_tables, resumes_after_restart  # noqa: E402
 from search_client.table.latency_table import LatencyTable  # noqa: E402
-from search_client.training.distributed import DistributedError, distributed_session, tensors_digest  # noqa: E402
+from search_client.training.distributed import (  # noqa: E402
+    DistributedError,
+    distributed_session,
+    exit_at_end_under_torchrun,
+    tensors_digest,
+)
 from tests.search_client.conftest import make_table  # noqa: E402
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -301,12 +306,14 @@ def test_each_rank_checks_the_tables_content_hash(monkeypatch: pytest.MonkeyPatc
 
 
 def main() -> None:
-    """Worker entry point: run the spec; a distributed failure is one line on stderr and exit code 1."""
-    try:
-        search_worker(json.loads(Path(sys.argv[1]).read_text()))
-    except DistributedError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+    """Worker entry point: run the spec; a distributed failure is one line on stderr and exit code 1. The process
+    ends as the commands' do (:func:`exit_at_end_under_torchrun`)."""
+    with exit_at_end_under_torchrun():
+        try:
+            search_worker(json.loads(Path(sys.argv[1]).read_text()))
+        except DistributedError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

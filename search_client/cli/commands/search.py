@@ -39,7 +39,12 @@ from search_client.nas.within_target import Derived
 from search_client.plots.search_curves import plot_search_result
 from search_client.table.latency_table import LatencyTable, build_table
 from search_client.training.cuda import configure_kernels
-from search_client.training.distributed import DEFAULT_TIMEOUT_S, distributed_session, rank_device
+from search_client.training.distributed import (
+    DEFAULT_TIMEOUT_S,
+    distributed_session,
+    exit_at_end_under_torchrun,
+    rank_device,
+)
 
 D = SearchConfig.defaults()
 PROGRAM = "proxyless-search"
@@ -200,7 +205,7 @@ def search(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
 ) -> None:
     """Search an architecture for the target latency on the given device(s) or latency table(s)."""
-    with exit_on_error(), exit_on_distributed_error():
+    with exit_at_end_under_torchrun(), exit_on_error(), exit_on_distributed_error():
         check_nproc(nproc)
         if nproc > 1:
             relaunch_under_torchrun("search", given_arguments(ctx, skip=("nproc",)), nproc)

@@ -18,7 +18,13 @@ from search_client.cli.distributed import check_nproc, exit_on_distributed_error
 from search_client.cli.errors import exit_on_error
 from search_client.cli.threads import set_threads
 from search_client.training.cuda import configure_kernels
-from search_client.training.distributed import DEFAULT_TIMEOUT_S, distributed_session, on_main_rank, rank_device
+from search_client.training.distributed import (
+    DEFAULT_TIMEOUT_S,
+    distributed_session,
+    exit_at_end_under_torchrun,
+    on_main_rank,
+    rank_device,
+)
 from search_client.training.train import TrainConfig, save_train_result, train_architecture
 
 T = {f.name: f.default for f in fields(TrainConfig)}
@@ -53,7 +59,7 @@ def train(
                             ] = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Train a derived architecture from scratch; report top-1 on the held-out split."""
-    with exit_on_error(), exit_on_distributed_error():
+    with exit_at_end_under_torchrun(), exit_on_error(), exit_on_distributed_error():
         check_nproc(nproc)
         if nproc > 1:
             relaunch_under_torchrun("train", given_arguments(ctx, skip=("nproc",)), nproc)
