@@ -29,6 +29,7 @@ from profiler_service.jobs.canaries import CanaryWatch, drift_view
 from profiler_service.jobs.worker import JobWorker
 from tests.profiler_service.conftest import SMALL_OPS, make_settings
 from tests.profiler_service.jobs_fakes import BACKEND, Store, environment_named, open_store, stats, wait_for
+from tests.profiler_service.machine_fakes import FakeClock
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 PARAMS = ProtocolParams.fast().model_copy(update={"rounds": 3, "affinity": False})
@@ -76,14 +77,6 @@ def test_a_check_measures_the_canaries_in_interleaved_rounds_and_aggregates_them
 
 
 # --- the watch ---------------------------------------------------------------------------------------------------
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def watch_on(store: Store, clock: FakeClock, **options: Any) -> CanaryWatch:
     values = {"interval_s": 600.0, "before_job_s": 60.0, "threshold_rel": 0.1, **options}
     return CanaryWatch(sessions=store.sessions, device_id=store.device_id, protocol_version="3+fast", threads=1,
@@ -103,7 +96,7 @@ class SpeedScript:
 
 
 def test_the_watch_knows_when_a_check_is_due(db_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     with open_store(db_url) as store:
         watch = watch_on(store, clock)
         assert watch.due(BACKEND, "start") and watch.due(BACKEND, "job") and watch.due(BACKEND, "interval")
@@ -119,7 +112,7 @@ def test_the_watch_knows_when_a_check_is_due(db_url: str) -> None:
 
 def test_the_first_check_stores_the_references_and_later_ones_are_compared_with_them(db_url: str) -> None:
     with open_store(db_url) as store:
-        watch = watch_on(store, FakeClock())
+        watch = watch_on(store, FakeClock(1000.0))
         assert watch.status([BACKEND]).status == "unchecked"
         assert drift_view(None, [BACKEND]) == {"status": "off", "threshold_rel": None, "backends": []}
         measurer = SpeedScript()
@@ -139,7 +132,7 @@ def test_the_first_check_stores_the_references_and_later_ones_are_compared_with_
 
 # --- the worker runs the checks --------------------------------------------------------------------------------
 def test_the_worker_checks_at_start_and_before_a_job_and_reports_a_slowdown(db_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     with open_store(db_url) as store:
         watch = watch_on(store, clock, before_job_s=0.0)
         measurer = SpeedScript()

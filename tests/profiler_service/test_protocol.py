@@ -34,55 +34,10 @@ from profiler_service.engine.protocol import (
     relative_ci_halfwidth,
     time_runner,
 )
+from tests.profiler_service.machine_fakes import FakeClock, ScriptedRunner, scripted
 
 QUICK = {"warmup_runs": 2, "warmup_s": 0.0, "min_runs": 10, "min_blocks": 2, "min_block_runs": 10, "block_s": 1e-9,
          "affinity": False}
-
-
-class FakeClock:
-    """A clock that only moves when a fake run takes time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class ScriptedRunner(Runner):
-    """Returns timings drawn from ``draw`` and advances the fake clock by them; records every timed sample."""
-
-    def __init__(self, draw: Callable[[], float], clock: FakeClock) -> None:
-        self.draw, self.clock = draw, clock
-        self.timed: list[list[float]] = []  # one list per time_runs call
-        self.hooks = 0
-
-    @property
-    def input(self) -> np.ndarray:
-        return np.zeros(1, dtype=np.float32)
-
-    def run(self) -> None:
-        self.time_runs(1)
-
-    def time_runs(self, count: int, before_each: Callable[[], None] | None = None) -> list[float]:
-        times = []
-        for _ in range(count):
-            if before_each is not None:
-                before_each()
-                self.hooks += 1
-            t = self.draw()
-            self.clock.now += t / 1e3
-            times.append(t)
-        self.timed.append(times)
-        return times
-
-    def output(self) -> np.ndarray:
-        return self.input
-
-
-def scripted(draw: Callable[[], float]) -> tuple[ScriptedRunner, FakeClock]:
-    clock = FakeClock()
-    return ScriptedRunner(draw, clock), clock
 
 
 # --- statistics ----------------------------------------------------------------------------------------------
