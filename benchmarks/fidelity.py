@@ -107,6 +107,8 @@ from search_client.table.anchors import (
     anchor_choices,
     default_anchors,
     fit_anchor_map,
+    pick_evenly,
+    spread_choices,
 )
 from profiler_service.engine.aggregate import AGGREGATES, aggregate_function
 from profiler_service.engine.backends import Backend, get_backend
@@ -416,37 +418,11 @@ def uniform_sample(space: SearchSpace, count: int, seed: int) -> list[Architectu
     return [space.architecture(space.random_choices(rng)) for _ in range(count)]
 
 
-def candidate_choices(cell_costs: Sequence[Sequence[float]], count: int, rng: random.Random) -> list[list[int]]:
-    """Candidate architectures (choices) spread from cheap to expensive: the all-cheapest, the all-most-expensive,
-    and ``count`` more, each with its own bias: a position u in [0, 1] and a spread s; at every cell the candidate
-    at rank ~ N(u, s) (clipped) of the cell's candidates ordered by cost."""
-    ranked = [sorted(range(len(costs)), key=lambda j, c=costs: (c[j], j)) for costs in cell_costs]
-    choices = [[order[0] for order in ranked], [order[-1] for order in ranked]]
-    for _ in range(count):
-        u, spread = rng.random(), rng.uniform(0.05, 0.5)
-        choices.append([order[round(min(1.0, max(0.0, rng.gauss(u, spread))) * (len(order) - 1))]
-                        for order in ranked])
-    return choices
-
-
-def pick_evenly(predicted: Sequence[float], count: int) -> list[int]:
-    """Indexes of ``predicted`` nearest to ``count`` evenly spaced values from its min to its max, each index at
-    most once (greedy, in increasing order of the targets; ties to the lower index)."""
-    low, high = min(predicted), max(predicted)
-    targets = [low + (high - low) * k / (count - 1) for k in range(count)] if count > 1 else [low]
-    free = sorted(range(len(predicted)), key=lambda i: (predicted[i], i))
-    picked = []
-    for target in targets[:len(free)]:
-        best = min(range(len(free)), key=lambda k: (abs(predicted[free[k]] - target), free[k]))
-        picked.append(free.pop(best))
-    return picked
-
-
 def stratified_sample(space: SearchSpace, table: Table, count: int, seed: int
                       ) -> tuple[list[Architecture], list[float], dict[str, Any]]:
     """``count`` architectures whose predictions under ``table`` span the space's min..max (module docstring):
     the architectures, their predictions, and a description of the selection for the report."""
-    drawn = candidate_choices(cell_costs(space, table), max(2000, CANDIDATES_PER_ARCH * count),
+    drawn = spread_choices(cell_costs(space, table), max(2000, CANDIDATES_PER_ARCH * count),
                               random.Random(f"stratified:{seed}"))
     unique = list(dict.fromkeys(map(tuple, drawn)))
     archs = [space.architecture(list(choices)) for choices in unique]

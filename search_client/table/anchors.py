@@ -14,10 +14,17 @@ plain sum -11.8% (plain protocol) and -10.4% / +6.5% / -0.0% (three duet runs), 
 +0.0%; on tiny-32 anchoring kept it at +0.4% (-1.4% plain sum).
 
 The anchors (:func:`anchor_choices`): ``count`` architectures from the cheapest to the most expensive of the space,
-by the table itself: anchor k takes, in every cell, the candidate at rank ``round(k / (count - 1) * (n - 1))`` of
-the cell's candidates ordered by their table latency (k = 0 is the all-cheapest network, the space's minimum;
-k = count - 1 the all-slowest, its maximum). So the anchors span every prediction the table can make, and the map
-is never extrapolated. Deterministic: the same table gives the same anchors.
+by the table itself: the all-cheapest network (in every cell the candidate of the lowest table latency: the space's
+minimum), the all-slowest (its maximum), and between them mixed networks, drawn as :func:`spread_choices` draws
+(:data:`ANCHOR_DRAWS` of them, a fixed seed), whose sums lie nearest to evenly spaced values from the minimum to the
+maximum (:func:`pick_evenly`). So the anchors span every prediction the table can make (the map is never
+extrapolated) and, between the ends, look like the networks a search samples: candidates mixed from cell to cell.
+Deterministic: the same table gives the same anchors. Mixed rather than uniform middle anchors (in anchor k, the
+candidate of rank k / (count - 1) in every cell; before 2026-12-03): a network of one candidate repeated has its
+own op-versus-network deviation, which mixed networks do not share; refitted on 6 networks of the fidelity
+reports' stratified samples (the two ends and 4 mixed), ORT proxyless-mobile at 128 px on a Xeon VM went from
++3.9% / within5 0.72 to +1.3% / 0.94, torch-cpu at 96 px from -6.1% / 0.22 to -2.0% / 0.96, the other 15 runs
+within +-2% either way (benchmarks/results/fidelity_summary.md, 2026-12-03).
 
 The measurement (:data:`ANCHOR_PASSES`): each anchor is measured in two passes over all anchors (two jobs, each in the
 protocol's interleaved rounds), and its latency is the lower of the two results. The map multiplies every entry of
@@ -40,6 +47,7 @@ with gradient ``b * F``), and an architecture's prediction is ``a + b * (its una
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +55,9 @@ from typing import Any
 
 #: Anchors a table is fitted on unless told otherwise (:func:`default_anchors`).
 DEFAULT_ANCHORS = 6
+#: Mixed architectures drawn to pick the anchors between the two ends from, and the draw's seed.
+ANCHOR_DRAWS = 2000
+ANCHOR_SEED = "anchors"
 #: Passes over the anchors (each anchor measured in this many jobs; its latency the lowest result).
 ANCHOR_PASSES = 2
 #: The range of slopes accepted (outside it: AnchorFitError).
@@ -121,16 +132,41 @@ def default_anchors() -> int:
 
 def anchor_choices(cell_costs: Sequence[Sequence[float]], count: int = DEFAULT_ANCHORS) -> list[list[int]]:
     """``count`` (>= 2) anchor architectures as candidate choices per cell, cheapest first (module docstring);
-    duplicates (a space with few candidates) are dropped."""
+    fewer when the space has fewer distinct networks to draw."""
     if count < 2:
         raise ValueError(f"anchors: need at least 2 networks to fit a map, got {count}")
     if not cell_costs or any(len(costs) == 0 for costs in cell_costs):
         raise ValueError("anchors: every cell needs at least one candidate")
+    drawn = list(dict.fromkeys(map(tuple, spread_choices(cell_costs, ANCHOR_DRAWS, random.Random(ANCHOR_SEED)))))
+    sums = [sum(costs[c] for costs, c in zip(cell_costs, choices)) for choices in drawn]
+    picked = sorted(pick_evenly(sums, count), key=lambda i: (sums[i], i))
+    return [list(drawn[i]) for i in picked]
+
+
+def spread_choices(cell_costs: Sequence[Sequence[float]], count: int, rng: random.Random) -> list[list[int]]:
+    """Architectures (candidate choices) spread from cheap to expensive: the all-cheapest, the all-most-expensive,
+    and ``count`` more, each with its own bias: a position u in [0, 1] and a spread s; at every cell the candidate
+    at rank ~ N(u, s) (clipped) of the cell's candidates ordered by cost."""
     ranked = [sorted(range(len(costs)), key=lambda j, c=costs: (c[j], j)) for costs in cell_costs]
-    picked: dict[tuple[int, ...], None] = {}
-    for k in range(count):
-        picked.setdefault(tuple(order[round(k / (count - 1) * (len(order) - 1))] for order in ranked), None)
-    return [list(choices) for choices in picked]
+    choices = [[order[0] for order in ranked], [order[-1] for order in ranked]]
+    for _ in range(count):
+        u, spread = rng.random(), rng.uniform(0.05, 0.5)
+        choices.append([order[round(min(1.0, max(0.0, rng.gauss(u, spread))) * (len(order) - 1))]
+                        for order in ranked])
+    return choices
+
+
+def pick_evenly(values: Sequence[float], count: int) -> list[int]:
+    """Indexes of ``values`` nearest to ``count`` evenly spaced values from its min to its max, each index at most
+    once (greedy, in increasing order of the targets; ties to the lower index)."""
+    low, high = min(values), max(values)
+    targets = [low + (high - low) * k / (count - 1) for k in range(count)] if count > 1 else [low]
+    free = sorted(range(len(values)), key=lambda i: (values[i], i))
+    picked = []
+    for target in targets[:len(free)]:
+        best = min(range(len(free)), key=lambda k: (abs(values[free[k]] - target), free[k]))
+        picked.append(free.pop(best))
+    return picked
 
 
 def fit_anchor_map(predicted: Sequence[float], measured: Sequence[float],

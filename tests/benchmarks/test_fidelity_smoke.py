@@ -165,17 +165,6 @@ def test_round_orders_are_seeded_shuffles_distinct_for_table_and_networks() -> N
     assert fidelity.network_order(20, params, 0, 1, 3) != orders[1]
 
 
-def test_candidates_reach_both_ends_and_pick_evenly_spans_them() -> None:
-    costs = [[3.0, 1.0, 2.0], [0.5, 4.0]]
-    choices = fidelity.candidate_choices(costs, 200, random.Random(0))
-    assert choices[:2] == [[1, 0], [0, 1]]  # all-cheapest, all-most-expensive
-    assert len({tuple(c) for c in choices}) == 6  # every combination is drawn
-    predicted = [0.0, 10.0, 4.9, 5.2, 1.0, 9.0, 7.4]
-    assert fidelity.pick_evenly(predicted, 3) == [0, 2, 1]
-    assert fidelity.pick_evenly(predicted, 5) == [0, 4, 2, 6, 1]
-    assert sorted(fidelity.pick_evenly([1.0, 2.0], 5)) == [0, 1]  # never the same one twice
-
-
 def test_kendall_tau_b() -> None:
     assert fidelity.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert fidelity.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

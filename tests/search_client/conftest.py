@@ -169,8 +169,10 @@ class FakeDevice:
                    failed_items=[{"op": op, "error": "out of memory"} for op in failed])
 
     def sum_of_ops(self, architecture: dict[str, Any]) -> float:
-        """The stored medians (fake ones where none is stored) of the architecture's ops, summed."""
-        specs = [format_spec(spec) for spec in architecture_from_json_obj(architecture).specs()]
+        """The stored medians (fake ones where none is stored) of the architecture's ops, summed; a chosen Zero
+        (in the network: its identity block) costs nothing, as in a table."""
+        specs = [format_spec(spec) for spec in architecture_from_json_obj(architecture).specs()
+                 if spec.kind not in ("zero", "identity")]
         return sum(self.stored.get(spec, fake_stats(spec))["median_ms"] for spec in specs)
 
     def _public(self, job_id: int) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 
 import pytest
 import torch
@@ -17,6 +19,8 @@ from search_client.table.anchors import (
     anchor_choices,
     default_anchors,
     fit_anchor_map,
+    pick_evenly,
+    spread_choices,
 )
 from search_client.table.latency_table import LatencyTable, build_table, table_specs
 from tests.search_client.conftest import FakeDevice, fake_stats, make_table, softmax_probs
@@ -60,13 +64,36 @@ def test_fit_refuses_anchors_no_bias_explains(predicted, measured, message):
         fit_anchor_map(predicted, measured)
 
 
-def test_anchor_choices_run_from_the_cheapest_to_the_slowest_network():
+def test_anchor_choices_run_from_the_cheapest_to_the_slowest_network_through_mixed_ones():
     costs = [[0.3, 0.1, 0.2], [1.0, 3.0], [0.5, 0.4, 0.9, 0.1]]
     choices = anchor_choices(costs, 3)
     assert choices[0] == [1, 0, 3] and choices[-1] == [0, 1, 2]  # argmin and argmax of every cell
-    assert choices[1] == [2, 0, 0]  # rank round(0.5 * (n - 1)) of each cell: 1, round(0.5) = 0, round(1.5) = 2
-    sums = [sum(row[c] for row, c in zip(costs, choice)) for choice in choices]
-    assert sums == sorted(sums)
+
+    def total(choice: list[int]) -> float:
+        return sum(row[c] for row, c in zip(costs, choice))
+
+    middle = (total(choices[0]) + total(choices[-1])) / 2
+    nearest = min(abs(total(list(c)) - middle) for c in itertools.product(range(3), range(2), range(4)))
+    assert abs(total(choices[1]) - middle) == pytest.approx(nearest)  # the draws reach every combination here
+    assert [total(c) for c in choices] == sorted(total(c) for c in choices)
+    assert anchor_choices(costs, 3) == choices  # deterministic
+
+
+def test_middle_anchors_mix_candidates_across_cells():
+    costs = [[float(j + 1) * (1 + 0.1 * cell) for j in range(7)] for cell in range(20)]
+    for choice in anchor_choices(costs, 6)[1:-1]:
+        assert len(set(choice)) > 1  # not one rank repeated in every cell
+
+
+def test_spread_choices_reach_both_ends_and_pick_evenly_spans_them():
+    costs = [[3.0, 1.0, 2.0], [0.5, 4.0]]
+    choices = spread_choices(costs, 200, random.Random(0))
+    assert choices[:2] == [[1, 0], [0, 1]]  # all-cheapest, all-most-expensive
+    assert len({tuple(c) for c in choices}) == 6  # every combination is drawn
+    predicted = [0.0, 10.0, 4.9, 5.2, 1.0, 9.0, 7.4]
+    assert pick_evenly(predicted, 3) == [0, 2, 1]
+    assert pick_evenly(predicted, 5) == [0, 4, 2, 6, 1]
+    assert sorted(pick_evenly([1.0, 2.0], 5)) == [0, 1]  # never the same one twice
 
 
 def test_anchor_choices_drop_duplicates_and_need_two():
