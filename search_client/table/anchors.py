@@ -21,10 +21,11 @@ maximum (:func:`pick_evenly`). So the anchors span every prediction the table ca
 extrapolated) and, between the ends, look like the networks a search samples: candidates mixed from cell to cell.
 Deterministic: the same table gives the same anchors. Mixed rather than uniform middle anchors (in anchor k, the
 candidate of rank k / (count - 1) in every cell; before 2026-12-03): a network of one candidate repeated has its
-own op-versus-network deviation, which mixed networks do not share; refitted on 6 networks of the fidelity
-reports' stratified samples (the two ends and 4 mixed), ORT proxyless-mobile at 128 px on a Xeon VM went from
-+3.9% / within5 0.72 to +1.3% / 0.94, torch-cpu at 96 px from -6.1% / 0.22 to -2.0% / 0.96, the other 15 runs
-within +-2% either way (benchmarks/results/fidelity_summary.md, 2026-12-03).
+own op-versus-network deviation, which mixed networks do not share. Refitted offline on 6 networks of each of 22
+fidelity reports' stratified samples (the two ends and 4 mixed; benchmarks/results/fidelity_summary.md,
+2026-12-03): the uniform sample's mean error went from +3.9% to +1.3% (ORT, 128 px), -4.7% to -0.0% (ORT, 96),
+-3.2% to +0.8% (torch, 160), -6.1% to -2.0% (torch, 96), within5 from 0.72 / 0.54 / 0.78 / 0.22 to 0.94 / 0.88 /
+1.00 / 0.96; one run got worse (torch 96 px: -2.9% to -4.7%), in the other 17 the error stayed within +-2.0% (before: +-2.5%).
 
 The measurement (:data:`ANCHOR_PASSES`): each anchor is measured in two passes over all anchors (two jobs, each in the
 protocol's interleaved rounds), and its latency is the lower of the two results. The map multiplies every entry of
