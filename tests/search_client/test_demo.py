@@ -50,4 +50,6 @@ def test_quick_demo_writes_a_consistent_summary_and_leaves_no_process(tmp_path) 
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"replacing the previous demo run's {out / 'search'}" in again.stderr
     second = json.loads((out / "summary.json").read_text())
-    assert second["table_ops"] == summary["table_ops"] and second["choices"] == summary["choices"]
+    # the stored ops are reused; the anchors are networks measured again for real, so the anchored table (and
+    # the architecture searched on it) may differ by their noise: no equal choices asserted
+    assert second["table_ops"] == summary["table_ops"] and len(second["choices"]) == len(summary["choices"])
