@@ -27,10 +27,10 @@ Predicted latency of an architecture: the sum of its ops' entries (the predictio
 anchored as the search client anchors a table (:mod:`search_client.table.anchors`): ``--anchors`` networks from the
 space's cheapest to its most expensive (by table round 0) are measured end to end in every table round (after its
 ops, with the network protocol, in the client's ``ANCHOR_PASSES`` passes: 2 x 3 anchor rounds), and the
-prediction is ``a + b * sum`` with the Theil-Sen fit of their aggregated
-latencies against their sums (each table aggregate is fitted on the same aggregate of the anchors' rounds). The
-anchors are never in a sample. ``--anchors`` defaults to the client's default for the backend
-(:func:`~search_client.table.anchors.default_anchors`: 6), so the headline is the table
+prediction is ``a + b * sum + c * weight_mb`` fitted as the client fits it (Theil-Sen without the weight term,
+Huber with it) on their aggregated latencies (each table aggregate is fitted on the same aggregate of the anchors'
+rounds). The anchors are never in a sample. ``--anchors`` defaults to the client's default for the backend
+(:func:`~search_client.table.anchors.default_anchors`: 6, 4 of them weight contrasts), so the headline is the table
 a user of the client gets; the report keeps the plain sum's figures beside (``unanchored``). A table whose anchors
 no bias explains (:class:`~search_client.table.anchors.AnchorFitError`) is reported unanchored, with the error, and
 fails its targets.
@@ -96,12 +96,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
 from nas_ops.arch import Architecture
-from nas_ops.counting import count_flops, space_working_set_bytes
+from nas_ops.counting import count_flops, space_working_set_bytes, weight_bytes
 from nas_ops.export import onnx_bytes
 from nas_ops.space import SearchSpace, load_space
 from nas_ops.spec import OpSpec, format_spec
 from search_client.table.anchors import (
     ANCHOR_PASSES,
+    BYTES_PER_MB,
     AnchorFitError,
     AnchorMap,
     anchor_choices,
@@ -333,7 +334,7 @@ class Table:
     def predict(self, arch: Architecture) -> float:
         """The predicted latency of ``arch``: the sum, anchored when the table is."""
         total = self.predict_sum(arch)
-        return total if self.anchor is None else self.anchor.apply(total)
+        return total if self.anchor is None else self.anchor.apply(total, arch_weight_mb(arch))
 
 
 def aggregate_table(table: TableRounds, params: ProtocolParams, aggregate: str, upto: int | None = None) -> Table:
@@ -353,7 +354,8 @@ def aggregate_table(table: TableRounds, params: ProtocolParams, aggregate: str, 
     measured = [truth(a.medians()[:anchor_rounds], aggregate, params.aggregate_q) for a in table.anchors]
     try:
         anchor = fit_anchor_map([plain.predict_sum(a.arch) for a in table.anchors], measured,
-                                [a.arch.metadata["choices"] for a in table.anchors])
+                                [a.arch.metadata["choices"] for a in table.anchors],
+                                [arch_weight_mb(a.arch) for a in table.anchors])
     except AnchorFitError as exc:
         return Table(aggregate, entries, flagged, anchor_error=str(exc))
     return Table(aggregate, entries, flagged, anchor)
@@ -367,7 +369,18 @@ def unanchored(table: Table) -> Table:
 def anchor_sample(space: SearchSpace, table: Table, count: int) -> list[Network]:
     """The anchor networks of ``space`` by ``table`` (:func:`anchor_choices`), not yet measured."""
     return [Network("anchor", space.architecture(choices)) for choices in anchor_choices(cell_costs(space, table),
-                                                                                       count)]
+                                                                                       count, cell_weights(space))]
+
+
+def arch_weight_mb(arch: Architecture) -> float:
+    """The weights (MB, float32) of the network of ``arch`` (every op it holds; an identity block has none)."""
+    return sum(weight_bytes(spec, "float32") for spec in arch.specs()) / BYTES_PER_MB
+
+
+def cell_weights(space: SearchSpace) -> list[list[float]]:
+    """The weights (MB, float32) of every candidate of every cell (a chosen Zero: its identity block, none)."""
+    return [[weight_bytes(cell_spec(cell, j), "float32") / BYTES_PER_MB for j in range(len(cell.candidates))]
+            for cell in space.cells()]
 
 
 def cell_costs(space: SearchSpace, table: Table) -> list[list[float]]:
@@ -611,7 +624,8 @@ def markdown(report: dict[str, Any]) -> str:
         errors = [n["predicted_ms"] / n["measured_ms"] - 1 for n in anchor["networks"]]
         lines += ["", "## Anchor", "", (f"{len(anchor['networks'])} anchor networks, {table['aggregate']} of "
                                         f"{c['table_rounds']} rounds each: measured = {anchor['a_ms']:+.3f} ms + "
-                                        f"{anchor['b']:.4f} x sum ({anchor['method']}); the plain sum was "
+                                        f"{anchor['b']:.4f} x sum + {anchor.get('c_ms_per_mb', 0.0):.4f} x weight MB "
+                                        f"({anchor['method']}); the plain sum was "
                                         f"{min(errors):+.3f} to {max(errors):+.3f} off them.")]
         lines += ["", "| sample | plain sum: within5 | within10 | tau | mean error |", "|---|---|---|---|---|"]
         for name in SAMPLES:
@@ -833,7 +847,8 @@ def build_report(args: argparse.Namespace, backend: Backend, space: SearchSpace,
             "build_s": sum(p["wall_s"] for p in phases if p["phase"].startswith("table")),
             "anchor": None if headline.anchor is None else {
                 **headline.anchor.as_dict(),
-                "by_aggregate": {name: {"a_ms": t.anchor.a_ms, "b": t.anchor.b} for name, t in tables.items()
+                "by_aggregate": {name: {"a_ms": t.anchor.a_ms, "b": t.anchor.b, "c_ms_per_mb": t.anchor.c_ms_per_mb}
+                                 for name, t in tables.items()
                                  if t.anchor is not None},
                 "rounds": [[round_to_dict(m) for m in a.rounds] for a in table.anchors]},
             "entries": {format_spec(spec): {
@@ -882,7 +897,8 @@ def print_summary(report: dict[str, Any], out_dir: Path) -> None:
         print(f"{name:10s} ground truth: round-to-round tau {_fmt(noise['round_tau'])}, split-half tau "
               f"{_fmt(noise['split_half_tau'])}, spread of the rounds {noise['round_spread']:.4f} (the noise ceiling)")
     if table.get("anchor") is not None:
-        print(f"anchor: measured = {table['anchor']['a_ms']:+.3f} ms + {table['anchor']['b']:.4f} x sum "
+        print(f"anchor: measured = {table['anchor']['a_ms']:+.3f} ms + {table['anchor']['b']:.4f} x sum + "
+              f"{table['anchor'].get('c_ms_per_mb', 0.0):.4f} x weight MB "
               f"({len(table['anchor']['networks'])} networks)")
     for v in report["targets"]:
         print(f"target {v['sample']} {v['metric']} >= {v['target']}: {_fmt(v['value'])} "

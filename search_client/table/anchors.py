@@ -16,16 +16,15 @@ plain sum -11.8% (plain protocol) and -10.4% / +6.5% / -0.0% (three duet runs), 
 The anchors (:func:`anchor_choices`): ``count`` architectures from the cheapest to the most expensive of the space,
 by the table itself: the all-cheapest network (in every cell the candidate of the lowest table latency: the space's
 minimum), the all-slowest (its maximum), and between them mixed networks, drawn as :func:`spread_choices` draws
-(:data:`ANCHOR_DRAWS` of them, a fixed seed), whose sums lie nearest to evenly spaced values from the minimum to the
-maximum (:func:`pick_evenly`). So the anchors span every prediction the table can make (the map is never
-extrapolated) and, between the ends, look like the networks a search samples: candidates mixed from cell to cell.
-Deterministic: the same table gives the same anchors. Mixed rather than uniform middle anchors (in anchor k, the
-candidate of rank k / (count - 1) in every cell; before 2026-12-03): a network of one candidate repeated has its
-own op-versus-network deviation, which mixed networks do not share. Refitted offline on 6 networks of each of 22
-fidelity reports' stratified samples (the two ends and 4 mixed; benchmarks/results/fidelity_summary.md,
-2026-12-03): the uniform sample's mean error went from +3.9% to +1.3% (ORT, 128 px), -4.7% to -0.0% (ORT, 96),
--3.2% to +0.8% (torch, 160), -6.1% to -2.0% (torch, 96), within5 from 0.72 / 0.54 / 0.78 / 0.22 to 0.94 / 0.88 /
-1.00 / 0.96; one run got worse (torch 96 px: -2.9% to -4.7%), in the other 17 the error stayed within +-2.0% (before: +-2.5%).
+(:data:`ANCHOR_DRAWS` of them, a fixed seed): with the weights of the candidates known and ``count >=
+WEIGHT_FIT_MIN`` (the default: 6 = the two ends and 4), :data:`WEIGHT_ANCHORS` weight contrasts (below), the rest
+those whose sums lie nearest to evenly spaced values from the minimum to the maximum (:func:`pick_evenly`). So the
+anchors span every prediction the table can make (the map is never extrapolated) and, between the ends, look like
+the networks a search samples: candidates mixed from cell to cell. Deterministic: the same table gives the same
+anchors. Mixed rather than uniform middle anchors (in anchor k, the candidate of rank k / (count - 1) in every
+cell; before 2026-12-03): a network of one candidate repeated has its own op-versus-network deviation, which mixed
+networks do not share (offline, 22 fidelity reports: uniform within5 0.72 / 0.54 / 0.78 / 0.22 -> 0.94 / 0.88 /
+1.00 / 0.96 in four, one worse, the rest within +-2.0%; benchmarks/results/fidelity_summary.md, session 21).
 
 The measurement (:data:`ANCHOR_PASSES`): each anchor is measured in two passes over all anchors (two jobs, each in the
 protocol's interleaved rounds), and its latency is the lower of the two results. The map multiplies every entry of
@@ -41,9 +40,27 @@ predicted)``, ``a = 0``. A map that would scale the table by more than 4x either
 that networks do not) or make an anchor's prediction non-positive says the table and the networks
 disagree beyond any bias: :class:`AnchorFitError`, never a silent fit.
 
-Applied (:meth:`AnchorMap.scale_entry`, :meth:`AnchorMap.shift`): every entry is multiplied by ``b`` and ``a`` is
-added to the fixed part, so the anchored table is still a sum over ops (E[LAT] stays linear in the path weights,
-with gradient ``b * F``), and an architecture's prediction is ``a + b * (its unanchored sum)``.
+The weight term (``c``, ms per MB of weights; :data:`WEIGHT_FIT_METHOD`). A network pays for its weights more than
+its ops measured one by one do: refitted on the fidelity reports' stratified networks (12-round truths), ``measured
+= a + b * sum + c * weight_mb`` (``weight_mb``: the network's parameters and BN statistics, :data:`BYTES_PER_MB`
+bytes each) fits ``c`` = +0.014 .. +0.034 ms/MB on ORT in all 9 runs (Xeon and EPYC VMs, 96-224 px; the networks
+hold 5-13 MB). An affine map of the sum alone cannot change a ranking; ``c`` can, because at one sum the networks
+differ in their weights. Offline, these 6 anchors (the two ends and 4 weight contrasts, taken from each report's
+stratified sample) against the 6 along the sum, uniform Kendall tau: ORT 0.850 -> 0.887, 0.864 -> 0.902, 0.882 ->
+0.928, 0.884 -> 0.902, 0.897 -> 0.925, 0.907 -> 0.918, 0.930 -> 0.933, 0.923 -> 0.923, 0.905 -> 0.902; torch
+0.838 -> 0.851, 0.897 -> 0.907, 0.881 -> 0.892, 0.855 -> 0.860, 0.848 -> 0.825, 0.817 -> 0.809; mean errors within
++-2.0% in all 15 (benchmarks/results/fidelity_summary.md, session 22). To fit ``c`` the anchors must vary in
+weight at a given sum: the weight contrasts (:func:`weight_contrasts`) are the drawn networks whose sums lie in the
+middle half of the range and whose weights lie farthest below and above the weights-versus-sum line of all draws,
+and the map is fitted by Huber-weighted least squares (iteratively reweighted; scale: the residuals' MAD), so one
+disturbed anchor counts little. With fewer than :data:`WEIGHT_FIT_MIN` anchors, or anchors whose weights follow
+their sums (no contrast, e.g. a space whose candidates hold the same weights), ``c`` is 0 and the fit is
+Theil-Sen's, as above.
+
+Applied (:meth:`AnchorMap.scale_entry`, :meth:`AnchorMap.shift`): every entry ``F`` of an op holding ``w`` MB of
+weights becomes ``b * F + c * w`` and the fixed part gets ``a`` besides, so the anchored table is still a sum over
+ops (E[LAT] stays linear in the path weights, with gradient ``b * F + c * w``), and an architecture's prediction is
+``a + b * (its unanchored sum) + c * (its weights in MB)``.
 """
 
 from __future__ import annotations
@@ -54,8 +71,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: Anchors a table is fitted on unless told otherwise (:func:`default_anchors`).
+#: Anchors a table is fitted on unless told otherwise (:func:`default_anchors`): the two ends, 4 weight contrasts.
 DEFAULT_ANCHORS = 6
+#: Anchors from which on the weight term is fitted, and how many of them are weight contrasts.
+WEIGHT_FIT_MIN, WEIGHT_ANCHORS = 6, 4
+#: Bytes of one MB of weights (the unit of ``c``).
+BYTES_PER_MB = 1e6
+#: Anchors' weights whose residual from their weights-versus-sum line spreads less than this share of their mean
+#: weight have no contrast to fit ``c`` on.
+MIN_WEIGHT_CONTRAST = 0.01
+#: Huber's tuning constant (in units of the residuals' robust scale) and the reweighting iterations at most.
+HUBER_K, HUBER_ITERATIONS = 1.345, 100
 #: Mixed architectures drawn to pick the anchors between the two ends from, and the draw's seed.
 ANCHOR_DRAWS = 2000
 ANCHOR_SEED = "anchors"
@@ -64,6 +90,7 @@ ANCHOR_PASSES = 2
 #: The range of slopes accepted (outside it: AnchorFitError).
 MIN_SLOPE, MAX_SLOPE = 0.25, 4.0
 FIT_METHOD = "theil-sen"
+WEIGHT_FIT_METHOD = "huber-weights"
 
 
 class AnchorFitError(ValueError):
@@ -72,56 +99,70 @@ class AnchorFitError(ValueError):
 
 @dataclass(frozen=True)
 class AnchorNetwork:
-    """One anchor: its choices (candidate index per cell), the unanchored table sum and the measured latency (ms)."""
+    """One anchor: its choices (candidate index per cell), the unanchored table sum, the measured latency (ms)
+    and its weights (MB; None: not known, as in files written before the weight term)."""
 
     choices: tuple[int, ...]
     predicted_ms: float
     measured_ms: float
+    weight_mb: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"choices": list(self.choices), "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms}
+        data = {"choices": list(self.choices), "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms}
+        return data if self.weight_mb is None else {**data, "weight_mb": self.weight_mb}
 
 
 @dataclass(frozen=True)
 class AnchorMap:
-    """``measured ~ a_ms + b * predicted``, fitted on ``networks`` (module docstring)."""
+    """``measured ~ a_ms + b * predicted + c_ms_per_mb * weight_mb``, fitted on ``networks`` (module docstring)."""
 
     a_ms: float
     b: float
     networks: tuple[AnchorNetwork, ...]
     method: str = FIT_METHOD
+    c_ms_per_mb: float = 0.0
 
-    def apply(self, predicted_ms: float) -> float:
-        """The anchored prediction of an unanchored table sum."""
-        return self.a_ms + self.b * predicted_ms
+    def apply(self, predicted_ms: float, weight_mb: float = 0.0) -> float:
+        """The anchored prediction of an unanchored table sum of a network holding ``weight_mb`` MB of weights."""
+        return self.a_ms + self.b * predicted_ms + self.c_ms_per_mb * weight_mb
 
-    def scale_entry(self, latency_ms: float) -> float:
-        """An op's anchored entry (its share of the sum)."""
-        return self.b * latency_ms
+    def scale_entry(self, latency_ms: float, weight_mb: float = 0.0) -> float:
+        """An op's anchored entry (its share of the sum) from its latency and its weights (MB)."""
+        return self.b * latency_ms + self.c_ms_per_mb * weight_mb
 
-    def shift(self, fixed_ms: float) -> float:
+    def shift(self, fixed_ms: float, fixed_weight_mb: float = 0.0) -> float:
         """The anchored fixed part (the offset ``a`` lives there, with the ops every network has)."""
-        return self.a_ms + self.b * fixed_ms
+        return self.a_ms + self.scale_entry(fixed_ms, fixed_weight_mb)
 
     def as_dict(self) -> dict[str, Any]:
-        """The ``anchor`` object of a table file."""
-        return {"method": self.method, "a_ms": self.a_ms, "b": self.b,
-                "networks": [n.as_dict() for n in self.networks]}
+        """The ``anchor`` object of a table file (``c_ms_per_mb`` only when the weight term was fitted)."""
+        data: dict[str, Any] = {"method": self.method, "a_ms": self.a_ms, "b": self.b}
+        if self.method == WEIGHT_FIT_METHOD:
+            data["c_ms_per_mb"] = self.c_ms_per_mb
+        return {**data, "networks": [n.as_dict() for n in self.networks]}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "table") -> AnchorMap:
         """An anchor object of a table file; ValueError naming the bad field. The map is fitted again from the
         networks and must agree with the stored one (a hand-edited map is refused)."""
         try:
+            rows = list(data["networks"])
             networks = tuple(AnchorNetwork(tuple(int(c) for c in n["choices"]), float(n["predicted_ms"]),
-                                           float(n["measured_ms"])) for n in data["networks"])
-            stored = (float(data["a_ms"]), float(data["b"]), str(data["method"]))
-        except (KeyError, TypeError, ValueError) as exc:
+                                           float(n["measured_ms"]),
+                                           None if n.get("weight_mb") is None else float(n["weight_mb"]))
+                             for n in rows)
+            stored = (float(data["a_ms"]), float(data["b"]), float(data.get("c_ms_per_mb", 0.0)),
+                      str(data["method"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{source}: field 'anchor': malformed ({exc!r})") from exc
+        known = [n.weight_mb for n in networks if n.weight_mb is not None]
+        if known and len(known) != len(networks):
+            raise ValueError(f"{source}: field 'anchor': weight_mb given for {len(known)} of {len(networks)} networks")
         fitted = fit_anchor_map([n.predicted_ms for n in networks], [n.measured_ms for n in networks],
-                                [n.choices for n in networks])
-        if (fitted.a_ms, fitted.b, fitted.method) != stored:
-            raise ValueError(f"{source}: field 'anchor': a_ms/b do not follow from its networks (file edited?)")
+                                [n.choices for n in networks], known or None)
+        if (fitted.a_ms, fitted.b, fitted.c_ms_per_mb, fitted.method) != stored:
+            raise ValueError(f"{source}: field 'anchor': a_ms/b/c_ms_per_mb do not follow from its networks (file "
+                             "edited?)")
         return fitted
 
 
@@ -131,17 +172,54 @@ def default_anchors() -> int:
     return DEFAULT_ANCHORS
 
 
-def anchor_choices(cell_costs: Sequence[Sequence[float]], count: int = DEFAULT_ANCHORS) -> list[list[int]]:
+def anchor_choices(cell_costs: Sequence[Sequence[float]], count: int = DEFAULT_ANCHORS,
+                   cell_weights: Sequence[Sequence[float]] | None = None) -> list[list[int]]:
     """``count`` (>= 2) anchor architectures as candidate choices per cell, cheapest first (module docstring);
-    fewer when the space has fewer distinct networks to draw."""
+    fewer when the space has fewer distinct networks to draw. With ``cell_weights`` (each candidate's weights in
+    MB, shaped as ``cell_costs``) and ``count >= WEIGHT_FIT_MIN``, :data:`WEIGHT_ANCHORS` of them are weight
+    contrasts (:func:`weight_contrasts`), the others spread along the sum."""
     if count < 2:
         raise ValueError(f"anchors: need at least 2 networks to fit a map, got {count}")
     if not cell_costs or any(len(costs) == 0 for costs in cell_costs):
         raise ValueError("anchors: every cell needs at least one candidate")
     drawn = list(dict.fromkeys(map(tuple, spread_choices(cell_costs, ANCHOR_DRAWS, random.Random(ANCHOR_SEED)))))
-    sums = [sum(costs[c] for costs, c in zip(cell_costs, choices)) for choices in drawn]
-    picked = sorted(pick_evenly(sums, count), key=lambda i: (sums[i], i))
-    return [list(drawn[i]) for i in picked]
+    sums = [network_sum(cell_costs, choices) for choices in drawn]
+    contrasts = WEIGHT_ANCHORS if cell_weights is not None and count >= WEIGHT_FIT_MIN else 0
+    picked = pick_evenly(sums, count - contrasts)
+    if contrasts:
+        weights = [network_sum(cell_weights, choices) for choices in drawn]
+        picked += weight_contrasts(sums, weights, contrasts, exclude=picked)
+    return [list(drawn[i]) for i in sorted(picked, key=lambda i: (sums[i], i))]
+
+
+def network_sum(cell_values: Sequence[Sequence[float]], choices: Sequence[int]) -> float:
+    """The sum over cells of the chosen candidates' values (latencies or weights)."""
+    return sum(values[c] for values, c in zip(cell_values, choices))
+
+
+def weight_contrasts(sums: Sequence[float], weights: Sequence[float], count: int,
+                     exclude: Sequence[int] = ()) -> list[int]:
+    """Indexes of ``count`` networks (not in ``exclude``) whose sums lie in the middle half of the range of
+    ``sums`` and whose ``weights`` lie farthest from the least-squares line of weights on sums: alternately the
+    farthest below and the farthest above it (ties to the lower index); fewer when fewer qualify."""
+    low, high = min(sums), max(sums)
+    line = _line(sums, weights)
+    taken = set(exclude)
+    middle = [i for i in range(len(sums))
+              if low + 0.25 * (high - low) <= sums[i] <= low + 0.75 * (high - low) and i not in taken]
+    ranked = sorted(middle, key=lambda i: (weights[i] - line(sums[i]), i))
+    picked: list[int] = []
+    while len(picked) < count and ranked:
+        picked.append(ranked.pop(0) if len(picked) % 2 == 0 else ranked.pop())
+    return picked
+
+
+def _line(x: Sequence[float], y: Sequence[float]) -> Any:
+    """The least-squares line of ``y`` on ``x`` as a function (constant when ``x`` does not vary)."""
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    sxx = sum((v - mx) ** 2 for v in x)
+    slope = 0.0 if sxx == 0 else sum((u - mx) * (v - my) for u, v in zip(x, y)) / sxx
+    return lambda v: my + slope * (v - mx)
 
 
 def spread_choices(cell_costs: Sequence[Sequence[float]], count: int, rng: random.Random) -> list[list[int]]:
@@ -171,30 +249,94 @@ def pick_evenly(values: Sequence[float], count: int) -> list[int]:
 
 
 def fit_anchor_map(predicted: Sequence[float], measured: Sequence[float],
-                   choices: Sequence[Sequence[int]] | None = None) -> AnchorMap:
-    """The map of ``measured ~ a + b * predicted`` (Theil-Sen; module docstring) over anchors given as parallel
-    sequences (``choices``: each anchor's candidate choices, recorded with it). Raises AnchorFitError."""
+                   choices: Sequence[Sequence[int]] | None = None,
+                   weights_mb: Sequence[float] | None = None) -> AnchorMap:
+    """The map of ``measured ~ a + b * predicted (+ c * weights_mb)`` over anchors given as parallel sequences
+    (``choices``: each anchor's candidate choices, recorded with it; ``weights_mb``: each anchor's weights). The
+    weight term is fitted when :func:`has_weight_contrast` (Huber), else ``c = 0`` (Theil-Sen); module docstring.
+    Raises AnchorFitError."""
     if len(predicted) != len(measured) or len(predicted) < 2:
         raise AnchorFitError(f"anchors: need at least 2 (predicted, measured) pairs, got {len(predicted)} and "
                              f"{len(measured)}")
+    if weights_mb is not None and len(weights_mb) != len(predicted):
+        raise AnchorFitError(f"anchors: {len(weights_mb)} weights for {len(predicted)} anchors")
     if min(predicted) <= 0 or min(measured) <= 0:
         raise AnchorFitError(f"anchors: latencies must be positive (predicted {list(predicted)}, measured "
                              f"{list(measured)})")
-    slopes = [(measured[j] - measured[i]) / (predicted[j] - predicted[i])
-              for i in range(len(predicted)) for j in range(i + 1, len(predicted)) if predicted[j] != predicted[i]]
-    if slopes:
-        b = float(statistics.median(slopes))
-        a = float(statistics.median(m - b * p for p, m in zip(predicted, measured)))
+    if weights_mb is not None and has_weight_contrast(predicted, weights_mb):
+        a, b, c = _huber_fit([(1.0, p, w) for p, w in zip(predicted, weights_mb)], list(measured))
+        method = WEIGHT_FIT_METHOD
     else:
-        b, a = float(statistics.median(m / p for p, m in zip(predicted, measured))), 0.0
-    networks = tuple(AnchorNetwork(tuple(c), float(p), float(m))
-                     for c, p, m in zip(choices or [()] * len(predicted), predicted, measured))
-    anchor = AnchorMap(a, b, networks)
-    worst = min(anchor.apply(p) for p in predicted)
+        (a, b), c, method = _theil_sen(predicted, measured), 0.0, FIT_METHOD
+    networks = tuple(AnchorNetwork(tuple(ch), float(p), float(m), None if w is None else float(w))
+                     for ch, p, m, w in zip(choices or [()] * len(predicted), predicted, measured,
+                                            weights_mb or [None] * len(predicted)))
+    anchor = AnchorMap(a, b, networks, method, c)
+    worst = min(anchor.apply(n.predicted_ms, n.weight_mb or 0.0) for n in networks)
     if not MIN_SLOPE <= b <= MAX_SLOPE or worst <= 0:
         pairs = ", ".join(f"{p:.3f}->{m:.3f}" for p, m in zip(predicted, measured))
         raise AnchorFitError(f"anchors: the table and the measured networks disagree beyond a bias (fitted "
-                             f"measured = {a:.3f} + {b:.3f} x predicted ms; predicted->measured: {pairs}); "
-                             "measure the table again on a quiet device")
+                             f"measured = {a:.3f} + {b:.3f} x predicted ms + {c:.4f} x weight MB; predicted->"
+                             f"measured: {pairs}); measure the table again on a quiet device")
     return anchor
 
+
+def has_weight_contrast(predicted: Sequence[float], weights_mb: Sequence[float]) -> bool:
+    """Whether anchors can fit the weight term: at least :data:`WEIGHT_FIT_MIN` of them, whose weights' residuals
+    from their weights-versus-sum line spread by at least :data:`MIN_WEIGHT_CONTRAST` of their mean weight."""
+    if len(predicted) < WEIGHT_FIT_MIN or statistics.fmean(weights_mb) <= 0:
+        return False
+    line = _line(predicted, weights_mb)
+    residuals = [w - line(p) for p, w in zip(predicted, weights_mb)]
+    return statistics.pstdev(residuals) >= MIN_WEIGHT_CONTRAST * statistics.fmean(weights_mb)
+
+
+def _theil_sen(predicted: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
+    """``(a, b)`` of Theil-Sen; the scale ``median(measured / predicted)`` with ``a = 0`` without any slope."""
+    slopes = [(measured[j] - measured[i]) / (predicted[j] - predicted[i])
+              for i in range(len(predicted)) for j in range(i + 1, len(predicted)) if predicted[j] != predicted[i]]
+    if not slopes:
+        return 0.0, float(statistics.median(m / p for p, m in zip(predicted, measured)))
+    b = float(statistics.median(slopes))
+    return float(statistics.median(m - b * p for p, m in zip(predicted, measured))), b
+
+
+def _huber_fit(rows: Sequence[tuple[float, ...]], y: Sequence[float]) -> tuple[float, ...]:
+    """Huber regression of ``y`` on ``rows`` by iteratively reweighted least squares (pure Python, so a table
+    file refits to the same bits on every machine): weight 1 within ``HUBER_K`` robust scales (1.4826 x the
+    residuals' MAD), ``HUBER_K * scale / |r|`` beyond."""
+    weights = [1.0] * len(y)
+    coef = _weighted_least_squares(rows, y, weights)
+    for _ in range(HUBER_ITERATIONS):
+        residuals = [v - sum(c * x for c, x in zip(coef, row)) for row, v in zip(rows, y)]
+        centre = statistics.median(residuals)
+        scale = 1.4826 * statistics.median(abs(r - centre) for r in residuals)
+        if scale <= 0:
+            break
+        weights = [1.0 if abs(r) <= HUBER_K * scale else HUBER_K * scale / abs(r) for r in residuals]
+        new = _weighted_least_squares(rows, y, weights)
+        if new == coef:
+            break
+        coef = new
+    return tuple(float(c) for c in coef)
+
+
+def _weighted_least_squares(rows: Sequence[tuple[float, ...]], y: Sequence[float],
+                            weights: Sequence[float]) -> tuple[float, ...]:
+    """The weighted least-squares coefficients (normal equations, Gaussian elimination with partial pivoting);
+    AnchorFitError when they are singular."""
+    n = len(rows[0])
+    m = [[sum(w * row[r] * row[c] for w, row in zip(weights, rows)) for c in range(n)]
+         + [sum(w * row[r] * v for w, row, v in zip(weights, rows, y))] for r in range(n)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if abs(m[pivot][col]) <= 1e-12 * max(1.0, max(abs(v) for v in m[pivot][:n])):
+            raise AnchorFitError("anchors: the anchors do not determine the map (singular fit)")
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, n):
+            f = m[r][col] / m[col][col]
+            m[r] = [a - f * b for a, b in zip(m[r], m[col])]
+    coef = [0.0] * n
+    for r in reversed(range(n)):
+        coef[r] = (m[r][n] - sum(m[r][c] * coef[c] for c in range(r + 1, n))) / m[r][r]
+    return tuple(coef)

@@ -24,14 +24,17 @@ Table file (JSON, UTF-8), format version 1, or 2 for an anchored table::
             ...,
             {"name": "Zero", "op": "zero_...", "latency_ms": 0.0, "stats": null}]},
         ...],
-      "anchor": {"method": "theil-sen", "a_ms": -0.8, "b": 1.15,   # version 2 only: the anchor map
-                 "networks": [{"choices": [0, 3, ...], "predicted_ms": 12.3, "measured_ms": 13.1}, ...]},
+      "anchor": {"method": "huber-weights", "a_ms": -0.8, "b": 1.15,   # version 2 only: the anchor map
+                 "c_ms_per_mb": 0.02,                 # only with method "huber-weights" (else c = 0)
+                 "networks": [{"choices": [0, 3, ...], "predicted_ms": 12.3, "measured_ms": 13.1,
+                               "weight_mb": 8.1}, ...]},   # weight_mb: absent in files before the weight term
       "content_hash": "<sha256 hex>"          # LatencyTable.content_hash(); checked on load
     }
 
 Anchored tables (:mod:`search_client.table.anchors`): ``latency_ms`` and ``fixed_ms`` are the anchored values (the
-device's medians times ``b``; ``a_ms`` added to ``fixed_ms``), ``stats`` stay the device's own; an architecture's
-prediction is the same sum, ``a + b * (its plain sum)``.
+device's median of an op times ``b`` plus ``c_ms_per_mb`` times its weights in MB; ``a_ms`` added to ``fixed_ms``),
+``stats`` stay the device's own; an architecture's prediction is the same sum, ``a + b * (its plain sum) + c * (its
+weights in MB)``.
 
 ``Stats`` is the device's ``{"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples"}``,
 plus ``"flagged": "<reason>"`` for an entry the device flagged (an upper bound rather than a measurement, e.g. an
@@ -54,11 +57,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nas_ops.counting import space_working_set_bytes
+from nas_ops.counting import space_working_set_bytes, weight_bytes
 from nas_ops.space import SearchSpace
 from nas_ops.spec import format_spec
 from search_client.device.errors import MissingEntriesError
-from search_client.table.anchors import ANCHOR_PASSES, AnchorMap, anchor_choices, default_anchors, fit_anchor_map
+from search_client.table.anchors import (
+    ANCHOR_PASSES,
+    AnchorFitError,
+    BYTES_PER_MB,
+    AnchorMap,
+    anchor_choices,
+    default_anchors,
+    fit_anchor_map,
+)
 
 if TYPE_CHECKING:
     from search_client.device.client import LatencyClient, ProgressCallback
@@ -85,6 +96,17 @@ class FlaggedEntriesError(ValueError):
 def is_zero(cell: Any, j: int) -> bool:
     """Whether candidate ``j`` of a cell is its Zero op (costs nothing)."""
     return cell.zero_index == j
+
+
+def fixed_weight_mb(space: SearchSpace, dtype: str) -> float:
+    """The weights (MB) of the ops every architecture of ``space`` has."""
+    return sum(weight_bytes(spec, dtype) for spec in space.fixed_specs()) / BYTES_PER_MB
+
+
+def cell_weights_mb(space: SearchSpace, dtype: str) -> list[list[float]]:
+    """The weights (MB) of every candidate of every cell, in the table's entry order (Zero: 0)."""
+    return [[0.0 if is_zero(cell, j) else weight_bytes(op, dtype) / BYTES_PER_MB for j, op in enumerate(cell.candidates)]
+            for cell in space.cells()]
 
 
 def table_specs(space: SearchSpace) -> list[str]:
@@ -197,8 +219,15 @@ class LatencyTable:
             for cell in space.cells()
         ]
         if anchor is not None:
-            fixed_ms = anchor.shift(fixed_ms)
-            entries = [[anchor.scale_entry(value) for value in row] for row in entries]
+            fixed_ms = anchor.shift(fixed_ms, fixed_weight_mb(space, dtype))
+            entries = [[anchor.scale_entry(value, weight) for value, weight in zip(row, weights)]
+                       for row, weights in zip(entries, cell_weights_mb(space, dtype))]
+            negative = [f"cell {i} candidate {j}" for i, row in enumerate(entries) for j, v in enumerate(row) if v < 0]
+            if negative or fixed_ms < 0:
+                raise AnchorFitError(f"anchors: the map (measured = {anchor.a_ms:.3f} + {anchor.b:.3f} x predicted "
+                                     f"ms + {anchor.c_ms_per_mb:.4f} x weight MB) makes "
+                                     f"{', '.join(negative) or 'the fixed part'} negative; measure the table again "
+                                     "on a quiet device")
         extra = {} if created_at is None else {"created_at": created_at}
         return cls(space=space, device=_check_device(device), backend=backend, batch=batch, dtype=dtype,
                    threads=threads, protocol_version=protocol_version, env_hash=env_hash, fixed_ms=fixed_ms,
@@ -258,6 +287,12 @@ class LatencyTable:
         """Predicted latency (ms) of the architecture with candidate ``choices[i]`` in cell i."""
         self._check_choices(choices)
         return self.fixed_ms + sum(row[c] for row, c in zip(self.entries, choices))
+
+    def weight_mb_of(self, choices: Sequence[int]) -> float:
+        """The weights (MB, in the table's dtype) of the architecture with candidate ``choices[i]`` in cell i."""
+        self._check_choices(choices)
+        return fixed_weight_mb(self.space, self.dtype) + sum(
+            row[c] for row, c in zip(cell_weights_mb(self.space, self.dtype), choices))
 
     def min_latency(self) -> tuple[float, list[int]]:
         """The fastest architecture of the space and its latency (exact: latency is additive over cells)."""
@@ -447,11 +482,12 @@ def anchor_table(client: LatencyClient, table: LatencyTable, count: int, *, time
     (:func:`~search_client.table.anchors.anchor_choices`), each measured end to end on the device behind
     ``client`` in the table's context, in :data:`~search_client.table.anchors.ANCHOR_PASSES` passes over all of
     them (its latency: the lowest pass); raises AnchorFitError when they disagree beyond a bias."""
-    choices = anchor_choices(table.entries, count)
+    choices = anchor_choices(table.entries, count, cell_weights_mb(table.space, table.dtype))
     archs = [table.space.architecture(choice) for choice in choices]
     passes = [[float(client.measure_architecture(arch, table.backend, table.batch, table.dtype, table.threads,
                                                  timeout_s=timeout_s, poll_s=poll_s, progress=progress)["median_ms"])
                for arch in archs] for _ in range(ANCHOR_PASSES)]
     measured = [min(results) for results in zip(*passes)]
     predicted = [table.latency_of(choice) for choice in choices]
-    return table.anchored(fit_anchor_map(predicted, measured, choices))
+    weights = [table.weight_mb_of(choice) for choice in choices]
+    return table.anchored(fit_anchor_map(predicted, measured, choices, weights))

@@ -1,4 +1,5 @@
-"""Anchored tables: the Theil-Sen map, the anchor networks, anchored entries and E[LAT], the file, build_table."""
+"""Anchored tables: the Theil-Sen and weight-term maps, the anchor networks, anchored entries and E[LAT], the file,
+build_table."""
 
 from __future__ import annotations
 
@@ -15,14 +16,19 @@ from search_client.table.anchors import (
     ANCHOR_PASSES,
     DEFAULT_ANCHORS,
     MAX_SLOPE,
+    WEIGHT_ANCHORS,
+    WEIGHT_FIT_MIN,
     AnchorFitError,
+    AnchorMap,
     anchor_choices,
     default_anchors,
     fit_anchor_map,
+    has_weight_contrast,
     pick_evenly,
     spread_choices,
+    weight_contrasts,
 )
-from search_client.table.latency_table import LatencyTable, build_table, table_specs
+from search_client.table.latency_table import LatencyTable, build_table, cell_weights_mb, table_specs
 from tests.search_client.conftest import FakeDevice, fake_stats, make_table, softmax_probs
 
 MICRO = PRESETS["micro-16"]
@@ -103,7 +109,145 @@ def test_anchor_choices_drop_duplicates_and_need_two():
 
 
 def test_every_table_is_anchored_by_default():
-    assert default_anchors() == DEFAULT_ANCHORS == 6
+    assert default_anchors() == DEFAULT_ANCHORS == 6 >= WEIGHT_FIT_MIN  # the default fits the weight term
+
+
+# --- the weight term ------------------------------------------------------------------------------------------------
+PREDICTED = [2.0, 2.6, 3.1, 3.5, 3.9, 4.4, 5.0, 5.7, 6.1, 7.0]
+WEIGHTS = [5.0, 7.5, 6.0, 9.0, 5.5, 8.0, 10.5, 7.0, 11.0, 12.0]  # MB; not a function of the sum
+
+
+def test_fit_with_weights_recovers_the_weight_term_exactly():
+    measured = [0.3 + 1.1 * p + 0.04 * w for p, w in zip(PREDICTED, WEIGHTS)]
+    anchor = fit_anchor_map(PREDICTED, measured, None, WEIGHTS)
+    assert anchor.method == "huber-weights"
+    assert (anchor.a_ms, anchor.b, anchor.c_ms_per_mb) == (pytest.approx(0.3, abs=1e-9), pytest.approx(1.1, rel=1e-9),
+                                                            pytest.approx(0.04, rel=1e-7))
+    assert anchor.apply(4.0, 8.0) == pytest.approx(0.3 + 4.4 + 0.32, rel=1e-9)
+    assert anchor.scale_entry(1.0, 2.0) == pytest.approx(1.1 + 0.08, rel=1e-9)
+    assert anchor.shift(1.0, 2.0) == pytest.approx(0.3 + 1.1 + 0.08, rel=1e-9)
+
+
+def test_one_disturbed_anchor_barely_moves_the_weight_fit():
+    measured = [0.3 + 1.1 * p + 0.04 * w for p, w in zip(PREDICTED, WEIGHTS)]
+    measured[4] *= 1.3  # one anchor measured while the machine was busy
+    anchor = fit_anchor_map(PREDICTED, measured, None, WEIGHTS)
+    rows = torch.tensor([[1.0, p, w] for p, w in zip(PREDICTED, WEIGHTS)], dtype=torch.float64)
+    ordinary = torch.linalg.lstsq(rows, torch.tensor(measured, dtype=torch.float64)[:, None]).solution[:, 0]
+    assert abs(anchor.b - 1.1) < 0.5 * abs(float(ordinary[1]) - 1.1)  # Huber: much nearer than least squares
+    assert abs(anchor.c_ms_per_mb - 0.04) < 0.5 * abs(float(ordinary[2]) - 0.04)
+    errors = [anchor.apply(p, w) / (0.3 + 1.1 * p + 0.04 * w) - 1 for p, w in zip(PREDICTED, WEIGHTS)]
+    assert max(abs(e) for i, e in enumerate(errors) if i != 4) < 0.02
+
+
+@pytest.mark.parametrize(("predicted", "weights", "why"), [
+    (PREDICTED[:WEIGHT_FIT_MIN - 1], WEIGHTS[:WEIGHT_FIT_MIN - 1], "too few anchors"),
+    (PREDICTED, [1.5 * p + 2.0 for p in PREDICTED], "weights follow the sums"),
+    (PREDICTED, [0.0] * len(PREDICTED), "no weights"),
+])
+def test_without_weight_contrast_the_fit_is_theil_sen(predicted, weights, why):
+    measured = [0.5 + 1.2 * p for p in predicted]
+    assert not has_weight_contrast(predicted, weights), why
+    anchor = fit_anchor_map(predicted, measured, None, weights)
+    assert (anchor.method, anchor.c_ms_per_mb) == ("theil-sen", 0.0)
+    assert (anchor.a_ms, anchor.b) == (pytest.approx(0.5, abs=1e-12), pytest.approx(1.2, rel=1e-12))
+    assert "c_ms_per_mb" not in anchor.as_dict()
+
+
+def test_fit_refuses_mismatched_weights():
+    with pytest.raises(AnchorFitError, match="3 weights for 2 anchors"):
+        fit_anchor_map([1.0, 2.0], [1.0, 2.0], None, [1.0, 2.0, 3.0])
+
+
+def test_weight_contrasts_are_the_farthest_below_and_above_the_line_at_middling_sums():
+    sums = [0.0, 1.0, 4.0, 5.0, 5.0, 6.0, 6.0, 10.0]
+    weights = [0.0, 1.0, 4.0, 2.0, 9.0, 6.5, 6.0, 10.0]  # the line: about weight = sum
+    assert weight_contrasts(sums, weights, 2) == [3, 4]  # 5 -> 2 (below), 5 -> 9 (above); the ends never
+    # without 4: below the line 3 (-3.2), 6 (-0.2), 2 (-0.2); above it 5 (+0.3)
+    assert weight_contrasts(sums, weights, 3, exclude=[4]) == [3, 5, 6]
+    assert weight_contrasts(sums, weights, 10) == [3, 4, 6, 5, 2]  # fewer when fewer qualify: sums in [2.5, 7.5]
+
+
+def test_anchor_choices_with_weights_add_contrasts_between_the_ends():
+    rng = random.Random(3)
+    costs = [[rng.uniform(0.1, 1.0) for _ in range(6)] for _ in range(12)]
+    weights = [[rng.uniform(0.0, 2.0) for _ in range(6)] for _ in range(12)]
+    plain = anchor_choices(costs, 6)
+    with_weights = anchor_choices(costs, 6, weights)
+    assert len(plain) == len(with_weights) == 6
+    assert with_weights[0] == plain[0] and with_weights[-1] == plain[-1]  # the ends stay
+
+    def total(values, choice):
+        return sum(row[c] for row, c in zip(values, choice))
+
+    along_the_sum = anchor_choices(costs, 6 - WEIGHT_ANCHORS)
+    contrasts = [c for c in with_weights if c not in along_the_sum]
+    assert len(contrasts) == WEIGHT_ANCHORS
+    low, high = total(costs, plain[0]), total(costs, plain[-1])
+    assert all(low + 0.25 * (high - low) <= total(costs, c) <= low + 0.75 * (high - low) for c in contrasts)
+    assert has_weight_contrast([total(costs, c) for c in with_weights], [total(weights, c) for c in with_weights])
+    assert [total(costs, c) for c in with_weights] == sorted(total(costs, c) for c in with_weights)
+    assert anchor_choices(costs, WEIGHT_FIT_MIN - 1, weights) == anchor_choices(costs, WEIGHT_FIT_MIN - 1)
+
+
+def _weight_anchored(a: float = 0.2, b: float = 1.1, c: float = 0.05) -> tuple[LatencyTable, LatencyTable]:
+    plain = make_table()
+    choices = anchor_choices(plain.entries, 6, cell_weights_mb(plain.space, plain.dtype))
+    predicted = [plain.latency_of(ch) for ch in choices]
+    weights = [plain.weight_mb_of(ch) for ch in choices]
+    measured = [a + b * p + c * w for p, w in zip(predicted, weights)]
+    return plain, plain.anchored(fit_anchor_map(predicted, measured, choices, weights))
+
+
+def test_weight_anchored_table_predicts_and_differentiates_with_the_weight_term():
+    plain, table = _weight_anchored()
+    assert table.anchor.method == "huber-weights" and table.anchor.c_ms_per_mb == pytest.approx(0.05, rel=1e-6)
+    for choices in ([0, 0, 0], [1, 2, 0], [6, 3, 5]):
+        expected = 0.2 + 1.1 * plain.latency_of(choices) + 0.05 * plain.weight_mb_of(choices)
+        assert table.latency_of(choices) == pytest.approx(expected, rel=1e-9)
+    _, probs = softmax_probs(table)
+    total, _ = table.expected_latency(probs)
+    weights = cell_weights_mb(table.space, table.dtype)
+    for i, grad in enumerate(torch.autograd.grad(total, probs)):
+        expected = 1.1 * plain.cell_latency(i) + 0.05 * torch.tensor(weights[i], dtype=torch.float64)
+        assert torch.allclose(grad, expected, rtol=1e-6)
+
+
+def test_weight_anchored_file_round_trip_edits_refused_and_old_files_load(tmp_path):
+    plain, table = _weight_anchored()
+    path = table.save(tmp_path / "t.json")
+    data = json.loads(path.read_text())
+    assert data["anchor"]["method"] == "huber-weights"
+    assert data["anchor"]["c_ms_per_mb"] == pytest.approx(0.05, rel=1e-6)
+    assert all(n["weight_mb"] > 0 for n in data["anchor"]["networks"])
+    assert LatencyTable.load(path) == table
+    edited = json.loads(json.dumps(data))
+    edited["anchor"]["c_ms_per_mb"] = 0.06
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="c_ms_per_mb do not follow"):
+        LatencyTable.load(tmp_path / "edited.json")
+    edited = json.loads(json.dumps(data))
+    del edited["anchor"]["networks"][0]["weight_mb"]
+    (tmp_path / "partial.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="weight_mb given for 5 of 6 networks"):
+        LatencyTable.load(tmp_path / "partial.json")
+    old = AnchorMap.from_dict({"method": "theil-sen", "a_ms": 0.5, "b": 1.2, "networks": [  # before the weight term
+        {"choices": [0], "predicted_ms": 1.0, "measured_ms": 1.7}, {"choices": [1], "predicted_ms": 2.0,
+                                                                   "measured_ms": 2.9}]})
+    assert (old.a_ms, old.b, old.c_ms_per_mb) == (pytest.approx(0.5), pytest.approx(1.2), 0.0)
+
+
+def test_a_weight_term_that_makes_an_entry_negative_is_refused():
+    plain = make_table()
+    choices = anchor_choices(plain.entries, 6, cell_weights_mb(plain.space, plain.dtype))
+    predicted = [plain.latency_of(ch) for ch in choices]
+    weights = [plain.weight_mb_of(ch) for ch in choices]
+    heavy = max(w for row in cell_weights_mb(plain.space, plain.dtype) for w in row)
+    c = -2.0 * max(max(row) for row in plain.entries) / heavy  # the heaviest op's entry would drop below 0
+    measured = [10.0 + 1.0 * p + c * w for p, w in zip(predicted, weights)]
+    anchor = fit_anchor_map(predicted, measured, choices, weights)
+    with pytest.raises(AnchorFitError, match="negative"):
+        plain.anchored(anchor)
 
 
 def _anchored_table(a: float = -0.4, b: float = 1.3) -> tuple[LatencyTable, LatencyTable]:
@@ -144,7 +288,7 @@ def test_anchored_file_round_trip_and_hand_edits_refused(tmp_path):
     assert plain_data["version"] == 1 and "anchor" not in plain_data
     data["anchor"]["b"] = 1.25
     (tmp_path / "edited.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="field 'anchor': a_ms/b do not follow"):
+    with pytest.raises(ValueError, match="field 'anchor': a_ms/b/c_ms_per_mb do not follow"):
         LatencyTable.load(tmp_path / "edited.json")
     del data["anchor"]
     (tmp_path / "no_anchor.json").write_text(json.dumps(data))
@@ -172,6 +316,23 @@ def test_build_table_anchors_a_table_on_measured_networks():
         assert build_table(client, MICRO, backend="ort-cpu", poll_s=0.01, anchors=0).anchor is None
         assert build_table(client, MICRO, backend="torch-cpu", anchors=0, poll_s=0.01).anchor is None
     assert len(device.architectures) == 2 * DEFAULT_ANCHORS * ANCHOR_PASSES  # anchors=0 measured no network
+
+
+def test_build_table_fits_the_weight_term_of_a_device_whose_networks_pay_for_weights():
+    plain = make_table(backend="ort-cpu")
+
+    def network_ms(body):  # the device: 0.2 ms + 1.1 x the sum + 0.03 ms per MB of weights
+        choices = Architecture.from_dict(body).metadata["choices"]
+        return 0.2 + 1.1 * plain.latency_of(choices) + 0.03 * plain.weight_mb_of(choices)
+
+    device = FakeDevice(stored={s: fake_stats(s) for s in table_specs(MICRO)}, network_ms=network_ms)
+    with device.client() as client:
+        table = build_table(client, MICRO, backend="ort-cpu", poll_s=0.01)
+    assert table.anchor.method == "huber-weights"
+    assert table.anchor.c_ms_per_mb == pytest.approx(0.03, rel=1e-6)
+    for choices in ([1, 2, 0], [6, 0, 3]):
+        assert table.latency_of(choices) == pytest.approx(network_ms(Architecture.to_dict(
+            MICRO.architecture(choices))), rel=1e-9)
 
 
 def test_an_anchor_is_the_lowest_of_its_passes():

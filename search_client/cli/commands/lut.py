@@ -30,7 +30,7 @@ def describe_table(table: LatencyTable) -> str:
         f"latency: fixed {table.fixed_ms:.4f} ms, min {low:.4f} ms, max {high:.4f} ms",
         *([] if table.anchor is None else [
             f"anchored on {len(table.anchor.networks)} networks: measured = {table.anchor.a_ms:+.4f} ms + "
-            f"{table.anchor.b:.4f} x sum of the device's medians"]),
+            f"{table.anchor.b:.4f} x sum of the device's medians + {table.anchor.c_ms_per_mb:.4f} ms x weight MB"]),
     ])
 
 
@@ -53,7 +53,8 @@ def lut(
                                                 "bounds, e.g. ops below its timer's resolution) instead of failing")
                              ] = False,
     anchors: Annotated[int | None, typer.Option(min=0, help="networks measured end to end to anchor the table's "
-                                                "sum on (0: the plain sum); default: 6")
+                                                "sum on (0: the plain sum; from 6 on, 4 of them "
+                                                "contrast weights); default: 6")
                        ] = None,
 ) -> None:
     """Build the latency table of a search space on a device and save it (missing ops are measured there)."""
