@@ -14,7 +14,7 @@ from search_client.cli import app
 from search_client.device.client import LatencyClient
 from search_client.device.errors import BadRequest
 from search_client.table.anchors import DEFAULT_ANCHORS
-from search_client.table.latency_table import STATS_FIELDS, LatencyTable, build_table, table_specs
+from search_client.table.latency_table import STATS_FIELDS, LatencyTable, build_table, cell_weights_mb, table_specs
 
 pytestmark = pytest.mark.live
 MICRO = PRESETS["micro-16"]
@@ -68,7 +68,9 @@ def test_lut_cli_no_measure_reuses_stored_entries(live_profiler, tmp_path):
     # both anchored by default, each on its own measurement of the anchor networks
     assert len(from_cli.anchor.networks) == len(table.anchor.networks) == DEFAULT_ANCHORS
     first = format_spec(MICRO.cells()[0].candidates[0])
-    assert from_cli.entries[0][0] == pytest.approx(from_cli.anchor.b * from_cli.stats[first]["median_ms"])
+    weight_mb = cell_weights_mb(MICRO, "float32")[0][0]
+    assert from_cli.entries[0][0] == pytest.approx(from_cli.anchor.b * from_cli.stats[first]["median_ms"]
+                                                   + from_cli.anchor.c_ms_per_mb * weight_mb)
 
 
 def test_architecture_measurement_and_bad_request(live_profiler):
