@@ -53,9 +53,12 @@ stratified sample) against the 6 along the sum, uniform Kendall tau: ORT 0.850 -
 weight at a given sum: the weight contrasts (:func:`weight_contrasts`) are the drawn networks whose sums lie in the
 middle half of the range and whose weights lie farthest below and above the weights-versus-sum line of all draws,
 and the map is fitted by Huber-weighted least squares (iteratively reweighted; scale: the residuals' MAD), so one
-disturbed anchor counts little. With fewer than :data:`WEIGHT_FIT_MIN` anchors, or anchors whose weights follow
-their sums (no contrast, e.g. a space whose candidates hold the same weights), ``c`` is 0 and the fit is
-Theil-Sen's, as above.
+disturbed anchor counts little. The term is kept only where the anchors show it: ``c`` at least
+:data:`WEIGHT_MIN_T` standard errors from 0 and the map within the slope bounds (a micro-16 table at 8 px, whose
+networks take 0.03-0.1 ms, fitted c = 0.98 ms/MB with b = 0.20 from six noisy anchors). With fewer than
+:data:`WEIGHT_FIT_MIN` anchors, anchors whose weights follow their sums (no contrast, e.g. a space whose candidates
+hold the same weights), or a term they do not show, ``c`` is 0 and the fit is Theil-Sen's, as above (the file's
+``method`` says which).
 
 Applied (:meth:`AnchorMap.scale_entry`, :meth:`AnchorMap.shift`): every entry ``F`` of an op holding ``w`` MB of
 weights becomes ``b * F + c * w`` and the fixed part gets ``a`` besides, so the anchored table is still a sum over
@@ -65,6 +68,7 @@ ops (E[LAT] stays linear in the path weights, with gradient ``b * F + c * w``), 
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Sequence
@@ -80,6 +84,8 @@ BYTES_PER_MB = 1e6
 #: Anchors' weights whose residual from their weights-versus-sum line spreads less than this share of their mean
 #: weight have no contrast to fit ``c`` on.
 MIN_WEIGHT_CONTRAST = 0.01
+#: The weight term is kept only when ``c`` lies at least this many standard errors from 0.
+WEIGHT_MIN_T = 2.0
 #: Huber's tuning constant (in units of the residuals' robust scale) and the reweighting iterations at most.
 HUBER_K, HUBER_ITERATIONS = 1.345, 100
 #: Mixed architectures drawn to pick the anchors between the two ends from, and the draw's seed.
@@ -253,7 +259,7 @@ def fit_anchor_map(predicted: Sequence[float], measured: Sequence[float],
                    weights_mb: Sequence[float] | None = None) -> AnchorMap:
     """The map of ``measured ~ a + b * predicted (+ c * weights_mb)`` over anchors given as parallel sequences
     (``choices``: each anchor's candidate choices, recorded with it; ``weights_mb``: each anchor's weights). The
-    weight term is fitted when :func:`has_weight_contrast` (Huber), else ``c = 0`` (Theil-Sen); module docstring.
+    weight term is kept when :func:`_weight_fit` finds it (Huber), else ``c = 0`` (Theil-Sen); module docstring.
     Raises AnchorFitError."""
     if len(predicted) != len(measured) or len(predicted) < 2:
         raise AnchorFitError(f"anchors: need at least 2 (predicted, measured) pairs, got {len(predicted)} and "
@@ -263,9 +269,9 @@ def fit_anchor_map(predicted: Sequence[float], measured: Sequence[float],
     if min(predicted) <= 0 or min(measured) <= 0:
         raise AnchorFitError(f"anchors: latencies must be positive (predicted {list(predicted)}, measured "
                              f"{list(measured)})")
-    if weights_mb is not None and has_weight_contrast(predicted, weights_mb):
-        a, b, c = _huber_fit([(1.0, p, w) for p, w in zip(predicted, weights_mb)], list(measured))
-        method = WEIGHT_FIT_METHOD
+    weight_fit = _weight_fit(predicted, measured, weights_mb) if weights_mb is not None else None
+    if weight_fit is not None:
+        (a, b, c), method = weight_fit, WEIGHT_FIT_METHOD
     else:
         (a, b), c, method = _theil_sen(predicted, measured), 0.0, FIT_METHOD
     networks = tuple(AnchorNetwork(tuple(ch), float(p), float(m), None if w is None else float(w))
@@ -301,10 +307,29 @@ def _theil_sen(predicted: Sequence[float], measured: Sequence[float]) -> tuple[f
     return float(statistics.median(m - b * p for p, m in zip(predicted, measured))), b
 
 
-def _huber_fit(rows: Sequence[tuple[float, ...]], y: Sequence[float]) -> tuple[float, ...]:
+def _weight_fit(predicted: Sequence[float], measured: Sequence[float],
+                weights_mb: Sequence[float]) -> tuple[float, float, float] | None:
+    """``(a, b, c)`` of the Huber fit with the weight term when the anchors determine it: they contrast weights
+    (:func:`has_weight_contrast`), ``c`` is at least :data:`WEIGHT_MIN_T` standard errors from 0, and the map keeps
+    ``b`` within [MIN_SLOPE, MAX_SLOPE] and every anchor's prediction positive; else None (the fit is Theil-Sen's)."""
+    if not has_weight_contrast(predicted, weights_mb):
+        return None
+    rows = [(1.0, p, w) for p, w in zip(predicted, weights_mb)]
+    try:
+        (a, b, c), standard_errors = _huber_fit(rows, list(measured))
+    except AnchorFitError:
+        return None
+    positive = all(a + b * p + c * w > 0 for p, w in zip(predicted, weights_mb))
+    if abs(c) <= WEIGHT_MIN_T * standard_errors[2] or not MIN_SLOPE <= b <= MAX_SLOPE or not positive:
+        return None
+    return a, b, c
+
+
+def _huber_fit(rows: Sequence[tuple[float, ...]], y: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Huber regression of ``y`` on ``rows`` by iteratively reweighted least squares (pure Python, so a table
     file refits to the same bits on every machine): weight 1 within ``HUBER_K`` robust scales (1.4826 x the
-    residuals' MAD), ``HUBER_K * scale / |r|`` beyond."""
+    residuals' MAD), ``HUBER_K * scale / |r|`` beyond. Returns the coefficients and their standard errors (of the
+    final weighted fit); AnchorFitError when the rows do not determine them."""
     weights = [1.0] * len(y)
     coef = _weighted_least_squares(rows, y, weights)
     for _ in range(HUBER_ITERATIONS):
@@ -318,16 +343,33 @@ def _huber_fit(rows: Sequence[tuple[float, ...]], y: Sequence[float]) -> tuple[f
         if new == coef:
             break
         coef = new
-    return tuple(float(c) for c in coef)
+    n = len(coef)
+    residuals = [v - sum(c * x for c, x in zip(coef, row)) for row, v in zip(rows, y)]
+    variance = sum(w * r * r for w, r in zip(weights, residuals)) / max(1, len(y) - n)
+    normal = _normal_matrix(rows, weights)
+    errors = tuple(math.sqrt(max(0.0, variance * _solve(normal, [float(i == k) for i in range(n)])[k]))
+                   for k in range(n))
+    return tuple(float(c) for c in coef), errors
+
+
+def _normal_matrix(rows: Sequence[tuple[float, ...]], weights: Sequence[float]) -> list[list[float]]:
+    """``X^T W X`` of the rows."""
+    n = len(rows[0])
+    return [[sum(w * row[r] * row[c] for w, row in zip(weights, rows)) for c in range(n)] for r in range(n)]
 
 
 def _weighted_least_squares(rows: Sequence[tuple[float, ...]], y: Sequence[float],
                             weights: Sequence[float]) -> tuple[float, ...]:
-    """The weighted least-squares coefficients (normal equations, Gaussian elimination with partial pivoting);
-    AnchorFitError when they are singular."""
+    """The weighted least-squares coefficients (the normal equations); AnchorFitError when they are singular."""
     n = len(rows[0])
-    m = [[sum(w * row[r] * row[c] for w, row in zip(weights, rows)) for c in range(n)]
-         + [sum(w * row[r] * v for w, row, v in zip(weights, rows, y))] for r in range(n)]
+    rhs = [sum(w * row[r] * v for w, row, v in zip(weights, rows, y)) for r in range(n)]
+    return _solve(_normal_matrix(rows, weights), rhs)
+
+
+def _solve(matrix: Sequence[Sequence[float]], rhs: Sequence[float]) -> tuple[float, ...]:
+    """``matrix^-1 rhs`` by Gaussian elimination with partial pivoting; AnchorFitError when singular."""
+    n = len(rhs)
+    m = [list(row) + [v] for row, v in zip(matrix, rhs)]
     for col in range(n):
         pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
         if abs(m[pivot][col]) <= 1e-12 * max(1.0, max(abs(v) for v in m[pivot][:n])):

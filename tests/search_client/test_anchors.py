@@ -154,6 +154,17 @@ def test_without_weight_contrast_the_fit_is_theil_sen(predicted, weights, why):
     assert "c_ms_per_mb" not in anchor.as_dict()
 
 
+def test_a_weight_term_the_anchors_do_not_show_is_dropped():
+    rng = random.Random(5)
+    noisy = [(0.5 + 1.2 * p) * (1 + rng.gauss(0, 0.01)) for p in PREDICTED]  # no weight effect, 1% noise
+    anchor = fit_anchor_map(PREDICTED, noisy, None, WEIGHTS)
+    assert (anchor.method, anchor.c_ms_per_mb) == ("theil-sen", 0.0)
+    # nor is the uncertain term of noisy tiny networks (c = 0.31 +- 0.39 ms/MB, b = 0.49)
+    tiny = [0.029, 0.041, 0.042, 0.067, 0.062, 0.079]
+    sums, mb = [0.029, 0.073, 0.079, 0.081, 0.081, 0.101], [0.02, 0.03, 0.05, 0.055, 0.03, 0.07]
+    assert fit_anchor_map(sums, tiny, None, mb).method == "theil-sen"
+
+
 def test_fit_refuses_mismatched_weights():
     with pytest.raises(AnchorFitError, match="3 weights for 2 anchors"):
         fit_anchor_map([1.0, 2.0], [1.0, 2.0], None, [1.0, 2.0, 3.0])
