@@ -39,7 +39,9 @@ both samples in a fresh seeded order, each with ``--network-budget / --rounds`` 
 truth of a network is an aggregate of its rounds' medians: the mean (the benchmark's figure up to protocol 2), the
 median, the min or the low quantile (the protocol's ``aggregate_q``); the headline compares the table and the
 ground truth aggregated the protocol's way, and the report holds the whole matrix (table aggregate x truth
-aggregate).
+aggregate). ``--truth-reference network`` times the samples' networks in a second duet whose reference is the
+space's middle network (its baseline measured right after the table's, so both share one moment's scale); the
+anchors stay in the table's duet, as the service measures them.
 
 Drift: the stratified sample needs a table to be chosen, so table round 0 comes first and selects it (its
 single-round table); then network rounds and the remaining table rounds alternate symmetrically, the last table
@@ -141,6 +143,7 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("uniform", "within10", 0.95), ("uniform", "tau", 0.9), ("uniform", "within5", 0.90), ("stratified", "tau", 0.97))
 NETWORK_TARGET_REL_CI = 0.005  # networks stop on their budget unless their median is this precise
 DUET_REFERENCES = ("op", "network")
+TRUTH_REFERENCES = ("table", "network")
 CANDIDATES_PER_ARCH = 80  # stratified sample: candidates drawn per architecture picked (at least 2,000)
 Tick = Callable[[str], None]
 
@@ -182,10 +185,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "the service does by default), 'network', the space's network of every cell's middle "
                              "candidate, or 'none' (plain timings, serve --no-duet); reports of a duet get a "
                              "_duet-<reference> suffix")
+    parser.add_argument("--truth-reference", choices=TRUTH_REFERENCES, default="table",
+                        help="the duet the samples' networks (the ground truth) are timed in: 'table', the table's "
+                             "(--duet; the anchors always are), or 'network', a second duet whose reference is the "
+                             "space's middle network (a reference that moves as a network does: engine.duet's "
+                             "docstring); reports get a _truth-network suffix")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
     args = parser.parse_args(argv)
     if args.duet == "none":
         args.duet = None
+    if args.truth_reference == "network" and args.duet is None:
+        parser.error("--truth-reference network needs a duet (--duet op or network)")
     for name in ("archs", "threads", "batch", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -595,12 +605,18 @@ def _flush_override(report: dict[str, Any]) -> str:
 
 def _duet_note(report: dict[str, Any]) -> str:
     """The Markdown report's sentence on the duet (empty without one)."""
-    duet = report.get("duet")
+    duet, truth_duet = report.get("duet"), report.get("truth_duet")
     if not duet:
         return ""
-    return (f" Duet: every block timed between two blocks of `{duet['reference']}` (baseline "
+    note = (f" Duet: every block timed between two blocks of `{duet['reference']}` (baseline "
             f"{duet['baseline_ms']:.4f} ms) and scaled by baseline / reference: {duet['blocks']} blocks, scale "
             f"p10 {duet['scale_p10']:.3f}, median {duet['scale_median']:.3f}, p90 {duet['scale_p90']:.3f}.")
+    if truth_duet:
+        note += (f" The samples' networks in a second duet, `{truth_duet['reference']}` (baseline "
+                 f"{truth_duet['baseline_ms']:.4f} ms): {truth_duet['blocks']} blocks, scale p10 "
+                 f"{truth_duet['scale_p10']:.3f}, median {truth_duet['scale_median']:.3f}, p90 "
+                 f"{truth_duet['scale_p90']:.3f}.")
+    return note
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -695,10 +711,12 @@ def progress_bar() -> Progress:
 
 def run_phases(phases_plan: Sequence[tuple[str, int]], args: argparse.Namespace, backend: Backend,
                space: SearchSpace, op_params: ProtocolParams, network_params: ProtocolParams,
-               duet: Duet | None = None) -> tuple[TableRounds, list[Network], list[dict[str, Any]], dict[str, Any]]:
+               duet: Duet | None = None, truth_duet: Duet | None = None
+               ) -> tuple[TableRounds, list[Network], list[dict[str, Any]], dict[str, Any]]:
     """Measure the table and network rounds of ``phases_plan`` (selecting the stratified sample after table round
-    0), every op and network timed in ``duet`` when one is given: the table's rounds, the networks of both samples
-    with their rounds, each phase's wall time, and the stratified selection."""
+    0), every op and network timed in ``duet`` when one is given (the samples' networks in ``truth_duet`` when one
+    is given): the table's rounds, the networks of both samples with their rounds, each phase's wall time, and the
+    stratified selection."""
     table = TableRounds(table_specs(space))
     networks = [Network("uniform", arch) for arch in uniform_sample(space, args.archs, args.seed)]
     phases: list[dict[str, Any]] = []
@@ -708,8 +726,10 @@ def run_phases(phases_plan: Sequence[tuple[str, int]], args: argparse.Namespace,
         network_backend = backend
         if isinstance(backend, OrtBackend) and not args.no_export_cache:
             network_backend = ExportCachingOrt(backend, Path(export_dir))
-        if duet is not None:  # one reference and baseline for the table and the networks
+        truth_backend = network_backend if truth_duet is None else DuetBackend(network_backend, truth_duet)
+        if duet is not None:  # one reference and baseline for the table and its anchors (and the truth by default)
             backend, network_backend = DuetBackend(backend, duet), DuetBackend(network_backend, duet)
+            truth_backend = network_backend if truth_duet is None else truth_backend
         task = progress.add_task("measuring", total=op_params.rounds * len(table.specs) + args.rounds * 2 * args.archs)
 
         def tick(description: str) -> None:
@@ -730,7 +750,7 @@ def run_phases(phases_plan: Sequence[tuple[str, int]], args: argparse.Namespace,
                                            tick)
                 label, what = f"table round {index}", f"{len(table.specs)} ops, {len(table.anchors)} anchors"
             else:
-                measure_networks_round(networks, index, args.rounds, network_backend, args, network_params, tick)
+                measure_networks_round(networks, index, args.rounds, truth_backend, args, network_params, tick)
                 label, what = f"network round {index}", f"{len(networks)} networks"
             phases.append({"phase": label, "wall_s": time.perf_counter() - phase_start})
             print(f"{label}: {what} in {phases[-1]['wall_s']:.1f} s")
@@ -761,12 +781,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     started, loadavg_start = time.perf_counter(), loadavg()
     phases_plan = schedule(op_params.rounds, args.rounds)
     duet = start_duet(backend, space, args, op_params, network_params) if args.duet else None
+    truth_duet = None
     try:
+        if args.truth_reference == "network":  # its baseline right after the table's: one moment, one scale
+            truth_duet = start_duet(backend, space, args, op_params, network_params, reference="network")
         table, networks, phases, selection = run_phases(phases_plan, args, backend, space, op_params,
-                                                        network_params, duet)
+                                                        network_params, duet, truth_duet)
     finally:
-        if duet is not None:
-            duet.close()
+        for opened in (duet, truth_duet):
+            if opened is not None:
+                opened.close()
     tables = {name: aggregate_table(table, op_params, name) for name in AGGREGATES}
     samples = {name: sample_report([n for n in networks if n.sample == name], tables, network_params)
                for name in SAMPLES}
@@ -783,34 +807,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = build_report(args, backend, space, protocol, (op_params, network_params), table, tables, samples,
                           targets, phases_plan, phases, loadavg_start, time.perf_counter() - started)
     report["duet"] = None if duet is None else duet.describe()
+    report["truth_duet"] = None if truth_duet is None else truth_duet.describe()
     write_reports(report, args.out_dir)
     print_summary(report, args.out_dir)
     return 0 if all(v["pass"] for v in targets) else 1
 
 
-def duet_label(args: argparse.Namespace) -> str:
-    """The name of ``--duet``'s reference: the op's spec, or ``network:<--space>:middle``."""
-    return f"network:{args.space}:middle" if args.duet == "network" else DEFAULT_REFERENCE
+def duet_label(args: argparse.Namespace, reference: str | None = None) -> str:
+    """The name of a duet's reference (``--duet``'s unless ``reference`` is given): the op's spec, or
+    ``network:<--space>:middle``."""
+    kind = args.duet if reference is None else reference
+    return f"network:{args.space}:middle" if kind == "network" else DEFAULT_REFERENCE
 
 
 def start_duet(backend: Backend, space: SearchSpace, args: argparse.Namespace, op_params: ProtocolParams,
-               network_params: ProtocolParams) -> Duet:
-    """The duet of ``--duet``: the reference prepared on ``backend`` and its baseline measured after the
-    protocol's cache flush (ops and networks share it, so they must share the flush)."""
+               network_params: ProtocolParams, reference: str | None = None) -> Duet:
+    """The duet of ``--duet`` (or of ``reference``, 'op' or 'network'): the reference prepared on ``backend`` and
+    its baseline measured after the protocol's cache flush (ops and networks share it, so they must share the
+    flush)."""
     if op_params.cache_flush_kib != network_params.cache_flush_kib:
         raise ValueError("--duet: ops and networks must be measured with the same cache flush")
-    if args.duet == "network":
-        reference = network_reference(duet_reference_arch(space), duet_label(args), args.batch)
+    kind = args.duet if reference is None else reference
+    if kind == "network":
+        reference_module = network_reference(duet_reference_arch(space), duet_label(args, kind), args.batch)
     else:
-        reference = op_reference()
-    return Duet.start(backend, args.threads, reference, seed=op_params.seed,
+        reference_module = op_reference()
+    return Duet.start(backend, args.threads, reference_module, seed=op_params.seed,
                       before_each=cache_flusher(op_params.cache_flush_kib))
 
 
 def report_stem(report: dict[str, Any]) -> str:
-    """``fidelity_<backend>_<space>_r<resolution>_s<seed>``, ``_duet-<op|network>`` appended for a duet run."""
+    """``fidelity_<backend>_<space>_r<resolution>_s<seed>``, ``_duet-<op|network>`` appended for a duet run,
+    ``_truth-network`` for a truth timed against the network reference."""
     c = report["config"]
     suffix = f"_duet-{c['duet']}" if c.get("duet") else ""
+    suffix += "_truth-network" if c.get("truth_reference") == "network" else ""
     return f"fidelity_{c['backend']}_{c['space']}_r{c['resolution']}_s{c['seed']}{suffix}"
 
 
@@ -828,7 +859,7 @@ def build_report(args: argparse.Namespace, backend: Backend, space: SearchSpace,
                    "archs": args.archs, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                    "rounds": args.rounds, "table_rounds": op_params.rounds, "protocol": args.protocol,
                    "network_budget_s": args.network_budget, "export_cache": not args.no_export_cache,
-                   "anchors": args.anchors, "duet": args.duet},
+                   "anchors": args.anchors, "duet": args.duet, "truth_reference": args.truth_reference},
         "protocol_version": protocol.version,
         "cache_regime": protocol.regime,
         "op_protocol": op_params.model_dump(),

@@ -343,3 +343,24 @@ def test_the_duet_reference_network_takes_every_cells_middle_candidate() -> None
     space = load_space("proxyless-mobile").with_resolution(96, 96)
     arch = fidelity.duet_reference_arch(space)
     assert arch.metadata["choices"] == [len(cell.candidates) // 2 for cell in space.cells()]
+
+
+def test_truth_reference_network_times_the_samples_in_a_second_duet(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--duet", "none", "--truth-reference", "network"])
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--backend", "ort-cpu", "--space", "micro-16",
+           "--resolution", "12", "--archs", "3", "--protocol", "fast", "--rounds", "2", "--table-rounds", "1",
+           "--network-budget", "0.02", "--anchors", "0", "--seed", "4", "--truth-reference", "network",
+           "--out-dir", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode in (0, 1), done.stderr
+    stem = tmp_path / "fidelity_ort-cpu_micro-16_r12_s4_duet-op_truth-network"
+    report = json.loads(stem.with_suffix(".json").read_text())
+    assert report["config"]["truth_reference"] == "network"
+    assert report["duet"]["reference"] == DEFAULT_REFERENCE
+    assert report["truth_duet"]["reference"] == "network:micro-16:middle"
+    network_rounds = sum(len(network["rounds"]) for name in ("uniform", "stratified")
+                         for network in report["samples"][name]["networks"])
+    assert network_rounds == 2 * 3 * 2
+    assert report["truth_duet"]["blocks"] >= network_rounds  # at least a block in every round of every network
+    assert "The samples' networks in a second duet, `network:micro-16:middle`" in stem.with_suffix(".md").read_text()
