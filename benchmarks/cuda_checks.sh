@@ -12,6 +12,7 @@
 #   e2e       a profiler served with --backends torch-cuda, `lut` of tiny-32, a search on digits with
 #             --train-device cuda --amp against that table, `verify` of the derived network on the device
 # OUT_DIR gets cuda_checks.log (every step's output, with its exit code and wall time) and the benchmarks' reports.
+# Exit status: the number of steps that failed (0: every chosen step passed).
 # CUDA_CHECKS_STEPS (default "env tests memory fidelity e2e") picks steps; CUDA_CHECKS_FIDELITY overrides the
 # fidelity step's sample (default "--archs 20 --rounds 6").
 set -u
@@ -21,6 +22,7 @@ OUT=${1:?usage: benchmarks/cuda_checks.sh OUT_DIR [PYTHON]}
 PY=${2:-python3}
 LOG="$OUT/cuda_checks.log"
 WORK=$(mktemp -d)
+FAILED=0
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
@@ -33,6 +35,7 @@ step() {  # step NAME LIMIT_S COMMAND...: run COMMAND under a time limit, append
     timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
     rc=$?
     echo "===== $name: exit $rc in $(($(date +%s) - start)) s" | tee -a "$LOG"
+    [ $rc = 0 ] || FAILED=$((FAILED + 1))
 }
 
 e2e() {  # serve torch-cuda, build the tiny-32 table, search on the GPU against it, verify on the device
@@ -73,3 +76,4 @@ export PY WORK
 export -f e2e
 step e2e 300 bash -c e2e
 rm -rf "$WORK"
+exit $FAILED
