@@ -39,7 +39,8 @@ step() {  # step NAME LIMIT_S COMMAND...: run COMMAND under a time limit, append
 }
 
 e2e() {  # serve torch-cuda, build the tiny-32 table, search on the GPU against it, verify on the device
-    local port=8765 url="http://127.0.0.1:8765" server line low high target rc=0
+    local port=8765 server line low high target rc=0
+    local url="http://127.0.0.1:$port"
     "$PY" -m profiler_service.cli serve --db "sqlite:///$WORK/latency.db" --backends torch-cuda --port $port &
     server=$!
     "$PY" -c "import httpx, time
