@@ -43,6 +43,15 @@ aggregate). ``--truth-reference network`` times the samples' networks in a secon
 space's middle network (its baseline measured right after the table's, so both share one moment's scale); the
 anchors stay in the table's duet, as the service measures them.
 
+Drift in the ground truth (``--truth-neighbours K``, default :data:`TRUTH_NEIGHBOURS`; 0 turns it off): a network
+round measures every network once, one after the other, so a slow stretch of the machine a few seconds long
+slows the networks measured in it, whichever they are. Each round median is divided by a drift factor read off
+the networks measured just before and after it: the median of their ``log(round median / their truth)`` over
+the K networks on each side in that round's order (:func:`drift_factors`; two passes, the truths taken from the
+corrected rounds). A network's own rounds never enter its factors, and the median of the factors of a quiet
+round is 1, so the scale stays the measured one (unlike ``--truth-reference network``, no second baseline). The
+report keeps the figures against the uncorrected truth beside (``raw_truth``) and every round's factor.
+
 Drift: the stratified sample needs a table to be chosen, so table round 0 comes first and selects it (its
 single-round table); then network rounds and the remaining table rounds alternate symmetrically, the last table
 round after the last network round: with 3 table and 6 network rounds ``T0 N0 N1 N2 T1 N3 N4 N5 T2``. The pattern
@@ -90,6 +99,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -144,6 +154,12 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
 NETWORK_TARGET_REL_CI = 0.005  # networks stop on their budget unless their median is this precise
 DUET_REFERENCES = ("op", "network")
 TRUTH_REFERENCES = ("table", "network")
+#: Networks on each side of a round median whose deviations give its drift factor (:func:`drift_factors`): about
+#: 2 s of a round on each side at 0.25 s per network. Chosen side by side on the 31 saved proxyless-mobile reports
+#: of 2026-11-30..12-04 (2, 3, 4, 6): 4 raised the truth's split-half tau most (torch-cpu median +0.023, 11 of 13;
+#: ort-cpu +0.013, 13 of 18; each half corrected on its own), fidelity_summary.md, 2026-12-04 (session 24).
+TRUTH_NEIGHBOURS = 4
+DRIFT_PASSES = 2  # the second pass takes the truths from the rounds the first one corrected
 CANDIDATES_PER_ARCH = 80  # stratified sample: candidates drawn per architecture picked (at least 2,000)
 Tick = Callable[[str], None]
 
@@ -190,12 +206,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "(--duet; the anchors always are), or 'network', a second duet whose reference is the "
                              "space's middle network (a reference that moves as a network does: engine.duet's "
                              "docstring); reports get a _truth-network suffix")
+    parser.add_argument("--truth-neighbours", type=int, default=TRUTH_NEIGHBOURS,
+                        help="divide each network round by the drift its neighbours in that round's order saw, "
+                             "this many on each side (0: the uncorrected truth; module docstring)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
     args = parser.parse_args(argv)
     if args.duet == "none":
         args.duet = None
     if args.truth_reference == "network" and args.duet is None:
         parser.error("--truth-reference network needs a duet (--duet op or network)")
+    if args.truth_neighbours < 0:
+        parser.error("--truth-neighbours must be >= 0")
     for name in ("archs", "threads", "batch", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -418,11 +439,14 @@ class Network:
     rounds: list[RoundMeasurement] = field(default_factory=list)
     order: list[int] = field(default_factory=list)
     selection_ms: float | None = None  # stratified: the prediction it was picked with (table round 0)
+    drift: list[float] = field(default_factory=list)  # each round's drift factor (empty: none; drift_factors)
 
-    def medians(self, rounds: Sequence[int] | None = None) -> list[float]:
-        """The round medians (ms), of the rounds at ``rounds`` (all by default)."""
-        picked = self.rounds if rounds is None else [self.rounds[r] for r in rounds]
-        return [r.raw.median_ms for r in picked]
+    def medians(self, rounds: Sequence[int] | None = None, raw: bool = False) -> list[float]:
+        """The round medians (ms), of the rounds at ``rounds`` (all by default), each divided by its drift factor
+        unless ``raw``."""
+        picked = range(len(self.rounds)) if rounds is None else rounds
+        factors = self.drift if self.drift and not raw else [1.0] * len(self.rounds)
+        return [self.rounds[r].raw.median_ms / factors[r] for r in picked]
 
 
 def measure_networks_round(networks: Sequence[Network], round_index: int, rounds: int, backend: Backend,
@@ -433,6 +457,39 @@ def measure_networks_round(networks: Sequence[Network], round_index: int, rounds
                                                         args.threads, params))
         networks[i].order.append(position)
         tick(f"network round {round_index}")
+
+
+def drift_factors(medians: Sequence[Sequence[float]], orders: Sequence[Sequence[int]], neighbours: int,
+                  passes: int = DRIFT_PASSES) -> list[list[float]]:
+    """The drift factor of every round median of networks measured together (module docstring): ``medians[i][r]``
+    of network i in round r, measured at position ``orders[i][r]`` of that round. Each factor is exp of the median
+    of ``log(median / truth)`` over the ``neighbours`` networks before and the ``neighbours`` after it in its round
+    (fewer at a round's ends), the truth being a network's median over its rounds after the previous pass's factors
+    (1 at first); 1 where a round has no other network."""
+    logs = np.log(np.asarray(medians, dtype=float))
+    positions = np.asarray(orders)
+    drift = np.zeros_like(logs)
+    for _ in range(passes):
+        deviation = logs - np.median(logs - drift, axis=1, keepdims=True)
+        updated = np.zeros_like(logs)
+        for r in range(logs.shape[1]):
+            sequence = np.argsort(positions[:, r], kind="stable")
+            seen = deviation[sequence, r]
+            for p, i in enumerate(sequence):
+                window = np.concatenate([seen[max(0, p - neighbours):p], seen[p + 1:p + 1 + neighbours]])
+                updated[i, r] = np.median(window) if window.size else 0.0
+        drift = updated
+    return np.exp(drift).tolist()
+
+
+def correct_drift(networks: Sequence[Network], neighbours: int) -> None:
+    """Set every network's drift factors (:func:`drift_factors`) from the networks measured in the same rounds;
+    ``neighbours`` 0 or a single network: none."""
+    if neighbours == 0 or len(networks) < 2:
+        return
+    factors = drift_factors([n.medians(raw=True) for n in networks], [n.order for n in networks], neighbours)
+    for network, row in zip(networks, factors):
+        network.drift = row
 
 
 def uniform_sample(space: SearchSpace, count: int, seed: int) -> list[Architecture]:
@@ -498,8 +555,9 @@ def metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, 
     }
 
 
-def noise_ceiling(networks: Sequence[Network], params: ProtocolParams) -> dict[str, float | None]:
-    """How well the ground truth agrees with itself (None where undefined: under 2 networks or 2 rounds):
+def noise_ceiling(networks: Sequence[Network], params: ProtocolParams, raw: bool = False) -> dict[str, float | None]:
+    """How well the ground truth (corrected for drift unless ``raw``) agrees with itself (None where undefined:
+    under 2 networks or 2 rounds):
 
     - ``round_tau``: Kendall's tau between the medians of two rounds, median over pairs of rounds;
     - ``round_spread``: (max - min) / mean of a network's round medians, median over networks;
@@ -507,24 +565,28 @@ def noise_ceiling(networks: Sequence[Network], params: ProtocolParams) -> dict[s
 
     A prediction cannot rank the networks much better than two measurements of them agree."""
     n_rounds = min(len(n.rounds) for n in networks)
-    spreads = [(max(m) - min(m)) / statistics.fmean(m) for m in (n.medians() for n in networks)]
+    spreads = [(max(m) - min(m)) / statistics.fmean(m) for m in (n.medians(raw=raw) for n in networks)]
     ceiling: dict[str, float | None] = {"round_tau": None, "round_spread": statistics.median(spreads),
                                         "split_half_tau": None}
     if len(networks) < 2 or n_rounds < 2:
         return ceiling
-    per_round = [[n.rounds[r].raw.median_ms for n in networks] for r in range(n_rounds)]
+    per_round = [[n.medians([r], raw)[0] for n in networks] for r in range(n_rounds)]
     ceiling["round_tau"] = statistics.median(kendall_tau(per_round[a], per_round[b])
                                              for a in range(n_rounds) for b in range(a + 1, n_rounds))
-    halves = [[truth(n.medians(range(start, n_rounds, 2)), params.aggregate, params.aggregate_q) for n in networks]
+    halves = [[truth(n.medians(range(start, n_rounds, 2), raw), params.aggregate, params.aggregate_q)
+               for n in networks]
               for start in (0, 1)]
     ceiling["split_half_tau"] = kendall_tau(*halves)
     return ceiling
 
 
-def sample_report(networks: Sequence[Network], tables: dict[str, Table], params: ProtocolParams) -> dict[str, Any]:
+def sample_report(networks: Sequence[Network], tables: dict[str, Table], params: ProtocolParams,
+                  raw: bool = False) -> dict[str, Any]:
     """A sample's figures: the matrix of metrics (table aggregate x truth aggregate), the headline (the protocol's
-    aggregate for both), the noise ceiling, and every network with its predictions, truths and rounds."""
-    measured = {name: [truth(n.medians(), name, params.aggregate_q) for n in networks] for name in TRUTH_AGGREGATES}
+    aggregate for both), the noise ceiling, and every network with its predictions, truths (corrected for drift
+    unless ``raw``) and rounds (with their drift factors)."""
+    measured = {name: [truth(n.medians(raw=raw), name, params.aggregate_q) for n in networks]
+                for name in TRUTH_AGGREGATES}
     predicted = {name: [table.predict(n.arch) for n in networks] for name, table in tables.items()}
     matrix = {t: {g: metrics(predicted[t], measured[g]) for g in TRUTH_AGGREGATES} for t in tables}
     rows = []
@@ -533,9 +595,10 @@ def sample_report(networks: Sequence[Network], tables: dict[str, Table], params:
                      "predicted_ms": {t: predicted[t][i] for t in tables},
                      "measured_ms": {g: measured[g][i] for g in TRUTH_AGGREGATES},
                      "error": predicted[params.aggregate][i] / measured[params.aggregate][i] - 1,
-                     "rounds": [{"round": r, "order": n.order[r], **round_to_dict(m)} for r, m in enumerate(n.rounds)]})
+                     "rounds": [{"round": r, "order": n.order[r], "drift": n.drift[r] if n.drift else 1.0,
+                                 **round_to_dict(m)} for r, m in enumerate(n.rounds)]})
     return {"metrics": matrix[params.aggregate][params.aggregate], "matrix": matrix,
-            "noise": noise_ceiling(networks, params), "networks": rows}
+            "noise": noise_ceiling(networks, params, raw), "networks": rows}
 
 
 def verdicts(samples: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -584,6 +647,12 @@ def sample_markdown(name: str, sample: dict[str, Any], aggregate: str) -> list[s
     lines += ["", (f"Noise ceiling: round-to-round tau {_fmt(noise['round_tau'])} (median over pairs), split-half "
                    f"tau {_fmt(noise['split_half_tau'])}, spread of a network's rounds "
                    f"{noise['round_spread']:.4f} (median of (max - min) / mean).")]
+    if "raw_truth" in sample:
+        m, raw_noise = sample["raw_truth"]["metrics"], sample["raw_truth"]["noise"]
+        lines += ["", (f"Against the truth uncorrected for drift: within5 {m['within5']:.3f}, within10 "
+                       f"{m['within10']:.3f}, tau {_fmt(m['tau'])}, mean error {m['mean_error']:+.4f}; its split-half "
+                       f"tau {_fmt(raw_noise['split_half_tau'])}, round-to-round tau {_fmt(raw_noise['round_tau'])}, "
+                       f"spread {raw_noise['round_spread']:.4f}.")]
     if "selection" in sample:
         s = sample["selection"]
         lines += ["", (f"Selected from {s['candidates']} candidates predicted {s['candidates_min_ms']:.3f} to "
@@ -619,6 +688,15 @@ def _duet_note(report: dict[str, Any]) -> str:
     return note
 
 
+def _drift_note(config: dict[str, Any]) -> str:
+    """The Markdown report's sentence on the truth's drift correction (empty without one)."""
+    neighbours = config.get("truth_neighbours", 0)
+    if not neighbours:
+        return ""
+    return (f" Network rounds corrected for drift by their {neighbours} neighbours on each side in the round's "
+            "order; the figures against the uncorrected truth are beside.")
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The Markdown report."""
     c, table = report["config"], report["table"]
@@ -630,7 +708,7 @@ def markdown(report: dict[str, Any]) -> str:
          f"networks in {c['rounds']} rounds of {c['network_budget_s'] / c['rounds']:.2f} s; protocol "
          f"{report['protocol_version']} (preset `{c['protocol']}`, {report['cache_regime']} caches"
          f"{_flush_override(report)}). "
-         f"Schedule: {' '.join(report['schedule'])}.{_duet_note(report)}"),
+         f"Schedule: {' '.join(report['schedule'])}.{_duet_note(report)}{_drift_note(c)}"),
         "", "## Targets", "", "| sample | metric | target | value | verdict |", "|---|---|---|---|---|",
     ]
     lines += [f"| {v['sample']} | {v['metric']} | >= {v['target']} | {_fmt(v['value'])} | "
@@ -791,9 +869,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for opened in (duet, truth_duet):
             if opened is not None:
                 opened.close()
+    correct_drift(networks, args.truth_neighbours)
     tables = {name: aggregate_table(table, op_params, name) for name in AGGREGATES}
     samples = {name: sample_report([n for n in networks if n.sample == name], tables, network_params)
                for name in SAMPLES}
+    if args.truth_neighbours:  # the uncorrected truth's figures beside
+        headline = {op_params.aggregate: tables[op_params.aggregate]}
+        for name in SAMPLES:
+            raw = sample_report([n for n in networks if n.sample == name], headline, network_params, raw=True)
+            samples[name]["raw_truth"] = {"metrics": raw["metrics"], "noise": raw["noise"]}
     if table.anchors:  # the plain sum's figures beside the anchored headline
         plain = {op_params.aggregate: unanchored(tables[op_params.aggregate])}
         for name in SAMPLES:
@@ -859,7 +943,8 @@ def build_report(args: argparse.Namespace, backend: Backend, space: SearchSpace,
                    "archs": args.archs, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                    "rounds": args.rounds, "table_rounds": op_params.rounds, "protocol": args.protocol,
                    "network_budget_s": args.network_budget, "export_cache": not args.no_export_cache,
-                   "anchors": args.anchors, "duet": args.duet, "truth_reference": args.truth_reference},
+                   "anchors": args.anchors, "duet": args.duet, "truth_reference": args.truth_reference,
+                   "truth_neighbours": args.truth_neighbours},
         "protocol_version": protocol.version,
         "cache_regime": protocol.regime,
         "op_protocol": op_params.model_dump(),
@@ -924,6 +1009,11 @@ def print_summary(report: dict[str, Any], out_dir: Path) -> None:
             m = sample["unanchored"]
             print(f"{name:10s} plain sum (unanchored) within5={m['within5']:.3f} within10={m['within10']:.3f} "
                   f"tau={_fmt(m['tau'])} mean_error={m['mean_error']:+.4f}")
+        if "raw_truth" in sample:
+            m, raw_noise = sample["raw_truth"]["metrics"], sample["raw_truth"]["noise"]
+            print(f"{name:10s} uncorrected truth within5={m['within5']:.3f} within10={m['within10']:.3f} "
+                  f"tau={_fmt(m['tau'])} mean_error={m['mean_error']:+.4f} split-half tau "
+                  f"{_fmt(raw_noise['split_half_tau'])}")
         noise = sample["noise"]
         print(f"{name:10s} ground truth: round-to-round tau {_fmt(noise['round_tau'])}, split-half tau "
               f"{_fmt(noise['split_half_tau'])}, spread of the rounds {noise['round_spread']:.4f} (the noise ceiling)")

@@ -66,6 +66,7 @@ def test_smoke_run_ends_with_the_summary_line_and_exits_by_the_targets(smoke) ->
 def test_smoke_report_holds_both_samples_every_aggregate_and_the_noise_ceiling(smoke) -> None:
     _, report, stem = smoke
     assert report["config"]["seed"] == 3 and report["schedule"] == ["T0", "N0", "N1", "T1"]
+    assert report["config"]["truth_neighbours"] == fidelity.TRUTH_NEIGHBOURS == 4
     assert report["protocol_version"] == "4+fast+duet" and report["op_protocol"]["rounds"] == 2
     assert [p["phase"] for p in report["phases"]] == ["table round 0", "stratified selection", "network round 0",
                                                       "network round 1", "table round 1"]
@@ -82,8 +83,10 @@ def test_smoke_report_holds_both_samples_every_aggregate_and_the_noise_ceiling(s
         for network in sample["networks"]:
             assert [r["round"] for r in network["rounds"]] == [0, 1]
             assert all(0 <= r["order"] < 2 * ARCHS and r["raw"]["median_ms"] > 0 for r in network["rounds"])
+            assert all(r["drift"] > 0 for r in network["rounds"])  # 8 networks a round: corrected by default
             assert network["measured_ms"]["median"] == pytest.approx(
-                sum(r["raw"]["median_ms"] for r in network["rounds"]) / 2)
+                sum(r["raw"]["median_ms"] / r["drift"] for r in network["rounds"]) / 2)
+        assert set(sample["raw_truth"]) == {"metrics", "noise"} and set(sample["raw_truth"]["metrics"]) == METRICS
     assert [(v["sample"], v["metric"]) for v in report["targets"]] == [
         ("uniform", "within10"), ("uniform", "tau"), ("uniform", "within5"), ("stratified", "tau")]
     assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -233,6 +236,60 @@ def test_noise_ceiling_round_tau_spread_and_split_half() -> None:
     ceiling = fidelity.noise_ceiling(networks, ProtocolParams())
     assert ceiling["split_half_tau"] == -1.0 and ceiling["round_tau"] == -1.0
     assert fidelity.noise_ceiling(networks[:1], ProtocolParams())["round_tau"] is None
+
+
+def _drifting_rounds(slow: dict[int, range], rounds: int = 5, count: int = 20, factor: float = 1.25
+                     ) -> tuple[list[float], list[list[int]], list[list[float]]]:
+    """Networks of latency 1..count measured in ``rounds`` seeded orders; in round r the positions ``slow[r]``
+    run ``factor`` times slower: (true latencies, orders, round medians)."""
+    rng = random.Random(7)
+    true = [float(i + 1) for i in range(count)]
+    orders: list[list[int]] = [[0] * rounds for _ in range(count)]
+    for r in range(rounds):
+        for position, i in enumerate(rng.sample(range(count), count)):
+            orders[i][r] = position
+    medians = [[t * (factor if orders[i][r] in slow.get(r, ()) else 1.0) for r in range(rounds)]
+               for i, t in enumerate(true)]
+    return true, orders, medians
+
+
+def test_drift_factors_read_a_slow_stretch_off_the_neighbours() -> None:
+    true, orders, medians = _drifting_rounds({2: range(6, 14)})
+    factors = fidelity.drift_factors(medians, orders, neighbours=4)
+    for i, row in enumerate(factors):
+        for r, f in enumerate(row):
+            position = orders[i][r]
+            if r != 2 or position <= 2 or position >= 17:  # quiet rounds, and far from the stretch
+                assert f == pytest.approx(1.0), (i, r)
+            elif 9 <= position <= 10:  # 7 or 8 of its 8 neighbours ran in the stretch
+                assert f == pytest.approx(1.25), (i, r)
+                assert medians[i][r] / f == pytest.approx(true[i])
+    _, orders, medians = _drifting_rounds({1: range(20)})
+    whole_round = fidelity.drift_factors(medians, orders, neighbours=4)
+    assert [row[1] for row in whole_round] == pytest.approx([1.25] * 20)
+    assert all(row[r] == pytest.approx(1.0) for row in whole_round for r in (0, 2, 3, 4))
+
+
+def test_drift_factors_never_take_a_networks_own_rounds() -> None:
+    true, orders, medians = _drifting_rounds({})
+    medians[5][0] *= 2.0  # one disturbed round of one network: the others' factors and its own stay 1
+    factors = fidelity.drift_factors(medians, orders, neighbours=4)
+    assert all(f == pytest.approx(1.0) for row in factors for f in row)
+    assert fidelity.drift_factors([[1.0, 2.0]], [[0, 0]], neighbours=4) == [[1.0, 1.0]]
+
+
+def test_correct_drift_sets_the_factors_the_medians_divide_by() -> None:
+    true, orders, medians = _drifting_rounds({1: range(20)})
+    space = load_space("micro-16")
+    networks = [fidelity.Network("uniform", space.architecture([0, 0, 0]), rounds=[_round(m) for m in row],
+                                 order=order) for row, order in zip(medians, orders)]
+    fidelity.correct_drift(networks, 0)
+    assert all(n.drift == [] and n.medians() == n.medians(raw=True) for n in networks)
+    fidelity.correct_drift(networks, 4)
+    assert all(n.medians() == pytest.approx([t] * 5) for n, t in zip(networks, true))
+    assert networks[3].medians(raw=True)[1] == pytest.approx(1.25 * true[3])
+    assert fidelity.noise_ceiling(networks, ProtocolParams())["round_spread"] == pytest.approx(0.0)
+    assert fidelity.noise_ceiling(networks, ProtocolParams(), raw=True)["round_spread"] == pytest.approx(0.25 / 1.05)
 
 
 def test_sample_report_and_verdicts() -> None:
