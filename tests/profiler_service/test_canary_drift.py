@@ -25,7 +25,7 @@ from profiler_service.engine.presets import protocol_version_for
 from profiler_service.engine.protocol import ProtocolParams
 from profiler_service.engine.stats import RoundMeasurement
 from profiler_service.settings import ProfilerSettings
-from profiler_service.jobs.canaries import CanaryWatch, drift_view
+from profiler_service.jobs.canaries import CanariesUnsettled, CanaryWatch, drift_view
 from profiler_service.jobs.worker import JobWorker
 from tests.profiler_service.conftest import SMALL_OPS, make_settings
 from tests.profiler_service.jobs_fakes import BACKEND, Store, environment_named, open_store, stats, wait_for
@@ -118,16 +118,58 @@ def test_the_first_check_stores_the_references_and_later_ones_are_compared_with_
         measurer = SpeedScript()
         first = watch.check(BACKEND, "start", "ab" * 32, measurer, PARAMS)
         assert first.ratio == 1.0 and not first.drifting and watch.status([BACKEND]).status == "ok"
-        assert len(measurer.calls) == len(CANARY_SPECS) * PARAMS.rounds
+        assert len(measurer.calls) == 2 * len(CANARY_SPECS) * PARAMS.rounds  # two measurements set the references
         measurer.speed = 1.5  # throttled
         slow = watch.check(BACKEND, "job", "ab" * 32, measurer, PARAMS)
         assert slow.ratio == pytest.approx(1.5) and slow.drifting
+        assert len(measurer.calls) == 4 * len(CANARY_SPECS) * PARAMS.rounds  # a drift is measured twice
         view = drift_view(watch, [BACKEND])
         assert view["status"] == "drift" and view["backends"][0]["ratio"] == pytest.approx(1.5)
         with store.sessions() as session:  # the references were never overwritten
             assert sorted(session.scalars(select(CanaryReference.median_ms))) == [pytest.approx(0.4)] * 3
         fresh = watch.check(BACKEND, "interval", "cd" * 32, measurer, PARAMS)  # a new runtime: a new reference
         assert fresh.ratio == 1.0 and watch.status([BACKEND]).status == "ok"
+
+
+class DisturbedScript(SpeedScript):
+    """A :class:`SpeedScript` whose measurement number ``disturbed`` (0-based, a measurement = every canary in
+    every round) runs ``factor`` times slower: a client started on the same core for a moment."""
+
+    def __init__(self, disturbed: int, factor: float, per_measurement: int) -> None:
+        super().__init__()
+        self.disturbed, self.factor, self.per_measurement = disturbed, factor, per_measurement
+
+    def __call__(self, spec: Any, *args: Any, **kwargs: Any) -> RoundMeasurement:
+        measurement = len(self.calls) // self.per_measurement
+        self.speed = self.factor if measurement == self.disturbed else 1.0
+        return super().__call__(spec, *args, **kwargs)
+
+
+def test_a_disturbed_first_measurement_stores_no_reference(db_url: str) -> None:
+    per = len(CANARY_SPECS) * PARAMS.rounds
+    with open_store(db_url) as store:
+        watch = watch_on(store, FakeClock(1000.0))
+        measurer = DisturbedScript(disturbed=0, factor=1.48, per_measurement=per)
+        with pytest.raises(CanariesUnsettled, match=r"disagree \(0.676x\)"):
+            watch.check(BACKEND, "start", "ab" * 32, measurer, PARAMS)
+        with store.sessions() as session:
+            assert session.scalars(select(CanaryReference)).all() == []
+        assert watch.status([BACKEND]).status == "unchecked" and not watch.due(BACKEND, "start")
+        report = watch.check(BACKEND, "job", "ab" * 32, measurer, PARAMS)  # the next due check settles them
+        assert report.ratio == 1.0 and not report.drifting
+        with store.sessions() as session:
+            assert sorted(session.scalars(select(CanaryReference.median_ms))) == [pytest.approx(0.4)] * 3
+
+
+def test_one_disturbed_check_is_taken_back_by_its_repeat(db_url: str) -> None:
+    per = len(CANARY_SPECS) * PARAMS.rounds
+    with open_store(db_url) as store:
+        watch = watch_on(store, FakeClock(1000.0))
+        measurer = DisturbedScript(disturbed=2, factor=0.75, per_measurement=per)  # after the two at start
+        watch.check(BACKEND, "start", "ab" * 32, measurer, PARAMS)
+        report = watch.check(BACKEND, "interval", "ab" * 32, measurer, PARAMS)
+        assert report.ratio == 1.0 and not report.drifting and watch.status([BACKEND]).status == "ok"
+        assert len(measurer.calls) == 4 * per  # the disturbed measurement and its repeat
 
 
 # --- the worker runs the checks --------------------------------------------------------------------------------
@@ -149,7 +191,7 @@ def test_the_worker_checks_at_start_and_before_a_job_and_reports_a_slowdown(db_u
             wait_for(lambda: job_done(store, job_id), "the job finished")
             assert watch.status([BACKEND]).status == "drift"
             assert watch.status([BACKEND]).reports[0].reason == "job"
-            checked = len(CANARY_SPECS) * PARAMS.rounds
+            checked = 2 * len(CANARY_SPECS) * PARAMS.rounds  # start: two to set the references; a drift: two
             assert measurer.calls[checked:2 * checked] == [c for c in measurer.calls[checked:2 * checked]
                                                            if c in CANARY_SPECS]  # before the job's op
             assert measurer.calls[2 * checked:] == SMALL_OPS[:1] * PARAMS.rounds
