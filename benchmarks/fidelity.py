@@ -155,9 +155,9 @@ NETWORK_TARGET_REL_CI = 0.005  # networks stop on their budget unless their medi
 DUET_REFERENCES = ("op", "network")
 TRUTH_REFERENCES = ("table", "network")
 #: Networks on each side of a round median whose deviations give its drift factor (:func:`drift_factors`): about
-#: 2 s of a round on each side at 0.25 s per network. Chosen side by side on the 31 saved proxyless-mobile reports
-#: of 2026-11-30..12-04 (2, 3, 4, 6): 4 raised the truth's split-half tau most (torch-cpu median +0.023, 11 of 13;
-#: ort-cpu +0.013, 13 of 18; each half corrected on its own), fidelity_summary.md, 2026-12-04 (session 24).
+#: 2 s of a round on each side at 0.25 s per network. Chosen side by side (2, 3, 4, 6) on the saved proxyless-mobile
+#: reports of 12 or more rounds (results/truth_drift_offline.md): 4 raised the truth's split-half tau, each half
+#: corrected on its own, by a median +0.029 on torch-cpu (7 of 9 reports) and +0.016 on ort-cpu (11 of 14).
 TRUTH_NEIGHBOURS = 4
 DRIFT_PASSES = 2  # the second pass takes the truths from the rounds the first one corrected
 CANDIDATES_PER_ARCH = 80  # stratified sample: candidates drawn per architecture picked (at least 2,000)
