@@ -78,7 +78,7 @@ The last printed line is
 1 when one fails, 2 for a bad backend, space or protocol.
 
 Example: ``.venv/bin/python benchmarks/fidelity.py --backend ort-cpu --space proxyless-mobile --archs 50``
-(about 10 minutes on a 2-core machine: 75 ops x 3 rounds and 6 anchors, 100 networks x 12 rounds; see ``--help``).
+(about 15 minutes on a 2-core machine: 75 ops x 3 rounds and 6 anchors, 100 networks x 24 rounds; see ``--help``).
 """
 
 from __future__ import annotations
@@ -159,6 +159,11 @@ TRUTH_REFERENCES = ("table", "network")
 #: reports of 12 or more rounds (results/truth_drift_offline.md): 4 raised the truth's split-half tau, each half
 #: corrected on its own, by a median +0.029 on torch-cpu (7 of 9 reports) and +0.016 on ort-cpu (11 of 14).
 TRUTH_NEIGHBOURS = 4
+#: Network rounds of the ground truth. torch-cpu's round medians vary 4-5% (ORT's 2%), so 12 rounds gave its truth a
+#: split-half tau of only 0.76-0.82 and its uniform tau stayed under 0.9; 24 rounds of half the budget each (the
+#: same 3 s a network) gave 0.90-0.94, and the first 12 of those rounds alone failed runs that all 24 passed
+#: (results/fidelity_summary.md, 2026-12-05; results/truth_rounds_offline.md).
+NETWORK_ROUNDS = 24
 DRIFT_PASSES = 2  # the second pass takes the truths from the rounds the first one corrected
 CANDIDATES_PER_ARCH = 80  # stratified sample: candidates drawn per architecture picked (at least 2,000)
 Tick = Callable[[str], None]
@@ -174,17 +179,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=None, help="square input size (default: the space's)")
     parser.add_argument("--archs", type=int, default=50, help="architectures per sample (uniform, stratified)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and of the round orders")
-    parser.add_argument("--rounds", type=int, default=12,
-                        help="network rounds (each over all networks): the ground truth's moments; 12 agree better "
-                             "than 6 on a drifting VM (fidelity_summary.md, 2026-12-02)")
+    parser.add_argument("--rounds", type=int, default=NETWORK_ROUNDS,
+                        help="network rounds (each over all networks): the ground truth's moments (NETWORK_ROUNDS: "
+                             "fidelity_summary.md, 2026-12-05)")
     parser.add_argument("--table-rounds", type=int, default=None, help="table rounds (default: the protocol's)")
     parser.add_argument("--protocol", default="default",
                         help=f"protocol preset: {', '.join(PROTOCOL_PRESETS)} (auto: by the space's working set)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads")
     parser.add_argument("--batch", type=int, default=1, help="batch size")
     parser.add_argument("--network-budget", type=float, default=3.0,
-                        help="seconds of timed runs of one network, split over its rounds (12 rounds: 0.25 s each, "
-                             "an op round's budget)")
+                        help="seconds of timed runs of one network, split over its rounds (24 rounds: 0.125 s each, "
+                             "at least the protocol's min_runs)")
     parser.add_argument("--op-budget", type=float, default=None,
                         help="seconds of timed runs of one op per table round (default: the preset's time_budget_s)")
     parser.add_argument("--cache-flush-kib", type=int, default=None,
