@@ -22,11 +22,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
+sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent), str(HERE)]
 import fidelity as F  # noqa: E402
-
-from nas_ops.space import load_space  # noqa: E402
-from nas_ops.spec import format_spec  # noqa: E402
+from anchor_oracle_offline import stored_table  # noqa: E402
 
 MIN_ROUNDS = 24
 BYTES_PER_MB = 1e6
@@ -40,12 +38,9 @@ def activation_mb(cells: list, choices: list[int]) -> float:
 
 def scores(report: dict) -> dict[str, object]:
     """Uniform metrics of the stratified-fitted map without and with ``d``, and ``d`` (ms/MB)."""
-    config, aggregate = report["config"], report["table"]["aggregate"]
-    space = load_space(config["space"]).with_resolution(config["resolution"], config["resolution"])
+    aggregate = report["table"]["aggregate"]
+    space, table = stored_table(report)
     cells = space.cells()
-    specs = {format_spec(s): s for s in F.table_specs(space)}
-    table = F.Table(aggregate, {specs[k]: v["stored_ms"][aggregate] for k, v in report["table"]["entries"].items()},
-                    {})
 
     def design(networks: list[dict], with_act: bool) -> np.ndarray:
         rows = []

@@ -26,20 +26,26 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 import fidelity as F  # noqa: E402
 
-from nas_ops.space import load_space  # noqa: E402
+from nas_ops.space import SearchSpace, load_space  # noqa: E402
 from nas_ops.spec import format_spec  # noqa: E402
 
 MIN_ROUNDS = 12
 GRID = np.round(np.arange(-0.10, 0.3001, 0.005), 3)
 
 
-def oracle_row(report: dict) -> dict[str, float]:
-    """The uniform sample's taus (report, plain sum, least-squares oracle, best ``k``) and split-half tau."""
+def stored_table(report: dict) -> tuple[SearchSpace, F.Table]:
+    """The report's space at its resolution and its table as stored (the report's aggregate, unanchored)."""
     config, aggregate = report["config"], report["table"]["aggregate"]
     space = load_space(config["space"]).with_resolution(config["resolution"], config["resolution"])
     specs = {format_spec(s): s for s in F.table_specs(space)}
-    table = F.Table(aggregate, {specs[k]: v["stored_ms"][aggregate] for k, v in report["table"]["entries"].items()},
-                    {})
+    entries = {specs[k]: v["stored_ms"][aggregate] for k, v in report["table"]["entries"].items()}
+    return space, F.Table(aggregate, entries, {})
+
+
+def oracle_row(report: dict) -> dict[str, float]:
+    """The uniform sample's taus (report, plain sum, least-squares oracle, best ``k``) and split-half tau."""
+    aggregate = report["table"]["aggregate"]
+    space, table = stored_table(report)
     networks = report["samples"]["uniform"]["networks"]
     archs = [space.architecture(list(n["choices"])) for n in networks]
     sums = np.array([table.predict_sum(a) for a in archs])
