@@ -5,7 +5,7 @@ this file.
 Per report the map ``truth ~ a + b * sum + c * weight_mb (+ d * act_mb)`` is fitted by least squares on the
 report's 50 stratified networks (their measured truth) and scored on its 50 uniform networks (out of sample), with
 and without ``d``. ``sum``: the unanchored table sum; ``weight_mb``: :func:`fidelity.arch_weight_mb`; ``act_mb``:
-the network's expanded activations, the sum over its MBConv cells of ``exp_ratio * in_chs * height * width * 4``
+the network's expanded activations, the sum over its MBConv cells of ``mid_chs * height * width * 4``
 bytes (the tensor a cell's expansion writes; e6 candidates write twice e3's). The stratified networks stand for
 anchors a client would measure; 50 of them is far more than the client's 6, so this bounds what the term could do,
 it is not a client's fit. Cells: uniform tau / within5 / mean error.
@@ -33,7 +33,7 @@ BYTES_PER_MB = 1e6
 def activation_mb(cells: list, choices: list[int]) -> float:
     """The expanded activations (MB) the MBConv cells of ``choices`` write."""
     ops = (cell.candidates[j] for cell, j in zip(cells, choices))
-    return sum(o.exp_ratio * o.in_chs * o.height * o.width * 4 for o in ops if o.kind == "mbconv") / BYTES_PER_MB
+    return sum(o.mid_chs * o.height * o.width * 4 for o in ops if o.kind == "mbconv") / BYTES_PER_MB
 
 
 def scores(report: dict) -> dict[str, object]:
