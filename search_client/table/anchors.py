@@ -1,71 +1,25 @@
-"""Anchoring a latency table on whole networks: the affine map from the summed table to measured networks.
+"""Anchoring a latency table on whole networks: the map from the summed table to measured networks.
 
-Why. The sum of per-op latencies measured one op at a time predicts a whole network only as well as an op alone
-behaves like the same op inside the network. On ORT it does (mean error within +-3% at 96-224 px, protocol 4, on a
-quiet VM); on eager torch it does not, and not even in one direction: torch-cpu tables of proxyless-mobile were +18%
-(96 px) and -9% (224 px) off on a Xeon VM, +10% to +15% (96) and +21% to +24% (224) on an EPYC VM
-(benchmarks/results/fidelity_summary.md). The cache flush evicts the framework's own code, which a network keeps
-hot from op to op, and leaves the large late weights nearer than a network does; both depend on the machine's
-caches, and no single flush size or framework warm-up removed the bias on both machines (issue 13's note). What is
-common: against the networks the error is affine in the prediction (one scale and one offset fit a run to within a
-few percent), so the table is anchored on a few networks measured end to end. On ORT too, by default since the
-ORT sums were seen off by as much on a drifting VM: proxyless-mobile at 160 px on the EPYC VM, one afternoon, the
-plain sum -11.8% (plain protocol) and -10.4% / +6.5% / -0.0% (three duet runs), the anchored tables -0.5% / +2.4% /
-+0.0%; on tiny-32 anchoring kept it at +0.4% (-1.4% plain sum).
+Why. A table sums latencies measured one op at a time; a whole network does not cost exactly that sum (the
+framework's code and the weights stay in cache from op to op in a network, not across isolated ops), and the error
+depends on the runtime and the machine. Against measured networks it is close to affine in the prediction, so the
+table is anchored on a few networks measured end to end. docs/protocol.md "Anchors" explains it for users.
 
-The anchors (:func:`anchor_choices`): ``count`` architectures from the cheapest to the most expensive of the space,
-by the table itself: the all-cheapest network (in every cell the candidate of the lowest table latency: the space's
-minimum), the all-slowest (its maximum), and between them mixed networks, drawn as :func:`spread_choices` draws
-(:data:`ANCHOR_DRAWS` of them, a fixed seed): with the weights of the candidates known and ``count >=
-WEIGHT_FIT_MIN`` (the default: 6 = the two ends and 4), :data:`WEIGHT_ANCHORS` weight contrasts (below), the rest
-those whose sums lie nearest to evenly spaced values from the minimum to the maximum (:func:`pick_evenly`). So the
-anchors span every prediction the table can make (the map is never extrapolated) and, between the ends, look like
-the networks a search samples: candidates mixed from cell to cell. Deterministic: the same table gives the same
-anchors. Mixed rather than uniform middle anchors (in anchor k, the candidate of rank k / (count - 1) in every
-cell; before 2026-12-03): a network of one candidate repeated has its own op-versus-network deviation, which mixed
-networks do not share (offline, 22 fidelity reports: uniform within5 0.72 / 0.54 / 0.78 / 0.22 -> 0.94 / 0.88 /
-1.00 / 0.96 in four, one worse, the rest within +-2.0%; benchmarks/results/fidelity_summary.md, session 21).
+The anchors (:func:`anchor_choices`): ``count`` architectures chosen by the table itself, deterministically: the
+all-cheapest and the all-slowest network (so the map is never extrapolated) and, between them, mixed networks like
+those a search samples: weight contrasts (:func:`weight_contrasts`) and networks whose sums are evenly spaced
+(:func:`pick_evenly`). Each anchor is measured in :data:`ANCHOR_PASSES` passes and keeps its lowest result, since
+its noise reaches every anchored prediction.
 
-The measurement (:data:`ANCHOR_PASSES`): each anchor is measured in two passes over all anchors (two jobs, each in the
-protocol's interleaved rounds), and its latency is the lower of the two results. The map multiplies every entry of
-the table, so an anchor's noise reaches every prediction: anchors get twice an op's rounds (6 round medians under
-protocol 4, as many as the fidelity benchmark's ground truth). With 3, on a VM whose rounds of one network spread by
-47%, the lowest of 3 rounds sat 4.5% above the lowest of 6, and so did every anchored prediction.
+The fit (:func:`fit_anchor_map`): ``measured = a + b * predicted + c * weight_mb``. ``a`` and ``b`` are robust
+(Theil-Sen, or Huber-weighted least squares with the weight term) so one disturbed anchor does not move them; ``c``
+(ms per MB of weights) can change a ranking, and is kept only where the anchors show it (:data:`WEIGHT_MIN_T`
+standard errors from 0). A slope outside [:data:`MIN_SLOPE`, :data:`MAX_SLOPE`] or a non-positive anchored
+prediction means table and networks disagree beyond any bias: :class:`AnchorFitError`, never a silent fit.
 
-The fit (:func:`fit_anchor_map`): ``measured = a + b * predicted`` by Theil-Sen (b: the median of the pairwise
-slopes, a: the median of ``measured - b * predicted``), which one disturbed anchor measurement does not move; when
-every anchor predicts the same latency there is no slope to fit and the map is the scale ``b = median(measured /
-predicted)``, ``a = 0``. A map that would scale the table by more than 4x either way (``b`` outside
-[:data:`MIN_SLOPE`, :data:`MAX_SLOPE`]; torch-cpu on tiny-32 fits b = 0.47 on a VM, its ops alone paying overhead
-that networks do not) or make an anchor's prediction non-positive says the table and the networks
-disagree beyond any bias: :class:`AnchorFitError`, never a silent fit.
-
-The weight term (``c``, ms per MB of weights; :data:`WEIGHT_FIT_METHOD`). A network pays for its weights more than
-its ops measured one by one do: refitted on the fidelity reports' stratified networks (12-round truths), ``measured
-= a + b * sum + c * weight_mb`` (``weight_mb``: the network's parameters and BN statistics, :data:`BYTES_PER_MB`
-bytes each) fits ``c`` = +0.014 .. +0.034 ms/MB on ORT in all 9 runs (Xeon and EPYC VMs, 96-224 px; the networks
-hold 5-13 MB). An affine map of the sum alone cannot change a ranking; ``c`` can, because at one sum the networks
-differ in their weights. Offline, 6 anchors taken from each of 18 reports' stratified samples (12-round truths),
-uniform Kendall tau, 6 along the sum (Theil-Sen) -> the two ends and 4 weight contrasts (this fit), ORT: 0.905 ->
-0.902, 0.850 -> 0.850, 0.907 -> 0.918, 0.897 -> 0.925, 0.923 -> 0.923, 0.882 -> 0.928, 0.930 -> 0.933, 0.884 ->
-0.884, 0.864 -> 0.902, 0.951 -> 0.936, 0.948 -> 0.948 (at least 0.9: 6 -> 9 of 11); torch: 0.838 -> 0.851, 0.897
--> 0.897, 0.848 -> 0.825, 0.855 -> 0.855, 0.881 -> 0.892, 0.817 -> 0.809, 0.816 -> 0.812; mean errors within
-+-2.0% in all 18. Keeping every fitted term (no standard-error rule) made 10 of 11 ORT runs >= 0.9, requiring 2
-standard errors 7 of 11 (benchmarks/results/fidelity_summary.md, session 22). To fit ``c`` the anchors must vary in
-weight at a given sum: the weight contrasts (:func:`weight_contrasts`) are the drawn networks whose sums lie in the
-middle half of the range and whose weights lie farthest below and above the weights-versus-sum line of all draws,
-and the map is fitted by Huber-weighted least squares (iteratively reweighted; scale: the residuals' MAD), so one
-disturbed anchor counts little. The term is kept only where the anchors show it: ``c`` more than
-:data:`WEIGHT_MIN_T` standard error from 0 and the map within the slope bounds (a micro-16 table at 8 px, whose
-networks take 0.03-0.1 ms, fitted c = 0.98 ms/MB with b = 0.20 from six noisy anchors). With fewer than
-:data:`WEIGHT_FIT_MIN` anchors, anchors whose weights follow their sums (no contrast, e.g. a space whose candidates
-hold the same weights), or a term they do not show, ``c`` is 0 and the fit is Theil-Sen's, as above (the file's
-``method`` says which).
-
-Applied (:meth:`AnchorMap.scale_entry`, :meth:`AnchorMap.shift`): every entry ``F`` of an op holding ``w`` MB of
-weights becomes ``b * F + c * w`` and the fixed part gets ``a`` besides, so the anchored table is still a sum over
-ops (E[LAT] stays linear in the path weights, with gradient ``b * F + c * w``), and an architecture's prediction is
-``a + b * (its unanchored sum) + c * (its weights in MB)``.
+Applied (:meth:`AnchorMap.scale_entry`, :meth:`AnchorMap.shift`): an entry ``F`` of an op holding ``w`` MB becomes
+``b * F + c * w`` and the fixed part gets ``a`` besides, so the anchored table is still a sum over ops (E[LAT]
+stays linear in the path weights).
 """
 
 from __future__ import annotations
@@ -176,7 +130,7 @@ class AnchorMap:
 
 def default_anchors() -> int:
     """How many anchors a table is fitted on unless told otherwise: :data:`DEFAULT_ANCHORS`, on every backend
-    (module docstring: ORT's plain sums were off by up to 12% on a drifting VM, as torch's are)."""
+    (the summed table of any runtime can be off from its networks; module docstring)."""
     return DEFAULT_ANCHORS
 
 

@@ -442,8 +442,8 @@ def build_table(
     ``measure_missing`` (waiting up to ``timeout_s``; ``progress`` receives every poll of those jobs), else
     :class:`MissingEntriesError` lists them. Entries the device flagged raise :class:`FlaggedEntriesError` unless
     ``allow_flagged``; before that, when it may measure, flagged entries are measured once more in a new job (a new
-    calibration session: on a noisy VM one disturbed boundary timing flagged 4 of tiny-32's ops in ``make demo``, and
-    such a flag does not survive a second session; a flag that does is an op below the device's resolution).
+    calibration session: a flag from one disturbed timing does not survive a second session; a flag that does is an
+    op below the device's resolution).
     Then the table is anchored (:func:`anchor_table`) on ``anchors`` networks measured on the
     device (None: the default, :func:`~search_client.table.anchors.default_anchors`; 0: not anchored).
     """
