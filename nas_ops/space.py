@@ -321,7 +321,7 @@ def _items(raw: Any, key: str, kind: type, keys: tuple[str, ...]) -> tuple[Any, 
     return tuple(items)
 
 
-# --- presets ----------------------------------------------------------------------------------------------------
+# --- the named search spaces ------------------------------------------------------------------------------------
 PROXYLESS_CANDIDATES = tuple(Candidate(k, float(e)) for k in (3, 5, 7) for e in (3, 6))
 _PROXYLESS_DEPTHS, _PROXYLESS_STRIDES = (4, 4, 4, 4, 4, 1), (2, 2, 2, 1, 2, 1)
 
@@ -332,7 +332,7 @@ def _proxyless(name: str, stem: int, first: int, widths: tuple[int, ...], mix: i
                        candidates=PROXYLESS_CANDIDATES, mix_chs=mix)
 
 
-PRESETS: dict[str, SearchSpace] = {
+SPACES: dict[str, SearchSpace] = {
     # the paper's search backbone (ImageNet, mobile setting)
     "proxyless-mobile": _proxyless("proxyless-mobile", 32, 16, (24, 40, 80, 96, 192, 320), 1280),
     # the widths of the released GPU and CPU nets, same stage structure
@@ -352,15 +352,19 @@ PRESETS: dict[str, SearchSpace] = {
     ),
 }
 
+#: Old name of :data:`SPACES`, kept only until profiler_service/api/routers/spaces.py imports SPACES; then delete.
+PRESETS = SPACES
+
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """A preset by name, or a space file (``.json``, ``.yaml`` or ``.yml``; format in the module docstring)."""
+    """A named space (:data:`SPACES`), or a space file (``.json``, ``.yaml`` or ``.yml``; format in the module
+    docstring)."""
     text = str(name_or_path)
-    if isinstance(name_or_path, str) and name_or_path in PRESETS:
-        return PRESETS[name_or_path]
+    if isinstance(name_or_path, str) and name_or_path in SPACES:
+        return SPACES[name_or_path]
     path = Path(name_or_path)
     if path.suffix.lower() not in SPACE_FILE_SUFFIXES:
-        raise ValueError(f"search space {text!r}: not a preset name (known: {', '.join(PRESETS)}) "
+        raise ValueError(f"search space {text!r}: not a space name (known: {', '.join(SPACES)}) "
                          f"nor a {'/'.join(SPACE_FILE_SUFFIXES)} file")
     if not path.is_file():
         raise ValueError(f"search space file {text!r}: not found")

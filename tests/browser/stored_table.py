@@ -15,7 +15,7 @@ from latency_db.context import MeasurementContext
 from latency_db.engine import make_engine, make_session_factory
 from latency_db.repository import get_or_create_device, upsert_measurement
 from latency_db.transactions import write_session
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from nas_ops.spec import format_spec
 
 #: The heatmap's space: every candidate of micro-16 is stored except these two (they must show as missing).
@@ -60,10 +60,10 @@ def stats(i: int, scale: float = 1.0) -> dict[str, float | int]:
 def table_specs() -> list[str]:
     """The ops stored on this device: micro-16's fixed ops and candidates (but LEFT_MISSING), tiny-32's fixed
     ops (other kinds and resolutions for the filters)."""
-    micro = PRESETS[HEATMAP_SPACE]
+    micro = SPACES[HEATMAP_SPACE]
     specs = [format_spec(s) for s in micro.fixed_specs()]
     specs += [format_spec(c) for cell in micro.cells() for c in cell.candidates if c.kind != "zero"]
-    specs += [format_spec(s) for s in PRESETS["tiny-32"].fixed_specs()]
+    specs += [format_spec(s) for s in SPACES["tiny-32"].fixed_specs()]
     return [s for s in dict.fromkeys(specs) if s not in LEFT_MISSING]
 
 

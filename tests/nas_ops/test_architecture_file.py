@@ -11,14 +11,14 @@ import torch
 
 from nas_ops.arch import Architecture, architecture_from_json_obj, load_architecture
 from nas_ops.network import build_network
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from nas_ops.spec import parse_spec
 
 torch.set_num_threads(1)
 
 
 def _arch() -> Architecture:
-    space = PRESETS["micro-16"]
+    space = SPACES["micro-16"]
     arch = space.architecture([3, space.cells()[1].zero_index, 0])
     arch.metadata["probabilities"] = [[0.5, 0.5]]
     return arch

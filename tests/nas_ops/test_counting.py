@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from nas_ops.blocks import build_op
 from nas_ops.counting import count_flops, count_params
 from nas_ops.network import build_network
-from nas_ops.presets import mobilenet_v2
-from nas_ops.space import PRESETS
+from nas_ops.reference_networks import mobilenet_v2
+from nas_ops.space import SPACES
 from nas_ops.spec import OpSpec, parse_spec
 from tests.nas_ops.helpers import measured_macs, op_specs
 
@@ -57,7 +57,7 @@ def test_flops_equal_macs_of_a_real_forward_pass(spec: OpSpec) -> None:
 
 
 def test_architecture_counts_are_sums_over_ops() -> None:
-    space = PRESETS["micro-16"]
+    space = SPACES["micro-16"]
     arch = space.architecture([1, space.cells()[1].zero_index, 5])
     assert count_params(arch) == sum(count_params(s) for s in arch.specs())
     assert count_flops(arch) == sum(count_flops(s) for s in arch.specs())

@@ -15,7 +15,7 @@ from nas_ops.arch import Architecture, load_architecture
 from nas_ops.counting import count_flops, count_params
 from nas_ops.network import build_network
 from nas_ops.official import from_net_config, to_net_config
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from nas_ops.spec import OpSpec, parse_spec
 from tests.nas_ops.helpers import mobile_net_config
 
@@ -58,7 +58,7 @@ def test_round_trip_of_the_official_format() -> None:
 
 @pytest.mark.parametrize("space", ["proxyless-mobile", "tiny-32", "micro-16"])
 def test_round_trip_of_space_architectures(space: str) -> None:
-    s = PRESETS[space]
+    s = SPACES[space]
     arch = s.architecture([len(c.candidates) - 1 for c in s.cells()])  # Zero (identity) wherever allowed
     back = from_net_config(json.loads(json.dumps(to_net_config(arch))), resolution=s.input_size[0])
     assert back.specs() == arch.specs()

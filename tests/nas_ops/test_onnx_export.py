@@ -15,7 +15,7 @@ from torch import nn
 from nas_ops.blocks import build_op
 from nas_ops.export import export_onnx, onnx_bytes
 from nas_ops.network import build_network
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from nas_ops.spec import OpSpec, parse_spec
 
 torch.set_num_threads(1)
@@ -92,7 +92,7 @@ def test_spec_exports_with_default_batch_one() -> None:
 
 
 def test_whole_network_with_identity_cells(tmp_path: Path) -> None:
-    space = PRESETS["micro-16"]
+    space = SPACES["micro-16"]
     arch = space.architecture([1, space.cells()[1].zero_index, 4])
     network = build_network(arch)
     _randomize_bn(network)
@@ -118,7 +118,7 @@ def test_an_output_that_is_the_graph_input_gets_a_real_node() -> None:
 
 
 def test_architecture_export_and_dynamic_batch() -> None:
-    arch = PRESETS["tiny-32"].architecture([0, 6, 1, 2, 3, 4, 5])
+    arch = SPACES["tiny-32"].architecture([0, 6, 1, 2, 3, 4, 5])
     data = onnx_bytes(arch, dynamic_batch=True)
     model = onnx.load_from_string(data)
     onnx.checker.check_model(model, full_check=True)
@@ -128,7 +128,7 @@ def test_architecture_export_and_dynamic_batch() -> None:
 
 
 def test_network_with_a_zero_block_keeps_its_input() -> None:
-    arch = PRESETS["micro-16"].architecture([0, 0, 0])
+    arch = SPACES["micro-16"].architecture([0, 0, 0])
     blocks = list(arch.blocks)
     blocks[2] = OpSpec("zero", 8, 8, 16, 16)
     network = build_network(type(arch)(stem=arch.stem, blocks=blocks, head=arch.head))

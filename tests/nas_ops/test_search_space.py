@@ -1,4 +1,4 @@
-"""Search spaces: preset structure, cell shapes from the input size, architectures, and space files."""
+"""Search spaces: the named spaces' structure, cell shapes from the input size, architectures, and space files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 
 from nas_ops.counting import count_flops, count_params
 from nas_ops.network import build_network
-from nas_ops.space import PRESETS, Candidate, SearchSpace, Stage, load_space, save_space
+from nas_ops.space import SPACES, Candidate, SearchSpace, Stage, load_space, save_space
 from nas_ops.spec import OpSpec, parse_spec
 
 torch.set_num_threads(1)
@@ -24,7 +24,7 @@ MBCONV_NAMES = ("3x3_MBConv3", "3x3_MBConv6", "5x5_MBConv3", "5x5_MBConv6", "7x7
 
 
 def test_proxyless_mobile_is_the_paper_backbone() -> None:
-    space = PRESETS["proxyless-mobile"]
+    space = SPACES["proxyless-mobile"]
     cells = space.cells()
     assert len(cells) == 21
     assert sum(c.zero_index is not None for c in cells) == 15
@@ -40,7 +40,7 @@ def test_proxyless_mobile_is_the_paper_backbone() -> None:
 
 
 def test_cell_candidates_zero_last_and_skip_where_shape_is_kept() -> None:
-    cells = PRESETS["proxyless-mobile"].cells()
+    cells = SPACES["proxyless-mobile"].cells()
     strided, kept = cells[0], cells[1]
     assert strided.candidate_names == MBCONV_NAMES and strided.zero_index is None
     assert str(strided.candidates[3]) == "mbconv_r112x112_c16-24_k5_e6_s2_relu6"
@@ -54,8 +54,8 @@ def test_cell_candidates_zero_last_and_skip_where_shape_is_kept() -> None:
     ("proxyless-gpu", 40, 24, (32, 56, 112, 128, 256, 432), 1728),
     ("proxyless-cpu", 40, 24, (32, 48, 88, 104, 216, 360), 1432),
 ])
-def test_gpu_and_cpu_presets(name: str, stem: int, first: int, widths: tuple[int, ...], mix: int) -> None:
-    space = PRESETS[name]
+def test_gpu_and_cpu_spaces(name: str, stem: int, first: int, widths: tuple[int, ...], mix: int) -> None:
+    space = SPACES[name]
     cells = space.cells()
     assert len(cells) == 21 and space.input_size == (224, 224)
     assert space.fixed_specs()[0].out_chs == stem and space.fixed_specs()[1].out_chs == first
@@ -64,8 +64,8 @@ def test_gpu_and_cpu_presets(name: str, stem: int, first: int, widths: tuple[int
 
 
 @pytest.mark.parametrize("name", ["tiny-32", "micro-16"])
-def test_small_presets_build_and_run(name: str) -> None:
-    space = PRESETS[name]
+def test_small_spaces_build_and_run(name: str) -> None:
+    space = SPACES[name]
     arch = space.architecture(space.random_choices(random.Random(0)))
     with torch.no_grad():
         logits = build_network(arch).eval()(torch.randn(2, 3, *space.input_size))
@@ -73,14 +73,14 @@ def test_small_presets_build_and_run(name: str) -> None:
 
 
 def test_micro_16_is_small() -> None:
-    space = PRESETS["micro-16"]
+    space = SPACES["micro-16"]
     assert space.input_size == (16, 16) and len(space.cells()) == 3 and space.size() == 7 * 7 * 6
-    assert PRESETS["tiny-32"].size() == 7**4 * 6**3
+    assert SPACES["tiny-32"].size() == 7**4 * 6**3
 
 
 @pytest.mark.parametrize(("h", "w"), [(160, 160), (96, 128), (33, 17)])
 def test_with_resolution_moves_every_shape(h: int, w: int) -> None:
-    space = PRESETS["proxyless-mobile"].with_resolution(h, w)
+    space = SPACES["proxyless-mobile"].with_resolution(h, w)
     assert space.input_size == (h, w)
     arch = space.architecture(space.random_choices(random.Random(1)))  # chaining is validated on creation
     expected_h, expected_w = h, w
@@ -93,7 +93,7 @@ def test_with_resolution_moves_every_shape(h: int, w: int) -> None:
 
 
 def test_architecture_maps_zero_to_identity_and_records_choices() -> None:
-    space = PRESETS["proxyless-mobile"]
+    space = SPACES["proxyless-mobile"]
     choices = [c.zero_index if c.zero_index is not None else 5 for c in space.cells()]
     arch = space.architecture(choices)
     assert len(arch.blocks) == 22
@@ -115,11 +115,11 @@ def test_architecture_maps_zero_to_identity_and_records_choices() -> None:
 ])
 def test_architecture_validates_choices(choices: object, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        PRESETS["micro-16"].architecture(choices)  # type: ignore[arg-type]
+        SPACES["micro-16"].architecture(choices)  # type: ignore[arg-type]
 
 
 def test_random_choices_are_in_range_and_reproducible() -> None:
-    space = PRESETS["proxyless-mobile"]
+    space = SPACES["proxyless-mobile"]
     draws = [space.random_choices(random.Random(7)) for _ in range(2)]
     assert draws[0] == draws[1]
     many = [space.random_choices(random.Random(seed)) for seed in range(50)]
@@ -129,19 +129,19 @@ def test_random_choices_are_in_range_and_reproducible() -> None:
 
 
 def test_no_zero_when_disallowed() -> None:
-    space = replace(PRESETS["micro-16"], allow_zero=False)
+    space = replace(SPACES["micro-16"], allow_zero=False)
     assert all(c.zero_index is None and len(c.candidates) == 6 for c in space.cells())
     assert space.size() == 6**3
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml", ".yml"])
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(SPACES))
 def test_space_file_round_trip(tmp_path: Path, suffix: str, name: str) -> None:
-    path = save_space(PRESETS[name], tmp_path / f"space{suffix}")
+    path = save_space(SPACES[name], tmp_path / f"space{suffix}")
     loaded = load_space(path)
-    assert loaded == PRESETS[name]
-    assert loaded.cells() == PRESETS[name].cells()
-    assert load_space(str(path)) == PRESETS[name]
+    assert loaded == SPACES[name]
+    assert loaded.cells() == SPACES[name].cells()
+    assert load_space(str(path)) == SPACES[name]
 
 
 def test_hand_written_yaml_with_defaults(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_hand_written_yaml_with_defaults(tmp_path: Path) -> None:
 
 
 def _space_dict(**changes: object) -> dict:
-    data = PRESETS["micro-16"].to_dict()
+    data = SPACES["micro-16"].to_dict()
     data.update(changes)
     return data
 
@@ -213,7 +213,7 @@ def test_load_space_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="field 'stem_chs'"):
         load_space(wrong)
     with pytest.raises(ValueError, match="suffix"):
-        save_space(PRESETS["micro-16"], tmp_path / "space.txt")
+        save_space(SPACES["micro-16"], tmp_path / "space.txt")
 
 
 def test_direct_construction_is_validated() -> None:
@@ -223,4 +223,4 @@ def test_direct_construction_is_validated() -> None:
     with pytest.raises(ValueError, match="field 'candidates'"):
         SearchSpace(name="x", input_size=(8, 8), stem_chs=8, first_block_chs=8, stages=(Stage(8, 1, 1),),
                     candidates=())
-    assert yaml.safe_load(yaml.safe_dump(PRESETS["tiny-32"].to_dict())) == PRESETS["tiny-32"].to_dict()
+    assert yaml.safe_load(yaml.safe_dump(SPACES["tiny-32"].to_dict())) == SPACES["tiny-32"].to_dict()

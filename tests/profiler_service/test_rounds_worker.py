@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from latency_db.models import Job, JobItem, Measurement, MeasurementRound, utcnow
 from latency_db.repository import claim_next_job, measurement_rounds
 from latency_db.transactions import write_session
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from nas_ops.spec import OpSpec, format_spec
 from profiler_service.engine.presets import protocol_version_for
 from profiler_service.engine.protocol import ProtocolParams
@@ -234,7 +234,7 @@ def test_force_measures_again_and_the_row_aggregates_the_new_rounds(db_url: str)
         assert {r.job_id for r in linked} == {forced} and len(linked) == ROUNDS
 
 
-TINY = PRESETS["tiny-32"].architecture([0] * len(PRESETS["tiny-32"].cells())).to_dict()
+TINY = SPACES["tiny-32"].architecture([0] * len(SPACES["tiny-32"].cells())).to_dict()
 
 
 def test_an_architecture_job_measures_its_network_in_rounds_and_resumes_with_the_rounds_it_lacks(

@@ -5,21 +5,21 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from nas_ops.spec import format_spec
 
 
 def test_spaces_lists_every_preset(client: TestClient) -> None:
     body = client.get("/v1/spaces").json()
-    assert [s["name"] for s in body["spaces"]] == list(PRESETS)
+    assert [s["name"] for s in body["spaces"]] == list(SPACES)
     tiny = next(s for s in body["spaces"] if s["name"] == "tiny-32")
-    assert tiny["input_size"] == [32, 32] and tiny["cell_count"] == len(PRESETS["tiny-32"].cells())
-    assert tiny["candidate_names"] == [c.name for c in PRESETS["tiny-32"].candidates] + ["Zero"]
+    assert tiny["input_size"] == [32, 32] and tiny["cell_count"] == len(SPACES["tiny-32"].cells())
+    assert tiny["candidate_names"] == [c.name for c in SPACES["tiny-32"].candidates] + ["Zero"]
 
 
 def test_space_gives_each_cell_and_its_candidate_specs(client: TestClient) -> None:
     body = client.get("/v1/spaces/micro-16").json()
-    space = PRESETS["micro-16"]
+    space = SPACES["micro-16"]
     assert [f["role"] for f in body["fixed"]] == ["stem", "first_block", "head"]
     assert [f["spec"] for f in body["fixed"]] == [format_spec(s) for s in space.fixed_specs()]
     assert len(body["cells"]) == 3
@@ -34,7 +34,7 @@ def test_space_gives_each_cell_and_its_candidate_specs(client: TestClient) -> No
 
 def test_space_moves_to_another_resolution(client: TestClient) -> None:
     body = client.get("/v1/spaces/tiny-32", params={"resolution": 64}).json()
-    moved = PRESETS["tiny-32"].with_resolution(64, 64)
+    moved = SPACES["tiny-32"].with_resolution(64, 64)
     assert body["input_size"] == [64, 64]
     assert body["cells"][0]["candidates"] == [format_spec(c) for c in moved.cells()[0].candidates]
 

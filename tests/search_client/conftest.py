@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from nas_ops.arch import architecture_from_json_obj
-from nas_ops.space import PRESETS, SearchSpace
+from nas_ops.space import SPACES, SearchSpace
 from nas_ops.spec import format_spec, parse_spec
 from search_client.device.client import LatencyClient
 from search_client.table.latency_table import LatencyTable, table_specs
@@ -50,7 +50,7 @@ def fake_stats(spec: str) -> dict[str, Any]:
 
 def make_table(space: SearchSpace | str = "micro-16", scale: float = 1.0, **overrides: Any) -> LatencyTable:
     """A complete table of ``space`` with the fake latencies (times ``scale``), as the fake device would give."""
-    space = PRESETS[space] if isinstance(space, str) else space
+    space = SPACES[space] if isinstance(space, str) else space
     stats = {spec: {**fake_stats(spec), "median_ms": fake_median_ms(spec) * scale} for spec in table_specs(space)}
     kwargs = {"device": FAKE_DEVICE, "backend": "ort-cpu", "batch": 1, "threads": 1, "protocol_version": "test-1",
               "env_hash": "e" * 64, **overrides}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nas_ops.arch import Architecture
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.table.anchors import (
     ANCHOR_PASSES,
     DEFAULT_ANCHORS,
@@ -31,7 +31,7 @@ from search_client.table.anchors import (
 from search_client.table.latency_table import LatencyTable, build_table, cell_weights_mb, table_specs
 from tests.search_client.conftest import FakeDevice, fake_stats, make_table, softmax_probs
 
-MICRO = PRESETS["micro-16"]
+MICRO = SPACES["micro-16"]
 
 
 def test_fit_recovers_an_affine_map_exactly():

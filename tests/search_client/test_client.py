@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.device.client import LOOKUP_CHUNK, JobProgress, LatencyClient
 from search_client.device.errors import (
     AuthRefused,
@@ -257,7 +257,7 @@ def test_measure_missing_still_missing_raises():
 
 def test_measure_architecture_returns_network_stats():
     device = FakeDevice(polls_to_finish=2)
-    arch = PRESETS["micro-16"].architecture([0, 1, 2])
+    arch = SPACES["micro-16"].architecture([0, 1, 2])
     with device.client() as client:
         stats = client.measure_architecture(arch, "ort-cpu", poll_s=0.01)
     assert stats == {**fake_stats("architecture"), "median_ms": device.sum_of_ops(arch.to_dict())}

@@ -12,7 +12,7 @@ import torch
 
 from nas_ops.arch import load_architecture
 from nas_ops.network import build_network
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.nas.derive import derive_architecture, derived_network, derived_state_dict, export_search_result
 from search_client.table.objective import MultiDeviceLatency
 from search_client.nas.supernet import Supernet
@@ -23,14 +23,14 @@ torch.set_num_threads(1)
 
 def _net_with_alphas(rows: list[list[float]], space: str = "micro-16") -> Supernet:
     torch.manual_seed(0)
-    net = Supernet(PRESETS[space])
+    net = Supernet(SPACES[space])
     with torch.no_grad():
         for op, row in zip(net.cells, rows):
             op.alpha.copy_(torch.tensor(row))
     # a few train-mode forwards so BN running statistics differ from their defaults
     for _ in range(2):
         net.sample_single(torch.Generator().manual_seed(1))
-        net(torch.randn(4, 3, *PRESETS[space].input_size))
+        net(torch.randn(4, 3, *SPACES[space].input_size))
     return net
 
 
@@ -44,7 +44,7 @@ def test_argmax_choices_and_zero_as_identity() -> None:
     assert net.argmax_choices() == [6, 3, 4]
     arch = derive_architecture(net)
     assert arch.blocks[1].kind == "identity"  # the Zero cell
-    assert arch.blocks[2] == PRESETS["micro-16"].cells()[1].candidates[3]
+    assert arch.blocks[2] == SPACES["micro-16"].cells()[1].candidates[3]
     assert arch.metadata["choices"] == [6, 3, 4]
     assert arch.metadata["choice_names"] == ["Zero", "5x5_MBConv6", "7x7_MBConv3"]
     assert derive_architecture(net).to_dict() == arch.to_dict()  # deterministic
@@ -66,9 +66,9 @@ def test_metadata_has_probabilities_and_predictions() -> None:
 
 @pytest.mark.parametrize("space", ["micro-16", "tiny-32"])
 def test_inherited_weights_load_into_build_network(space: str) -> None:
-    n_cells = len(PRESETS[space].cells())
+    n_cells = len(SPACES[space].cells())
     gen = torch.Generator().manual_seed(3)
-    rows = [torch.randn(len(c.candidates), generator=gen).tolist() for c in PRESETS[space].cells()]
+    rows = [torch.randn(len(c.candidates), generator=gen).tolist() for c in SPACES[space].cells()]
     net = _net_with_alphas(rows[:n_cells], space)
     arch = derive_architecture(net)
     state = derived_state_dict(net, arch.metadata["choices"])
@@ -79,7 +79,7 @@ def test_inherited_weights_load_into_build_network(space: str) -> None:
     net.eval()
     derived.eval()
     net.use_choices(arch.metadata["choices"])
-    x = torch.randn(3, 3, *PRESETS[space].input_size)
+    x = torch.randn(3, 3, *SPACES[space].input_size)
     with torch.no_grad():
         torch.testing.assert_close(derived(x), net(x))
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.nas.gradients import (
     Reinforce,
     binary_connect_grad,
@@ -24,7 +24,7 @@ torch.set_num_threads(1)
 
 def _net(seed: int = 0) -> Supernet:
     torch.manual_seed(seed)
-    net = Supernet(PRESETS["micro-16"], generator=torch.Generator().manual_seed(seed))
+    net = Supernet(SPACES["micro-16"], generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         for op in net.cells:
             op.alpha.copy_(torch.randn(op.n_paths) * 0.5)

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from nas_ops.counting import count_flops, count_params
 from nas_ops.official import to_net_config
-from nas_ops.presets import mobilenet_v2
-from nas_ops.space import PRESETS
+from nas_ops.reference_networks import mobilenet_v2
+from nas_ops.space import SPACES
 from search_client.cli import app
 
 runner = CliRunner()
@@ -55,7 +55,7 @@ def test_resolution_rescales_every_op(arch_file: Path) -> None:
 
 
 def test_net_config_is_detected_and_imported_at_the_resolution(tmp_path: Path) -> None:
-    arch = PRESETS["tiny-32"].architecture([0, 6, 1, 2, 3, 6, 5])
+    arch = SPACES["tiny-32"].architecture([0, 6, 1, 2, 3, 6, 5])
     path = tmp_path / "net.config"
     path.write_text(json.dumps(to_net_config(arch)))
     data = _json([str(path), "--resolution", "32"])

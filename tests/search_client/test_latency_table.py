@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from nas_ops.space import PRESETS, Candidate, SearchSpace, Stage
+from nas_ops.space import SPACES, Candidate, SearchSpace, Stage
 from nas_ops.spec import format_spec
 from search_client.device.errors import MissingEntriesError
 from search_client.table.latency_table import LatencyTable, build_table, table_specs
@@ -22,7 +22,7 @@ from tests.search_client.conftest import (
     softmax_probs,
 )
 
-MICRO = PRESETS["micro-16"]
+MICRO = SPACES["micro-16"]
 
 
 def test_table_specs_are_fixed_then_unique_candidates_without_zero():

@@ -8,7 +8,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from nas_ops.spec import format_spec
 from search_client.cli import app
 from search_client.device.client import LatencyClient
@@ -17,7 +17,7 @@ from search_client.table.anchors import DEFAULT_ANCHORS
 from search_client.table.latency_table import STATS_FIELDS, LatencyTable, build_table, cell_weights_mb, table_specs
 
 pytestmark = pytest.mark.live
-MICRO = PRESETS["micro-16"]
+MICRO = SPACES["micro-16"]
 
 
 def test_build_micro16_table_from_scratch_then_offline(live_profiler, tmp_path):

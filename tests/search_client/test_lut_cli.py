@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import search_client.cli.devices as devices_module
 from nas_ops.arch import Architecture
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.cli import app
 from search_client.device.client import LatencyClient
 from search_client.table.latency_table import LatencyTable, table_specs
@@ -40,7 +40,7 @@ def test_lut_builds_saves_and_plots(device, tmp_path):
                                  "--plot", str(png)])
     assert result.exit_code == 0, result.output
     table = LatencyTable.load(out)
-    assert device.measured == table_specs(PRESETS["micro-16"])
+    assert device.measured == table_specs(SPACES["micro-16"])
     low, high = table.min_latency()[0], table.max_latency()[0]
     assert "backend: ort-cpu (first of the device's ort-cpu" in result.output
     assert f"fixed {table.fixed_ms:.4f} ms, min {low:.4f} ms, max {high:.4f} ms" in result.output
@@ -51,7 +51,7 @@ def test_lut_builds_saves_and_plots(device, tmp_path):
 
 
 def test_lut_no_measure_fails_with_missing_list(device, tmp_path):
-    specs = table_specs(PRESETS["micro-16"])
+    specs = table_specs(SPACES["micro-16"])
     device.stored = {s: fake_stats(s) for s in specs[:-2]}
     result = runner.invoke(app, ["lut", "--space", "micro-16", "--device", "http://dev:8000", "--backend",
                                  "ort-cpu", "--no-measure", "--out", str(tmp_path / "t.json")])
@@ -66,7 +66,7 @@ def test_lut_bad_space_is_exit_2(device, tmp_path):
     result = runner.invoke(app, ["lut", "--space", "nope", "--device", "http://dev:8000", "--out",
                                  str(tmp_path / "t.json")])
     assert result.exit_code == 2
-    assert "search space 'nope': not a preset name" in result.output
+    assert "search space 'nope': not a space name" in result.output
 
 
 def test_lut_bad_request_from_device_is_exit_2(device, tmp_path):
@@ -109,13 +109,13 @@ def test_lut_plot_of_a_broken_file_is_exit_2(tmp_path):
     assert result.exit_code == 2 and "not valid JSON" in result.output
 
 
-def test_spaces_lists_presets_with_sizes():
+def test_spaces_lists_named_spaces_with_sizes():
     result = runner.invoke(app, ["spaces"])
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line.split() for line in result.output.splitlines()[2:]}
-    assert set(lines) == set(PRESETS)
+    assert set(lines) == set(SPACES)
     assert lines["micro-16"][1:] == ["16x16", "3", "6-7", "2", f"10^{math.log10(294):.1f}"]
-    mobile = PRESETS["proxyless-mobile"]
+    mobile = SPACES["proxyless-mobile"]
     assert lines["proxyless-mobile"][2] == "21" and lines["proxyless-mobile"][4] == "15"
     assert lines["proxyless-mobile"][5] == f"10^{math.log10(mobile.size()):.1f}"
 

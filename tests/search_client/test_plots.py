@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.plots.candidate_matrix import MISSING_COLOUR, MISSING_TEXT
 from search_client.plots.search_curves import latency_figure, plot_latency_curves, probabilities_figure
 from search_client.plots.table_heatmap import plot_table_heatmap, table_figure
@@ -52,7 +52,7 @@ def _missing_marks(ax) -> list[tuple[int, int]]:
 
 
 def test_probability_heatmap_marks_a_missing_zero_like_the_table_heatmap(tmp_path: Path) -> None:
-    space = PRESETS["micro-16"]
+    space = SPACES["micro-16"]
     names = [cell.candidate_names for cell in space.cells()]
     lacking = [i for i, cell_names in enumerate(names) if "Zero" not in cell_names]
     assert lacking  # micro-16 has a cell without Zero

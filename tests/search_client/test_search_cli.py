@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import search_client.cli.devices as devices_module
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.cli import app
 from search_client.device.client import LatencyClient
 from tests.search_client.conftest import FakeDevice, fake_stats, make_table
@@ -112,7 +112,7 @@ def test_search_on_a_device_then_verify(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_train_a_derived_architecture(tmp_path: Path) -> None:
     arch_file = tmp_path / "arch.json"
-    PRESETS["micro-16"].architecture([0, 6, 2]).save(arch_file)
+    SPACES["micro-16"].architecture([0, 6, 2]).save(arch_file)
     result = runner.invoke(app, ["train", str(arch_file), "--data", "synthetic:200:4", "--epochs", "3",
                                  "--batch-size", "16", "--out", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output

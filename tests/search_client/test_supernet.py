@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nas_ops.blocks import build_op
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.nas.supernet import Supernet
 
 torch.set_num_threads(1)
@@ -16,11 +16,11 @@ torch.set_num_threads(1)
 @pytest.fixture
 def net() -> Supernet:
     torch.manual_seed(0)
-    return Supernet(PRESETS["micro-16"], generator=torch.Generator().manual_seed(0))
+    return Supernet(SPACES["micro-16"], generator=torch.Generator().manual_seed(0))
 
 
 def test_built_from_the_space_specs(net: Supernet) -> None:
-    space = PRESETS["micro-16"]
+    space = SPACES["micro-16"]
     assert len(net.cells) == len(space.cells()) == 3
     for op, cell in zip(net.cells, space.cells()):
         assert [m.spec for m in op.candidates] == list(cell.candidates)
@@ -31,8 +31,8 @@ def test_built_from_the_space_specs(net: Supernet) -> None:
 
 
 def test_alpha_init_is_small_and_seeded() -> None:
-    a = Supernet(PRESETS["micro-16"], generator=torch.Generator().manual_seed(5))
-    b = Supernet(PRESETS["micro-16"], generator=torch.Generator().manual_seed(5))
+    a = Supernet(SPACES["micro-16"], generator=torch.Generator().manual_seed(5))
+    b = Supernet(SPACES["micro-16"], generator=torch.Generator().manual_seed(5))
     alphas = torch.cat([p.detach() for p in a.arch_parameters()])
     assert torch.equal(alphas, torch.cat([p.detach() for p in b.arch_parameters()]))
     assert 0 < alphas.abs().max() < 1e-2  # N(0, 1e-3)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import search_client.cli.devices as devices_module
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.cli import app
 from search_client.cli.commands.verify import drift_warning
 from search_client.device.client import LatencyClient
@@ -35,7 +35,7 @@ def device(monkeypatch: pytest.MonkeyPatch) -> FakeDevice:
 
 
 def arch_file(tmp_path: Path) -> Path:
-    space = PRESETS["micro-16"]
+    space = SPACES["micro-16"]
     choices = [0] * len(space.cells())
     arch = space.architecture(choices)
     arch.metadata.update(choices=choices, backend="ort-cpu", devices=[

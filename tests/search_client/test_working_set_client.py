@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import search_client.cli.devices as devices_module
 from nas_ops.counting import network_memory_bytes, space_working_set_bytes
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.cli import app
 from search_client.device.client import LatencyClient
 from search_client.table.latency_table import build_table
@@ -50,8 +50,8 @@ def test_lookup_and_measure_send_the_working_set_only_when_given() -> None:
 def test_a_table_is_built_with_the_spaces_working_set(space: str) -> None:
     device = RecordingDevice()
     with device.client(backoff_s=0) as client:
-        build_table(client, PRESETS[space], backend="ort-cpu", poll_s=0.001)
-    expected = space_working_set_bytes(PRESETS[space], 1, "float32")
+        build_table(client, SPACES[space], backend="ort-cpu", poll_s=0.001)
+    expected = space_working_set_bytes(SPACES[space], 1, "float32")
     sent = [body["working_set_bytes"] for path in ("/v1/lookup", "/v1/measure") for body in device.bodies[path]]
     assert sent and set(sent) == {expected}
 
@@ -61,7 +61,7 @@ def test_verify_measures_the_network_with_its_own_working_set(tmp_path: Path, mo
     device = RecordingDevice()
     monkeypatch.setattr(devices_module, "make_client", lambda url, token=None, **kwargs: LatencyClient(
         url, token, transport=httpx.MockTransport(device.handle), backoff_s=0))
-    space = PRESETS["tiny-32"]
+    space = SPACES["tiny-32"]
     table_file = tmp_path / "table.json"
     assert runner.invoke(app, ["lut", "--space", "tiny-32", "--device", "http://dev:8000",
                                "--out", str(table_file)]).exit_code == 0

@@ -11,13 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 import search_client.cli.devices as devices_module
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 from search_client.cli import app
 from search_client.device.client import LatencyClient
 from search_client.table.latency_table import FlaggedEntriesError, LatencyTable, build_table, table_specs
 from tests.search_client.conftest import FAKE_DEVICE, FakeDevice, fake_stats
 
-MICRO = PRESETS["micro-16"]
+MICRO = SPACES["micro-16"]
 SPECS = table_specs(MICRO)
 REASON = "calibrated_to_zero: the op timed 0.01 ms inside its boundary ops and the boundary correction is 0.012 ms"
 

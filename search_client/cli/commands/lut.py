@@ -36,7 +36,7 @@ def describe_table(table: LatencyTable) -> str:
 
 @app.command("lut")
 def lut(
-    space: Annotated[str, typer.Option("--space", help="preset name or a space file (.json/.yaml)")],
+    space: Annotated[str, typer.Option("--space", help="space name or a space file (.json/.yaml)")],
     device: Annotated[str, typer.Option("--device", help="profiler service URL, e.g. http://127.0.0.1:8000")],
     out: Annotated[Path, typer.Option("--out", help="table file to write (JSON)")],
     backend: Annotated[str | None, typer.Option(help="backend on the device; default: its first")] = None,

@@ -136,7 +136,7 @@ def search(
     target_ms: Annotated[list[float], typer.Option("--target-ms", help="latency target (ms); once, or per device")],
     epochs: Annotated[int, typer.Option(help="joint search epochs (after the warm-up)")] = D["epochs"],
     data: Annotated[str, typer.Option(help="digits | synthetic[:N[:K]] | image folder | .npz file")] = D["data"],
-    space: Annotated[Optional[str], typer.Option(help="preset or space file; default: the tables' space")] = None,
+    space: Annotated[Optional[str], typer.Option(help="space name or file; default: the tables' space")] = None,
     device: Annotated[Optional[list[str]], typer.Option("--device", help="profiler URL (repeat per device)")] = None,
     table: Annotated[Optional[list[Path]], typer.Option("--table", help="latency table file (repeat)")] = None,
     warmup_epochs: Annotated[int, typer.Option(min=0, help="weight-only epochs before the search")

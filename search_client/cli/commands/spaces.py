@@ -1,4 +1,4 @@
-"""``proxyless-search spaces``: the preset search spaces (or one space's cells) and their sizes."""
+"""``proxyless-search spaces``: the named search spaces (or one space's cells) and their sizes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nas_ops.space import PRESETS, SearchSpace, load_space
+from nas_ops.space import SPACES, SearchSpace, load_space
 from search_client.cli.app import app
 from search_client.cli.errors import exit_on_error
 
@@ -26,11 +26,11 @@ def space_summary(space: SearchSpace) -> dict[str, object]:
     }
 
 
-def _list_presets() -> None:
+def _list_spaces() -> None:
     header = f"{'name':<20} {'input':>9} {'cells':>5} {'cands/cell':>10} {'zero cells':>10} {'size':>9}"
     typer.echo(header)
     typer.echo("-" * len(header))
-    for space in PRESETS.values():
+    for space in SPACES.values():
         s = space_summary(space)
         typer.echo(f"{s['name']:<20} {s['input']:>9} {s['cells']:>5} {s['candidates']:>10} "
                    f"{s['zero_cells']:>10} {'10^' + format(s['log10_size'], '.1f'):>9}")
@@ -48,9 +48,9 @@ def _show_space(space: SearchSpace) -> None:
 def spaces(
     space: Annotated[str | None, typer.Argument(metavar="[NAME|FILE]", help="show this space's cells")] = None,
 ) -> None:
-    """List the preset search spaces with their cells, candidates per cell and size; or show one space's cells."""
+    """List the named search spaces with their cells, candidates per cell and size; or show one space's cells."""
     with exit_on_error():
         if space is None:
-            _list_presets()
+            _list_spaces()
         else:
             _show_space(load_space(space))

@@ -9,8 +9,8 @@ import torch
 
 from nas_ops.counting import count_flops, count_params
 from nas_ops.network import build_network
-from nas_ops.presets import make_divisible, mobilenet_v2, proxyless_backbone
-from nas_ops.space import PRESETS
+from nas_ops.reference_networks import make_divisible, mobilenet_v2, proxyless_backbone
+from nas_ops.space import SPACES
 from nas_ops.spec import parse_spec
 
 torch.set_num_threads(1)
@@ -59,11 +59,11 @@ def test_proxyless_backbone_defaults_to_the_heaviest_path() -> None:
     assert arch.metadata["space"] == "proxyless-mobile"
     assert len(arch.blocks) == 22
     assert all(b.kernel == 7 and b.exp_ratio == 6 for b in arch.blocks[1:])
-    assert arch.specs()[:2] + arch.specs()[-2:] == PRESETS["proxyless-mobile"].fixed_specs()
+    assert arch.specs()[:2] + arch.specs()[-2:] == SPACES["proxyless-mobile"].fixed_specs()
 
 
 def test_proxyless_backbone_choices_space_and_resolution() -> None:
-    space = PRESETS["micro-16"]
+    space = SPACES["micro-16"]
     arch = proxyless_backbone([0, 6, 1], space="micro-16", resolution=24)
     assert arch.input_size == (24, 24)
     assert arch == space.with_resolution(24, 24).architecture([0, 6, 1])

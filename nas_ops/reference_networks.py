@@ -63,7 +63,7 @@ def proxyless_backbone(
     space: str = "proxyless-mobile",
     resolution: int | None = None,
 ) -> Architecture:
-    """An architecture of a ProxylessNAS search space (a preset name or a space file).
+    """An architecture of a ProxylessNAS search space (a space name or a space file).
 
     ``choices`` holds one candidate index per cell (see :meth:`nas_ops.space.SearchSpace.architecture`); None
     takes the largest MBConv candidate (largest kernel, then largest expand ratio: 7x7_MBConv6 in the paper's
