@@ -12,7 +12,7 @@ All timestamps are timezone-aware UTC datetimes (SQLite stores them naive; :clas
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     JSON,
@@ -36,7 +36,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from latency_db.context import MeasurementContext
 
 JOB_KINDS = ("ops", "architecture")
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+#: A job's status (the one definition: the API's enum, the metrics' labels and the table's CHECK come from it).
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 #: Statuses after which a job never changes again.
 FINISHED_JOB_STATUSES = ("done", "failed", "cancelled")
 ITEM_STATUSES = ("pending", "done", "skipped", "failed", "cancelled")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from latency_db.models import JOB_STATUSES
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -29,7 +31,7 @@ class ServiceMetrics:
 
     def render(self, job_counts: dict[str, int], stored: int) -> bytes:
         """The exposition text, with the job and row gauges set from the database first."""
-        for status in ("queued", "running", "done", "failed", "cancelled"):
+        for status in JOB_STATUSES:
             self.jobs.labels(status).set(job_counts.get(status, 0))
         self.stored.set(stored)
         return generate_latest(self.registry)

@@ -10,13 +10,12 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from latency_db.models import Job, JobItem
+from latency_db.models import FINISHED_JOB_STATUSES, Job, JobItem
 from latency_db.repository import get_job, job_counts
 from profiler_service.api.errors import not_found
 from profiler_service.api.schemas import FailedItem, JobOut, Stats
 from profiler_service.api.state import ServiceState
 
-FINISHED = ("done", "failed", "cancelled")
 MAX_FAILED_ITEMS_SHOWN = 50
 POLL_S = 0.1  # how often a long-poll looks at its job
 
@@ -68,7 +67,7 @@ async def wait_for_job(state: ServiceState, job_id: int, wait_s: float, stopping
     stays free meanwhile. The caller has bounded ``wait_s`` (finite, at most the service's ``max_wait_s``)."""
     deadline = time.monotonic() + wait_s
     view = await asyncio.to_thread(load_job_out, state, job_id)
-    while view.status not in FINISHED and time.monotonic() < deadline and not stopping.is_set():
+    while view.status not in FINISHED_JOB_STATUSES and time.monotonic() < deadline and not stopping.is_set():
         if client_gone is not None and await client_gone():
             break
         await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from latency_db.models import JobStatus
 from latency_db.repository import cancel_job, list_jobs
 from latency_db.transactions import write_session
 from profiler_service.api.deps import SessionDep, StateDep, TokenDep
@@ -15,8 +16,6 @@ from profiler_service.jobs.views import device_job, job_out
 from profiler_service.api.schemas import ErrorBody, JobList, JobOut
 
 router = APIRouter(tags=["jobs"])
-
-JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorBody}},

@@ -6,13 +6,14 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from latency_db.models import FINISHED_JOB_STATUSES
 from latency_db.repository import create_job
 from latency_db.transactions import write_session
 from nas_ops.arch import architecture_from_json_obj
 from nas_ops.counting import network_memory_bytes
 from profiler_service.api.deps import StateDep, TokenDep
 from profiler_service.api.errors import bad_request
-from profiler_service.jobs.views import FINISHED, wait_for_job
+from profiler_service.jobs.views import wait_for_job
 from profiler_service.api.limits import check_architecture, check_dtype, check_wait, parse_ops
 from profiler_service.api.schemas import ArchitectureRequest, ContextBody, ErrorBody, JobOut, MeasureRequest
 from profiler_service.api.state import ServiceState
@@ -42,7 +43,7 @@ async def _answer(request: Request, state: ServiceState, job_id: int, wait_s: fl
     """200 with the finished job, or 202 with its progress when it is still queued or running (also when the
     server began to shut down, or the client went away, during the wait)."""
     view = await wait_for_job(state, job_id, wait_s, request.app.state.stopping, request.is_disconnected)
-    code = 200 if view.status in FINISHED else 202
+    code = 200 if view.status in FINISHED_JOB_STATUSES else 202
     return JSONResponse(view.model_dump(mode="json"), status_code=code)
 
 
