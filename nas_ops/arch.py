@@ -17,6 +17,7 @@ Architecture file (JSON, UTF-8), format version 1::
 
 The input size is the stem's resolution and the number of classes is the head's ``out_chs``. Every op's input
 shape must equal the previous op's output shape; loading a file whose ops do not chain raises ValueError.
+Reading a file in either format (ours or the official net.config): :mod:`nas_ops.arch_files`.
 """
 
 from __future__ import annotations
@@ -137,21 +138,3 @@ class Architecture:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
-
-
-def load_architecture(path: str | Path) -> Architecture:
-    """Read an architecture file: our JSON format, or the official ProxylessNAS ``net.config`` (detected by keys)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    return architecture_from_json_obj(data)
-
-
-def architecture_from_json_obj(data: Any) -> Architecture:
-    """Our format when it carries the format marker, the official net.config when it has ``first_conv``."""
-    if isinstance(data, dict) and "first_conv" in data and "format" not in data:
-        from nas_ops.official import from_net_config
-
-        return from_net_config(data)
-    return Architecture.from_dict(data)

@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from nas_ops.arch import load_architecture
+from nas_ops.arch_files import load_architecture
 from nas_ops.space import load_space
 from search_client.cli.progress import JobBars, SearchBars
 from search_client.device.client import LatencyClient

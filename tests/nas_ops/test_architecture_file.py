@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas_ops.arch import Architecture, architecture_from_json_obj, load_architecture
+from nas_ops.arch import Architecture
+from nas_ops.arch_files import architecture_from_json_obj, load_architecture
 from nas_ops.network import build_network
 from nas_ops.space import SPACES
 from nas_ops.spec import parse_spec
@@ -109,3 +110,15 @@ def test_json_object_dispatch_detects_net_config() -> None:
     arch = architecture_from_json_obj(mobile_net_config())
     assert arch.metadata["imported_from"] == "net.config"
     assert architecture_from_json_obj(_arch().to_dict()) == _arch()
+
+
+def test_arch_imports_neither_official_nor_the_file_reader() -> None:
+    """Imports run one way (official -> arch, arch_files -> both): no cycle, not even a function-local one."""
+    import ast
+
+    import nas_ops.arch
+
+    tree = ast.parse(Path(nas_ops.arch.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not imported & {"nas_ops.official", "nas_ops.arch_files"}

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from nas_ops.arch import Architecture, load_architecture
+from nas_ops.arch import Architecture
+from nas_ops.arch_files import load_architecture
 from nas_ops.counting import count_flops, count_params
 from nas_ops.network import build_network
 from nas_ops.official import from_net_config, to_net_config

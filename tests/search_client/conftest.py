@@ -24,7 +24,7 @@ import httpx
 import pytest
 import torch
 
-from nas_ops.arch import architecture_from_json_obj
+from nas_ops.arch_files import architecture_from_json_obj
 from nas_ops.space import SPACES, SearchSpace
 from nas_ops.spec import format_spec, parse_spec
 from search_client.device.client import LatencyClient

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from nas_ops.arch import load_architecture
+from nas_ops.arch_files import load_architecture
 from nas_ops.space import load_space
 from search_client.table.latency_table import LatencyTable
 

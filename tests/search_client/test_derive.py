@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from nas_ops.arch import load_architecture
+from nas_ops.arch_files import load_architecture
 from nas_ops.network import build_network
 from nas_ops.space import SPACES
 from search_client.nas.derive import derive_architecture, derived_network, derived_state_dict, export_search_result

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nas_ops.arch import Architecture, load_architecture
+from nas_ops.arch import Architecture
+from nas_ops.arch_files import load_architecture
 from nas_ops.counting import count_flops, count_params
 from nas_ops.spec import MAX_RESOLUTION, format_spec
 from search_client.cli.app import app

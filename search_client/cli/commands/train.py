@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from nas_ops.arch import load_architecture
+from nas_ops.arch_files import load_architecture
 from search_client.cli.app import app
 from search_client.cli.command_line import given_arguments
 from search_client.cli.distributed import check_nproc, exit_on_distributed_error, relaunch_under_torchrun

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from nas_ops.arch import Architecture, load_architecture
+from nas_ops.arch import Architecture
+from nas_ops.arch_files import load_architecture
 from nas_ops.counting import network_memory_bytes
 from search_client.cli import devices
 from search_client.cli.app import app
