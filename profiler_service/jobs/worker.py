@@ -58,7 +58,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from latency_db.context import MeasurementContext
 from latency_db.errors import describe_store_error, is_store_unavailable
-from nas_ops.arch import architecture_from_json_obj
+from nas_ops.arch_files import architecture_from_json_obj
 from nas_ops.counting import count_flops
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends import Backend

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from latency_db.models import FINISHED_JOB_STATUSES
 from latency_db.repository import create_job
 from latency_db.transactions import write_session
-from nas_ops.arch import architecture_from_json_obj
+from nas_ops.arch_files import architecture_from_json_obj
 from nas_ops.counting import network_memory_bytes
 from profiler_service.api.deps import StateDep, TokenDep
 from profiler_service.api.errors import bad_request

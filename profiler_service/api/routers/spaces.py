@@ -1,7 +1,7 @@
-"""Search spaces (the presets of nas_ops.space): their cells and the op spec of every candidate.
+"""Search spaces (the named spaces of nas_ops.space.SPACES): their cells and the op spec of every candidate.
 
 A client (the web page's heatmap) looks the specs up with ``POST /v1/lookup`` to see which entries of a space's
-latency table F[cell, candidate] this device holds. Only presets are served: a request never names a file.
+latency table F[cell, candidate] this device holds. Only named spaces are served: a request never names a file.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from nas_ops.space import PRESETS, ZERO_NAME, SearchSpace
+from nas_ops.space import SPACES, ZERO_NAME, SearchSpace
 from nas_ops.spec import MAX_RESOLUTION, format_spec
 from profiler_service.api.errors import bad_request
 from profiler_service.api.schemas import ErrorBody
 
 router = APIRouter(tags=["spaces"])
 
-#: The names a request may give: the presets (an enum in the schema, so it says exactly what is accepted).
-SpaceName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+#: The names a request may give: the named spaces (an enum in the schema, so it says exactly what is accepted).
+SpaceName = Literal[tuple(SPACES)]  # type: ignore[valid-type]
 #: The smallest input size a space may be moved to (a stride-2 stem and stages need something to halve).
 MIN_SPACE_RESOLUTION = 8
 
@@ -72,7 +72,7 @@ def _summary(space: SearchSpace) -> dict[str, Any]:
 
 @router.get("/spaces", response_model=SpaceList, summary="The search-space presets")
 def spaces() -> SpaceList:
-    return SpaceList(spaces=[SpaceSummary(**_summary(space)) for space in PRESETS.values()])
+    return SpaceList(spaces=[SpaceSummary(**_summary(space)) for space in SPACES.values()])
 
 
 @router.get(
@@ -84,7 +84,7 @@ def space(
     resolution: Annotated[int | None, Query(ge=MIN_SPACE_RESOLUTION, le=MAX_RESOLUTION,
                                             description="move the space to this square input size")] = None,
 ) -> SpaceDetail:
-    chosen = PRESETS[name]
+    chosen = SPACES[name]
     if resolution is not None:
         try:
             chosen = chosen.with_resolution(resolution, resolution)
