@@ -116,6 +116,17 @@ class Cell:
     zero_index: int | None
     candidate_names: tuple[str, ...]
 
+    def is_zero(self, j: int) -> bool:
+        """Whether candidate ``j`` is the cell's Zero op: it costs nothing (0 ms, no weights), so a latency table
+        neither measures nor stores it."""
+        return self.zero_index == j
+
+    def network_op(self, j: int) -> OpSpec:
+        """The op candidate ``j`` puts in a network: a chosen Zero becomes an identity block (the shortcut)."""
+        if self.is_zero(j):
+            return OpSpec("identity", self.in_chs, self.in_chs, self.height, self.width)
+        return self.candidates[j]
+
 
 @dataclass(frozen=True, kw_only=True)
 class SearchSpace:
@@ -220,6 +231,14 @@ class SearchSpace:
         mix, head = self._tail_specs()
         return [self.stem_spec(), self.first_block_spec(), *([mix] if mix else []), head]
 
+    def table_specs(self) -> list[OpSpec]:
+        """Every op a latency table of the space needs: the fixed ops, then each cell's candidates except Zero
+        (:meth:`Cell.is_zero`: it costs 0), each op once, in that order."""
+        specs = list(self.fixed_specs())
+        for cell in self._cells:
+            specs.extend(op for j, op in enumerate(cell.candidates) if not cell.is_zero(j))
+        return list(dict.fromkeys(specs))
+
     # --- architectures --------------------------------------------------------------------------------------
     def architecture(self, choices: Sequence[int]) -> Architecture:
         """The architecture taking candidate ``choices[i]`` at cell i; a chosen Zero becomes an identity block.
@@ -231,12 +250,7 @@ class SearchSpace:
         if len(choices) != len(self._cells):
             raise ValueError(f"choices: expected {len(self._cells)} choices (one per cell), got {len(choices)}")
         indices = [self._choice_index(cell, choice) for cell, choice in zip(self._cells, choices)]
-        blocks = [self.first_block_spec()]
-        for cell, choice in zip(self._cells, indices):
-            if choice == cell.zero_index:
-                blocks.append(OpSpec("identity", cell.in_chs, cell.in_chs, cell.height, cell.width))
-            else:
-                blocks.append(cell.candidates[choice])
+        blocks = [self.first_block_spec(), *(cell.network_op(choice) for cell, choice in zip(self._cells, indices))]
         mix, head = self._tail_specs()
         return Architecture(stem=self.stem_spec(), blocks=blocks, head=head, mix=mix,
                             metadata={"space": self.name, "choices": indices})

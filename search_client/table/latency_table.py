@@ -93,11 +93,6 @@ class FlaggedEntriesError(ValueError):
                          "--allow-flagged (allow_flagged=True)")
 
 
-def is_zero(cell: Any, j: int) -> bool:
-    """Whether candidate ``j`` of a cell is its Zero op (costs nothing)."""
-    return cell.zero_index == j
-
-
 def fixed_weight_mb(space: SearchSpace, dtype: str) -> float:
     """The weights (MB) of the ops every architecture of ``space`` has."""
     return sum(weight_bytes(spec, dtype) for spec in space.fixed_specs()) / BYTES_PER_MB
@@ -105,16 +100,13 @@ def fixed_weight_mb(space: SearchSpace, dtype: str) -> float:
 
 def cell_weights_mb(space: SearchSpace, dtype: str) -> list[list[float]]:
     """The weights (MB) of every candidate of every cell, in the table's entry order (Zero: 0)."""
-    return [[0.0 if is_zero(cell, j) else weight_bytes(op, dtype) / BYTES_PER_MB for j, op in enumerate(cell.candidates)]
+    return [[0.0 if cell.is_zero(j) else weight_bytes(op, dtype) / BYTES_PER_MB for j, op in enumerate(cell.candidates)]
             for cell in space.cells()]
 
 
 def table_specs(space: SearchSpace) -> list[str]:
-    """Every op spec a table of ``space`` needs: the fixed ops, then each cell's non-Zero candidates (no repeats)."""
-    specs = [format_spec(s) for s in space.fixed_specs()]
-    for cell in space.cells():
-        specs.extend(format_spec(op) for j, op in enumerate(cell.candidates) if not is_zero(cell, j))
-    return list(dict.fromkeys(specs))
+    """The table's keys: :meth:`nas_ops.space.SearchSpace.table_specs` as op-spec strings."""
+    return [format_spec(s) for s in space.table_specs()]
 
 
 def _check_stats(spec: str, stats: Any) -> dict[str, Any]:
@@ -214,7 +206,7 @@ class LatencyTable:
             raise FlaggedEntriesError(flagged, f"for space {space.name!r} on {backend}")
         fixed_ms = sum(float(used[format_spec(s)]["median_ms"]) for s in space.fixed_specs())
         entries = [
-            [0.0 if is_zero(cell, j) else float(used[format_spec(op)]["median_ms"])
+            [0.0 if cell.is_zero(j) else float(used[format_spec(op)]["median_ms"])
              for j, op in enumerate(cell.candidates)]
             for cell in space.cells()
         ]
@@ -328,7 +320,7 @@ class LatencyTable:
             for j, (op, name, value) in enumerate(zip(cell.candidates, cell.candidate_names, row)):
                 spec = format_spec(op)
                 candidates.append({"name": name, "op": spec, "latency_ms": value,
-                                   "stats": None if is_zero(cell, j) else self.stats[spec]})
+                                   "stats": None if cell.is_zero(j) else self.stats[spec]})
             cells.append({"index": cell.index, "candidates": candidates})
         fixed = [{"op": format_spec(s), "stats": self.stats[format_spec(s)]} for s in self.space.fixed_specs()]
         extra: dict[str, Any] = {"allow_flagged": True} if self.allow_flagged else {}

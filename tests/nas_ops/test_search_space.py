@@ -224,3 +224,17 @@ def test_direct_construction_is_validated() -> None:
         SearchSpace(name="x", input_size=(8, 8), stem_chs=8, first_block_chs=8, stages=(Stage(8, 1, 1),),
                     candidates=())
     assert yaml.safe_load(yaml.safe_dump(SPACES["tiny-32"].to_dict())) == SPACES["tiny-32"].to_dict()
+
+
+def test_table_specs_are_the_fixed_ops_and_every_candidate_but_zero() -> None:
+    space = SPACES["micro-16"]
+    specs = space.table_specs()
+    assert specs[:len(space.fixed_specs())] == space.fixed_specs()
+    assert len(specs) == len(set(specs))
+    zero_cells = [cell for cell in space.cells() if cell.zero_index is not None]
+    assert zero_cells and all(cell.is_zero(cell.zero_index) for cell in zero_cells)
+    assert all(cell.candidates[cell.zero_index] not in specs for cell in zero_cells)
+    assert all(op in specs for cell in space.cells() for j, op in enumerate(cell.candidates) if not cell.is_zero(j))
+    cell = zero_cells[0]
+    assert cell.network_op(cell.zero_index).kind == "identity"
+    assert cell.network_op(0) == cell.candidates[0]
