@@ -42,8 +42,6 @@ JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 #: Statuses after which a job never changes again.
 FINISHED_JOB_STATUSES = ("done", "failed", "cancelled")
 ITEM_STATUSES = ("pending", "done", "skipped", "failed", "cancelled")
-#: The statistics columns of a measurement, as passed to ``upsert_measurement`` and exported.
-STATS_KEYS = ("median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples")
 
 OP_SPEC_MAX_LEN = 128
 NAME_MAX_LEN = 128

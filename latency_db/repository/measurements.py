@@ -15,8 +15,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from latency_db.context import MeasurementContext
-from latency_db.models import OP_SPEC_MAX_LEN, STATS_KEYS, ContextVersion, Measurement, utcnow
+from latency_db.models import OP_SPEC_MAX_LEN, ContextVersion, Measurement, utcnow
 from latency_db.repository._checks import check_context, check_dict, check_positive_int, check_text
+from latency_db.stats import STATS_KEYS
 
 #: Columns that identify a measurement (its unique constraint), in order.
 IDENTITY_COLUMNS = ("device_id", "backend", "op_spec", "batch", "dtype", "threads", "env_hash", "protocol_version")

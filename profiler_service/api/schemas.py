@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
+from latency_db.stats import stats_field_types
 from nas_ops.arch import FORMAT_MARKER, FORMAT_VERSION
 from nas_ops.spec import MAX_SPEC_LENGTH, spec_pattern
 
@@ -33,19 +34,17 @@ OpSpecText = Annotated[str, Field(
 )]
 
 
-class Stats(BaseModel):
+#: The statistics of latency_db.stats.StatsFields (their one definition), each a required field of a body.
+MeasuredStats: type[BaseModel] = create_model(
+    "MeasuredStats", **{name: (kind, ...) for name, kind in stats_field_types().items()},  # type: ignore[call-overload]
+)
+
+
+class Stats(MeasuredStats):  # type: ignore[valid-type,misc]
     """Robust statistics of one measurement, in milliseconds (``samples`` is the number of timed runs); protocol 3
     values aggregate ``rounds`` interleaved rounds, and ``flagged`` says why a value is an upper bound rather than a
     measurement (e.g. an op below the timer's resolution; null when it is a measurement)."""
 
-    median_ms: float
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    p10_ms: float
-    p90_ms: float
-    iqr_ms: float
-    samples: int
     rounds: int | None = Field(None, description="rounds the statistics aggregate (null: an older protocol)")
     flagged: str | None = Field(None, description="why the value is flagged; null when it is not")
 

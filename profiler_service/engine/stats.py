@@ -11,19 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from latency_db.stats import StatsFields
+
 
 @dataclass(frozen=True)
-class Stats:
-    """Robust statistics of one measurement, in milliseconds; ``samples`` is the number of timings they describe."""
+class Stats(StatsFields):
+    """Robust statistics of one measurement, in milliseconds; ``samples`` is the number of timings they describe.
 
-    median_ms: float
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    p10_ms: float
-    p90_ms: float
-    iqr_ms: float
-    samples: int
+    The fields are :class:`latency_db.stats.StatsFields` (the one definition of the statistics); this class adds
+    how they are computed and adjusted."""
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float]) -> Stats:

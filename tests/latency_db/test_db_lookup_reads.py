@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from latency_db.context import MeasurementContext
-from latency_db.models import STATS_KEYS
 from latency_db.repository import lookup_measurements, upsert_measurement
 from latency_db.repository import measurements as measurements_module
 from latency_db.repository.measurements import LOOKUP_CHUNK, context_fingerprint, lookup_columns
+from latency_db.stats import STATS_KEYS
 from latency_db.transactions import write_session
 from tests.latency_db.db_test_data import make_stats, spec
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import latency_db.repository.measurements as measurements_module
 from latency_db.context import MeasurementContext
-from latency_db.models import STATS_KEYS, Measurement
+from latency_db.models import Measurement, MeasurementRound
 from latency_db.repository import (
     EXPORT_COLUMNS,
     LOOKUP_CHUNK,
@@ -26,6 +26,7 @@ from latency_db.repository import (
     lookup_measurements,
     upsert_measurement,
 )
+from latency_db.stats import STATS_KEYS
 from tests.latency_db.db_test_data import ENV_HASH, make_stats, spec
 
 Args = Callable[..., dict[str, Any]]
@@ -254,3 +255,8 @@ def test_context_must_be_a_measurement_context(session: Session, upsert_args: Ar
         upsert_measurement(session, **args)
     with pytest.raises(ValueError, match="context"):
         lookup_measurements(session, device_id=device_id, context=None, op_specs=[spec(0)])  # type: ignore[arg-type]
+
+
+def test_every_statistic_is_a_column_of_measurements_and_rounds() -> None:
+    for model in (Measurement, MeasurementRound):
+        assert set(STATS_KEYS) <= set(model.__table__.columns.keys()), model.__name__
