@@ -133,7 +133,7 @@ def test_fleet_answers_503_when_the_database_is_unreachable(client: TestClient) 
             response = client.get(path)
             assert response.status_code == 503, response.text
             assert response.json()["code"] == "database_unavailable"
-            assert response.json()["detail"].startswith("the database is unreachable: ")
+            assert response.json()["detail"].startswith("the database is unavailable (")
             assert response.headers["retry-after"] == "5"
     finally:
         dead.dispose()

@@ -1,32 +1,28 @@
 """The fleet: every device of the database this service uses, and one op's latency on each of them side by side.
 
 Several profilers (one per device) can share one PostgreSQL database; these read-only endpoints look across all of
-them. On a service with its own SQLite file the fleet is this one device.
+them. On a service with its own SQLite file the fleet is this one device. A database that does not answer is the
+app's 503 with Retry-After (``profiler_service.api.db_errors``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import OperationalError
 
 from latency_db.models import OP_SPEC_MAX_LEN
 from latency_db.repository.fleet import MAX_FLEET_ROWS, device_summaries, list_devices, op_on_devices
 from nas_ops.spec import NonCanonicalSpec, format_spec, parse_canonical_spec, spec_pattern
 from profiler_service.api.deps import SessionDep, StateDep
-from profiler_service.api.errors import ApiError, bad_request
+from profiler_service.api.errors import bad_request
 from profiler_service.api.routers.lookup import stats_of
 from profiler_service.api.schemas import DType, ErrorBody, Stats
 
 router = APIRouter(prefix="/fleet", tags=["fleet"])
 
-#: Seconds a client should wait before asking again when the database does not answer.
-RETRY_AFTER_S = 5
 #: The largest batch/threads a filter may name (the database's integer columns are 32-bit).
 MAX_INT_FILTER = 2**31 - 1
 #: The op-spec grammar (nas_ops.spec.spec_pattern), in the schema only: it has back-references, which pydantic's
@@ -85,17 +81,6 @@ class FleetOp(BaseModel):
     missing_on: list[DeviceRef] = Field(description="devices with no measurement of the op matching the filters")
 
 
-@contextmanager
-def database_answers() -> Iterator[None]:
-    """Turn a database that does not answer into a 503 with Retry-After (a client's problem is never a 500)."""
-    try:
-        yield
-    except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
-        raise ApiError(503, "database_unavailable", f"the database is unreachable: {reason}",
-                       {"Retry-After": str(RETRY_AFTER_S)}) from None
-
-
 def canonical_spec(text: str, field: str) -> str:
     """``text`` when it is a valid op spec in its canonical form; a 422 naming the field (or the canonical form)."""
     try:
@@ -113,8 +98,7 @@ def fleet_devices(
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=MAX_FLEET_ROWS, description="at most this many devices")] = 200,
 ) -> FleetDevices:
-    with database_answers():
-        summaries = device_summaries(session, limit=limit)
+    summaries = device_summaries(session, limit=limit)
     return FleetDevices(devices=[
         FleetDevice(
             id=s.device.id, name=s.device.name, this_device=s.device.id == state.device_id,
@@ -142,10 +126,8 @@ def fleet_op(
     limit: Annotated[int, Query(ge=1, le=MAX_FLEET_ROWS, description="at most this many rows")] = 500,
 ) -> FleetOp:
     op_spec = canonical_spec(spec, "spec")
-    with database_answers():
-        found = op_on_devices(session, op_spec, backend=backend, batch=batch, dtype=dtype, threads=threads,
-                              limit=limit)
-        devices = list_devices(session, limit=MAX_FLEET_ROWS)
+    found = op_on_devices(session, op_spec, backend=backend, batch=batch, dtype=dtype, threads=threads, limit=limit)
+    devices = list_devices(session, limit=MAX_FLEET_ROWS)
 
     def ref(device_id: int, name: str) -> DeviceRef:
         return DeviceRef(id=device_id, name=name, this_device=device_id == state.device_id)
