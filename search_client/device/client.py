@@ -24,6 +24,7 @@ import httpx
 from nas_ops.arch import Architecture
 from nas_ops.counting import network_memory_bytes
 from nas_ops.spec import OpSpec, format_spec
+from search_client.device.api_schema import JOB_DONE, JOB_FINISHED
 from search_client.device.errors import (
     AuthRefused,
     BadRequest,
@@ -37,7 +38,6 @@ from search_client.device.errors import (
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=30.0, pool=5.0)
 LOOKUP_CHUNK = 500  # op specs per lookup / measure request
-FINISHED = ("done", "failed", "cancelled")
 
 # Errors that mean "no usable connection": retried like a 5xx. Read/write timeouts are not (the request may
 # have been received; repeating a long measurement request would not help).
@@ -324,7 +324,7 @@ class LatencyClient:
             job = self.job(job_id)
             if progress:
                 progress(JobProgress(int(job_id), job.get("status"), int(job.get("done") or 0), job.get("total")))
-            if job.get("status") in FINISHED:
+            if job.get("status") in JOB_FINISHED:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -338,7 +338,7 @@ class LatencyClient:
 
     def _check_finished(self, job: dict[str, Any]) -> dict[str, Any]:
         status, failed = job.get("status"), list(job.get("failed_items") or [])
-        if status == "done" and not failed:
+        if status == JOB_DONE and not failed:
             return job
         items = "; ".join(f"{item.get('op')}: {item.get('error')}" for item in failed[:10])
         more = f" (+{len(failed) - 10} more)" if len(failed) > 10 else ""
@@ -379,7 +379,7 @@ class LatencyClient:
             for chunk in _chunks(to_measure, LOOKUP_CHUNK):
                 job = self.submit_measure(chunk, backend, batch, dtype, threads, force=force,
                                           working_set_bytes=working_set_bytes)
-                if job.get("status") not in FINISHED:
+                if job.get("status") not in JOB_FINISHED:
                     job = self.wait_job(job["id"], timeout_s=timeout_s, poll_s=poll_s, progress=progress)
                 self._check_finished(job)
             again = self.lookup(to_measure, backend, batch, dtype, threads, working_set_bytes=working_set_bytes)
@@ -405,7 +405,7 @@ class LatencyClient:
         body = {**_context_body(backend, batch, dtype, threads, network_memory_bytes(arch, batch, dtype)),
                 "architecture": arch.to_dict(), "wait_s": 0}
         job = self._json("POST", "/v1/measure/architecture", json=body)
-        if job.get("status") not in FINISHED:
+        if job.get("status") not in JOB_FINISHED:
             job = self.wait_job(job["id"], timeout_s=timeout_s, poll_s=poll_s, progress=progress)
         job = self._check_finished(job)
         if not isinstance(job.get("result"), dict):

@@ -60,6 +60,7 @@ import torch
 from nas_ops.counting import space_working_set_bytes, weight_bytes
 from nas_ops.space import SearchSpace
 from nas_ops.spec import format_spec
+from search_client.device.api_schema import STATS_FIELDS
 from search_client.device.errors import MissingEntriesError
 from search_client.table.anchors import (
     ANCHOR_PASSES,
@@ -77,7 +78,6 @@ if TYPE_CHECKING:
 FORMAT_MARKER = "proxyless-latency-table"
 FORMAT_VERSION = 1
 ANCHORED_FORMAT_VERSION = 2
-STATS_FIELDS = ("median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples")
 DEVICE_FIELDS = ("url", "name", "fingerprint", "fingerprint_hash")
 
 

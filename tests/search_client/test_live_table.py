@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 from nas_ops.space import SPACES
 from nas_ops.spec import format_spec
 from search_client.cli import app
+from search_client.device.api_schema import STATS_FIELDS
 from search_client.device.client import LatencyClient
 from search_client.device.errors import BadRequest
 from search_client.table.anchors import DEFAULT_ANCHORS
-from search_client.table.latency_table import STATS_FIELDS, LatencyTable, build_table, cell_weights_mb, table_specs
+from search_client.table.latency_table import LatencyTable, build_table, cell_weights_mb, table_specs
 
 pytestmark = pytest.mark.live
 MICRO = SPACES["micro-16"]
