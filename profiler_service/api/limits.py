@@ -87,14 +87,21 @@ def check_ops_request(settings: ProfilerSettings, ops: Sequence[str], batch: int
     check_batch(settings, batch)
 
 
+def parse_canonical_op(text: str, where: str) -> OpSpec:
+    """The op spec ``text`` names when it is valid and spelled canonically (only canonical strings are looked up or
+    stored: one key per op); else a 422 prefixed with ``where``: ``not_canonical`` (the message gives the canonical
+    spelling) or ``invalid_op`` (it names the bad field)."""
+    try:
+        return parse_canonical_spec(text)
+    except NonCanonicalSpec as exc:
+        raise bad_request(f"{where}: {exc}", "not_canonical") from None
+    except ValueError as exc:
+        raise bad_request(f"{where}: {exc}", "invalid_op") from None
+
+
 def parse_op(settings: ProfilerSettings, index: int, text: str, batch: int, dtype: str) -> OpSpec:
     """Op ``index`` of a request parsed and checked: canonical spelling, then the per-op limits (422 naming it)."""
-    try:
-        spec = parse_canonical_spec(text)  # only canonical strings are looked up or stored: one key per op
-    except NonCanonicalSpec as exc:
-        raise bad_request(f"ops[{index}]: {exc}", "not_canonical") from None
-    except ValueError as exc:
-        raise bad_request(f"ops[{index}]: {exc}", "invalid_op") from None
+    spec = parse_canonical_op(text, f"ops[{index}]")
     check_spec_limits(settings, spec, batch, dtype, f"ops[{index}] ({text})")
     return spec
 

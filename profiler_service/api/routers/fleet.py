@@ -15,9 +15,9 @@ from pydantic import BaseModel, Field
 
 from latency_db.models import OP_SPEC_MAX_LEN
 from latency_db.repository.fleet import MAX_FLEET_ROWS, device_summaries, list_devices, op_on_devices
-from nas_ops.spec import NonCanonicalSpec, format_spec, parse_canonical_spec, spec_pattern
+from nas_ops.spec import format_spec, spec_pattern
 from profiler_service.api.deps import SessionDep, StateDep
-from profiler_service.api.errors import bad_request
+from profiler_service.api.limits import parse_canonical_op
 from profiler_service.api.routers.lookup import stats_of
 from profiler_service.api.schemas import DType, ErrorBody, Stats
 
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/fleet", tags=["fleet"])
 #: The largest batch/threads a filter may name (the database's integer columns are 32-bit).
 MAX_INT_FILTER = 2**31 - 1
 #: The op-spec grammar (nas_ops.spec.spec_pattern), in the schema only: it has back-references, which pydantic's
-#: regex engine lacks; the server checks the same grammar with parse_canonical_spec.
+#: regex engine lacks; the server checks the same grammar with parse_canonical_op.
 SPEC_PATTERN = spec_pattern()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -81,16 +81,6 @@ class FleetOp(BaseModel):
     missing_on: list[DeviceRef] = Field(description="devices with no measurement of the op matching the filters")
 
 
-def canonical_spec(text: str, field: str) -> str:
-    """``text`` when it is a valid op spec in its canonical form; a 422 naming the field (or the canonical form)."""
-    try:
-        return format_spec(parse_canonical_spec(text))
-    except NonCanonicalSpec as exc:
-        raise bad_request(f"{field}: {exc}", "not_canonical") from None
-    except ValueError as exc:
-        raise bad_request(f"{field}: {exc}", "invalid_op") from None
-
-
 @router.get("/devices", response_model=FleetDevices, responses=ERRORS,
             summary="Every device of the database: last seen, how many ops it holds, its backends")
 def fleet_devices(
@@ -125,7 +115,7 @@ def fleet_op(
     threads: Annotated[int | None, Query(ge=1, le=256)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_FLEET_ROWS, description="at most this many rows")] = 500,
 ) -> FleetOp:
-    op_spec = canonical_spec(spec, "spec")
+    op_spec = format_spec(parse_canonical_op(spec, "spec"))
     found = op_on_devices(session, op_spec, backend=backend, batch=batch, dtype=dtype, threads=threads, limit=limit)
     devices = list_devices(session, limit=MAX_FLEET_ROWS)
 
