@@ -1,4 +1,4 @@
-"""Request and response bodies of the REST API (with the examples shown in the OpenAPI docs)."""
+"""Request and response bodies of the REST API, every one of them (with the examples shown in the OpenAPI docs)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def integral_number(value: object) -> object:
 JsonInt = Annotated[int, BeforeValidator(integral_number)]
 
 #: The op-spec grammar (nas_ops.spec.spec_pattern); a service narrows its bounds to its limits in its OpenAPI schema.
+#: In the schema only: it has back-references, which pydantic's regex engine lacks; the server checks the same grammar
+#: with limits.parse_canonical_op.
 SPEC_PATTERN = spec_pattern()
 OpSpecText = Annotated[str, Field(
     min_length=1, max_length=MAX_SPEC_LENGTH, json_schema_extra={"pattern": SPEC_PATTERN},
@@ -233,3 +235,89 @@ class Readiness(BaseModel):
     worker: str
     drift: Literal["off", "unchecked", "ok", "drift"] = Field(
         description="the canaries' verdict (see /v1/device): drift is reported, not a reason to be unready")
+
+
+# Fleet: the devices of a shared database (routers/fleet.py).
+
+
+class FleetDevice(BaseModel):
+    """One device of the database and what it holds."""
+
+    id: int
+    name: str
+    this_device: bool = Field(description="the device this service runs on")
+    fingerprint_hash: str
+    fingerprint: dict[str, Any]
+    first_seen: datetime
+    last_seen: datetime = Field(description="when its service last started")
+    measurements: int = Field(description="stored measurements (every backend and context)")
+    ops: int = Field(description="distinct op specs among them")
+    backends: list[str]
+    last_measured_at: datetime | None = Field(description="when its newest measurement was stored")
+
+
+class FleetDevices(BaseModel):
+    devices: list[FleetDevice]
+
+
+class DeviceRef(BaseModel):
+    id: int
+    name: str
+    this_device: bool
+
+
+class FleetOpRow(BaseModel):
+    """One stored measurement of the op on one device, in one context."""
+
+    device: DeviceRef
+    backend: str
+    batch: int
+    dtype: str
+    threads: int
+    protocol_version: str
+    env_hash: str
+    stats: Stats
+    updated_at: datetime
+
+
+class FleetOp(BaseModel):
+    op_spec: str
+    rows: list[FleetOpRow]
+    missing_on: list[DeviceRef] = Field(description="devices with no measurement of the op matching the filters")
+
+
+# Search spaces (routers/spaces.py).
+
+
+class SpaceSummary(BaseModel):
+    name: str
+    input_size: list[int]
+    cell_count: int
+    candidate_names: list[str] = Field(description="the column names of the space's table (Zero last, if any)")
+
+
+class SpaceList(BaseModel):
+    spaces: list[SpaceSummary]
+
+
+class FixedOp(BaseModel):
+    role: str = Field(description="stem, first_block, mix or head")
+    spec: str
+
+
+class SpaceCell(BaseModel):
+    index: int
+    stage: int
+    in_chs: int
+    out_chs: int
+    height: int
+    width: int
+    stride: int
+    candidates: list[str] = Field(description="op spec of each candidate, in the order of candidate_names")
+    candidate_names: list[str]
+    zero_index: int | None = Field(description="position of Zero among the candidates (costs 0 ms), if allowed")
+
+
+class SpaceDetail(SpaceSummary):
+    fixed: list[FixedOp]
+    cells: list[SpaceCell] = Field(description="the searchable cells in execution order")

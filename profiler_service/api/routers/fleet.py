@@ -7,78 +7,36 @@ app's 503 with Retry-After (``profiler_service.api.db_errors``).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
 
 from latency_db.models import OP_SPEC_MAX_LEN
 from latency_db.repository.fleet import MAX_FLEET_ROWS, device_summaries, list_devices, op_on_devices
-from nas_ops.spec import format_spec, spec_pattern
+from nas_ops.spec import format_spec
 from profiler_service.api.deps import SessionDep, StateDep
 from profiler_service.api.limits import parse_canonical_op
 from profiler_service.api.routers.lookup import stats_of
-from profiler_service.api.schemas import DType, ErrorBody, Stats
+from profiler_service.api.schemas import (
+    SPEC_PATTERN,
+    DeviceRef,
+    DType,
+    ErrorBody,
+    FleetDevice,
+    FleetDevices,
+    FleetOp,
+    FleetOpRow,
+)
 
 router = APIRouter(prefix="/fleet", tags=["fleet"])
 
 #: The largest batch/threads a filter may name (the database's integer columns are 32-bit).
 MAX_INT_FILTER = 2**31 - 1
-#: The op-spec grammar (nas_ops.spec.spec_pattern), in the schema only: it has back-references, which pydantic's
-#: regex engine lacks; the server checks the same grammar with parse_canonical_op.
-SPEC_PATTERN = spec_pattern()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "a parameter is malformed or out of range"},
     503: {"model": ErrorBody, "description": "the database is unreachable (see Retry-After)"},
 }
-
-
-class FleetDevice(BaseModel):
-    """One device of the database and what it holds."""
-
-    id: int
-    name: str
-    this_device: bool = Field(description="the device this service runs on")
-    fingerprint_hash: str
-    fingerprint: dict[str, Any]
-    first_seen: datetime
-    last_seen: datetime = Field(description="when its service last started")
-    measurements: int = Field(description="stored measurements (every backend and context)")
-    ops: int = Field(description="distinct op specs among them")
-    backends: list[str]
-    last_measured_at: datetime | None = Field(description="when its newest measurement was stored")
-
-
-class FleetDevices(BaseModel):
-    devices: list[FleetDevice]
-
-
-class DeviceRef(BaseModel):
-    id: int
-    name: str
-    this_device: bool
-
-
-class FleetOpRow(BaseModel):
-    """One stored measurement of the op on one device, in one context."""
-
-    device: DeviceRef
-    backend: str
-    batch: int
-    dtype: str
-    threads: int
-    protocol_version: str
-    env_hash: str
-    stats: Stats
-    updated_at: datetime
-
-
-class FleetOp(BaseModel):
-    op_spec: str
-    rows: list[FleetOpRow]
-    missing_on: list[DeviceRef] = Field(description="devices with no measurement of the op matching the filters")
 
 
 @router.get("/devices", response_model=FleetDevices, responses=ERRORS,

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, Field
 
 from nas_ops.space import SPACES, ZERO_NAME, SearchSpace
 from nas_ops.spec import MAX_RESOLUTION, format_spec
 from profiler_service.api.errors import bad_request
-from profiler_service.api.schemas import ErrorBody
+from profiler_service.api.schemas import ErrorBody, FixedOp, SpaceCell, SpaceDetail, SpaceList, SpaceSummary
 
 router = APIRouter(tags=["spaces"])
 
@@ -22,40 +21,6 @@ router = APIRouter(tags=["spaces"])
 SpaceName = Literal[tuple(SPACES)]  # type: ignore[valid-type]
 #: The smallest input size a space may be moved to (a stride-2 stem and stages need something to halve).
 MIN_SPACE_RESOLUTION = 8
-
-
-class SpaceSummary(BaseModel):
-    name: str
-    input_size: list[int]
-    cell_count: int
-    candidate_names: list[str] = Field(description="the column names of the space's table (Zero last, if any)")
-
-
-class SpaceList(BaseModel):
-    spaces: list[SpaceSummary]
-
-
-class FixedOp(BaseModel):
-    role: str = Field(description="stem, first_block, mix or head")
-    spec: str
-
-
-class SpaceCell(BaseModel):
-    index: int
-    stage: int
-    in_chs: int
-    out_chs: int
-    height: int
-    width: int
-    stride: int
-    candidates: list[str] = Field(description="op spec of each candidate, in the order of candidate_names")
-    candidate_names: list[str]
-    zero_index: int | None = Field(description="position of Zero among the candidates (costs 0 ms), if allowed")
-
-
-class SpaceDetail(SpaceSummary):
-    fixed: list[FixedOp]
-    cells: list[SpaceCell] = Field(description="the searchable cells in execution order")
 
 
 def _column_names(space: SearchSpace) -> list[str]:
