@@ -10,8 +10,8 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
-from search_client.nas.gradients import ARCH_MODES
 from search_client.nas.losses import LOSS_KINDS
+from search_client.nas.supernet import SEARCH_MODES
 from search_client.nas.within_target import DERIVE_RULES
 from search_client.table.objective import MODES as DEVICE_MODES
 from search_client.training.datasets import DEFAULT_VALID_FRACTION, DataOptions
@@ -115,7 +115,7 @@ class SearchConfig:
             raise ValueError(f"search config: {exc}") from None
 
     def _check_choices(self) -> None:
-        for name, allowed in (("mode", ARCH_MODES), ("grad_estimator", GRAD_ESTIMATORS), ("loss", LOSS_KINDS),
+        for name, allowed in (("mode", SEARCH_MODES), ("grad_estimator", GRAD_ESTIMATORS), ("loss", LOSS_KINDS),
                               ("device_mode", DEVICE_MODES), ("derive", DERIVE_RULES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"search config field '{name}': expected one of {', '.join(allowed)}, "

@@ -26,9 +26,8 @@ import torch.nn.functional as F
 
 from search_client.nas.losses import LatencyLoss
 from search_client.table.objective import MultiDeviceLatency
-from search_client.nas.supernet import Supernet
+from search_client.nas.supernet import GATE_MODES, SEARCH_MODES, Supernet
 
-ARCH_MODES = ("two", "full", "full_v2", "darts")
 
 
 def binary_connect_grad(gate_grad: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -44,7 +43,7 @@ def set_binary_alpha_grads(supernet: Supernet) -> list[torch.Tensor | None]:
     """
     before: list[torch.Tensor | None] = []
     for cell in supernet.cells:
-        if cell.path_mode not in ("gates", "gates_recompute"):
+        if cell.path_mode not in GATE_MODES:
             raise RuntimeError("set_binary_alpha_grads: the supernet is not in a gate mode (call sample_gates)")
         gates = cell.gates
         if cell.active == cell.zero_index or gates is None or gates.grad is None:
@@ -96,8 +95,8 @@ def gradient_arch_step(
     Weights frozen, gates reset, plain cross-entropy plus the latency term (skipped when ``objective`` is None),
     BinaryConnect estimate for the gate modes, an optimizer step, and the pair rescale in ``two`` mode.
     """
-    if mode not in ARCH_MODES:
-        raise ValueError(f"mode: expected one of {', '.join(ARCH_MODES)}, got {mode!r}")
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode: expected one of {', '.join(SEARCH_MODES)}, got {mode!r}")
     x, y = batch
     if mode == "darts":
         supernet.use_mixture()

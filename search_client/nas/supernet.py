@@ -11,15 +11,18 @@ itself), and the Zero path yields x, the identity. So every path of such a cell 
 shortcut is added around the mixed op. (For the gradient estimate this adds ``<x, dL/dy>`` to every dL/dg_j,
 a shift that the BinaryConnect formula cancels, so the estimates equal the release's.)
 
-Path modes of a mixed op, set for the whole network by the ``use_*`` / ``sample_*`` methods:
+Path modes of a mixed op, set for the whole network by the ``use_*`` / ``sample_*`` methods: :data:`ONE_PATH`
+outside architecture steps, else the search mode (:data:`SEARCH_MODES`, the names of the paper's release and of
+the command line's ``--mode``):
 
-- ``single``: one path runs (the sampled, argmax or given one); the others get no gradient at all.
-- ``gates``: binary gates g (one-hot on the active path, a leaf tensor requiring grad); the output is the active
-  path's, and backward gives ``dL/dg_j = <o_j(x), dL/dy>`` for each involved path j. The inactive involved
-  paths run under no_grad and only their outputs are kept (``full``: all N paths, ``two``: the sampled pair).
-- ``gates_recompute`` (``full_v2``): as ``gates`` over all N paths, but only the active output is kept; backward
-  recomputes the other paths' outputs under no_grad one at a time.
-- ``mixture``: the DARTS baseline, ``sum_j p_j o_j(x)`` with every path's graph in memory.
+- ``one_path``: one path runs (the sampled, argmax or given one); the others get no gradient at all.
+- ``full`` and ``two`` (:data:`GATE_MODES`, with ``full_v2``): binary gates g (one-hot on the active path, a leaf
+  tensor requiring grad); the output is the active path's, and backward gives ``dL/dg_j = <o_j(x), dL/dy>`` for
+  each involved path j. The inactive involved paths run under no_grad and only their outputs are kept (``full``:
+  all N paths, ``two``: the sampled pair).
+- ``full_v2``: as ``full``, but only the active output is kept; backward recomputes the other paths' outputs
+  under no_grad one at a time.
+- ``darts``: the DARTS baseline, the mixture ``sum_j p_j o_j(x)`` with every path's graph in memory.
 
 When the active path is Zero the cell is the identity and gives no estimate in that step (as in the release).
 """
@@ -37,7 +40,12 @@ from torch import nn
 from nas_ops.blocks import build_op
 from nas_ops.space import Cell, SearchSpace
 
-GATE_STRATEGIES = ("full", "two", "full_v2")
+#: The search modes: how an architecture step runs the paths (the release's names; the CLI's ``--mode``).
+SEARCH_MODES = ("two", "full", "full_v2", "darts")
+#: The search modes that train binary gates (``darts`` trains the mixture instead).
+GATE_MODES = ("two", "full", "full_v2")
+#: The path mode outside architecture steps (weight steps, evaluation): one path runs; not a search mode.
+ONE_PATH = "one_path"
 
 
 class _GateGrad(torch.autograd.Function):
@@ -95,7 +103,7 @@ class MixedOp(nn.Module):
         self.zero_index = cell.zero_index
         self.has_shortcut = cell.stride == 1 and cell.in_chs == cell.out_chs
         # the path state, set by the Supernet's use_*/sample_* methods
-        self.path_mode = "single"
+        self.path_mode = ONE_PATH
         self.active = 0
         self.involved: tuple[int, ...] = (0,)
         self.gates: torch.Tensor | None = None
@@ -115,15 +123,15 @@ class MixedOp(nn.Module):
         return self.candidates[j](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.path_mode == "mixture":
+        if self.path_mode == "darts":
             p = self.probs()
             return sum(p[j] * self.path(j, x) for j in range(self.n_paths))  # type: ignore[return-value]
         out = self.path(self.active, x)
-        if self.path_mode == "single" or self.active == self.zero_index:
+        if self.path_mode == ONE_PATH or self.active == self.zero_index:
             return out
         if self.gates is None:
             raise RuntimeError("mixed op in a gate mode without gates: call Supernet.sample_gates first")
-        if self.path_mode == "gates_recompute":
+        if self.path_mode == "full_v2":
             return _GateGradRecompute.apply(self.gates, out, x.detach(), self)
         others = [j for j in self.involved if j != self.active]
         with torch.no_grad():
@@ -208,59 +216,59 @@ class Supernet(nn.Module):
             cell.gates = None
 
     def use_choices(self, choices: Sequence[int]) -> None:
-        """Run exactly the given path in every cell (single-path mode)."""
+        """Run exactly the given path in every cell (one-path mode)."""
         if len(choices) != len(self.cells):
             raise ValueError(f"choices: expected {len(self.cells)} values (one per cell), got {len(choices)}")
         for i, (c, cell) in enumerate(zip(choices, self.cells)):
             if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < cell.n_paths:
                 raise ValueError(f"choices[{i}]: must be an integer in [0, {cell.n_paths - 1}], got {c!r}")
-        self._set("single", choices, [(c,) for c in choices])
+        self._set(ONE_PATH, choices, [(c,) for c in choices])
 
     def argmax_choices(self) -> list[int]:
         """The path with the largest alpha in every cell (ties: the lowest index); deterministic."""
         return [int(torch.argmax(cell.alpha.detach()).item()) for cell in self.cells]
 
     def use_argmax(self) -> list[int]:
-        """Single-path mode on the argmax architecture; returns its choices."""
+        """One-path mode on the argmax architecture; returns its choices."""
         choices = self.argmax_choices()
         self.use_choices(choices)
         return choices
 
     def use_mixture(self) -> None:
-        """DARTS mixture: every path of every cell, weighted by p."""
-        self._set("mixture", [0] * len(self.cells), [tuple(range(c.n_paths)) for c in self.cells])
+        """The ``darts`` mode: every path of every cell, weighted by p (the mixture)."""
+        self._set("darts", [0] * len(self.cells), [tuple(range(c.n_paths)) for c in self.cells])
 
     def sample_single(self, generator: torch.Generator) -> list[int]:
-        """Draw one path per cell with probability p (single-path mode; drawn on the CPU with the CPU
+        """Draw one path per cell with probability p (one-path mode; drawn on the CPU with the CPU
         ``generator``); returns the choices."""
         with torch.no_grad():
             choices = [int(torch.multinomial(cell.probs().cpu(), 1, generator=generator).item())
                        for cell in self.cells]
-        self._set("single", choices, [(c,) for c in choices])
+        self._set(ONE_PATH, choices, [(c,) for c in choices])
         return choices
 
-    def sample_gates(self, strategy: str, generator: torch.Generator) -> list[int]:
+    def sample_gates(self, mode: str, generator: torch.Generator) -> list[int]:
         """Reset the binary gates for an architecture step; returns the active paths.
 
         ``full`` / ``full_v2``: the active path is drawn by p, all N paths are involved. ``two``: two paths are
         drawn by p without replacement, and the active one of the pair by the softmax over their two alphas.
         """
-        if strategy not in GATE_STRATEGIES:
-            raise ValueError(f"strategy: expected one of {', '.join(GATE_STRATEGIES)}, got {strategy!r}")
+        if mode not in GATE_MODES:
+            raise ValueError(f"mode: expected one of {', '.join(GATE_MODES)}, got {mode!r}")
         actives = []
         with torch.no_grad():
             for cell in self.cells:
                 # drawn on the CPU with the CPU generator: the same paths whatever device the network is on
                 alpha = cell.alpha.detach().cpu()
                 p = F.softmax(alpha, dim=0)
-                if strategy == "two" and cell.n_paths >= 2:
+                if mode == "two" and cell.n_paths >= 2:
                     pair = torch.multinomial(p, 2, replacement=False, generator=generator)
                     pick = int(torch.multinomial(F.softmax(alpha[pair], dim=0), 1, generator=generator).item())
                     active, involved = int(pair[pick].item()), (int(pair[0].item()), int(pair[1].item()))
                 else:
                     active = int(torch.multinomial(p, 1, generator=generator).item())
                     involved = tuple(range(cell.n_paths))
-                cell.path_mode = "gates_recompute" if strategy == "full_v2" else "gates"
+                cell.path_mode = mode
                 cell.active, cell.involved = active, involved
                 gates = torch.zeros(cell.n_paths, dtype=cell.alpha.dtype, device=cell.alpha.device)
                 gates[active] = 1.0
@@ -269,10 +277,10 @@ class Supernet(nn.Module):
         return actives
 
     def active_modules(self) -> list[nn.Module]:
-        """The modules the current single-path selection runs (a Zero path runs none)."""
+        """The modules the current one-path selection runs (a Zero path runs none)."""
         modules: list[nn.Module] = [self.stem, self.blocks[0]]
         for cell in self.cells:
-            if cell.path_mode != "single":
+            if cell.path_mode != ONE_PATH:
                 raise RuntimeError("active_modules: select single paths first (use_choices, use_argmax, ...)")
             if not (cell.active == cell.zero_index and cell.has_shortcut):
                 modules.append(cell.candidates[cell.active])
@@ -311,7 +319,7 @@ class Supernet(nn.Module):
         """
         out = []
         for cell in self.cells:
-            if cell.path_mode in ("gates", "gates_recompute") and len(cell.involved) < cell.n_paths:
+            if cell.path_mode in GATE_MODES and len(cell.involved) < cell.n_paths:
                 idx = torch.tensor(cell.involved, device=cell.alpha.device)
                 pair = F.softmax(cell.alpha[idx], dim=0)
                 out.append(torch.zeros_like(cell.alpha).index_put((idx,), pair))

@@ -150,7 +150,7 @@ def test_rescale_keeps_unsampled_probabilities() -> None:
 def test_rescale_formula_on_given_alphas() -> None:
     net = _net()
     op = net.cells[2]
-    op.path_mode, op.involved = "gates", (1, 4)
+    op.path_mode, op.involved = "two", (1, 4)
     old = op.alpha.detach().clone()
     with torch.no_grad():
         op.alpha[1] += 0.3

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from nas_ops.blocks import build_op
 from nas_ops.space import SPACES
-from search_client.nas.supernet import Supernet
+from search_client.nas.supernet import ONE_PATH, Supernet
 
 torch.set_num_threads(1)
 
@@ -44,7 +44,7 @@ def test_zero_in_a_shortcut_cell_is_the_identity(net: Supernet) -> None:
     op = net.cells[0]
     assert op.zero_index is not None and op.has_shortcut
     x = torch.randn(2, 8, 16, 16)
-    op.path_mode, op.active = "single", op.zero_index
+    op.path_mode, op.active = ONE_PATH, op.zero_index
     assert torch.equal(op(x), x)
 
 
@@ -52,7 +52,7 @@ def test_mbconv_path_adds_the_shortcut_once(net: Supernet) -> None:
     op = net.cells[1]
     op.eval()
     x = torch.randn(2, 8, 16, 16)
-    op.path_mode, op.active = "single", 3
+    op.path_mode, op.active = ONE_PATH, 3
     module = build_op(op.cell.candidates[3])
     module.load_state_dict(op.candidates[3].state_dict())
     module.eval()
@@ -147,7 +147,7 @@ def test_use_choices_rejects_bad_input(net: Supernet) -> None:
         net.use_choices([0, 1])
     with pytest.raises(ValueError, match=r"choices\[2\]"):
         net.use_choices([0, 1, 6])
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(ValueError, match="mode"):
         net.sample_gates("three", torch.Generator())
 
 
