@@ -11,8 +11,8 @@ from latency_db.repository import cancel_job, list_jobs
 from latency_db.transactions import write_session
 from profiler_service.api.deps import SessionDep, StateDep, TokenDep
 from profiler_service.api.errors import ApiError
+from profiler_service.api.job_views import device_job, job_out
 from profiler_service.api.params import JobId
-from profiler_service.jobs.views import device_job, job_out
 from profiler_service.api.schemas import ErrorBody, JobList, JobOut
 
 router = APIRouter(tags=["jobs"])

@@ -13,7 +13,7 @@ from nas_ops.arch_files import architecture_from_json_obj
 from nas_ops.counting import network_memory_bytes
 from profiler_service.api.deps import StateDep, TokenDep
 from profiler_service.api.errors import bad_request
-from profiler_service.jobs.views import wait_for_job
+from profiler_service.api.job_views import wait_for_job
 from profiler_service.api.limits import check_architecture, check_dtype, check_wait, parse_ops
 from profiler_service.api.schemas import ArchitectureRequest, ContextBody, ErrorBody, JobOut, MeasureRequest
 from profiler_service.api.state import ServiceState
