@@ -6,8 +6,14 @@ Typer ships its own copy of click, so parameters and their sources are read by a
 from __future__ import annotations
 
 import shlex
+import shutil
+import sys
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
+
+#: The console script of the search client (``[project.scripts]`` in pyproject.toml).
+CONSOLE_SCRIPT = "proxyless-search"
 
 
 def given_on_command_line(ctx: Any, name: str) -> bool:
@@ -39,6 +45,17 @@ def given_arguments(ctx: Any, *, skip: Collection[str] = ()) -> list[str]:
     return args
 
 
-def join(program: str, args: list[str]) -> str:
+def program_command() -> list[str]:
+    """The command that runs this program again, also without an activated virtualenv: the console script's
+    resolved path when it is what runs (``sys.argv[0]``), else this interpreter with ``-m search_client.cli``."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if Path(argv0).name == CONSOLE_SCRIPT:
+        found = argv0 if Path(argv0).parent != Path() else shutil.which(argv0)
+        if found:
+            return [str(Path(found).resolve())]
+    return [sys.executable, "-m", "search_client.cli"]
+
+
+def join(program: list[str], args: list[str]) -> str:
     """``program`` and ``args`` as one line a POSIX shell runs as given (quoted where needed)."""
-    return shlex.join([program, *args])
+    return shlex.join([*program, *args])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import httpx
@@ -166,7 +168,6 @@ def test_paper_schedule_is_one_flag_away_and_warned_about(tmp_path: Path, table_
 
 def test_ctrl_c_prints_the_checkpoint_and_the_resume_command_and_exits_130(
         tmp_path: Path, table_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shlex
 
     import search_client.nas.search_loop as loop
 
@@ -192,10 +193,11 @@ def test_ctrl_c_prints_the_checkpoint_and_the_resume_command_and_exits_130(
     command = [line for line in stopped.output.splitlines() if line.startswith("resume with: ")]
     assert len(command) == 1
     resume = shlex.split(command[0].removeprefix("resume with: "))
-    assert resume[:2] == ["proxyless-search", "search"] and resume[-1] == "--resume"
+    # run as `python -m search_client.cli` (under pytest): the same interpreter, so no activated venv is needed
+    assert resume[:4] == [sys.executable, "-m", "search_client.cli", "search"] and resume[-1] == "--resume"
 
     monkeypatch.setattr(loop, "weight_step", real_step)
-    resumed = runner.invoke(app, resume[1:])
+    resumed = runner.invoke(app, resume[3:])
     assert resumed.exit_code == 0, resumed.output
     done = json.loads((out / "summary.json").read_text())
     assert done["choices"] == json.loads((tmp_path / "straight" / "summary.json").read_text())["choices"]
@@ -212,7 +214,8 @@ def test_ctrl_c_before_the_first_epoch_says_there_is_no_checkpoint(
     result = runner.invoke(app, ["search", "--table", str(table_file), "--target-ms", _target(table_file),
                                  "--out", str(tmp_path / "o"), *TINY])
     assert result.exit_code == 130
-    assert "there is no checkpoint yet; start again with: proxyless-search search --out" in result.output
+    start = shlex.join([sys.executable, "-m", "search_client.cli", "search", "--out"])
+    assert f"there is no checkpoint yet; start again with: {start}" in result.output
     assert "--resume" not in result.output
 
 
@@ -240,3 +243,15 @@ def test_ctrl_c_on_devices_resumes_from_the_saved_tables(tmp_path: Path, monkeyp
     line = next(line for line in result.output.splitlines() if line.startswith("resume with: "))
     assert f"--table {out / 'table_0.json'}" in line
     assert "--device" not in line and "secret" not in line and "--space" not in line
+
+
+def test_the_printed_program_runs_without_an_activated_venv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from search_client.cli.command_line import program_command
+
+    script = tmp_path / "venv" / "bin" / "proxyless-search"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "argv", [str(script), "search"])
+    assert program_command() == [str(script.resolve())]
+    monkeypatch.setattr(sys, "argv", ["/somewhere/pytest", "search"])
+    assert program_command() == [sys.executable, "-m", "search_client.cli"]

@@ -1,7 +1,8 @@
 """``proxyless-search search``: the device-specific search job (tables from devices or files, search, plots).
 
 Every option that is a :class:`search_client.nas.config.SearchConfig` field takes its default from there.
-Ctrl-C stops the search with exit code 130 and prints where the checkpoint is and the command that resumes it.
+Ctrl-C stops the search with exit code 130 and prints where the checkpoint is and the command that resumes it
+(:func:`search_client.cli.command_line.program_command`: it runs without an activated virtualenv).
 ``--nproc N`` runs the search in N processes under torchrun (:mod:`search_client.cli.distributed`); under torchrun
 rank 0 alone reads the tables (or asks the devices), prints and writes, and a run restarted by torchrun
 (``--max-restarts``) continues from its checkpoint.
@@ -19,7 +20,7 @@ import typer
 from nas_ops.space import SearchSpace, load_space
 from search_client.cli import devices
 from search_client.cli.app import app
-from search_client.cli.command_line import given_arguments, given_on_command_line, join
+from search_client.cli.command_line import given_arguments, given_on_command_line, join, program_command
 from search_client.cli.distributed import (
     QuietCallbacks,
     check_nproc,
@@ -47,7 +48,6 @@ from search_client.training.distributed import (
 )
 
 D = SearchConfig.defaults()
-PROGRAM = "proxyless-search"
 DEVICE_PARAMS = ("device", "space", "backend", "batch", "threads", "token", "allow_flagged")
 
 
@@ -122,11 +122,11 @@ def _report_interrupt(ctx: typer.Context, out: Path, n_devices: int) -> None:
     epoch = checkpoint_epoch(out)
     if epoch is None:
         typer.echo("interrupted before the first epoch finished: there is no checkpoint yet; start again with: "
-                   f"{join(PROGRAM, ['search', *given_arguments(ctx)])}", err=True)
+                   f"{join(program_command(), ['search', *given_arguments(ctx)])}", err=True)
         return
     typer.echo(f"interrupted: the checkpoint {checkpoint_path(out)} holds {epoch} finished epoch(s); the epoch "
                "that was running starts again on resume", err=True)
-    typer.echo(f"resume with: {join(PROGRAM, ['search', *_resume_command(ctx, out, n_devices)])}", err=True)
+    typer.echo(f"resume with: {join(program_command(), ['search', *_resume_command(ctx, out, n_devices)])}", err=True)
 
 
 @app.command("search")
