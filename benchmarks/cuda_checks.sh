@@ -7,8 +7,8 @@
 #   env       the GPU, torch and ONNX Runtime versions, `proxyless-profiler info` (the backends this device offers)
 #   tests     every test marked `cuda` (pytest -m cuda): torch-cuda timing with events, AMP steps, pinned batches,
 #             deterministic CUDA searches, ORT's CUDA provider where it is installed
-#   memory    benchmarks/memory.py --device cuda: peak GPU memory of one search step (compact, two-path, DARTS)
-#   fidelity  benchmarks/fidelity.py --backend torch-cuda on proxyless-gpu (20 + 20 networks, 6 rounds)
+#   memory    -m benchmarks.memory --device cuda: peak GPU memory of one search step (compact, two-path, DARTS)
+#   fidelity  -m benchmarks.fidelity --backend torch-cuda on proxyless-gpu (20 + 20 networks, 6 rounds)
 #   e2e       a profiler served with --backends torch-cuda, `lut` of tiny-32, a search on digits with
 #             --train-device cuda --amp against that table, `verify` of the derived network on the device
 # OUT_DIR gets cuda_checks.log (every step's output, with its exit code and wall time) and the benchmarks' reports.
@@ -70,8 +70,8 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"no CUDA\"); pr
 ort.get_available_providers())'; $PY -m profiler_service.cli info"
 step tests 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts= --timeout 120 -m cuda \
     --continue-on-collection-errors -rA tests/nas_ops tests/latency_db tests/profiler_service tests/search_client
-step memory 150 "$PY" benchmarks/memory.py --device cuda --out-dir "$OUT"
-step fidelity 330 "$PY" benchmarks/fidelity.py --backend torch-cuda --space proxyless-gpu $FIDELITY_SAMPLE \
+step memory 150 "$PY" -m benchmarks.memory --device cuda --out-dir "$OUT"
+step fidelity 330 "$PY" -m benchmarks.fidelity --backend torch-cuda --space proxyless-gpu $FIDELITY_SAMPLE \
     --seed 1 --out-dir "$OUT"
 export PY WORK
 export -f e2e

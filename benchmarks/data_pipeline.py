@@ -54,9 +54,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
+from benchmarks.common import OUT_DIR, child_env, cpu_model, status_kib
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
 CLASSES = 10
 DISTINCT_IMAGES = 32
 ARCH_EVERY = 5
@@ -79,7 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="0,2", help="comma-separated worker counts of the throughput runs")
     parser.add_argument("--epoch-workers", type=int, default=2, help="workers of the search-epoch memory runs")
     parser.add_argument("--throughput-batches", type=int, default=40, help="batches timed per throughput run")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where the reports are written")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: "throughput" or "epoch"
     parser.add_argument("--folder", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-workers", type=int, default=0, help=argparse.SUPPRESS)
@@ -211,13 +211,6 @@ class _TreePss:
         self._thread.join()
 
 
-def _status_kib(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}: peak RSS cannot be measured on this system")
-    return int(match.group(1))
-
-
 def child_epoch(args: argparse.Namespace) -> dict[str, Any]:
     """One search epoch's reads (every train batch, a valid batch every ARCH_EVERY) and the peak memory."""
     import torch
@@ -225,11 +218,11 @@ def child_epoch(args: argparse.Namespace) -> dict[str, Any]:
     from search_client.training.datasets import open_search_data
 
     torch.set_num_threads(1)
-    base_kib = _status_kib("VmRSS")
+    base_kib = status_kib("VmRSS")
     start = time.perf_counter()
     with _TreePss() as tree:
         data = open_search_data(_options(args, args.child_workers))
-        opened_kib = _status_kib("VmRSS")
+        opened_kib = status_kib("VmRSS")
         train_batches = valid_batches = 0
         checksum = 0.0
         for x, _ in data.train.epoch():
@@ -242,7 +235,7 @@ def child_epoch(args: argparse.Namespace) -> dict[str, Any]:
         data.close()
         tree_peak_kib = tree.peak_kib
     seconds = time.perf_counter() - start
-    main_peak_kib = _status_kib("VmHWM")
+    main_peak_kib = status_kib("VmHWM")
     workers_peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     return {"images": data.info["train_images"] + data.info["valid_images"], "workers": args.child_workers,
             "train_batches": train_batches, "valid_batches": valid_batches, "seconds": seconds,
@@ -253,10 +246,10 @@ def child_epoch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_child(kind: str, folder: Path, workers: int, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--folder", str(folder),
+    cmd = [sys.executable, "-m", "benchmarks.data_pipeline", "--child", kind, "--folder", str(folder),
            "--child-workers", str(workers), "--input-size", str(args.input_size), "--batch", str(args.batch),
            "--throughput-batches", str(args.throughput_batches), "--sizes", ",".join(map(str, args.sizes))]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} run on {folder} with {workers} workers failed (exit {done.returncode}):\n"
                            f"{done.stderr[-2000:]}")
@@ -264,15 +257,6 @@ def _run_child(kind: str, folder: Path, workers: int, args: argparse.Namespace) 
 
 
 # --- report ----------------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    return platform.processor() or platform.machine()
-
-
 def _autogroup() -> bool | None:
     """Whether the kernel shares CPU time fairly between sessions rather than processes (None: unknown)."""
     try:
@@ -379,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "image_size": args.image_size, "input_size": args.input_size, "batch": args.batch,
         "epoch_workers": args.epoch_workers, "model_step": None, "generated": generated,
         "throughput": throughput, "epochs": epochs, "targets": evaluate_targets(throughput, epochs),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "sched_autogroup": _autogroup(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "sched_autogroup": _autogroup(),
                     "load_before": load_before,
                     "load_after": list(os.getloadavg()), "python": platform.python_version()},
     }

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from benchmarks.common import OUT_DIR
 from nas_ops.network import build_network
 from nas_ops.space import SearchSpace, load_space
 from profiler_service.engine.backends import get_backend
@@ -42,7 +43,6 @@ from profiler_service.engine.cache_regime import COLD_FLUSH_KIB
 from profiler_service.engine.duet import middle_architecture, network_reference, op_reference
 from profiler_service.engine.protocol import cache_flusher
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CANARY_OP = "mbconv_r16x16_c16-16_k3_e3_s1_relu6_skip"
 MATMUL_SIZE = 128
 Probe = Callable[[], list[float]]
@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--block-runs", type=int, default=5, help="runs per block")
     parser.add_argument("--cache-flush-kib", type=int, default=COLD_FLUSH_KIB, help="flush before every run")
     parser.add_argument("--seed", type=int, default=5, help="seed of the random networks")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where the reports are written")
     args = parser.parse_args(argv)
     for name in ("networks", "block_runs"):
         if getattr(args, name) < 1:

@@ -27,7 +27,7 @@ oneDNN primitives and optimizer state exist, then the measured step):
 - CUDA (when present): ``torch.cuda.max_memory_allocated() - memory_allocated()`` around the step, after
   ``reset_peak_memory_stats``.
 
-Writes ``memory_<device>.json`` and ``.md`` to ``--out-dir`` (benchmarks/results); the last printed line is
+Writes ``memory_<device>.json`` and ``.md`` to ``--out-dir`` (runs/benchmarks by default); the last printed line is
 ``memory device=D compact_mb=X two_mb=X full_mb=X darts_mb=X two_ratio=X darts_ratio=X`` where two_mb is the
 ``two`` architecture step and the ratios are over the compact training step.
 
@@ -39,9 +39,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -51,8 +49,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
-
+from benchmarks.common import OUT_DIR, child_env, cpu_model, status_kib
 from nas_ops.network import build_network  # noqa: E402
 from nas_ops.space import SearchSpace, load_space  # noqa: E402
 from search_client.nas.gradients import gradient_arch_step  # noqa: E402
@@ -61,7 +58,6 @@ from search_client.nas.weight_step import weight_step  # noqa: E402
 from search_client.nas.supernet import Supernet  # noqa: E402
 from search_client.training.train import train_step  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CASES = ("compact", "two_weight", "two_arch", "full", "full_v2", "darts", "darts_weight")
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"}
 MIB = 2**20
@@ -77,7 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="auto: the CPU, and CUDA too when present")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of the CPU runs")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where the reports are written")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = parser.parse_args(argv)
     if args.batch < 1 or args.threads < 1 or args.resolution < 0:
@@ -129,13 +125,6 @@ def build_step(case: str, space: SearchSpace, batch: int, device: torch.device) 
                                       optimizer=adam, generator=gen)
 
 
-def _status_kib(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}: peak RSS cannot be measured on this system")
-    return int(match.group(1))
-
-
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one case in this (fresh) process."""
     device = torch.device(args.device)
@@ -155,22 +144,22 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         peak = torch.cuda.max_memory_allocated()
     else:
         gc.collect()
-        base = _status_kib("VmRSS") * 1024
+        base = status_kib("VmRSS") * 1024
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         start = time.perf_counter()
         step()
         seconds = time.perf_counter() - start
-        peak = _status_kib("VmHWM") * 1024
+        peak = status_kib("VmHWM") * 1024
     return {"case": args.child, "device": device.type, "step_mb": (peak - base) / MIB, "base_mb": base / MIB,
             "peak_mb": peak / MIB, "seconds": seconds}
 
 
 def measure(case: str, device: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one case in a fresh subprocess and return its JSON result."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", case, "--device", device,
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--child", case, "--device", device,
            "--space", args.space, "--resolution", str(args.resolution), "--batch", str(args.batch),
            "--threads", str(args.threads)]
-    env = {**os.environ, **MALLOC_ENV}
+    env = child_env(**MALLOC_ENV)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"case {case} on {device} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
@@ -188,16 +177,6 @@ def summary_line(device: str, by_case: dict[str, dict[str, Any]]) -> str:
             f"darts_ratio={mb('darts') / compact:.2f}")
 
 
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what the platform module knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    return platform.processor() or platform.machine()
-
-
 def write_reports(device: str, results: list[dict[str, Any]], args: argparse.Namespace) -> Path:
     by_case = {r["case"]: r for r in results}
     compact = by_case.get("compact", {}).get("step_mb")
@@ -208,7 +187,7 @@ def write_reports(device: str, results: list[dict[str, Any]], args: argparse.Nam
         "device": device, "space": space.name, "resolution": list(space.input_size), "batch": args.batch,
         "threads": args.threads, "candidates": len(space.candidates) + int(space.allow_zero),
         "cells": len(space.cells()), "torch": torch.__version__, "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
         "method": "peak RSS over the pre-step RSS in a fresh process" if device == "cpu"
                   else "torch.cuda.max_memory_allocated over memory_allocated",

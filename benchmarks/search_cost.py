@@ -22,7 +22,7 @@ The latency table of the search is a FLOPs proxy (each op's multiply-adds / 1e6 
 involved): a step's cost does not depend on the table's values. Data: ``synthetic`` images at the resolution, in
 memory (no decoding cost).
 
-Writes ``search_cost_<device>.json`` and ``.md`` to ``--out-dir`` (benchmarks/results) with the machine's load
+Writes ``search_cost_<device>.json`` and ``.md`` to ``--out-dir`` (runs/benchmarks by default) with the machine's load
 average around each section; the last printed line is ``search_cost device=D weight_ratio=X arch_two_ratio=X
 arch_full_v2_ratio=X epoch_ratio=X speedup_2proc=X`` (ratios of time over the compact step or epoch; the
 speed-up of images/s). ``--quick`` is a small run of every section (micro-16) for the smoke test.
@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -49,8 +48,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
-
+from benchmarks.common import OUT_DIR, child_env, cpu_model
 from nas_ops.network import build_network  # noqa: E402
 from nas_ops.counting import count_flops  # noqa: E402
 from nas_ops.space import SearchSpace, load_space  # noqa: E402
@@ -74,7 +72,6 @@ from search_client.training.distributed import (  # noqa: E402
 )
 from search_client.training.train import train_step  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STEP_CASES = ("compact", "weight", "arch_two", "arch_full_v2")
 TARGETS = {"weight_ratio": ("max", 1.3), "epoch_ratio": ("max", 1.6), "speedup_2proc": ("min", 1.6)}
 RIGGED_ALPHA = 20.0
@@ -101,7 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--proc-epochs", type=int, default=2, help="epochs of each launch")
     parser.add_argument("--arch-seed", type=int, default=0, help="seed of the architecture every case trains")
     parser.add_argument("--quick", action="store_true", help="a small run of every section (the smoke test)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports are written")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where the reports are written")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # internal: one torchrun rank
     args = parser.parse_args(argv)
     if args.quick:
@@ -316,7 +313,7 @@ def measure_processes(space: SearchSpace, choices: list[int], args: argparse.Nam
     launch is its warm-up)."""
     rates: dict[int, list[float]] = {p: [] for p in args.procs}
     cpu_share: dict[int, list[float]] = {p: [] for p in args.procs}
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = child_env(OMP_NUM_THREADS=str(args.threads))
     for repeat in range(args.proc_repeats):
         for procs in args.procs:
             spec = {"threads": args.threads, "epochs": args.proc_epochs + 1, "choices": choices,
@@ -326,7 +323,7 @@ def measure_processes(space: SearchSpace, choices: list[int], args: argparse.Nam
             spec_path = work / f"procs{procs}_{repeat}.json"
             spec_path.write_text(json.dumps(spec))
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
-                   str(Path(__file__).resolve()), "--child", str(spec_path)]
+                   "-m", "benchmarks.search_cost", "--child", str(spec_path)]
             done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"{procs}-process launch failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -342,15 +339,6 @@ def measure_processes(space: SearchSpace, choices: list[int], args: argparse.Nam
 
 
 # --- report -------------------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    return platform.processor() or platform.machine()
-
-
 def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -444,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures = ratios(steps, epochs, procs)
     doc = {
         "device": args.device, "space": space.name, "resolution": list(space.input_size), "batch": args.batch,
-        "threads": args.threads, "amp": args.amp, "cores": os.cpu_count(), "cpu": _cpu_model(),
+        "threads": args.threads, "amp": args.amp, "cores": os.cpu_count(), "cpu": cpu_model(),
         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "torch": torch.__version__,
         "platform": platform.platform(), "choices": choices,
         "choice_names": [cell.candidate_names[c] for cell, c in zip(space.cells(), choices)],

@@ -28,7 +28,7 @@ Prints p50/p95/p99 per scenario, error counts, the max health latency and the 1-
 each database (the cores may be shared), then one final line with the targets
 (0 errors; health answering within 1 s throughout; 1,000-spec lookups with 8 clients: p50 < 20 ms and
 p99 < 100 ms) and PASS/FAIL for each, per database. Writes ``service_load_<db>.json`` and ``.md`` to ``--out-dir``
-(benchmarks/results). Exit code: 0 when every target passes, 1 when one fails, 2 when the run could not be set up.
+(runs/benchmarks by default). Exit code: 0 when every target passes, 1 when one fails, 2 when the run could not be set up.
 
 Example: ``.venv/bin/python benchmarks/service_load.py --db both`` (``--quick``: a few requests per scenario).
 """
@@ -57,9 +57,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
+from benchmarks.common import OUT_DIR
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BACKEND = "ort-cpu"
 TABLE_OPS = 1000
@@ -581,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=160.0, help="time budget of the whole run")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="keep the services' logs here (default: a temporary directory, removed)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
     if not args.budget_s > 0:
         print(f"service_load: --budget-s must be > 0, got {args.budget_s}", file=sys.stderr)

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "data_pipeline.py"
+MODULE = "benchmarks.data_pipeline"
 
 
 def test_quick_run_writes_complete_reports(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", MODULE, "--quick", "--out-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=280, check=False)
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "data_pipeline_quick.json").read_text())
@@ -45,6 +45,6 @@ def test_quick_run_writes_complete_reports(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "10,20000"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", MODULE, "--sizes", "10,20000"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 2 and "--sizes: each folder needs at least 100 images" in done.stderr

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "duet_probes.py"
+MODULE = "benchmarks.duet_probes"
 CANDIDATES = {"canary_op", "mbconv_op", "memory_read", "matmul", "network"}
 LAST_LINE = re.compile(r"duet_probes backend=ort-cpu space=micro-16 best=(\w+) raw_spread=([\d.]+) "
                        r"best_spread=([\d.]+)")
 
 
 def test_smoke_reports_every_candidate_for_every_network(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--space", "micro-16", "--resolution", "12", "--networks",
+    done = subprocess.run([sys.executable, "-m", MODULE, "--space", "micro-16", "--resolution", "12", "--networks",
                            "2", "--seconds", "0.5", "--block-runs", "2", "--cache-flush-kib", "64", "--out-dir",
                            str(tmp_path)], capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr
@@ -36,6 +36,6 @@ def test_smoke_reports_every_candidate_for_every_network(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("args", [["--backend", "nope"], ["--networks", "0"]])
 def test_bad_arguments_exit_with_a_message(tmp_path: Path, args: list[str]) -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), *args, "--out-dir", str(tmp_path)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", MODULE, *args, "--out-dir", str(tmp_path)], capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 2 and done.stderr.strip()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -22,11 +21,9 @@ from profiler_service.engine.rounds import stored_result
 from profiler_service.engine.stats import RoundMeasurement, Stats
 
 ROOT = Path(__file__).resolve().parents[2]
-_SPEC = importlib.util.spec_from_file_location("benchmarks_fidelity", ROOT / "benchmarks" / "fidelity.py")
-assert _SPEC is not None and _SPEC.loader is not None
-fidelity = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = fidelity  # its dataclasses look their module up there
-_SPEC.loader.exec_module(fidelity)
+from benchmarks import fidelity
+from benchmarks import fidelity_measure
+from benchmarks import fidelity_report
 
 LAST_LINE = re.compile(r"fidelity backend=(\S+) space=(\S+) archs=(\d+) within5=([\d.]+) within10=([\d.]+) "
                        r"tau=(-?[\d.]+|n/a) mape=([\d.]+) stratified_tau=(-?[\d.]+|n/a) targets=(PASS|FAIL)")
@@ -37,7 +34,7 @@ ARCHS = 4
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
     out = tmp_path_factory.mktemp("fidelity")
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--backend", "ort-cpu", "--space", "micro-16",
+    cmd = [sys.executable, "-m", "benchmarks.fidelity", "--backend", "ort-cpu", "--space", "micro-16",
            "--resolution", "12", "--archs", str(ARCHS), "--protocol", "fast", "--rounds", "2", "--table-rounds", "2",
            "--network-budget", "0.04", "--seed", "3", "--out-dir", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
@@ -66,7 +63,7 @@ def test_smoke_run_ends_with_the_summary_line_and_exits_by_the_targets(smoke) ->
 def test_smoke_report_holds_both_samples_every_aggregate_and_the_noise_ceiling(smoke) -> None:
     _, report, stem = smoke
     assert report["config"]["seed"] == 3 and report["schedule"] == ["T0", "N0", "N1", "T1"]
-    assert report["config"]["truth_neighbours"] == fidelity.TRUTH_NEIGHBOURS == 4
+    assert report["config"]["truth_neighbours"] == fidelity_measure.TRUTH_NEIGHBOURS == 4
     assert report["protocol_version"] == "4+fast+duet" and report["op_protocol"]["rounds"] == 2
     assert [p["phase"] for p in report["phases"]] == ["table round 0", "stratified selection", "network round 0",
                                                       "network round 1", "table round 1"]
@@ -97,14 +94,14 @@ def test_smoke_report_holds_both_samples_every_aggregate_and_the_noise_ceiling(s
 def test_smoke_table_keeps_every_op_round_and_can_be_aggregated_again(smoke) -> None:
     _, report, _ = smoke
     table = report["table"]
-    specs = fidelity.table_specs(load_space("micro-16").with_resolution(12, 12))
+    specs = fidelity_measure.table_specs(load_space("micro-16").with_resolution(12, 12))
     assert table["ops"] == len(specs) == len(table["entries"]) and table["aggregate"] == "median"  # the duet's
     assert table["flagged"] == table["flagged_by_aggregate"]["min"] >= 0
     params = ProtocolParams(**report["op_protocol"])
     for spec in specs:
         entry = table["entries"][format_spec(spec)]
         assert [r["round"] for r in entry["rounds"]] == [0, 1]
-        again = stored_result([fidelity.round_from_dict(r) for r in entry["rounds"]], params,
+        again = stored_result([fidelity_report.round_from_dict(r) for r in entry["rounds"]], params,
                               costs_compute=entry["costs_compute"])
         assert again.stats.median_ms == pytest.approx(entry["stored_ms"][params.aggregate])
 
@@ -150,11 +147,11 @@ def test_protocols_take_the_preset_the_table_rounds_and_split_the_network_budget
 
 
 def test_schedule_is_symmetric_with_table_round_0_first() -> None:
-    names = [f"{kind[0].upper()}{i}" for kind, i in fidelity.schedule(3, 6)]
+    names = [f"{kind[0].upper()}{i}" for kind, i in fidelity_measure.schedule(3, 6)]
     assert names == ["T0", "N0", "N1", "N2", "T1", "N3", "N4", "N5", "T2"]
-    assert [f"{k[0]}{i}" for k, i in fidelity.schedule(1, 2)] == ["t0", "n0", "n1"]
+    assert [f"{k[0]}{i}" for k, i in fidelity_measure.schedule(1, 2)] == ["t0", "n0", "n1"]
     for table_rounds, network_rounds in [(2, 5), (4, 6), (5, 2)]:
-        phases = fidelity.schedule(table_rounds, network_rounds)
+        phases = fidelity_measure.schedule(table_rounds, network_rounds)
         assert phases[0] == ("table", 0) and phases[-1] == ("table", table_rounds - 1)
         assert [i for k, i in phases if k == "table"] == list(range(table_rounds))
         assert [i for k, i in phases if k == "networks"] == list(range(network_rounds))
@@ -162,26 +159,26 @@ def test_schedule_is_symmetric_with_table_round_0_first() -> None:
 
 def test_round_orders_are_seeded_shuffles_distinct_for_table_and_networks() -> None:
     params = ProtocolParams()
-    orders = [fidelity.table_order(20, params, 0, r) for r in range(3)]
+    orders = [fidelity_measure.table_order(20, params, 0, r) for r in range(3)]
     assert all(sorted(o) == list(range(20)) for o in orders) and len({tuple(o) for o in orders}) == 3
-    assert orders[1] == fidelity.table_order(20, params, 0, 1) != fidelity.table_order(20, params, 1, 1)
-    assert fidelity.network_order(20, params, 0, 1, 3) != orders[1]
+    assert orders[1] == fidelity_measure.table_order(20, params, 0, 1) != fidelity_measure.table_order(20, params, 1, 1)
+    assert fidelity_measure.network_order(20, params, 0, 1, 3) != orders[1]
 
 
 def test_kendall_tau_b() -> None:
-    assert fidelity.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert fidelity.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert fidelity_report.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert fidelity_report.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # one discordant pair of six: (5 - 1) / 6
-    assert fidelity.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    assert fidelity_report.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
     # tau-b with a tie in y (scipy.stats.kendalltau gives 0.9128709...)
-    assert fidelity.kendall_tau([1, 2, 3, 4], [1, 2, 2, 3]) == pytest.approx(0.9128709291752769)
+    assert fidelity_report.kendall_tau([1, 2, 3, 4], [1, 2, 2, 3]) == pytest.approx(0.9128709291752769)
     with pytest.raises(ValueError, match="same length"):
-        fidelity.kendall_tau([1, 2], [1])
+        fidelity_report.kendall_tau([1, 2], [1])
 
 
 def test_table_specs_hold_fixed_ops_candidates_and_identity_blocks() -> None:
     space = load_space("micro-16")
-    specs = fidelity.table_specs(space)
+    specs = fidelity_measure.table_specs(space)
     assert len(specs) == len(set(specs))
     assert set(space.fixed_specs()) <= set(specs)
     assert not any(spec.kind == "zero" for spec in specs)
@@ -196,46 +193,46 @@ def _round(median_ms: float, correction_ms: float = 0.0) -> RoundMeasurement:
 
 
 def test_metrics_and_truth_aggregates() -> None:
-    m = fidelity.metrics([10.8, 18.6], [10.0, 20.0])
+    m = fidelity_report.metrics([10.8, 18.6], [10.0, 20.0])
     assert m["within10"] == 1.0 and m["within5"] == 0.0 and m["tau"] == 1.0
     assert m["mape"] == pytest.approx(0.075) and m["mean_error"] == pytest.approx(0.005)
-    assert fidelity.metrics([1.0], [1.0])["tau"] is None
+    assert fidelity_report.metrics([1.0], [1.0])["tau"] is None
     medians = [4.0, 1.0, 2.0, 9.0]
-    assert fidelity.truth(medians, "mean", 0.25) == 4.0 and fidelity.truth(medians, "median", 0.25) == 3.0
-    assert fidelity.truth(medians, "min", 0.25) == 1.0
-    assert fidelity.truth(medians, "low_quantile", 0.25) == pytest.approx(1.75)
+    assert fidelity_measure.truth(medians, "mean", 0.25) == 4.0 and fidelity_measure.truth(medians, "median", 0.25) == 3.0
+    assert fidelity_measure.truth(medians, "min", 0.25) == 1.0
+    assert fidelity_measure.truth(medians, "low_quantile", 0.25) == pytest.approx(1.75)
 
 
 def test_aggregate_table_uses_the_engine_and_counts_flagged_entries() -> None:
     conv = OpSpec("conv", 3, 8, 12, 12, kernel=3, stride=1, act="relu6")
     identity = OpSpec("identity", 8, 8, 12, 12)
-    table = fidelity.TableRounds([conv, identity])
+    table = fidelity_measure.TableRounds([conv, identity])
     table.rounds = [[_round(0.01, 0.01), _round(0.012, 0.012)], [_round(0.0), _round(0.0)]]
-    result = fidelity.aggregate_table(table, ProtocolParams(), "median")
+    result = fidelity_measure.aggregate_table(table, ProtocolParams(), "median")
     assert list(result.flagged) == [conv] and result.flagged[conv].startswith("calibrated_to_zero")
     assert result.entries[conv] == pytest.approx(0.011) and result.entries[identity] == 0.0  # an upper bound, not 0
     table.rounds = [[_round(2.0), _round(1.0), _round(4.0)], [_round(0.0)] * 3]
-    assert fidelity.aggregate_table(table, ProtocolParams(), "min").entries[conv] == 1.0
-    assert fidelity.aggregate_table(table, ProtocolParams(), "median", upto=1).entries[conv] == 2.0
+    assert fidelity_measure.aggregate_table(table, ProtocolParams(), "min").entries[conv] == 1.0
+    assert fidelity_measure.aggregate_table(table, ProtocolParams(), "median", upto=1).entries[conv] == 2.0
 
 
-def _network(medians: list[float], arch=None) -> "fidelity.Network":
+def _network(medians: list[float], arch=None) -> "fidelity_measure.Network":
     arch = arch or load_space("micro-16").architecture([0, 0, 0])
-    return fidelity.Network("uniform", arch, rounds=[_round(m) for m in medians], order=list(range(len(medians))))
+    return fidelity_measure.Network("uniform", arch, rounds=[_round(m) for m in medians], order=list(range(len(medians))))
 
 
 def test_noise_ceiling_round_tau_spread_and_split_half() -> None:
     # three networks, two rounds: round 2 swaps the ranks of the first two networks
     networks = [_network([1.0, 1.2]), _network([1.1, 1.0]), _network([2.0, 2.0])]
-    ceiling = fidelity.noise_ceiling(networks, ProtocolParams())
+    ceiling = fidelity_report.noise_ceiling(networks, ProtocolParams())
     assert ceiling["round_tau"] == pytest.approx(1 / 3) and ceiling["split_half_tau"] == pytest.approx(1 / 3)
     # spreads 0.2/1.1, 0.1/1.05, 0: the median is 0.1/1.05
     assert ceiling["round_spread"] == pytest.approx(0.1 / 1.05)
     # four rounds: even rounds (0, 2) rank a < b, odd rounds (1, 3) rank b < a
     networks = [_network([1.0, 3.0, 1.0, 3.0]), _network([2.0, 2.5, 2.0, 2.5])]
-    ceiling = fidelity.noise_ceiling(networks, ProtocolParams())
+    ceiling = fidelity_report.noise_ceiling(networks, ProtocolParams())
     assert ceiling["split_half_tau"] == -1.0 and ceiling["round_tau"] == -1.0
-    assert fidelity.noise_ceiling(networks[:1], ProtocolParams())["round_tau"] is None
+    assert fidelity_report.noise_ceiling(networks[:1], ProtocolParams())["round_tau"] is None
 
 
 def _drifting_rounds(slow: dict[int, range], rounds: int = 5, count: int = 20, factor: float = 1.25
@@ -255,7 +252,7 @@ def _drifting_rounds(slow: dict[int, range], rounds: int = 5, count: int = 20, f
 
 def test_drift_factors_read_a_slow_stretch_off_the_neighbours() -> None:
     true, orders, medians = _drifting_rounds({2: range(6, 14)})
-    factors = fidelity.drift_factors(medians, orders, neighbours=4)
+    factors = fidelity_measure.drift_factors(medians, orders, neighbours=4)
     for i, row in enumerate(factors):
         for r, f in enumerate(row):
             position = orders[i][r]
@@ -265,7 +262,7 @@ def test_drift_factors_read_a_slow_stretch_off_the_neighbours() -> None:
                 assert f == pytest.approx(1.25), (i, r)
                 assert medians[i][r] / f == pytest.approx(true[i])
     _, orders, medians = _drifting_rounds({1: range(20)})
-    whole_round = fidelity.drift_factors(medians, orders, neighbours=4)
+    whole_round = fidelity_measure.drift_factors(medians, orders, neighbours=4)
     assert [row[1] for row in whole_round] == pytest.approx([1.25] * 20)
     assert all(row[r] == pytest.approx(1.0) for row in whole_round for r in (0, 2, 3, 4))
 
@@ -273,23 +270,23 @@ def test_drift_factors_read_a_slow_stretch_off_the_neighbours() -> None:
 def test_drift_factors_never_take_a_networks_own_rounds() -> None:
     true, orders, medians = _drifting_rounds({})
     medians[5][0] *= 2.0  # one disturbed round of one network: the others' factors and its own stay 1
-    factors = fidelity.drift_factors(medians, orders, neighbours=4)
+    factors = fidelity_measure.drift_factors(medians, orders, neighbours=4)
     assert all(f == pytest.approx(1.0) for row in factors for f in row)
-    assert fidelity.drift_factors([[1.0, 2.0]], [[0, 0]], neighbours=4) == [[1.0, 1.0]]
+    assert fidelity_measure.drift_factors([[1.0, 2.0]], [[0, 0]], neighbours=4) == [[1.0, 1.0]]
 
 
 def test_correct_drift_sets_the_factors_the_medians_divide_by() -> None:
     true, orders, medians = _drifting_rounds({1: range(20)})
     space = load_space("micro-16")
-    networks = [fidelity.Network("uniform", space.architecture([0, 0, 0]), rounds=[_round(m) for m in row],
+    networks = [fidelity_measure.Network("uniform", space.architecture([0, 0, 0]), rounds=[_round(m) for m in row],
                                  order=order) for row, order in zip(medians, orders)]
-    fidelity.correct_drift(networks, 0)
+    fidelity_measure.correct_drift(networks, 0)
     assert all(n.drift == [] and n.medians() == n.medians(raw=True) for n in networks)
-    fidelity.correct_drift(networks, 4)
+    fidelity_measure.correct_drift(networks, 4)
     assert all(n.medians() == pytest.approx([t] * 5) for n, t in zip(networks, true))
     assert networks[3].medians(raw=True)[1] == pytest.approx(1.25 * true[3])
-    assert fidelity.noise_ceiling(networks, ProtocolParams())["round_spread"] == pytest.approx(0.0)
-    assert fidelity.noise_ceiling(networks, ProtocolParams(), raw=True)["round_spread"] == pytest.approx(0.25 / 1.05)
+    assert fidelity_report.noise_ceiling(networks, ProtocolParams())["round_spread"] == pytest.approx(0.0)
+    assert fidelity_report.noise_ceiling(networks, ProtocolParams(), raw=True)["round_spread"] == pytest.approx(0.25 / 1.05)
 
 
 def test_sample_report_and_verdicts() -> None:
@@ -297,21 +294,21 @@ def test_sample_report_and_verdicts() -> None:
     archs = [space.architecture(c) for c in ([0, 0, 0], [1, 1, 1], [2, 2, 2])]
     tables = {}
     for name, scale in (("median", 1.0), ("min", 0.9), ("low_quantile", 0.95)):
-        entries = {spec: scale for spec in fidelity.table_specs(space)}
-        tables[name] = fidelity.Table(name, entries, {})
+        entries = {spec: scale for spec in fidelity_measure.table_specs(space)}
+        tables[name] = fidelity_measure.Table(name, entries, {})
     networks = [_network([n * 1.0, n * 1.0 + 0.2], arch) for n, arch in zip((len(a.specs()) for a in archs), archs)]
-    sample = fidelity.sample_report(networks, tables, ProtocolParams())
+    sample = fidelity_report.sample_report(networks, tables, ProtocolParams())
     assert sample["metrics"] == sample["matrix"]["min"]["min"]
-    assert set(sample["matrix"]["min"]) == set(fidelity.TRUTH_AGGREGATES)
+    assert set(sample["matrix"]["min"]) == set(fidelity_report.TRUTH_AGGREGATES)
     assert sample["networks"][0]["predicted_ms"]["min"] == pytest.approx(0.9 * len(archs[0].specs()))
-    verdicts = fidelity.verdicts({"uniform": {"metrics": {"within10": 1.0, "tau": 0.8, "within5": 0.9}},
+    verdicts = fidelity_report.verdicts({"uniform": {"metrics": {"within10": 1.0, "tau": 0.8, "within5": 0.9}},
                                   "stratified": {"metrics": {"tau": None}}})
     assert [v["pass"] for v in verdicts] == [True, False, True, False]
 
 
 def test_export_cache_exports_a_module_once_with_the_backends_environment(tmp_path: Path) -> None:
     inner = get_backend("ort-cpu")
-    cached = fidelity.ExportCachingOrt(inner, tmp_path)
+    cached = fidelity_measure.ExportCachingOrt(inner, tmp_path)
     assert cached.name == inner.name and cached.environment(1) == inner.environment(1)
 
     def module(seed: int) -> nn.Module:
@@ -327,7 +324,7 @@ def test_export_cache_exports_a_module_once_with_the_backends_environment(tmp_pa
 
 
 def test_a_missed_target_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fidelity, "TARGETS", (("uniform", "within10", 0.0), ("stratified", "mape", 2.0)))
+    monkeypatch.setattr(fidelity_report, "TARGETS", (("uniform", "within10", 0.0), ("stratified", "mape", 2.0)))
     argv = ["--space", "micro-16", "--resolution", "8", "--archs", "2", "--protocol", "fast", "--rounds", "1",
             "--network-budget", "0.01", "--out-dir", str(tmp_path)]
     assert fidelity.main(argv) == 1  # a MAPE of 200% or more is never reached
@@ -343,25 +340,25 @@ def _rounds(*medians: float) -> list[RoundMeasurement]:
 
 def test_anchored_table_predicts_through_the_fit_of_its_anchors_rounds() -> None:
     space = load_space("micro-16").with_resolution(12, 12)
-    table = fidelity.TableRounds(fidelity.table_specs(space))
+    table = fidelity_measure.TableRounds(fidelity_measure.table_specs(space))
     table.rounds = [_rounds(0.1 + 0.01 * i, 0.2 + 0.01 * i) for i in range(len(table.specs))]
     params = ProtocolParams()
-    plain = fidelity.aggregate_table(table, params, "min")
-    table.anchors = fidelity.anchor_sample(space, plain, 4)
+    plain = fidelity_measure.aggregate_table(table, params, "min")
+    table.anchors = fidelity_measure.anchor_sample(space, plain, 4)
     assert [a.arch.metadata["choices"] for a in table.anchors[:1]] == [
-        [min(range(len(c.candidates)), key=lambda j, c=c: (plain.entries[fidelity.cell_spec(c, j)], j))
+        [min(range(len(c.candidates)), key=lambda j, c=c: (plain.entries[c.network_op(j)], j))
          for c in space.cells()]]
     for anchor in table.anchors:  # anchors 20% slower than the sum plus 0.05 ms; a slower second round
         sum_ms = plain.predict_sum(anchor.arch)
         anchor.rounds = _rounds(0.05 + 1.2 * sum_ms, 2 * (0.05 + 1.2 * sum_ms))
-    anchored = fidelity.aggregate_table(table, params, "min")
+    anchored = fidelity_measure.aggregate_table(table, params, "min")
     assert anchored.anchor.b == pytest.approx(1.2) and anchored.anchor.a_ms == pytest.approx(0.05)
     arch = space.architecture([0] * len(space.cells()))
     assert anchored.predict(arch) == pytest.approx(0.05 + 1.2 * plain.predict(arch))
-    assert fidelity.unanchored(anchored).predict(arch) == pytest.approx(plain.predict(arch))
+    assert fidelity_measure.unanchored(anchored).predict(arch) == pytest.approx(plain.predict(arch))
     for anchor in table.anchors:  # anchors that no bias explains: reported, not fitted
         anchor.rounds = _rounds(5.0 / plain.predict_sum(anchor.arch))
-    failed = fidelity.aggregate_table(table, params, "min")
+    failed = fidelity_measure.aggregate_table(table, params, "min")
     assert failed.anchor is None and "disagree beyond a bias" in failed.anchor_error
 
 
@@ -374,10 +371,10 @@ def test_anchors_default_to_the_clients_choice_for_the_backend() -> None:
 
 def test_the_markdown_says_when_the_flush_was_not_the_regimes() -> None:
     report = {"cache_regime": "flush1024", "op_protocol": {"cache_flush_kib": 1024}, "config": {"protocol": "auto"}}
-    assert fidelity._flush_override(report) == ""
+    assert fidelity_report._flush_override(report) == ""
     report["op_protocol"]["cache_flush_kib"] = 0
-    assert fidelity._flush_override(report) == "; but measured with a 0 KiB flush: --cache-flush-kib"
-    assert fidelity._flush_override({"cache_regime": "warm", "op_protocol": {"cache_flush_kib": 0}}) == ""
+    assert fidelity_report._flush_override(report) == "; but measured with a 0 KiB flush: --cache-flush-kib"
+    assert fidelity_report._flush_override({"cache_regime": "warm", "op_protocol": {"cache_flush_kib": 0}}) == ""
 
 
 def test_duet_runs_name_their_reference_in_the_report_stem_and_the_markdown() -> None:
@@ -390,10 +387,10 @@ def test_duet_runs_name_their_reference_in_the_report_stem_and_the_markdown() ->
               "duet": {"reference": "mbconv_r28x28_c40-40_k5_e6_s1_relu6_skip", "baseline_ms": 0.5, "blocks": 10,
                        "scale_p10": 0.9, "scale_median": 1.0, "scale_p90": 1.2}}
     assert fidelity.report_stem(report) == "fidelity_ort-cpu_micro-16_r12_s3_duet-op"
-    assert "between two blocks of `mbconv_r28x28_c40-40_k5_e6_s1_relu6_skip`" in fidelity._duet_note(report)
-    assert "p90 1.200" in fidelity._duet_note(report)
+    assert "between two blocks of `mbconv_r28x28_c40-40_k5_e6_s1_relu6_skip`" in fidelity_report._duet_note(report)
+    assert "p90 1.200" in fidelity_report._duet_note(report)
     plain = {"config": {**report["config"], "duet": None}, "duet": None}
-    assert fidelity.report_stem(plain) == "fidelity_ort-cpu_micro-16_r12_s3" and fidelity._duet_note(plain) == ""
+    assert fidelity.report_stem(plain) == "fidelity_ort-cpu_micro-16_r12_s3" and fidelity_report._duet_note(plain) == ""
 
 
 def test_the_duet_reference_network_takes_every_cells_middle_candidate() -> None:
@@ -405,7 +402,7 @@ def test_the_duet_reference_network_takes_every_cells_middle_candidate() -> None
 def test_truth_reference_network_times_the_samples_in_a_second_duet(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         fidelity.parse_args(["--duet", "none", "--truth-reference", "network"])
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--backend", "ort-cpu", "--space", "micro-16",
+    cmd = [sys.executable, "-m", "benchmarks.fidelity", "--backend", "ort-cpu", "--space", "micro-16",
            "--resolution", "12", "--archs", "3", "--protocol", "fast", "--rounds", "2", "--table-rounds", "1",
            "--network-budget", "0.02", "--anchors", "0", "--seed", "4", "--truth-reference", "network",
            "--out-dir", str(tmp_path)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -14,14 +13,11 @@ import torch
 from nas_ops.space import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
-_SPEC = importlib.util.spec_from_file_location("benchmarks_memory", ROOT / "benchmarks" / "memory.py")
-assert _SPEC is not None and _SPEC.loader is not None
-memory = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(memory)
+from benchmarks import memory
 
 
 def test_memory_benchmark_smoke(tmp_path: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--space", "micro-16", "--resolution", "0",
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--space", "micro-16", "--resolution", "0",
            "--batch", "8", "--device", "cpu", "--cases", "compact,two_arch,darts", "--out-dir", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr
@@ -47,6 +43,6 @@ def test_each_case_runs_its_step_in_process() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--cases", "compact,nope"],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--cases", "compact,nope"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and "--cases: unknown nope" in done.stderr

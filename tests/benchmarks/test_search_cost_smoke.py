@@ -3,7 +3,6 @@ last line is in the agreed format; bad arguments are refused."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -14,17 +13,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "search_cost.py"
-_SPEC = importlib.util.spec_from_file_location("benchmarks_search_cost", SCRIPT)
-assert _SPEC is not None and _SPEC.loader is not None
-search_cost = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(search_cost)
+MODULE = "benchmarks.search_cost"
+from benchmarks import search_cost
 LAST_LINE = (r"search_cost device=cpu weight_ratio=([\d.]+) arch_two_ratio=([\d.]+) arch_full_v2_ratio=([\d.]+) "
              r"epoch_ratio=([\d.]+) speedup_2proc=([\d.]+)")
 
 
 def test_search_cost_quick_run_reports_every_section(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", MODULE, "--quick", "--out-dir", str(tmp_path)], capture_output=True,
                           text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]

@@ -23,7 +23,7 @@ LAST_LINE = re.compile(r"targets \(0 errors, health < 1 s, 1000-spec lookup p50 
 
 
 def test_quick_run_on_sqlite_writes_a_complete_report(tmp_path: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "service_load.py"), "--db", "sqlite", "--quick",
+    cmd = [sys.executable, "-m", "benchmarks.service_load", "--db", "sqlite", "--quick",
            "--out-dir", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode in (0, 1), done.stderr  # 1: a target failed; the run itself completed
@@ -54,7 +54,7 @@ def test_quick_run_on_sqlite_writes_a_complete_report(tmp_path: Path) -> None:
 
 
 def test_unreachable_postgres_is_a_one_line_error() -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "service_load.py"), "--db", "postgres", "--quick",
+    cmd = [sys.executable, "-m", "benchmarks.service_load", "--db", "postgres", "--quick",
            "--postgres", "postgresql+psycopg://postgres@127.0.0.1:1/test"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2

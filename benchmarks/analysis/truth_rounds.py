@@ -1,6 +1,6 @@
 """Offline: how many network rounds the ground truth needs, from the saved reports of 24 or more rounds (duet op,
 proxyless-mobile, made by the current fidelity.py: their config names ``truth_neighbours``); no measurement is
-run. Writes truth_rounds_offline.md next to this file.
+run. Reads the reports in runs/benchmarks and writes truth_rounds.md there.
 
 Per report, the truth (median of the rounds' medians, each round corrected for drift by fidelity.py's default
 ``TRUTH_NEIGHBOURS``) is recomputed from subsets of the report's own rounds: the first 12, the even 12, the odd 12
@@ -9,22 +9,21 @@ do not change). Cells: uniform tau / uniform within5 / stratified tau, and PASS 
 
 A 12-round subset of a 24-round run is not a 12-round run: its rounds got half the timed runs each
 (``--network-budget`` is split over the rounds). It shows what the number of rounds does on the same measurements.
-Usage: ``.venv/bin/python benchmarks/results/truth_rounds_offline.py`` (under a minute).
+Usage: ``.venv/bin/python -m benchmarks.analysis.truth_rounds`` (under a minute).
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent), str(HERE)]
-import fidelity as F  # noqa: E402
-from truth_drift_offline import networks_of  # noqa: E402
+from benchmarks import fidelity_measure as FM
+from benchmarks import fidelity_report as FR
+from benchmarks.common import OUT_DIR
+from benchmarks.analysis.truth_drift import networks_of
 
-from profiler_service.engine.protocol import ProtocolParams  # noqa: E402
+from profiler_service.engine.protocol import ProtocolParams
 
 MIN_ROUNDS = 24
 TARGETS = {"u_w10": 0.95, "u_tau": 0.9, "u_w5": 0.9, "s_tau": 0.97}
@@ -34,12 +33,12 @@ def subset_figures(report: dict, rounds: range) -> dict[str, float]:
     """The targets' metrics with the truth taken from the report's rounds at ``rounds``."""
     params = ProtocolParams(**report["network_protocol"])
     networks = networks_of(report, rounds)
-    F.correct_drift(networks, F.TRUTH_NEIGHBOURS)
+    FM.correct_drift(networks, FM.TRUTH_NEIGHBOURS)
     out: dict[str, float] = {}
-    for sample in F.SAMPLES:
+    for sample in FR.SAMPLES:
         picked = [n for n in networks if n.sample == sample]
-        m = F.metrics([n.predicted for n in picked],  # type: ignore[attr-defined]
-                      [F.truth(n.medians(), params.aggregate, params.aggregate_q) for n in picked])
+        m = FR.metrics([n.predicted for n in picked],  # type: ignore[attr-defined]
+                      [FM.truth(n.medians(), params.aggregate, params.aggregate_q) for n in picked])
         out[f"{sample[0]}_tau"], out[f"{sample[0]}_w5"], out[f"{sample[0]}_w10"] = m["tau"], m["within5"], \
             m["within10"]
     return out
@@ -52,7 +51,7 @@ def cell(f: dict[str, float]) -> str:
 
 def main() -> None:
     rows = []
-    for path in sorted(glob.glob(str(HERE / "fidelity_*-cpu_proxyless-mobile_*duet-op*.json"))):
+    for path in sorted(glob.glob(str(OUT_DIR / "fidelity_*-cpu_proxyless-mobile_*duet-op*.json"))):
         report = json.load(open(path))
         n_rounds = min(len(n["rounds"]) for n in report["samples"]["uniform"]["networks"])
         # reports of the current anchors and drift correction only (their config names the neighbours)
@@ -69,12 +68,12 @@ def main() -> None:
              "rounds; no measurement).", "",
              "Cells: uniform tau / uniform within5 / stratified tau, PASS when every target holds (uniform within10 "
              ">= 0.95, tau >= 0.9, within5 >= 0.90; stratified tau >= 0.97). The truth is corrected for drift by "
-             f"{F.TRUTH_NEIGHBOURS} neighbours, as in the reports.", "",
+             f"{FM.TRUTH_NEIGHBOURS} neighbours, as in the reports.", "",
              "Round tau: Kendall's tau between two rounds of the uniform sample, median over pairs (how quiet the "
              "machine was during the run).", "",
              "| report | rounds | round tau | first 12 | even 12 | odd 12 | all |", "|---|---|---|---|---|---|---|",
              *rows]
-    (HERE / "truth_rounds_offline.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (OUT_DIR / "truth_rounds.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

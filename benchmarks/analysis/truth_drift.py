@@ -1,11 +1,11 @@
 """Offline: the ground truth corrected for drift by K neighbours (fidelity.py --truth-neighbours), K = 0, 2, 3, 4, 6,
 recomputed from the network rounds of every saved proxyless-mobile fidelity report (duet op, >= 12 rounds) with
-fidelity.py's own functions; no measurement is run. Writes truth_drift_offline.md next to this file.
+fidelity.py's own functions; no measurement is run. Reads the reports in runs/benchmarks and writes truth_drift.md there.
 
 Per report and K: the uniform sample's tau / within5 / mean error against the corrected truth (the report's own
 predictions), the stratified tau, and the truth's split-half tau two ways: corrected once over all rounds (what a
 report shows) and with each half of the rounds corrected on its own (no round of one half enters the other's
-factors). Usage: ``.venv/bin/python benchmarks/results/truth_drift_offline.py`` (about a minute).
+factors). Usage: ``.venv/bin/python -m benchmarks.analysis.truth_drift`` (about a minute).
 """
 from __future__ import annotations
 
@@ -13,30 +13,28 @@ import glob
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
-import fidelity as F  # noqa: E402
-from nas_ops.space import load_space  # noqa: E402
-from profiler_service.engine.protocol import ProtocolParams  # noqa: E402
-from profiler_service.engine.stats import RoundMeasurement  # noqa: E402
+from benchmarks import fidelity_measure as FM
+from benchmarks import fidelity_report as FR
+from benchmarks.common import OUT_DIR
+from nas_ops.space import load_space
+from profiler_service.engine.protocol import ProtocolParams
 
 KS = (0, 2, 3, 4, 6)
 BACKENDS = ("ort-cpu", "torch-cpu")
 
 
-def networks_of(report: dict, rounds: range | None = None) -> list[F.Network]:
+def networks_of(report: dict, rounds: range | None = None) -> list[FM.Network]:
     """Both samples' networks of a report (their rounds, or the rounds at ``rounds``), with predictions attached."""
     c = report["config"]
     space = load_space(c["space"]).with_resolution(c["resolution"], c["resolution"])
     out = []
-    for sample in F.SAMPLES:
+    for sample in FR.SAMPLES:
         for row in report["samples"][sample]["networks"]:
             picked = [row["rounds"][r] for r in (rounds or range(len(row["rounds"])))]
-            network = F.Network(sample, space.architecture(list(row["choices"])),
-                                rounds=[F.round_from_dict(x) for x in picked], order=[x["order"] for x in picked])
+            network = FM.Network(sample, space.architecture(list(row["choices"])),
+                                rounds=[FR.round_from_dict(x) for x in picked], order=[x["order"] for x in picked])
             network.predicted = row["predicted_ms"]["median"]  # type: ignore[attr-defined]
             out.append(network)
     return out
@@ -45,30 +43,30 @@ def networks_of(report: dict, rounds: range | None = None) -> list[F.Network]:
 def figures(report: dict, k: int) -> dict[str, float]:
     params = ProtocolParams(**report["network_protocol"])
     networks = networks_of(report)
-    F.correct_drift(networks, k)
+    FM.correct_drift(networks, k)
     out = {}
-    for sample in F.SAMPLES:
+    for sample in FR.SAMPLES:
         picked = [n for n in networks if n.sample == sample]
-        m = F.metrics([n.predicted for n in picked], [F.truth(n.medians(), params.aggregate, params.aggregate_q)
+        m = FR.metrics([n.predicted for n in picked], [FM.truth(n.medians(), params.aggregate, params.aggregate_q)
                                                       for n in picked])
         out[f"{sample[0]}_tau"], out[f"{sample[0]}_w5"], out[f"{sample[0]}_err"] = m["tau"], m["within5"], \
             m["mean_error"]
     uniform = [n for n in networks if n.sample == "uniform"]
-    out["split"] = F.noise_ceiling(uniform, params)["split_half_tau"]
+    out["split"] = FR.noise_ceiling(uniform, params)["split_half_tau"]
     n_rounds = min(len(n.rounds) for n in networks)
     halves = []
     for start in (0, 1):
         half = networks_of(report, range(start, n_rounds, 2))
-        F.correct_drift(half, k)
-        halves.append([F.truth(n.medians(), params.aggregate, params.aggregate_q) for n in half
+        FM.correct_drift(half, k)
+        halves.append([FM.truth(n.medians(), params.aggregate, params.aggregate_q) for n in half
                        if n.sample == "uniform"])
-    out["split_indep"] = F.kendall_tau(*halves)
+    out["split_indep"] = FR.kendall_tau(*halves)
     return out
 
 
 def main() -> None:
     rows, deltas = [], {(b, k): [] for b in BACKENDS for k in KS[1:]}
-    for path in sorted(glob.glob(str(HERE / "fidelity_*-cpu_proxyless-mobile_*duet-op*.json"))):
+    for path in sorted(glob.glob(str(OUT_DIR / "fidelity_*-cpu_proxyless-mobile_*duet-op*.json"))):
         report = json.load(open(path))
         c = report["config"]
         nets = report["samples"]["uniform"]["networks"]
@@ -100,7 +98,7 @@ def main() -> None:
             return f"{statistics.median(values):+.3f} ({sum(v > 0 for v in values)} up)"
         lines.append(f"| {backend}, K={k} | {len(found)} | {cell('u_tau')} | {cell('u_w5')} | {cell('s_tau')} | "
                      f"{cell('split')} | {cell('split_indep')} |")
-    (HERE / "truth_drift_offline.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (OUT_DIR / "truth_drift.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
