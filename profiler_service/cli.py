@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from profiler_service.engine.presets import ResolvedProtocol
+from profiler_service.engine.protocol_presets import ResolvedProtocol
 from profiler_service.settings import ProfilerSettings
 
 app = typer.Typer(
@@ -125,7 +125,7 @@ def local_protocol(preset: str, space: str | None, batch: int, dtype: str, duet:
     from nas_ops.counting import space_working_set_bytes
     from nas_ops.space import load_space
     from profiler_service.engine.cache_regime import read_core_cache
-    from profiler_service.engine.presets import ServiceProtocol
+    from profiler_service.engine.protocol_presets import ServiceProtocol
 
     working_set = space_working_set_bytes(load_space(space), batch, dtype) if space else None
     return ServiceProtocol(preset, read_core_cache(), duet).for_working_set(working_set)

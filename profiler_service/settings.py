@@ -8,7 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from latency_db.engine import DEFAULT_DB_URL
-from profiler_service.engine.presets import protocol_version_for
+from profiler_service.engine.protocol_presets import protocol_version_for
 
 
 class ProfilerSettings(BaseSettings):
@@ -73,7 +73,7 @@ class ProfilerSettings(BaseSettings):
     @field_validator("protocol")
     @classmethod
     def _known_protocol(cls, value: str) -> str:
-        protocol_version_for(value)  # ValueError naming the presets for an unknown one
+        protocol_version_for(value)  # ValueError naming the protocol presets for an unknown one
         return value
 
     def backend_names(self) -> list[str] | None:

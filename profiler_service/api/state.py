@@ -16,7 +16,7 @@ from profiler_service.api.errors import bad_request
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
 from profiler_service.api.metrics import ServiceMetrics
 from profiler_service.engine.cache_regime import configured_cache
-from profiler_service.engine.presets import ResolvedProtocol, ServiceProtocol
+from profiler_service.engine.protocol_presets import ResolvedProtocol, ServiceProtocol
 from profiler_service.settings import ProfilerSettings
 from profiler_service.jobs.canaries import CanaryWatch
 from profiler_service.jobs.worker import JobWorker

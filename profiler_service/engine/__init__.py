@@ -1,1 +1,1 @@
-"""Measurement without a server: protocol and presets, calibration, fingerprint, backends."""
+"""Measurement without a server: protocol and its presets (protocol_presets), calibration, fingerprint, backends."""

@@ -70,7 +70,7 @@ from profiler_service.engine.protocol import (
     measure_network_round,
     measure_op_round,
 )
-from profiler_service.engine.presets import ResolvedProtocol
+from profiler_service.engine.protocol_presets import ResolvedProtocol
 from profiler_service.engine.rounds import lacking_rounds, round_order, stored_result
 from profiler_service.engine.stats import RoundMeasurement, Stats
 from profiler_service.jobs.canaries import CANARY_BATCH, CANARY_DTYPE, CanaryWatch
@@ -85,7 +85,7 @@ T = TypeVar("T")
 #: (backend name, threads) -> (environment, its hash): the environment a measurement runs in.
 EnvironmentResolver = Callable[[str, int], tuple[dict[str, Any], str]]
 #: The protocol a job submitted under a protocol version is measured under now (its cache regime: see
-#: profiler_service.engine.presets.ServiceProtocol.for_job); without one, every job gets the worker's fixed protocol.
+#: profiler_service.engine.protocol_presets.ServiceProtocol.for_job); without one, every job gets the worker's fixed protocol.
 ProtocolForJob = Callable[[str], ResolvedProtocol]
 #: Called after each measurement with (backend name, "op" | "network", seconds it took).
 MeasuredHook = Callable[[str, str, float], None]

@@ -21,7 +21,7 @@ from latency_db.hashing import canonical_hash
 from latency_db.repository import create_job, get_or_create_device
 from latency_db.transactions import write_session
 from profiler_service.engine.backends import get_backend
-from profiler_service.engine.presets import protocol_params_for, protocol_version_for
+from profiler_service.engine.protocol_presets import protocol_params_for, protocol_version_for
 from profiler_service.engine.protocol import Stats
 from profiler_service.jobs.worker import JobWorker
 

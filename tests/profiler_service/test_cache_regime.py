@@ -20,7 +20,7 @@ from profiler_service.engine.cache_regime import (
     regime,
     regimes_of,
 )
-from profiler_service.engine.presets import (
+from profiler_service.engine.protocol_presets import (
     PROTOCOL_PRESETS,
     ServiceProtocol,
     protocol_params_for,

@@ -21,7 +21,7 @@ from nas_ops.spec import OpSpec, format_spec
 from profiler_service.api.app import create_app
 from profiler_service.engine.backends import Runner, get_backend
 from profiler_service.engine.canary import CANARY_SPECS, compare, is_drift, measure_canaries
-from profiler_service.engine.presets import protocol_version_for
+from profiler_service.engine.protocol_presets import protocol_version_for
 from profiler_service.engine.protocol import ProtocolParams
 from profiler_service.engine.stats import RoundMeasurement
 from profiler_service.settings import ProfilerSettings

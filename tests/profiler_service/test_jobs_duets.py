@@ -23,7 +23,7 @@ from profiler_service.api.app import create_app
 from profiler_service.engine.backends.base import Backend, Runner
 from profiler_service.engine.cache_regime import CacheInfo
 from profiler_service.engine.duet import DEFAULT_REFERENCE, DuetBackend, duet_params
-from profiler_service.engine.presets import ServiceProtocol, is_duet_version, regime_of_version
+from profiler_service.engine.protocol_presets import ServiceProtocol, is_duet_version, regime_of_version
 from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
 from profiler_service.jobs.duets import DuetPool, baseline_context
 from tests.profiler_service.conftest import SMALL_OPS, make_settings

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from latency_db.models import Job, JobItem, Measurement
 from latency_db.repository import upsert_measurement
 from latency_db.transactions import write_session
-from profiler_service.engine.presets import protocol_params_for, protocol_version_for
+from profiler_service.engine.protocol_presets import protocol_params_for, protocol_version_for
 from tests.profiler_service.jobs_fakes import (
     ScriptedMeasurer,
     Store,

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from latency_db.context import MeasurementContext
 from latency_db.models import Job, Measurement
-from profiler_service.engine.presets import PROTOCOL_PRESETS, protocol_params_for, protocol_version_for
+from profiler_service.engine.protocol_presets import PROTOCOL_PRESETS, protocol_params_for, protocol_version_for
 from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
 from tests.profiler_service.jobs_fakes import ScriptedMeasurer, make_worker, open_store, wait_for
 

@@ -13,7 +13,7 @@ from profiler_service.engine.aggregate import (
     median_of_medians,
     min_of_medians,
 )
-from profiler_service.engine.presets import protocol_params_for, protocol_version_for
+from profiler_service.engine.protocol_presets import protocol_params_for, protocol_version_for
 from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
 from profiler_service.engine.rounds import lacking_rounds, round_order, stored_result
 from profiler_service.engine.stats import RoundMeasurement, Stats

@@ -20,7 +20,7 @@ from latency_db.repository import claim_next_job, measurement_rounds
 from latency_db.transactions import write_session
 from nas_ops.space import SPACES
 from nas_ops.spec import OpSpec, format_spec
-from profiler_service.engine.presets import protocol_version_for
+from profiler_service.engine.protocol_presets import protocol_version_for
 from profiler_service.engine.protocol import ProtocolParams
 from profiler_service.engine.rounds import round_order
 from profiler_service.engine.stats import RoundMeasurement

@@ -23,7 +23,7 @@ from latency_db.repository import upsert_measurement
 from latency_db.transactions import write_session
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends import Backend, Runner
-from profiler_service.engine.presets import protocol_params_for, protocol_version_for
+from profiler_service.engine.protocol_presets import protocol_params_for, protocol_version_for
 from profiler_service.engine.protocol import ProtocolParams, measure_op_round
 from profiler_service.engine.stats import RoundMeasurement
 from profiler_service.jobs.worker import JobWorker
