@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 import search_client.cli.commands.search as search_command
 from nas_ops.counting import space_working_set_bytes
 from profiler_service.engine.cache_regime import CacheInfo
-from profiler_service.engine.presets import ServiceProtocol, regime_of_version
+from profiler_service.engine.protocol_presets import ServiceProtocol, regime_of_version
 from search_client.cli import app
 from search_client.table.latency_table import LatencyTable
 from tests.deploy.test_docker import compose
