@@ -30,7 +30,7 @@ get this run a larger share of a loaded machine.
 
 Writes ``data_pipeline.json`` and ``.md`` (``data_pipeline_quick.*`` with ``--quick``) to ``--out-dir``.
 
-Example: ``.venv/bin/python benchmarks/data_pipeline.py`` (``--quick``: 120 and 400 images at 64x64, input 56)
+Example: ``.venv/bin/python -m benchmarks.data_pipeline`` (``--quick``: 120 and 400 images at 64x64, input 56)
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ between two blocks of a fixed reference op, stored relative to them, the rounds 
 ``--duet none`` measures plain timings (``serve --no-duet``), ``--duet network`` with a network of the space as the
 reference. Table and networks share one duet (one baseline).
 
-Predicted latency of an architecture: the sum of its ops' entries (the prediction rule of docs/CONTRACTS.md),
+Predicted latency of an architecture: the sum of its ops' entries (the prediction rule of docs/architecture.md),
 anchored as the search client anchors a table (:mod:`search_client.table.anchors`): ``--anchors`` networks from the
 space's cheapest to its most expensive (by table round 0) are measured end to end in every table round (after its
 ops, with the network protocol, in the client's ``ANCHOR_PASSES`` passes: 2 x 3 anchor rounds), and the
@@ -77,7 +77,7 @@ The last printed line is
 (the uniform sample's headline metrics, then the stratified sample's tau). Exit code 0 when every target passes,
 1 when one fails, 2 for a bad backend, space or protocol.
 
-Example: ``.venv/bin/python benchmarks/fidelity.py --backend ort-cpu --space proxyless-mobile --archs 50``
+Example: ``.venv/bin/python -m benchmarks.fidelity --backend ort-cpu --space proxyless-mobile --archs 50``
 (about 15 minutes on a 2-core machine: 75 ops x 3 rounds and 6 anchors, 100 networks x 24 rounds; see ``--help``).
 """
 
@@ -186,8 +186,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--archs", type=int, default=50, help="architectures per sample (uniform, stratified)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and of the round orders")
     parser.add_argument("--rounds", type=int, default=NETWORK_ROUNDS,
-                        help="network rounds (each over all networks): the ground truth's moments (NETWORK_ROUNDS: "
-                             "fidelity_summary.md, 2026-12-05)")
+                        help="network rounds (each over all networks): the ground truth's moments")
     parser.add_argument("--table-rounds", type=int, default=None, help="table rounds (default: the protocol's)")
     parser.add_argument("--protocol", default="default",
                         help=f"protocol preset: {', '.join(PROTOCOL_PRESETS)} (auto: by the space's working set)")

@@ -48,14 +48,12 @@ NETWORK_TARGET_REL_CI = 0.005  # networks stop on their budget unless their medi
 DUET_REFERENCES = ("op", "network")
 TRUTH_REFERENCES = ("table", "network")
 #: Networks on each side of a round median whose deviations give its drift factor (:func:`drift_factors`): about
-#: 2 s of a round on each side at 0.25 s per network. Chosen side by side (2, 3, 4, 6) on the saved proxyless-mobile
-#: reports of 12 or more rounds (results/truth_drift_offline.md): 4 raised the truth's split-half tau, each half
-#: corrected on its own, by a median +0.029 on torch-cpu (7 of 9 reports) and +0.016 on ort-cpu (11 of 14).
+#: 2 s of a round on each side at 0.25 s per network. Chosen side by side (2, 3, 4, 6) on saved reports by the
+#: truth's split-half tau (:mod:`benchmarks.analysis.truth_drift`).
 TRUTH_NEIGHBOURS = 4
-#: Network rounds of the ground truth. torch-cpu's round medians vary 4-5% (ORT's 2%), so 12 rounds gave its truth a
-#: split-half tau of only 0.76-0.82 and its uniform tau stayed under 0.9; 24 rounds of half the budget each (the
-#: same 3 s a network) gave 0.90-0.94, and the first 12 of those rounds alone failed runs that all 24 passed
-#: (results/fidelity_summary.md, 2026-12-05; results/truth_rounds_offline.md).
+#: Network rounds of the ground truth: its round medians vary by a few percent (more on eager torch than on ORT), and
+#: more rounds of a smaller budget each (the same 3 s a network) give a truth that agrees with itself well enough
+#: to judge a table by (:mod:`benchmarks.analysis.truth_rounds` compares subsets of the rounds).
 NETWORK_ROUNDS = 24
 DRIFT_PASSES = 2  # the second pass takes the truths from the rounds the first one corrected
 CANDIDATES_PER_ARCH = 80  # stratified sample: candidates drawn per architecture picked (at least 2,000)

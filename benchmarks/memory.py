@@ -31,7 +31,7 @@ Writes ``memory_<device>.json`` and ``.md`` to ``--out-dir`` (runs/benchmarks by
 ``memory device=D compact_mb=X two_mb=X full_mb=X darts_mb=X two_ratio=X darts_ratio=X`` where two_mb is the
 ``two`` architecture step and the ratios are over the compact training step.
 
-Example: ``.venv/bin/python benchmarks/memory.py --space proxyless-mobile --resolution 128 --batch 16``
+Example: ``.venv/bin/python -m benchmarks.memory --space proxyless-mobile --resolution 128 --batch 16``
 """
 
 from __future__ import annotations

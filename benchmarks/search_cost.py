@@ -27,7 +27,7 @@ average around each section; the last printed line is ``search_cost device=D wei
 arch_full_v2_ratio=X epoch_ratio=X speedup_2proc=X`` (ratios of time over the compact step or epoch; the
 speed-up of images/s). ``--quick`` is a small run of every section (micro-16) for the smoke test.
 
-Example: ``.venv/bin/python benchmarks/search_cost.py`` (CPU: proxyless-mobile at 128, batch 16; CUDA with
+Example: ``.venv/bin/python -m benchmarks.search_cost`` (CPU: proxyless-mobile at 128, batch 16; CUDA with
 ``--device cuda``: 224, batch 64, ``--amp`` for mixed precision).
 """
 

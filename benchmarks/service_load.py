@@ -30,7 +30,7 @@ each database (the cores may be shared), then one final line with the targets
 p99 < 100 ms) and PASS/FAIL for each, per database. Writes ``service_load_<db>.json`` and ``.md`` to ``--out-dir``
 (runs/benchmarks by default). Exit code: 0 when every target passes, 1 when one fails, 2 when the run could not be set up.
 
-Example: ``.venv/bin/python benchmarks/service_load.py --db both`` (``--quick``: a few requests per scenario).
+Example: ``.venv/bin/python -m benchmarks.service_load --db both`` (``--quick``: a few requests per scenario).
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def check_postgres(server_url: str) -> str | None:
 def seed_table(url: str, db_url: str, specs: Sequence[str]) -> dict[str, Any]:
     """Store ``specs`` as rows of the service's device in the context its lookups use; return that context."""
     from latency_db.context import MeasurementContext
-    from latency_db.engine import make_engine, make_session_factory
+    from latency_db.connection import make_engine, make_session_factory
     from latency_db.repository import get_or_create_device, upsert_measurement
     from latency_db.transactions import write_session
 
