@@ -28,6 +28,12 @@ def test_page_is_served_at_the_root_with_its_assets(client: TestClient) -> None:
         assert served.text == (ASSETS_DIR / asset.removeprefix("web/")).read_text(encoding="utf-8")
 
 
+def test_head_of_the_page_answers_like_get(client: TestClient) -> None:
+    response = client.head("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert response.content == b""
+
+
 def test_unknown_asset_is_a_json_404_and_the_page_is_not_in_the_api_schema(client: TestClient) -> None:
     response = client.get("/web/missing.js")
     assert response.status_code == 404 and set(response.json()) == {"detail", "code"}

@@ -23,9 +23,10 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'se
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 def page() -> FileResponse:
-    """The page (always re-validated, so an upgraded service serves its new page)."""
+    """The page (always re-validated, so an upgraded service serves its new page); HEAD answers as GET does, for
+    probes and link checkers."""
     return FileResponse(ASSETS_DIR / "index.html", media_type="text/html; charset=utf-8",
                         headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"})
 
