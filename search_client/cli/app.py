@@ -7,6 +7,9 @@ app = typer.Typer(
     help="ProxylessNAS search client: latency tables, search, export and verification.",
     no_args_is_help=True,
     add_completion=False,
+    # click's plain help: rich's option table cuts long option names at 80 columns; click's wraps help text only
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 
 

@@ -168,7 +168,6 @@ def test_paper_schedule_is_one_flag_away_and_warned_about(tmp_path: Path, table_
 
 def test_ctrl_c_prints_the_checkpoint_and_the_resume_command_and_exits_130(
         tmp_path: Path, table_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-
     import search_client.nas.search_loop as loop
 
     args = ["search", "--table", str(table_file), "--target-ms", _target(table_file), "--data", "synthetic:120:4",
@@ -255,3 +254,15 @@ def test_the_printed_program_runs_without_an_activated_venv(tmp_path: Path, monk
     assert program_command() == [str(script.resolve())]
     monkeypatch.setattr(sys, "argv", ["/somewhere/pytest", "search"])
     assert program_command() == [sys.executable, "-m", "search_client.cli"]
+
+
+def test_help_at_80_columns_shows_every_option_name_whole() -> None:
+    import typer.main
+
+    command = typer.main.get_command(app).commands["search"]  # type: ignore[attr-defined]
+    result = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    words = set(re.split(r"[\s,/]+", result.output))
+    missing = [opt for param in command.params for opt in (*param.opts, *param.secondary_opts) if opt not in words]
+    assert missing == []
