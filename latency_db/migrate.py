@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
-from latency_db.engine import make_engine, normalize_url
+from latency_db.connection import make_engine, normalize_url
 from latency_db.transactions import write_transaction
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

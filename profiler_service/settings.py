@@ -7,7 +7,7 @@ import socket
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from latency_db.engine import DEFAULT_DB_URL
+from latency_db.connection import DEFAULT_DB_URL
 from profiler_service.engine.protocol_presets import protocol_version_for
 
 

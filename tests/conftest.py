@@ -24,8 +24,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from latency_db.engine import make_engine, make_session_factory
-from latency_db.engine import sqlite_url as make_sqlite_url
+from latency_db.connection import make_engine, make_session_factory
+from latency_db.connection import sqlite_url as make_sqlite_url
 from latency_db.migrate import upgrade_to_head
 
 POSTGRES_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

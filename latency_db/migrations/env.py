@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from latency_db.engine import make_engine, normalize_url
+from latency_db.connection import make_engine, normalize_url
 from latency_db.migrate import locked_migration_transaction
 from latency_db.models import Base
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from latency_db.connection import make_engine, make_session_factory
 from latency_db.context import MeasurementContext
-from latency_db.engine import make_engine, make_session_factory
 from latency_db.repository import get_or_create_device
 from latency_db.transactions import write_session
 from profiler_service.engine.backends import Backend, available_backends, get_backend

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from multiprocessing.synchronize import Barrier as ProcessBarrier
 
+from latency_db.connection import make_engine, make_session_factory
 from latency_db.context import MeasurementContext
-from latency_db.engine import make_engine, make_session_factory
 from latency_db.repository import get_or_create_device, upsert_measurement
 from latency_db.transactions import write_session
 

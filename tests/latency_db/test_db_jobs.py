@@ -328,7 +328,7 @@ def test_claim_checks_owner_and_lease(session: Session, device_id: int, owner: s
 @pytest.mark.postgres
 def test_two_claimers_at_the_same_moment_get_different_jobs_on_postgresql(postgres_url: str) -> None:
     """FOR UPDATE SKIP LOCKED: while A's claim transaction is open, B's claim skips A's job."""
-    from latency_db.engine import make_engine, make_session_factory
+    from latency_db.connection import make_engine, make_session_factory
     from latency_db.migrate import upgrade_to_head
     from tests.latency_db.db_test_data import ENV_HASH, FINGERPRINT
 

@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from latency_db.engine import make_engine, make_session_factory
+from latency_db.connection import make_engine, make_session_factory
 from latency_db.migrate import (
     MIGRATIONS_DIR,
     alembic_config,
@@ -87,7 +87,7 @@ def test_upgrade_does_not_depend_on_cwd(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_current_revision_does_not_create_a_missing_sqlite_file(tmp_path: Path) -> None:
-    from latency_db.engine import sqlite_url as make_sqlite_url
+    from latency_db.connection import sqlite_url as make_sqlite_url
 
     path = tmp_path / "absent.db"
     assert current_revision(make_sqlite_url(path)) is None

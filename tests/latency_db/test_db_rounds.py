@@ -13,8 +13,8 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from latency_db.connection import make_engine, make_session_factory
 from latency_db.context import MeasurementContext
-from latency_db.engine import make_engine, make_session_factory
 from latency_db.migrate import (
     alembic_config,
     current_revision,

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from latency_db.connection import make_engine, make_session_factory
 from latency_db.context import MeasurementContext
-from latency_db.engine import make_engine, make_session_factory
 from latency_db.hashing import canonical_hash
 from latency_db.repository import create_job, get_or_create_device
 from latency_db.transactions import write_session

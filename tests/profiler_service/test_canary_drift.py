@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from torch import nn
 
-from latency_db.engine import make_engine, make_session_factory
+from latency_db.connection import make_engine, make_session_factory
 from latency_db.models import CanaryReference, Job, Measurement
 from nas_ops.spec import OpSpec, format_spec
 from profiler_service.api.app import create_app

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
-from latency_db.engine import make_engine, make_session_factory
+from latency_db.connection import make_engine, make_session_factory
 from latency_db.migrate import upgrade_to_head
 from latency_db.models import CanaryReference, Measurement
 from latency_db.repository import get_or_create_device

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from latency_db.engine import make_engine, make_session_factory
+from latency_db.connection import make_engine, make_session_factory
 from latency_db.models import Job, JobItem, Measurement
 from tests.live import LiveProfiler
 

@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from latency_db.connection import make_engine, make_session_factory
 from latency_db.context import MeasurementContext
-from latency_db.engine import make_engine, make_session_factory
 from latency_db.repository import lookup_measurements, upsert_measurement
 from latency_db.transactions import write_session
 from nas_ops.spec import format_spec, parse_spec

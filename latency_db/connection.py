@@ -1,4 +1,4 @@
-"""Engine and session factory for the latency store, built from a database URL.
+"""The connection to the latency store: the SQLAlchemy Engine and session factory, built from a database URL.
 
 Supported URLs:
 

@@ -1,4 +1,4 @@
-"""Engine construction: URL checks, SQLite pragmas, read and write transactions, PostgreSQL connection, UTC timestamps."""
+"""latency_db.connection: URL checks, SQLite pragmas, read and write transactions, PostgreSQL connection, UTC timestamps."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from latency_db.engine import DEFAULT_DB_URL, make_engine, make_session_factory, normalize_url, sqlite_url
+from latency_db.connection import DEFAULT_DB_URL, make_engine, make_session_factory, normalize_url, sqlite_url
 from latency_db.models import Device
 from latency_db.repository import get_or_create_device, ping
 from latency_db.transactions import begin_write, write_session
