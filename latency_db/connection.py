@@ -16,8 +16,8 @@ Supported URLs:
 In-memory SQLite (``sqlite://``) is rejected: each pooled connection would see its own empty database.
 
 Both keep :data:`POOL_SIZE` connections open. The service answers up to 40 requests at once in its thread pool
-(the search client sends several lookups in parallel); with a smaller pool every request beyond it opened a new
-connection and closed it again afterwards (for SQLite: the connect hook's four pragmas each time). PostgreSQL
+(the search client sends several lookups in parallel); with a smaller pool every request beyond it would open a
+new connection and close it again afterwards (for SQLite: the connect hook's four pragmas each time). PostgreSQL
 connections are checked with a ping when taken from the pool (a server restart or a killed backend is then seen
 before a statement fails); SQLite connections are to a local file and cannot go stale, so they are not pinged.
 """

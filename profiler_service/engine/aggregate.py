@@ -9,20 +9,15 @@ from the result. The candidates, each a small pure function of the rounds' value
   and does not depend on R when the rounds are undisturbed (an unbiased location for symmetric noise).
 - ``min``: the lowest round median. Disturbances only ever slow a run down, so the least disturbed round is the
   fastest; with noise the minimum of R values falls a little as R grows (ops are measured in 3 rounds, networks
-  in more), a bias of about 1-2% on this project's VM, much smaller than what one disturbed round adds to a median.
-  The default (protocol 4), chosen from the side-by-side comparison below.
+  in more), a bias much smaller than what one disturbed round adds to a median. The default (protocol 4).
 - ``low_quantile``: the q-quantile of the round medians (numpy's linear interpolation, q in (0, 1), default 0.25):
   between the two, e.g. with 3 rounds and q = 0.25 halfway between the lowest and the middle round.
 
-Side by side on this project's 2-core Xeon VM (``benchmarks/fidelity.py``, ort-cpu, proxyless-mobile, 1 thread,
-4 runs: 128 px seed 1, 224 px seeds 0 and 1, 96 px seed 2; 50 uniform + 50 stratified networks, 3 table rounds and
-6 network rounds each; the table and the ground truth aggregated the same way), share within +-5% of the uniform
-sample per run: ``median`` 0.98 / 0.32 / 0.74 / 0.90, ``low_quantile`` 1.00 / 0.54 / 0.82 / 0.98, ``min``
-1.00 / 0.82 / 0.94 / 1.00 (within +-10%: 1.00 in all four runs; mean error -2.6% to +1.9%, against -5.3% to
-+0.1% for ``median``); Kendall tau 0.89 / 0.86 / 0.85 / 0.75 (median) against 0.91 / 0.76 / 0.92 / 0.87 (min).
-The runs with the most load on the machine are where ``median`` loses most: one slow round in three moves it.
+Why ``min`` is the default of plain timings: with few rounds, one slow round in three moves the ``median``, and the
+more load on the machine, the more often that happens, while ``min`` ignores it; ``low_quantile`` lies between the
+two. The three were compared side by side in the fidelity benchmark; see docs/protocol.md.
 
-Under a duet (the service's default since, :func:`profiler_service.engine.duet.duet_params`) the rounds are
+Under a duet (the service's default, :func:`profiler_service.engine.duet.duet_params`) the rounds are
 aggregated by their ``median``: a block scaled by its reference is off in either direction, so the reasoning for
 ``min`` (disturbances only slow a run down) no longer holds; ``min`` stays the aggregate of plain timings
 (``serve --no-duet``).

@@ -13,19 +13,15 @@ calls of an op and reads about the network's working set (weights + peak activat
   (rounded up, 16 MiB or more), and a request that gives none or a service whose cache size is unknown.
 
 What a request measures decides, not a preset: the client sends the working set of the network the ops belong to
-(``working_set_bytes``); a request without one is measured cold, as every request was before the field existed (an
-op's own working set would not do: a 224x224 network's ops fit in the cache one by one, and the flush exists
-because in the network they do not).
+(``working_set_bytes``); a request without one is measured cold (an op's own working set would not do: a 224x224
+network's ops fit in the cache one by one, and the flush exists because in the network they do not).
 
-Why the per-core cache (level 2) decides warm: on this project's 2-core Xeon VM (2 MiB L2 per core, 480 MiB shared
-L3, ort-cpu, 1 thread) tables of the 16x16/32x32 spaces (micro-16, tiny-32: 0.1-0.9 MiB) predict random and derived
-networks within +5% warm and +4% to +18% over cold, while the 224x224 spaces (proxyless-*: 15-50 MiB, which fit in
-that L3) are about 0% off cold and -4% (ort-cpu) to -19% (torch-cpu) off warm (protocol point 5). Why the flush
-follows the working set between the two: on the 2-core EPYC VM (512 KiB L2 per core, 32 MiB L3) tiny-32's networks
-(417-873 KiB) do not fit in L2; after the 16 MiB flush every op pays a call into a cold runtime (about 0.04 ms,
-varying by as much between runs) around 0.006 ms of work, and 9 of its 40 ops calibrated to 0. Side by side in
-``benchmarks/fidelity.py`` (benchmarks/results/fidelity_summary.md): the 16 MiB flush +24.5% mean error; a 1 MiB
-flush a median MAPE of 2.5% over five runs, warm caches 4.1% over four (each met every target in two).
+Why the per-core cache (level 2) decides warm: a network that fits in it runs from it call after call, so a cold
+table overestimates it; a network larger than it, even one that fits in the shared cache, meets its ops' data
+evicted, so a warm table underestimates it. Why the flush follows the working set between the two: after the cold
+flush, every op of a small network pays a call into a cold runtime that the network never pays, often more than
+the op's own work, and calibration then leaves such ops at 0; a flush of the network's size leaves the op's data
+where the network leaves it. The rule was chosen side by side in the fidelity benchmark; see docs/protocol.md.
 
 The cache size (:func:`read_core_cache`): the largest data or unified cache of level 2 or below that Linux reports
 under ``/sys/devices/system/cpu/cpu*/cache``, the smallest over the CPUs (a network that fits the smallest core's

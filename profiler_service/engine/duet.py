@@ -1,8 +1,8 @@
 """Duet measurement: a fixed reference op timed right before and right after every block of the measured module.
 
-The machine's speed changes while a table is built (a neighbour on the host, a frequency change): on this
-project's VMs by 1.3-2x over seconds to minutes, slower than one block of runs (about 25 ms) but faster than a
-table round. Interleaved rounds and the ``min`` aggregate leave out a round that met a slow stretch, but when the
+The machine's speed changes while a table is built (a neighbour on the host, a frequency change), on a shared
+machine by large factors over seconds to minutes: slower than one block of runs (tens of milliseconds) but faster
+than a table round. Interleaved rounds and the ``min`` aggregate leave out a round that met a slow stretch, but when the
 whole measurement drifts (every round of the networks slower than the table's), nothing in a single op's timings
 can tell. A reference measured at the same moment can (Bulej et al., ICPE 2020, "duet benchmarking"): the block
 is stored relative to the reference blocks around it, so a slowdown that hits both cancels.
@@ -18,13 +18,11 @@ baseline's moment; a sum of ops and a whole network measured through one duet sh
 wall time, its ``before_each`` included (at least ``MIN_REFERENCE_RUNS`` runs), so a duet costs about twice the
 time: within the same time budget, half the module's samples.
 
-The reference must slow down when the module does. Measured on the Xeon VM (ort-cpu, 16 MiB flush, three random
-proxyless-mobile networks at 128 px, 164 blocks of 5 runs each, interleaved with blocks of each candidate
-reference; the spread is p90 / p10 - 1 of the block medians): raw spread 0.63-0.69; as the ratio to a small
-canary op (16x16x16) 0.40-0.49 (correlation 0.67-0.73), to a 16 MiB read 0.31-0.39 (0.83), to a 128x128 matmul
-0.25-0.41 (0.75-0.85), to a mid-size MBConv (:data:`DEFAULT_REFERENCE`, 28x28x40, k5, e6) 0.15-0.18 (0.92-0.94),
-and to another network of the space 0.09-0.10 (0.95-0.97). A reference that moves memory and compute as the
-measured work does tracks it best; :func:`op_reference` and :func:`network_reference` build either kind.
+The reference must slow down when the module does. A reference that moves memory and compute as the measured work
+does tracks it best: another network of the space for a network, a mid-size MBConv (:data:`DEFAULT_REFERENCE`) for
+ops, rather than a tiny op, a plain memory read or a matmul, which a slowdown of the measured work meets
+differently (the candidates are compared side by side by ``benchmarks/duet_probes.py``; see docs/protocol.md).
+:func:`op_reference` and :func:`network_reference` build either kind.
 
 A scaled block is off in both directions (a disturbed reference block makes the module look fast), so the
 protocol's one-sided rules, the ``min`` aggregate and the filter of blocks far above the fastest, pick the low

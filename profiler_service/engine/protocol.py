@@ -24,12 +24,11 @@ Rows of another version are never served as this one's.
    statistics of the sandwich and the correction).
 5. Cache state (``cache_flush_kib``, default 16 MiB): a buffer of that size is read, untimed, before every run
    (ops and networks alike), so that weights come from far cache levels (and their pages from a cold TLB), as they
-   do in a network, where the rest of the network runs between two calls of an op. Measured on a 2 MiB-L2 Xeon
-   with proxyless-mobile networks at 224 (mean error of the summed ops against the whole network): warm caches
-   -4% (ort-cpu) and -19% (torch-cpu); 16 MiB about 0% and -4%; 32 MiB +2% and -4%, but +8% for torch-cpu at
-   160, where activations are smaller. The flush also makes the op's own intermediate buffers cold, which a
-   network does not, so the best size grows with the network's memory traffic per inference; 16 MiB suits
-   mobile-size networks. 0 keeps caches warm. Which size a measurement uses follows from the working set of the
+   do in a network, where the rest of the network runs between two calls of an op. For a network larger than a
+   core's cache, warm caches make the summed ops underestimate it, and a much larger flush overestimates it where
+   activations are small (chosen side by side in the fidelity benchmark; see docs/protocol.md). The flush also
+   makes the op's own intermediate buffers cold, which a network does not, so the best size grows with the
+   network's memory traffic per inference; 16 MiB suits mobile-size networks. 0 keeps caches warm. Which size a measurement uses follows from the working set of the
    network it belongs to (its cache regime, :mod:`profiler_service.engine.cache_regime`): 0 when the network fits
    in a core's private cache, the working set (rounded up to a power of two) between that and 16 MiB.
 6. Warm-up: at least ``warmup_runs`` runs and at least ``warmup_s`` seconds.

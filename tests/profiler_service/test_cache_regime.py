@@ -32,10 +32,10 @@ from profiler_service.settings import ProfilerSettings
 
 MIB = 1 << 20
 L2 = CacheInfo(2 * MIB, "scripted: 2 MiB")
-L2_EPYC = CacheInfo(512 * 1024, "scripted: 512 KiB")  # the project's EPYC VM: 512 KiB L2 per core, 32 MiB L3
+L2_512K = CacheInfo(512 * 1024, "scripted: 512 KiB")  # a CPU with 512 KiB L2 per core, 32 MiB L3
 UNKNOWN = CacheInfo(None, "unknown: scripted")
-# This project's VM: L1d 48K, L1i 64K, L2 2048K per core, L3 480 MiB shared.
-VM_CACHES = [(1, "Data", "48K"), (1, "Instruction", "64K"), (2, "Unified", "2048K"), (3, "Unified", "491520K")]
+# A CPU with L1d 48K, L1i 64K, L2 2048K per core, L3 480 MiB shared, as sysfs lists its caches.
+CPU_CACHES = [(1, "Data", "48K"), (1, "Instruction", "64K"), (2, "Unified", "2048K"), (3, "Unified", "491520K")]
 
 
 def write_cpu(root: Path, cpu: str, caches: list[tuple[int, str, str]]) -> None:
@@ -60,8 +60,8 @@ def test_bad_cache_sizes_are_refused(text: str) -> None:
 
 
 def test_the_per_core_cache_is_the_level_2_one(tmp_path: Path) -> None:
-    write_cpu(tmp_path, "cpu0", VM_CACHES)
-    write_cpu(tmp_path, "cpu1", VM_CACHES)
+    write_cpu(tmp_path, "cpu0", CPU_CACHES)
+    write_cpu(tmp_path, "cpu1", CPU_CACHES)
     (tmp_path / "cpufreq").mkdir()  # not a CPU
     cache = read_core_cache(tmp_path)
     assert cache.size_bytes == 2 * MIB
@@ -69,7 +69,7 @@ def test_the_per_core_cache_is_the_level_2_one(tmp_path: Path) -> None:
 
 
 def test_the_smallest_core_counts(tmp_path: Path) -> None:
-    write_cpu(tmp_path, "cpu0", VM_CACHES)
+    write_cpu(tmp_path, "cpu0", CPU_CACHES)
     write_cpu(tmp_path, "cpu1", [(1, "Data", "32K"), (2, "Unified", "1024K")])
     assert read_core_cache(tmp_path).size_bytes == MIB
 
@@ -91,7 +91,7 @@ def test_an_unreadable_cache_is_unknown_and_says_why(tmp_path: Path) -> None:
 
 
 def test_a_configured_size_wins_over_sysfs(tmp_path: Path) -> None:
-    write_cpu(tmp_path, "cpu0", VM_CACHES)
+    write_cpu(tmp_path, "cpu0", CPU_CACHES)
     assert configured_cache(512, tmp_path) == CacheInfo(512 * 1024, "setting: 512 KiB (PROFILER_CACHE_KIB)")
     assert configured_cache(None, tmp_path).size_bytes == 2 * MIB
 
@@ -105,7 +105,7 @@ def test_the_rule() -> None:
     assert regime(8 * MIB, L2) == "flush8192"
     assert regime(8 * MIB + 1, L2) == "cold"  # rounds up to the cold flush itself
     assert regime(50 * MIB, L2) == "cold"
-    assert regime(513 * 1024, L2_EPYC) == "flush1024"
+    assert regime(513 * 1024, L2_512K) == "flush1024"
     assert regime(None, L2) == "cold"  # no working set: cold, as before the rule
     assert regime(1, UNKNOWN) == "cold"  # unknown cache: cold
 
@@ -116,15 +116,15 @@ def test_each_regime_names_its_flush() -> None:
     for bad in ("hot", "flush1000", "flush0", "flush16384", "flush-1", "flush", "4+warm"):
         with pytest.raises(ValueError, match="expected warm, cold or flush<K>"):
             flush_kib(bad)
-    assert regimes_of(L2_EPYC) == ["cold", "warm", "flush1024", "flush2048", "flush4096", "flush8192"]
+    assert regimes_of(L2_512K) == ["cold", "warm", "flush1024", "flush2048", "flush4096", "flush8192"]
     assert regimes_of(UNKNOWN) == ["cold"]
     # every regime the rule picks is listed, and each lists a flush the rule can pick
     sizes = [1 << k for k in range(10, 30)] + [(1 << k) + 1 for k in range(10, 30)]
-    assert {regime(size, L2_EPYC) for size in sizes} == set(regimes_of(L2_EPYC))
+    assert {regime(size, L2_512K) for size in sizes} == set(regimes_of(L2_512K))
 
 
 def test_a_partial_flush_has_its_own_parameters_and_version() -> None:
-    auto = ServiceProtocol("auto", L2_EPYC)
+    auto = ServiceProtocol("auto", L2_512K)
     partial = auto.for_working_set(734 * 1024)  # tiny-32's typical network
     assert (partial.regime, partial.version, partial.params) == (
         "flush1024", f"{PROTOCOL_VERSION}+flush1024", ProtocolParams(cache_flush_kib=1024))
@@ -132,7 +132,7 @@ def test_a_partial_flush_has_its_own_parameters_and_version() -> None:
     assert regime_of_version(f"{PROTOCOL_VERSION}+flush1024") == "flush1024"
     assert regime_of_version(f"{PROTOCOL_VERSION}+flush1000") == "cold"  # not a regime's version
     # a fixed preset ignores it, as it ignores warm
-    assert ServiceProtocol("cold", L2_EPYC).for_working_set(734 * 1024).version == PROTOCOL_VERSION
+    assert ServiceProtocol("cold", L2_512K).for_working_set(734 * 1024).version == PROTOCOL_VERSION
 
 
 def test_auto_picks_the_regime_and_its_stored_version() -> None:
@@ -211,12 +211,12 @@ def test_the_preset_spaces_fall_on_the_measured_side_of_a_2_mib_l2(space: str, r
     ("proxyless-mobile", "cold", {"cold"}), ("proxyless-gpu", "cold", {"cold"}),
 ])
 def test_the_preset_spaces_on_a_512_kib_l2(space: str, expected: str, networks: set[str]) -> None:
-    # tiny-32 (0.45-0.86 MiB) does not fit the EPYC VM's L2: its table takes a 1 MiB flush, not the 16 MiB one
+    # tiny-32 (0.45-0.86 MiB) does not fit a 512 KiB L2: its table takes a 1 MiB flush, not the 16 MiB one
     loaded = load_space(space)
-    assert regime(space_working_set_bytes(loaded), L2_EPYC) == expected
+    assert regime(space_working_set_bytes(loaded), L2_512K) == expected
     rng = random.Random(1)
     sizes = [network_memory_bytes(loaded.architecture(loaded.random_choices(rng)), 1, "float32") for _ in range(100)]
-    assert {regime(size, L2_EPYC) for size in sizes} == networks
+    assert {regime(size, L2_512K) for size in sizes} == networks
 
 
 def test_a_local_measurement_of_a_space_takes_its_regime(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,6 @@ migration's transaction (see :func:`latency_db.migrate.locked_migration_transact
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2025-02-01
 """
 
 from __future__ import annotations

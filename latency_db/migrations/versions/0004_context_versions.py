@@ -9,7 +9,6 @@ value serves).
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-01
 """
 
 from __future__ import annotations
