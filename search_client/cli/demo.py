@@ -39,6 +39,7 @@ from search_client.nas.search_loop import run_search
 from search_client.plots.search_curves import plot_search_result
 from search_client.plots.table_heatmap import plot_table_heatmap
 from search_client.table.latency_table import build_table
+from search_client.training.datasets import DataOptions
 from search_client.training.train import TrainConfig, train_architecture
 
 console = Console(stderr=True)
@@ -101,7 +102,7 @@ def run_demo(out_dir: Path, plan: DemoPlan, seed: int = 0) -> dict[str, Any]:
 
             step(f"2/4 ProxylessNAS search on digits ({plan.warmup_epochs} warm-up + {plan.epochs} epochs)")
             # the search's defaults: everything else as `proxyless-search search` would run it
-            config = SearchConfig(targets_ms=[target], data="digits", epochs=plan.epochs,
+            config = SearchConfig(targets_ms=[target], data=DataOptions("digits"), epochs=plan.epochs,
                                   warmup_epochs=plan.warmup_epochs, seed=seed)
             with SearchBars(console=console) as bars:
                 result = run_search(config, [table], search_dir, callbacks=bars)
@@ -114,7 +115,8 @@ def run_demo(out_dir: Path, plan: DemoPlan, seed: int = 0) -> dict[str, Any]:
             measured = client.measure_architecture(derived, BACKEND)["median_ms"]
 
     step(f"4/4 retrain the derived network from scratch ({plan.retrain_epochs} epochs)")
-    trained = train_architecture(derived, TrainConfig(data="digits", epochs=plan.retrain_epochs, seed=seed))
+    trained = train_architecture(derived, TrainConfig(data=DataOptions("digits"), epochs=plan.retrain_epochs,
+                                                      seed=seed))
     summary = {
         "space": plan.space,
         "backend": BACKEND,

@@ -7,16 +7,20 @@ Its field defaults are the only copy of the search's defaults: the command line 
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from search_client.nas.losses import LOSS_KINDS
 from search_client.nas.supernet import SEARCH_MODES
 from search_client.nas.within_target import DERIVE_RULES
 from search_client.table.objective import MODES as DEVICE_MODES
-from search_client.training.datasets import DEFAULT_VALID_FRACTION, DataOptions
+from search_client.training.datasets import DataOptions, SearchData, open_search_data
 
 GRAD_ESTIMATORS = ("binary", "reinforce")
+#: Checkpoints written before the data options were one ``data`` object held them as flat fields: old name -> name
+#: in :class:`DataOptions` (loaded by :meth:`SearchConfig.from_dict`).
+FLAT_DATA_FIELDS = {"data": "source", "valid_fraction": "valid_fraction", "valid_per_class": "valid_per_class",
+                    "val_folder": "val_folder", "workers": "workers", "color_jitter": "color_jitter"}
 
 
 @dataclass
@@ -36,24 +40,18 @@ class SearchConfig:
     within the run. The paper's schedule (lr 1e-3, one architecture step every 5 weight steps, made for ~100,000
     architecture steps) is ``arch_lr=1e-3, arch_every=5``.
 
-    Data: ``data`` names the source; ``valid_per_class`` (else ``valid_fraction`` of each class, or the folder's
-    ``val/`` with ``val_folder``) is the architecture-step split; ``workers`` DataLoader processes decode images;
-    ``color_jitter`` augments the weight steps (see :class:`search_client.training.datasets.DataOptions`).
+    ``data``: the data options a retraining has too (:class:`search_client.training.datasets.DataOptions`: the
+    source, the architecture-step split, DataLoader workers, colour jitter); ``seed`` also fixes the split.
 
     The other defaults are the paper's and the release's, except ``derive`` (the paper's rule is ``argmax``).
     """
 
     targets_ms: list[float]
-    data: str = "digits"
+    data: DataOptions = field(default_factory=DataOptions)
     epochs: int = 10
     warmup_epochs: int = 0
     seed: int = 0
     batch_size: int = 64
-    valid_fraction: float = DEFAULT_VALID_FRACTION
-    valid_per_class: int | None = None
-    val_folder: bool = False
-    workers: int = 0
-    color_jitter: float = 0.0
     mode: str = "full_v2"
     grad_estimator: str = "binary"
     loss: str = "mul#ratio"
@@ -109,10 +107,8 @@ class SearchConfig:
         if self.device_weights is not None and self.device_mode == "max":
             raise ValueError("search config field 'device_weights': the max device mode takes the device furthest "
                              "over its target and uses no weights; drop the weights or use device_mode 'weighted'")
-        try:
-            self.data_options((1, 1), 1)
-        except ValueError as exc:
-            raise ValueError(f"search config: {exc}") from None
+        if not isinstance(self.data, DataOptions):
+            raise ValueError(f"search config field 'data': expected DataOptions, got {type(self.data).__name__}")
 
     def _check_choices(self) -> None:
         for name, allowed in (("mode", SEARCH_MODES), ("grad_estimator", GRAD_ESTIMATORS), ("loss", LOSS_KINDS),
@@ -131,11 +127,9 @@ class SearchConfig:
         """Warm-up plus joint epochs."""
         return self.warmup_epochs + self.epochs
 
-    def data_options(self, input_size: tuple[int, int], in_chs: int) -> DataOptions:
-        """The data pipeline's options for a supernet of this input (split and shuffling seeded by ``seed``)."""
-        return DataOptions(self.data, tuple(input_size), in_chs, self.batch_size, seed=self.seed,
-                           valid_per_class=self.valid_per_class, valid_fraction=self.valid_fraction,
-                           use_val_folder=self.val_folder, workers=self.workers, color_jitter=self.color_jitter)
+    def open_data(self, input_size: tuple[int, int], in_chs: int) -> SearchData:
+        """The data for a supernet of this input (split and shuffling seeded by ``seed``)."""
+        return open_search_data(self.data, tuple(input_size), in_chs, self.batch_size, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields (what a checkpoint stores)."""
@@ -145,11 +139,22 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
-        """The config of :meth:`to_dict`'s output; ValueError naming an unknown field."""
+        """The config of :meth:`to_dict`'s output (or of a checkpoint written before the data options were one
+        ``data`` object: flat fields, see :data:`FLAT_DATA_FIELDS`); ValueError naming an unknown field."""
+        data = dict(data)
+        if not isinstance(data.get("data", {}), dict):  # an older checkpoint: data was the source, beside the rest
+            flat = {new: data.pop(old) for old, new in FLAT_DATA_FIELDS.items() if old in data}
+            data["data"] = flat
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"search config field '{unknown[0]}': unknown")
+        if "data" in data:
+            options = data["data"]
+            unknown = sorted(set(options) - {f.name for f in fields(DataOptions)})
+            if unknown:
+                raise ValueError(f"search config field 'data.{unknown[0]}': unknown")
+            data["data"] = DataOptions(**options)
         return cls(**data)
 
     @classmethod

@@ -64,7 +64,6 @@ from search_client.nas.within_target import Derived, derive_choices
 from search_client.table.latency_table import LatencyTable
 from search_client.table.objective import MultiDeviceLatency
 from search_client.training.cuda import DeviceTraining
-from search_client.training.datasets import open_search_data
 from search_client.training.distributed import SINGLE, DistContext, align_module, average_batchnorm_stats
 from search_client.training.train import evaluate, held_out_batches
 
@@ -130,9 +129,9 @@ class SearchRun:
     def _open_data(self) -> None:
         """The weight-step and architecture-step streams and the held-out batches (the config's seed)."""
         config = self.config
-        self.data = open_search_data(config.data_options(self.space.input_size, self.space.in_chs))
+        self.data = config.open_data(self.space.input_size, self.space.in_chs)
         if self.data.num_classes > self.space.num_classes:
-            raise ValueError(f"data: {config.data} has {self.data.num_classes} classes but the space "
+            raise ValueError(f"data: {config.data.source} has {self.data.num_classes} classes but the space "
                              f"{self.space.name!r} has a {self.space.num_classes}-class head")
         shard_search_data(self.data, self.dist)
         self.placement.prepare_streams(self.data.train, self.data.valid)

@@ -1,6 +1,8 @@
 """The data of a search or a retraining: one entry point, :func:`open_search_data`, over every source.
 
-``DataOptions`` names the source and how to read it; ``open_search_data`` returns a :class:`SearchData` with the
+``DataOptions`` names the source and how to read it (the data options a search and a retraining share, one field
+per command-line option); ``open_search_data`` reads it for a network's input size, a batch size and a seed, and
+returns a :class:`SearchData` with the
 weight-step stream (``train``: augmented), the architecture-step stream (``valid``: resize and centre crop,
 shuffled), the deterministic held-out batches for evaluation (:meth:`SearchData.eval_batches`), the first
 training images for batch-norm re-estimation (:meth:`SearchData.calibration_batches`), the number of classes and
@@ -13,7 +15,7 @@ batch by DataLoader workers (:mod:`search_client.training.streams`) with the tra
 :mod:`search_client.training.transforms`.
 
 The architecture-step split (also the held-out split that evaluation reports on): the folder's ``val/`` with
-``use_val_folder``; else ``valid_per_class`` images of each class, or ``valid_fraction`` of each class, held out
+``val_folder``; else ``valid_per_class`` images of each class, or ``valid_fraction`` of each class, held out
 of the training images with the seed (:mod:`search_client.training.split`).
 
 Normalisation (``normalize``) of image folders: ``imagenet`` (ImageNet's RGB statistics), ``sample`` (per-channel
@@ -54,22 +56,18 @@ def _int_at_least(name: str, value: Any, low: int) -> None:
 
 @dataclass(frozen=True)
 class DataOptions:
-    """What to read and how (the fields are described in the module docstring).
+    """What to read and how: the data options of a search and of a retraining (the fields are described in the
+    module docstring; each one with a command-line option has that option's name: ``source`` is ``--data``).
 
-    ``source``: ``digits``, ``synthetic[:N[:K]]``, a ``.npz`` file or an image folder. ``input_size`` (H, W) and
-    ``in_chs`` (1 or 3) shape every image. ``seed`` fixes the split, the shuffling and the augmentation.
-    ``workers``: DataLoader worker processes (0: read in the calling process). ``color_jitter`` (0: off) is the
-    strength of the weight steps' colour jitter. ValueError with the field's name for a bad value.
+    ``source``: ``digits``, ``synthetic[:N[:K]]``, a ``.npz`` file or an image folder. ``workers``: DataLoader
+    worker processes (0: read in the calling process). ``color_jitter`` (0: off) is the strength of the weight
+    steps' colour jitter. ValueError with the field's name for a bad value.
     """
 
-    source: str
-    input_size: tuple[int, int]
-    in_chs: int
-    batch_size: int
-    seed: int = 0
+    source: str = "digits"
     valid_per_class: int | None = None
     valid_fraction: float = DEFAULT_VALID_FRACTION
-    use_val_folder: bool = False
+    val_folder: bool = False
     workers: int = 0
     color_jitter: float = 0.0
     normalize: str = "auto"
@@ -77,25 +75,16 @@ class DataOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
             raise ValueError("data: expected 'digits', 'synthetic[:N[:K]]', an image folder or a .npz file")
-        size = tuple(self.input_size)
-        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
-            raise ValueError(f"data option 'input_size': expected two positive integers (H, W), got "
-                             f"{self.input_size!r}")
-        object.__setattr__(self, "input_size", size)
-        if isinstance(self.in_chs, bool) or self.in_chs not in (1, 3):
-            raise ValueError(f"data option 'in_chs': must be 1 or 3, got {self.in_chs!r}")
-        _int_at_least("batch_size", self.batch_size, 1)
-        _int_at_least("seed", self.seed, 0)
         _int_at_least("workers", self.workers, 0)
         if self.valid_per_class is not None:
             _int_at_least("valid_per_class", self.valid_per_class, 1)
         vf = self.valid_fraction
         if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0.0 < vf < 1.0:
             raise ValueError(f"data option 'valid_fraction': must be in (0, 1), got {vf!r}")
-        if not isinstance(self.use_val_folder, bool):
-            raise ValueError(f"data option 'use_val_folder': must be a bool, got {self.use_val_folder!r}")
-        if self.use_val_folder and self.valid_per_class is not None:
-            raise ValueError("data options 'use_val_folder' and 'valid_per_class' exclude each other: the "
+        if not isinstance(self.val_folder, bool):
+            raise ValueError(f"data option 'val_folder': must be a bool, got {self.val_folder!r}")
+        if self.val_folder and self.valid_per_class is not None:
+            raise ValueError("data options 'val_folder' and 'valid_per_class' exclude each other: the "
                              "architecture-step split is either the folder's val/ or held out of train/")
         cj = self.color_jitter
         if isinstance(cj, bool) or not isinstance(cj, (int, float)) or not math.isfinite(cj) or not 0.0 <= cj < 1.0:
@@ -161,66 +150,93 @@ def _sample_statistics(images: FolderImages, train_idx: np.ndarray, seed: int, w
         stream.close()
 
 
-def _open_folder(options: DataOptions) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray, dict[str, Any]]:
+@dataclass(frozen=True)
+class _Read:
+    """How a network reads the data: ``size`` (H, W) and ``chans`` (1 or 3) shape every image; ``seed`` fixes the
+    split, the shuffling and the augmentation."""
+
+    size: tuple[int, int]
+    chans: int
+    batch_size: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        size = tuple(self.size)
+        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+            raise ValueError(f"data option 'input_size': expected two positive integers (H, W), got {self.size!r}")
+        object.__setattr__(self, "size", size)
+        if isinstance(self.chans, bool) or self.chans not in (1, 3):
+            raise ValueError(f"data option 'in_chs': must be 1 or 3, got {self.chans!r}")
+        _int_at_least("batch_size", self.batch_size, 1)
+        _int_at_least("seed", self.seed, 0)
+
+
+def _open_folder(options: DataOptions, read: _Read
+                 ) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray, dict[str, Any]]:
     """The train and valid sets and indices of an image folder, and its info."""
     folder = scan_image_folder(options.source)
-    size, chans = options.input_size, options.in_chs
+    size, chans = read.size, read.chans
     raw = FolderTransforms(TrainTransform(size, chans, float(options.color_jitter)), EvalTransform(size, chans), None)
     train_raw = FolderImages(folder.train, len(folder.classes), options.source, raw)
-    if options.use_val_folder:
+    if options.val_folder:
         if folder.val is None:
-            raise ValueError(f"data: use_val_folder asks for {Path(options.source) / 'val'}/CLASS/IMAGE, which "
+            raise ValueError(f"data: val_folder asks for {Path(options.source) / 'val'}/CLASS/IMAGE, which "
                              f"{options.source} does not have (layout: {folder.layout})")
         valid_raw = FolderImages(folder.val, len(folder.classes), options.source + "[val]", raw)
         train_idx, valid_idx = np.arange(len(train_raw), dtype=np.int64), np.arange(len(valid_raw), dtype=np.int64)
     else:
         valid_raw = train_raw
         train_idx, valid_idx = stratified_split(train_raw.labels, valid_per_class=options.valid_per_class,
-                                                valid_fraction=options.valid_fraction, seed=options.seed,
+                                                valid_fraction=options.valid_fraction, seed=read.seed,
                                                 name=options.source)
     kind = options.normalize if options.normalize != "auto" else ("imagenet" if chans == 3 else "sample")
     if kind == "imagenet":
         normalize = Normalize.imagenet(chans)
         train_raw.read(int(train_idx[0]), None)  # an unreadable folder fails here, not in the first step
     else:
-        normalize = _sample_statistics(train_raw, train_idx, options.seed, options.workers)
+        normalize = _sample_statistics(train_raw, train_idx, read.seed, options.workers)
     info = {"layout": folder.layout, "classes": len(folder.classes), "normalize": kind,
             "mean": list(normalize.mean), "std": list(normalize.std)}
     return train_raw.with_normalize(normalize), train_idx, valid_raw.with_normalize(normalize), valid_idx, info
 
 
-def _open_memory(options: DataOptions) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray, dict[str, Any]]:
+def _open_memory(options: DataOptions, read: _Read
+                 ) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray, dict[str, Any]]:
     """The in-memory set, its split and its info."""
-    if options.use_val_folder:
-        raise ValueError(f"data: use_val_folder needs an image folder with val/; {options.source!r} is an "
+    if options.val_folder:
+        raise ValueError(f"data: val_folder needs an image folder with val/; {options.source!r} is an "
                          "in-memory source")
     if options.normalize == "imagenet":
         raise ValueError(f"data option 'normalize': imagenet statistics are for image folders; {options.source!r} "
                          "is normalised with its own statistics (auto or sample)")
-    images = load_memory_source(options.source, options.input_size, options.in_chs, seed=options.seed)
+    images = load_memory_source(options.source, read.size, read.chans, seed=read.seed)
     train_idx, valid_idx = stratified_split(images.labels, valid_per_class=options.valid_per_class,
-                                            valid_fraction=options.valid_fraction, seed=options.seed,
+                                            valid_fraction=options.valid_fraction, seed=read.seed,
                                             name=options.source)
     info = {"layout": "memory", "classes": images.num_classes, "normalize": "whole set"}
     return images, train_idx, images, valid_idx, info
 
 
-def open_search_data(options: DataOptions) -> SearchData:
-    """Open ``options.source``, split it and make its streams; ValueError with a clear message for an unknown
-    source, a missing or malformed folder or file, or a split that a class is too small for."""
+def open_search_data(options: DataOptions, input_size: tuple[int, int], in_chs: int, batch_size: int,
+                     seed: int = 0) -> SearchData:
+    """Open ``options.source`` for a network of ``input_size`` (H, W) and ``in_chs`` (1 or 3) in batches of
+    ``batch_size``, split it and make its streams (``seed`` fixes the split, the shuffling and the augmentation);
+    ValueError with a clear message for a bad value, an unknown source, a missing or malformed folder or file, or
+    a split that a class is too small for."""
+    read = _Read(input_size, in_chs, batch_size, seed)
     if is_memory_source(options.source):
-        train_set, train_idx, valid_set, valid_idx, info = _open_memory(options)
+        train_set, train_idx, valid_set, valid_idx, info = _open_memory(options, read)
     elif Path(options.source).is_dir():
-        train_set, train_idx, valid_set, valid_idx, info = _open_folder(options)
+        train_set, train_idx, valid_set, valid_idx, info = _open_folder(options, read)
     else:
         raise ValueError(f"data: unknown source {options.source!r}: expected 'digits', 'synthetic[:N[:K]]', an "
                          "existing image folder or a .npz file")
-    bs = options.batch_size
-    train = BatchStream(train_set, bs, indices=train_idx, augment=True, seed=options.seed + 1,
+    bs = read.batch_size
+    train = BatchStream(train_set, bs, indices=train_idx, augment=True, seed=read.seed + 1,
                         drop_last=len(train_idx) >= bs, workers=options.workers)
-    valid = BatchStream(valid_set, min(bs, len(valid_idx)), indices=valid_idx, seed=options.seed + 2,
+    valid = BatchStream(valid_set, min(bs, len(valid_idx)), indices=valid_idx, seed=read.seed + 2,
                         drop_last=True, workers=options.workers)
-    if options.use_val_folder:
+    if options.val_folder:
         valid_from = "val folder"
     elif options.valid_per_class is not None:
         valid_from = f"{options.valid_per_class} per class held out of train"

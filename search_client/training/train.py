@@ -30,7 +30,7 @@ from torch import nn
 from nas_ops.arch import Architecture
 from nas_ops.network import Network, build_network
 from search_client.training.cuda import FULL_PRECISION, DeviceTraining, MixedPrecision
-from search_client.training.datasets import DEFAULT_VALID_FRACTION, DataOptions, SearchData, open_search_data
+from search_client.training.datasets import DataOptions, SearchData, open_search_data
 from search_client.training.distributed import (
     SINGLE,
     DistContext,
@@ -44,9 +44,10 @@ from search_client.training.streams import BatchStream
 
 @dataclass
 class TrainConfig:
-    """Retraining settings (the search's weight-step defaults, with a higher starting lr for short runs)."""
+    """Retraining settings (the search's weight-step defaults, with a higher starting lr for short runs); ``data``
+    holds the data options a search has too (its split rule and, with the same ``seed``, its split)."""
 
-    data: str = "digits"
+    data: DataOptions = field(default_factory=DataOptions)
     epochs: int = 10
     batch_size: int = 64
     lr: float = 0.05
@@ -54,14 +55,11 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 4e-5
     label_smoothing: float = 0.1
-    valid_fraction: float = DEFAULT_VALID_FRACTION
-    valid_per_class: int | None = None
-    use_val_folder: bool = False
-    workers: int = 0
-    color_jitter: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data, DataOptions):
+            raise ValueError(f"train config field 'data': expected DataOptions, got {type(self.data).__name__}")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -70,16 +68,12 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"train config field '{name}': must be a finite number >= 0, got {value!r}")
-        try:  # the data fields are checked by DataOptions' own rules (the input size is the network's, later)
-            self.data_options((1, 1), 1)
-        except ValueError as exc:
-            raise ValueError(f"train config: {exc}") from None
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"train config field 'seed': must be an integer >= 0, got {self.seed!r}")
 
-    def data_options(self, input_size: tuple[int, int], in_chs: int) -> DataOptions:
-        """The data pipeline's options for a network of this input (the search's split rule and seed)."""
-        return DataOptions(self.data, input_size, in_chs, self.batch_size, seed=self.seed,
-                           valid_per_class=self.valid_per_class, valid_fraction=self.valid_fraction,
-                           use_val_folder=self.use_val_folder, workers=self.workers, color_jitter=self.color_jitter)
+    def open_data(self, input_size: tuple[int, int], in_chs: int) -> SearchData:
+        """The data for a network of this input: the search's pipeline, split rule and seed."""
+        return open_search_data(self.data, input_size, in_chs, self.batch_size, self.seed)
 
 
 @dataclass
@@ -156,9 +150,9 @@ def train_architecture(arch: Architecture, config: TrainConfig, *, progress: boo
     """Train ``build_network(arch)`` from scratch on ``config.data`` on ``device`` (mixed precision with
     ``amp``), across the ranks of ``dist``; top-1 on the held-out split."""
     placement = DeviceTraining(device, amp=amp)
-    data = open_search_data(config.data_options(arch.input_size, arch.in_chs))
+    data = config.open_data(arch.input_size, arch.in_chs)
     if data.num_classes > arch.num_classes:
-        raise ValueError(f"data: {config.data} has {data.num_classes} classes but the architecture's head has "
+        raise ValueError(f"data: {config.data.source} has {data.num_classes} classes but the architecture's head has "
                          f"{arch.num_classes}")
     data.train.set_shard(dist.shard())
     placement.prepare_streams(data.train, data.valid)

@@ -16,6 +16,7 @@ from torch import nn
 from search_client.nas.config import SearchConfig
 from search_client.nas.search_loop import SearchRun, run_search
 from search_client.training.cuda import DeviceTraining, MixedPrecision, amp_dtype_for, configure_kernels
+from search_client.training.datasets import DataOptions
 from search_client.training.train import train_step
 from tests.search_client.conftest import make_table
 
@@ -118,7 +119,7 @@ def test_kernel_settings(kernel_settings: None) -> None:
 def _search_config(**overrides: object) -> SearchConfig:
     table = make_table("micro-16")
     low, high = table.min_latency()[0], table.max_latency()[0]
-    return SearchConfig(**{**dict(targets_ms=[low + 0.4 * (high - low)], data="synthetic:160:4", epochs=1,
+    return SearchConfig(**{**dict(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:160:4"), epochs=1,
                                   batch_size=16, loss="add#linear", arch_every=2), **overrides})
 
 

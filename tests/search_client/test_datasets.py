@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from search_client.training.datasets import DataOptions, open_search_data
+from search_client.training.datasets import DataOptions, SearchData, open_search_data
 from search_client.training.folders import detect_layout, scan_image_folder
 from search_client.training.image_sets import FolderImages
 from search_client.training.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -37,37 +37,47 @@ def imagenet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _options(source: Path | str, **kw: object) -> DataOptions:
-    base = {"input_size": (16, 16), "in_chs": 3, "batch_size": 4, "seed": 0}
-    base.update(kw)
-    return DataOptions(str(source), **base)  # type: ignore[arg-type]
+READ = ("input_size", "in_chs", "batch_size", "seed")
+
+
+def _options(source: Path | str, **kw: object) -> tuple[DataOptions, dict[str, object]]:
+    """The data options and the network's reading of them (16x16 RGB, batches of 4, seed 0) of ``kw``."""
+    read: dict[str, object] = {"input_size": (16, 16), "in_chs": 3, "batch_size": 4, "seed": 0}
+    read.update({k: v for k, v in kw.items() if k in READ})
+    return DataOptions(str(source), **{k: v for k, v in kw.items() if k not in READ}), read  # type: ignore[arg-type]
+
+
+def _open(options: tuple[DataOptions, dict[str, object]]) -> SearchData:
+    return open_search_data(options[0], **options[1])  # type: ignore[arg-type]
 
 
 def test_options_are_validated() -> None:
     with pytest.raises(ValueError, match="batch_size"):
-        DataOptions("digits", (8, 8), 3, 0)
+        open_search_data(DataOptions("digits"), (8, 8), 3, 0)
     with pytest.raises(ValueError, match="in_chs"):
-        DataOptions("digits", (8, 8), 2, 8)
+        open_search_data(DataOptions("digits"), (8, 8), 2, 8)
     with pytest.raises(ValueError, match="input_size"):
-        DataOptions("digits", (8,), 3, 8)  # type: ignore[arg-type]
+        open_search_data(DataOptions("digits"), (8,), 3, 8)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed"):
+        open_search_data(DataOptions("digits"), (8, 8), 3, 8, seed=-1)
     with pytest.raises(ValueError, match="valid_fraction"):
-        DataOptions("digits", (8, 8), 3, 8, valid_fraction=1.0)
+        DataOptions("digits", valid_fraction=1.0)
     with pytest.raises(ValueError, match="valid_per_class"):
-        DataOptions("digits", (8, 8), 3, 8, valid_per_class=0)
+        DataOptions("digits", valid_per_class=0)
     with pytest.raises(ValueError, match="exclude each other"):
-        DataOptions("digits", (8, 8), 3, 8, valid_per_class=2, use_val_folder=True)
+        DataOptions("digits", valid_per_class=2, val_folder=True)
     with pytest.raises(ValueError, match="workers"):
-        DataOptions("digits", (8, 8), 3, 8, workers=-1)
+        DataOptions("digits", workers=-1)
     with pytest.raises(ValueError, match="color_jitter"):
-        DataOptions("digits", (8, 8), 3, 8, color_jitter=-0.1)
+        DataOptions("digits", color_jitter=-0.1)
     with pytest.raises(ValueError, match="normalize"):
-        DataOptions("digits", (8, 8), 3, 8, normalize="max")
+        DataOptions("digits", normalize="max")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        DataOptions("digits", (8, 8), 3, 8).seed = 1  # type: ignore[misc]
+        DataOptions("digits").workers = 1  # type: ignore[misc]
 
 
 def test_search_data_of_an_in_memory_source() -> None:
-    data = open_search_data(DataOptions("synthetic:100:4", (8, 8), 3, 16, seed=1))
+    data = open_search_data(DataOptions("synthetic:100:4"), (8, 8), 3, 16, seed=1)
     assert data.num_classes == 4 and data.name == "synthetic:100:4"
     x, y = data.train.next_batch()
     assert x.shape == (16, 3, 8, 8) and y.shape == (16,)
@@ -76,14 +86,14 @@ def test_search_data_of_an_in_memory_source() -> None:
     again = list(data.eval_batches(7))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(held, again))
     assert len(data.info["content_hash"]) == 64
-    assert data.info["content_hash"] != open_search_data(DataOptions("synthetic:100:4", (8, 8), 3, 16, seed=2)
-                                                         ).info["content_hash"]
-    with pytest.raises(ValueError, match="use_val_folder needs an image folder"):
-        open_search_data(DataOptions("digits", (8, 8), 3, 16, use_val_folder=True))
+    assert data.info["content_hash"] != open_search_data(DataOptions("synthetic:100:4"), (8, 8), 3, 16,
+                                                         seed=2).info["content_hash"]
+    with pytest.raises(ValueError, match="val_folder needs an image folder"):
+        open_search_data(DataOptions("digits", val_folder=True), (8, 8), 3, 16)
     with pytest.raises(ValueError, match="imagenet statistics are for image folders"):
-        open_search_data(DataOptions("digits", (8, 8), 3, 16, normalize="imagenet"))
+        open_search_data(DataOptions("digits", normalize="imagenet"), (8, 8), 3, 16)
     with pytest.raises(ValueError, match="unknown source"):
-        open_search_data(DataOptions("imagenet", (8, 8), 3, 16))
+        open_search_data(DataOptions("imagenet"), (8, 8), 3, 16)
 
 
 def test_layouts_and_file_list(imagenet_dir: Path, tmp_path: Path) -> None:
@@ -120,7 +130,7 @@ def test_folder_errors(tmp_path: Path) -> None:
 
 
 def test_folder_streams_are_shaped_normalised_and_lazy(imagenet_dir: Path) -> None:
-    data = open_search_data(_options(imagenet_dir, valid_per_class=2))
+    data = _open(_options(imagenet_dir, valid_per_class=2))
     assert data.num_classes == 3
     assert data.info["layout"] == "imagenet" and data.info["normalize"] == "imagenet"
     assert data.info["train_images"] == 24 - 6 and data.info["valid_images"] == 6
@@ -131,41 +141,42 @@ def test_folder_streams_are_shaped_normalised_and_lazy(imagenet_dir: Path) -> No
     high = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(1, 3, 1, 1)
     assert bool(((x >= low - 1e-5) & (x <= high + 1e-5)).all())
     assert len(data.train) == 18 // 4 and len(data.valid) == 6 // 4
-    assert data.info["content_hash"] == open_search_data(_options(imagenet_dir, seed=9)).info["content_hash"]
-    assert data.info["content_hash"] != open_search_data(_options(imagenet_dir, use_val_folder=True)).info[
+    assert data.info["content_hash"] == _open(_options(imagenet_dir, seed=9)).info["content_hash"]
+    assert data.info["content_hash"] != _open(_options(imagenet_dir, val_folder=True)).info[
         "content_hash"]  # val/ is part of the content then
-    grey = open_search_data(_options(imagenet_dir, in_chs=1))
+    grey = _open(_options(imagenet_dir, in_chs=1))
     gx, _ = grey.train.next_batch()
     assert gx.shape == (4, 1, 16, 16) and grey.info["normalize"] == "sample"
     assert len(grey.info["mean"]) == 1 and 0.3 < grey.info["mean"][0] < 0.7  # uniform noise: mean near 0.5
 
 
 def test_split_is_stratified_disjoint_and_the_val_folder_when_asked(imagenet_dir: Path) -> None:
-    data = open_search_data(_options(imagenet_dir, valid_per_class=2, seed=3))
+    data = _open(_options(imagenet_dir, valid_per_class=2, seed=3))
     train, valid = data.train.indices, data.valid.indices
     labels = data.train.images.labels
     assert np.bincount(labels[valid]).tolist() == [2, 2, 2]
     assert np.intersect1d(train, valid).size == 0 and len(train) + len(valid) == 24
     held = torch.cat([y for _, y in data.eval_batches(5)])
     assert sorted(held.tolist()) == sorted(labels[valid].tolist())
-    other = open_search_data(_options(imagenet_dir, valid_per_class=2, seed=4))
+    other = _open(_options(imagenet_dir, valid_per_class=2, seed=4))
     assert not np.array_equal(other.valid.indices, valid)
-    val = open_search_data(_options(imagenet_dir, use_val_folder=True))
+    val = _open(_options(imagenet_dir, val_folder=True))
     assert val.info["valid_from"] == "val folder" and len(val.train.indices) == 24
     assert torch.cat([y for _, y in val.eval_batches(4)]).tolist() == [0, 0, 0, 2, 2, 2]
     with pytest.raises(ValueError, match="at least 8"):
-        open_search_data(_options(imagenet_dir, valid_per_class=7))
+        _open(_options(imagenet_dir, valid_per_class=7))
 
 
-def test_use_val_folder_without_val(tmp_path: Path) -> None:
+def test_val_folder_without_val(tmp_path: Path) -> None:
     _write_images(tmp_path / "a", 3, 0)
     _write_images(tmp_path / "b", 3, 1)
-    with pytest.raises(ValueError, match=r"use_val_folder .*\(layout: flat\)"):
-        open_search_data(_options(tmp_path, use_val_folder=True))
+    with pytest.raises(ValueError, match=r"val_folder .*\(layout: flat\)"):
+        _open(_options(tmp_path, val_folder=True))
 
 
-def _batches(data_options: DataOptions, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    data = open_search_data(data_options)
+def _batches(data_options: tuple[DataOptions, dict[str, object]], count: int
+             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    data = _open(data_options)
     try:
         return [data.train.next_batch() for _ in range(count)]
     finally:
@@ -185,7 +196,7 @@ def test_augmented_batches_do_not_depend_on_the_worker_count(imagenet_dir: Path)
 
 def test_resume_is_exact_with_workers(imagenet_dir: Path) -> None:
     options = _options(imagenet_dir, workers=2, valid_per_class=2, seed=2)
-    data = open_search_data(options)
+    data = _open(options)
     for _ in range(3):
         data.train.next_batch()
     data.valid.next_batch()
@@ -193,7 +204,7 @@ def test_resume_is_exact_with_workers(imagenet_dir: Path) -> None:
     expected = [data.train.next_batch() for _ in range(7)]  # crosses into the next passes
     expected_valid = [data.valid.next_batch() for _ in range(3)]
     data.close()
-    resumed = open_search_data(options)
+    resumed = _open(options)
     resumed.train.load_state_dict(saved["train"])
     resumed.valid.load_state_dict(saved["valid"])
     for (xa, ya), (xb, yb) in zip(expected, [resumed.train.next_batch() for _ in range(7)]):
@@ -204,7 +215,7 @@ def test_resume_is_exact_with_workers(imagenet_dir: Path) -> None:
 
 
 def test_eval_and_calibration_batches_are_deterministic_and_unaugmented(imagenet_dir: Path) -> None:
-    data = open_search_data(_options(imagenet_dir, valid_per_class=2, color_jitter=0.5))
+    data = _open(_options(imagenet_dir, valid_per_class=2, color_jitter=0.5))
     first = list(data.eval_batches(4))
     assert [len(y) for _, y in first] == [4, 2]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, data.eval_batches(4)))
@@ -220,7 +231,7 @@ def test_an_unreadable_image_is_a_one_line_error_naming_it(tmp_path: Path) -> No
     for name in sorted((tmp_path / "b").iterdir()):
         name.write_bytes(b"not a picture")
     for workers in (0, 2):
-        data = open_search_data(_options(tmp_path, workers=workers, batch_size=8, valid_per_class=1))
+        data = _open(_options(tmp_path, workers=workers, batch_size=8, valid_per_class=1))
         with pytest.raises(ValueError, match=r"^data: cannot read image .*b/img00\d\.(png|jpg): ") as err:
             data.train.next_batch()
         assert "\n" not in str(err.value)

@@ -18,6 +18,7 @@ from search_client.nas.config import SearchConfig
 from search_client.nas.schedule import PAPER_ARCH_EVERY, PAPER_ARCH_LR, scaled_arch_lr
 from search_client.nas.search_log import uniform_entropy
 from search_client.nas.search_loop import run_search
+from search_client.training.datasets import DataOptions
 from tests.search_client.conftest import make_table
 
 torch.set_num_threads(1)
@@ -39,8 +40,8 @@ class Recorder(SearchCallbacks):
 def _search(tmp_path: Path, name: str, **schedule: Any) -> tuple[Recorder, dict[str, Any]]:
     table = make_table("micro-16")
     low, high = table.min_latency()[0], table.max_latency()[0]
-    config = SearchConfig(targets_ms=[low + 0.4 * (high - low)], data="synthetic:320:4", batch_size=16, epochs=4,
-                          **schedule)
+    config = SearchConfig(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:320:4"), batch_size=16,
+                          epochs=4, **schedule)
     recorder = Recorder()
     result = run_search(config, [table], tmp_path / name, callbacks=recorder)
     assert result.finished

@@ -32,6 +32,7 @@ from search_client.nas.callbacks import SearchCallbacks  # noqa: E402
 from search_client.nas.config import SearchConfig  # noqa: E402
 from search_client.nas.distributed_search import broadcast_tables, resumes_after_restart  # noqa: E402
 from search_client.table.latency_table import LatencyTable  # noqa: E402
+from search_client.training.datasets import DataOptions  # noqa: E402
 from search_client.training.distributed import (  # noqa: E402
     DistributedError,
     distributed_session,
@@ -118,7 +119,7 @@ def search_worker(spec: dict[str, Any]) -> None:
 def _config(**overrides: Any) -> dict[str, Any]:
     table = make_table("micro-16")
     low, high = table.min_latency()[0], table.max_latency()[0]
-    base: dict[str, Any] = dict(targets_ms=[low + 0.4 * (high - low)], data="synthetic:160:4", epochs=2,
+    base: dict[str, Any] = dict(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:160:4"), epochs=2,
                                 warmup_epochs=0, batch_size=16, loss="add#linear", arch_every=2)
     return SearchConfig(**{**base, **overrides}).to_dict()
 

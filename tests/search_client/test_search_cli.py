@@ -131,6 +131,8 @@ def test_cli_defaults_are_the_search_configs() -> None:
 
     from search_client.nas.config import SearchConfig
 
+    from search_client.training.datasets import DataOptions
+
     command = typer.main.get_command(app).commands["search"]
     defaults = SearchConfig.defaults()
     renamed = {"device_weight": "device_weights"}
@@ -140,7 +142,18 @@ def test_cli_defaults_are_the_search_configs() -> None:
         if field in defaults:
             assert param.default == defaults[field], param.name
             checked += 1
-    assert checked >= 20
+    assert checked >= 15  # the data options are checked below
+    # the data options: the same options in search and train, defaulting to DataOptions' fields
+    data = DataOptions()
+    names = {"data": "source", "workers": "workers", "valid_per_class": "valid_per_class",
+             "val_folder": "val_folder", "color_jitter": "color_jitter"}
+    train = typer.main.get_command(app).commands["train"]
+    for cmd in (command, train):
+        params = {p.name: p for p in cmd.params}
+        for name, field in names.items():
+            assert params[name].default == getattr(data, field), (cmd.name, name)
+    assert [(p.opts, p.help) for p in command.params if p.name in names] == [
+        (p.opts, p.help) for p in train.params if p.name in names]
 
 
 def test_device_weight_with_max_mode_is_refused_in_one_line(tmp_path: Path, table_file: Path) -> None:

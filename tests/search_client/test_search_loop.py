@@ -15,6 +15,7 @@ from search_client.nas.checkpoint import CHECKPOINT_NAME
 from search_client.nas.config import SearchConfig
 from search_client.nas.search_loop import SearchRun, run_search
 from search_client.plots.search_curves import plot_search_result
+from search_client.training.datasets import DataOptions
 from tests.search_client.conftest import make_table
 
 torch.set_num_threads(1)
@@ -26,7 +27,7 @@ def _table() -> LatencyTable:
 
 def _config(table: LatencyTable, **overrides: Any) -> SearchConfig:
     low, high = table.min_latency()[0], table.max_latency()[0]
-    base: dict[str, Any] = dict(targets_ms=[low + 0.4 * (high - low)], data="synthetic:160:4", epochs=2,
+    base: dict[str, Any] = dict(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:160:4"), epochs=2,
                                 warmup_epochs=0, batch_size=16, loss="add#linear", arch_every=2)
     return SearchConfig(**{**base, **overrides})
 
@@ -235,3 +236,14 @@ def test_derive_rule_decides_the_exported_architecture(tmp_path: Path, rule: str
     else:
         assert result.choices != last["choices"] and summary["target_met"] is True
         assert 0.95 <= summary["ratio"] <= 1.05
+
+
+def test_a_checkpoint_config_with_flat_data_fields_still_loads() -> None:
+    config = SearchConfig(targets_ms=[1.0], data=DataOptions("synthetic:160:4", valid_per_class=2, workers=1))
+    assert SearchConfig.from_dict(config.to_dict()) == config
+    flat = {k: v for k, v in config.to_dict().items() if k != "data"}
+    flat.update(data="synthetic:160:4", valid_fraction=0.2, valid_per_class=2, val_folder=False, workers=1,
+                color_jitter=0.0)  # as written before the data options were one object
+    assert SearchConfig.from_dict(flat) == config
+    with pytest.raises(ValueError, match="'data.nope': unknown"):
+        SearchConfig.from_dict({**config.to_dict(), "data": {"source": "digits", "nope": 1}})

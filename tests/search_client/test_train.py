@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from nas_ops.space import load_space
-from search_client.training.datasets import open_search_data
+from search_client.training.datasets import DataOptions, open_search_data
 from search_client.training.train import TrainConfig, evaluate, save_train_result, train_architecture
 
 
@@ -45,10 +45,13 @@ def test_evaluate_weighs_every_sample_across_uneven_batches() -> None:
 
 
 def test_train_config_checks_its_data_options() -> None:
-    options = TrainConfig(data="digits", valid_per_class=5, workers=2).data_options((16, 16), 3)
-    assert options.valid_per_class == 5 and options.workers == 2 and options.input_size == (16, 16)
-    with pytest.raises(ValueError, match="train config: .*workers"):
-        TrainConfig(workers=-1)
+    config = TrainConfig(data=DataOptions("synthetic:40:2", valid_per_class=5), batch_size=4)
+    data = config.open_data((16, 16), 3)
+    assert data.info["valid_images"] == 10 and data.train.next_batch()[0].shape == (4, 3, 16, 16)
+    with pytest.raises(ValueError, match="workers"):
+        TrainConfig(data=DataOptions(workers=-1))
+    with pytest.raises(ValueError, match="train config field 'data'"):
+        TrainConfig(data="digits")  # type: ignore[arg-type]
 
 
 def test_retraining_reads_an_image_folder_through_the_search_pipeline(tmp_path: Path) -> None:
@@ -59,16 +62,17 @@ def test_retraining_reads_an_image_folder_through_the_search_pipeline(tmp_path: 
             pixels = np.clip(level + rng.normal(0, 20, (24, 20, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(tmp_path / "data" / label / f"{i}.jpg")
     arch = load_space("micro-16").architecture([0, 0, 0])
-    config = TrainConfig(data=str(tmp_path / "data"), epochs=3, batch_size=8, lr=0.1, valid_per_class=3,
-                         workers=2, color_jitter=0.2)
+    config = TrainConfig(data=DataOptions(str(tmp_path / "data"), valid_per_class=3, workers=2, color_jitter=0.2),
+                         epochs=3, batch_size=8, lr=0.1)
     result = train_architecture(arch, config)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert result.data["layout"] == "flat" and result.data["valid_images"] == 6 and result.data["workers"] == 2
     # the held-out split is the one the search's pipeline gives for the same options
-    held_out = open_search_data(config.data_options(arch.input_size, arch.in_chs)).eval_batches(4)
+    held_out = open_search_data(config.data, arch.input_size, arch.in_chs, config.batch_size, config.seed
+                                ).eval_batches(4)
     assert result.top1 == pytest.approx(evaluate(result.network, held_out)[1])
     assert result.top1 >= 5 / 6
     files = save_train_result(result, arch, config, tmp_path / "out")
     summary = json.loads(files["summary"].read_text())
     assert summary["data"]["valid_from"] == "3 per class held out of train"
-    assert summary["config"]["workers"] == 2
+    assert summary["config"]["data"]["workers"] == 2

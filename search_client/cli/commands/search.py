@@ -21,6 +21,15 @@ from nas_ops.space import SearchSpace, load_space
 from search_client.cli import devices
 from search_client.cli.app import app
 from search_client.cli.command_line import given_arguments, given_on_command_line, join, program_command
+from search_client.cli.data_options import (
+    DATA,
+    ColorJitter,
+    DataSource,
+    ValFolder,
+    ValidPerClass,
+    Workers,
+    data_options,
+)
 from search_client.cli.distributed import (
     QuietCallbacks,
     check_nproc,
@@ -135,7 +144,7 @@ def search(
     out: Annotated[Path, typer.Option("--out", help="output directory (logs, plots, checkpoint, exports)")],
     target_ms: Annotated[list[float], typer.Option("--target-ms", help="latency target (ms); once, or per device")],
     epochs: Annotated[int, typer.Option(help="joint search epochs (after the warm-up)")] = D["epochs"],
-    data: Annotated[str, typer.Option(help="digits | synthetic[:N[:K]] | image folder | .npz file")] = D["data"],
+    data: DataSource = DATA.source,
     space: Annotated[Optional[str], typer.Option(help="space name or file; default: the tables' space")] = None,
     device: Annotated[Optional[list[str]], typer.Option("--device", help="profiler URL (repeat per device)")] = None,
     table: Annotated[Optional[list[Path]], typer.Option("--table", help="latency table file (repeat)")] = None,
@@ -159,15 +168,10 @@ def search(
                                              "probable architecture that does) | argmax")] = D["derive"],
     seed: Annotated[int, typer.Option(min=0)] = D["seed"],
     batch_size: Annotated[int, typer.Option(min=1, help="training batch size")] = D["batch_size"],
-    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes that decode images")
-                       ] = D["workers"],
-    valid_per_class: Annotated[Optional[int], typer.Option(min=1, help="images per class held out of train for "
-                                                                       "the architecture steps; default: a fraction")
-                               ] = D["valid_per_class"],
-    val_folder: Annotated[bool, typer.Option("--val-folder", help="architecture steps on the folder's val/")
-                          ] = D["val_folder"],
-    color_jitter: Annotated[float, typer.Option(min=0.0, help="colour jitter strength of the weight steps (0: off)")
-                            ] = D["color_jitter"],
+    workers: Workers = DATA.workers,
+    valid_per_class: ValidPerClass = DATA.valid_per_class,
+    val_folder: ValFolder = DATA.val_folder,
+    color_jitter: ColorJitter = DATA.color_jitter,
     lr: Annotated[float, typer.Option(help="weight lr of the joint phase (cosine)")] = D["lr"],
     warmup_lr: Annotated[float, typer.Option(help="weight lr of the warm-up (cosine)")] = D["warmup_lr"],
     arch_lr: Annotated[Optional[float], typer.Option(help="Adam lr of the architecture parameters; default: "
@@ -213,9 +217,9 @@ def search(
         configure_kernels(deterministic=deterministic)
         lr_arch, every = _arch_schedule(ctx, paper_schedule, arch_lr, arch_every)
         config = SearchConfig(
-            targets_ms=list(target_ms), data=data, epochs=epochs, warmup_epochs=warmup_epochs, seed=seed,
-            batch_size=batch_size, valid_per_class=valid_per_class, val_folder=val_folder, workers=workers,
-            color_jitter=color_jitter, mode=mode, grad_estimator=grad_estimator, loss=loss, strength=strength,
+            targets_ms=list(target_ms), data=data_options(data, workers, valid_per_class, val_folder, color_jitter),
+            epochs=epochs, warmup_epochs=warmup_epochs, seed=seed, batch_size=batch_size, mode=mode,
+            grad_estimator=grad_estimator, loss=loss, strength=strength,
             log_unit_ms=log_unit_ms, adaptive=adaptive, device_weights=device_weight, device_mode=device_mode,
             warmup_lr=warmup_lr, lr=lr, arch_lr=lr_arch, arch_every=every, target_band=target_band, derive=derive,
         )

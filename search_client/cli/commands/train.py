@@ -14,6 +14,15 @@ import typer
 from nas_ops.arch_files import load_architecture
 from search_client.cli.app import app
 from search_client.cli.command_line import given_arguments
+from search_client.cli.data_options import (
+    DATA,
+    ColorJitter,
+    DataSource,
+    ValFolder,
+    ValidPerClass,
+    Workers,
+    data_options,
+)
 from search_client.cli.distributed import check_nproc, exit_on_distributed_error, relaunch_under_torchrun
 from search_client.cli.errors import exit_on_error
 from search_client.cli.threads import set_threads
@@ -36,19 +45,14 @@ def train(
     arch_file: Annotated[Path, typer.Argument(metavar="ARCH", help="architecture file")],
     out: Annotated[Path, typer.Option("--out", help="output directory")],
     epochs: Annotated[int, typer.Option(min=1)] = T["epochs"],
-    data: Annotated[str, typer.Option(help="digits | synthetic[:N[:K]] | image folder | .npz file")] = T["data"],
+    data: DataSource = DATA.source,
     batch_size: Annotated[int, typer.Option(min=1)] = T["batch_size"],
     lr: Annotated[float, typer.Option(help="initial lr (cosine)")] = T["lr"],
     seed: Annotated[int, typer.Option(min=0)] = T["seed"],
-    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes that decode images")
-                       ] = T["workers"],
-    valid_per_class: Annotated[Optional[int], typer.Option(min=1, help="images per class held out (the search's "
-                                                                       "split); default: a fraction")
-                               ] = T["valid_per_class"],
-    val_folder: Annotated[bool, typer.Option("--val-folder", help="evaluate on the folder's val/")
-                          ] = T["use_val_folder"],
-    color_jitter: Annotated[float, typer.Option(min=0.0, help="colour jitter strength (0: off)")
-                            ] = T["color_jitter"],
+    workers: Workers = DATA.workers,
+    valid_per_class: ValidPerClass = DATA.valid_per_class,
+    val_folder: ValFolder = DATA.val_folder,
+    color_jitter: ColorJitter = DATA.color_jitter,
     train_threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads; default: torch's")
                              ] = None,
     train_device: Annotated[str, typer.Option(help="torch device that trains: cpu | cuda[:N]")] = "cpu",
@@ -65,8 +69,8 @@ def train(
             relaunch_under_torchrun("train", given_arguments(ctx, skip=("nproc",)), nproc)
         set_threads(train_threads)
         configure_kernels(deterministic=deterministic)
-        config = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
-                             valid_per_class=valid_per_class, use_val_folder=val_folder, color_jitter=color_jitter)
+        config = TrainConfig(data=data_options(data, workers, valid_per_class, val_folder, color_jitter), epochs=epochs,
+                             batch_size=batch_size, lr=lr, seed=seed)
         with distributed_session(train_device, timeout_s=dist_timeout) as dist:
             arch = on_main_rank(lambda: load_architecture(arch_file), dist, "the architecture file")
             result = train_architecture(arch, config, progress=True, device=rank_device(train_device, dist),
