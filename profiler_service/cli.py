@@ -134,7 +134,7 @@ def local_protocol(preset: str, space: str | None, batch: int, dtype: str, duet:
 @app.command()
 def measure(
     specs: Annotated[list[str] | None, typer.Argument(help="op specs, e.g. mbconv_r56x56_c24-24_k3_e6_s1_relu6_skip")] = None,
-    space: Annotated[str | None, typer.Option(help="also measure every op of this search space (preset or file)")] = None,
+    space: Annotated[str | None, typer.Option(help="also measure every op of this search space (name or file)")] = None,
     backend: Annotated[str, typer.Option(help="backend name")] = "ort-cpu",
     batch: Annotated[int, typer.Option(min=1, max=1024)] = 1,
     dtype: Annotated[str, typer.Option(help="float32 | float16 (CUDA)")] = "float32",

@@ -35,14 +35,14 @@ def _summary(space: SearchSpace) -> dict[str, Any]:
             "candidate_names": _column_names(space)}
 
 
-@router.get("/spaces", response_model=SpaceList, summary="The search-space presets")
+@router.get("/spaces", response_model=SpaceList, summary="The named search spaces")
 def spaces() -> SpaceList:
     return SpaceList(spaces=[SpaceSummary(**_summary(space)) for space in SPACES.values()])
 
 
 @router.get(
-    "/spaces/{name}", response_model=SpaceDetail, summary="A preset's cells and candidate op specs",
-    responses={422: {"model": ErrorBody, "description": "not a preset, or a resolution out of range"}},
+    "/spaces/{name}", response_model=SpaceDetail, summary="A search space's cells and candidate op specs",
+    responses={422: {"model": ErrorBody, "description": "not a named search space, or a resolution out of range"}},
 )
 def space(
     name: Annotated[SpaceName, Path(examples=["tiny-32"])],

@@ -324,7 +324,7 @@
 
   const candidateSpecs = (space) => space.cells.flatMap((c) => c.candidates.filter((_, i) => i !== c.zero_index));
 
-  // The space whose candidates this device holds most rows of (the first preset when it holds none).
+  // The space whose candidates this device holds most rows of (the first named space when it holds none).
   async function pickDefaultSpace() {
     const stored = new Set(page.rows.map((r) => r.op_spec));
     let best = null;
