@@ -366,7 +366,7 @@ SPACES: dict[str, SearchSpace] = {
     ),
 }
 
-#: Old name of :data:`SPACES`, kept only until profiler_service/api/routers/spaces.py imports SPACES; then delete.
+#: Old name of :data:`SPACES`, kept only until tests/benchmarks/test_memory_smoke.py imports SPACES; then delete.
 PRESETS = SPACES
 
 
