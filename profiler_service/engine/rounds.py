@@ -18,6 +18,12 @@ is stored flagged, with one of the reasons of :data:`FLAG_KINDS` and an upper bo
 - ``below_resolution``: even timed in groups of ``max_runs_per_timing`` runs the op stays below the timer's
   resolution; the value is one tick per group, which it cannot exceed. (A measurer that claims an exact clock and
   0 ms for such an op is refused: ValueError, the item fails.)
+
+No location statistic of an op that costs multiply-adds is stored at 0 or below either: calibration shifts the
+median, mean, min, p10 and p90 by the correction and floors them at 0, so a measured op's fastest samples can read 0
+ms while its median does not. :func:`location_floor_ms` is the one positive bound (the flagged rule's: the timer's
+resolution per run) that every location statistic of such an op is raised to; the row is flagged only when its
+median needed it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from profiler_service.engine.protocol import ProtocolParams
 from profiler_service.engine.stats import RoundMeasurement, Stats
 
 FLAG_KINDS = ("calibrated_to_zero", "below_resolution")
+#: The floor of an op's location statistics when its rounds claim an exact clock (a resolution of 0 ms): 1 ns.
+EXACT_CLOCK_FLOOR_MS = 1e-6
 
 
 def round_order(positions: Sequence[int], *, seed: int, job_id: int, round_index: int, rounds: int) -> list[int]:
@@ -50,6 +58,14 @@ def lacking_rounds(stored: Sequence[int], rounds: int) -> list[int]:
     return [index for index in range(rounds) if index not in have]
 
 
+def location_floor_ms(rounds: Sequence[RoundMeasurement]) -> float:
+    """The lowest value a location statistic (median, mean, min, p10, p90) of an op that costs multiply-adds is
+    stored with: the timer's resolution per run (one tick divided by the runs a timing covered, the coarsest of
+    the rounds), which is also the flagged rule's bound; :data:`EXACT_CLOCK_FLOOR_MS` for an exact clock."""
+    per_run_ms = max(r.timer_resolution_ms / r.runs_per_timing for r in rounds)
+    return per_run_ms if per_run_ms > 0 else EXACT_CLOCK_FLOOR_MS
+
+
 @dataclass(frozen=True)
 class StoredResult:
     """What a measurement stores: its statistics, how many rounds they aggregate, and why it is flagged (None: it
@@ -64,22 +80,26 @@ def stored_result(rounds: Sequence[RoundMeasurement], params: ProtocolParams, *,
                   ) -> StoredResult:
     """The stored value of an op (or a network) from its rounds: the aggregate ``params.aggregate`` of their
     calibrated statistics; for an op that ``costs_compute`` (non-zero multiply-adds) whose aggregated median is not
-    above the timer's resolution, a flagged upper bound instead (module docstring). Zero and identity ops
-    (``costs_compute`` False) may cost 0 ms."""
+    above the timer's resolution, a flagged upper bound instead (module docstring); every location statistic of
+    such an op is at least :func:`location_floor_ms`. Zero and identity ops (``costs_compute`` False) may cost
+    0 ms."""
     if not rounds:
         raise ValueError("rounds: nothing measured")
     stats = aggregate_stats([r.calibrated() for r in rounds], params.aggregate, params.aggregate_q)
     # what one run's value can resolve: a tick, shared by the runs of a timing
     per_run_ms = max(r.timer_resolution_ms / r.runs_per_timing for r in rounds)
-    if not costs_compute or stats.median_ms > per_run_ms:
+    if not costs_compute:
         return StoredResult(stats, len(rounds), None)
+    floor_ms = location_floor_ms(rounds)
+    if stats.median_ms > per_run_ms:
+        return StoredResult(stats.at_least(floor_ms), len(rounds), None)
     raw = aggregate_stats([r.raw for r in rounds], params.aggregate, params.aggregate_q)
     if any(r.correction_ms > 0 for r in rounds) and raw.median_ms > per_run_ms:
         correction = aggregate_function(params.aggregate, params.aggregate_q)([r.correction_ms for r in rounds])
         reason = (f"calibrated_to_zero: the op timed {raw.median_ms:.4g} ms inside its boundary ops and the "
                   f"boundary correction is {correction:.4g} ms, as large; stored the sandwich's latency, an upper "
                   f"bound")
-        return StoredResult(raw, len(rounds), reason)
+        return StoredResult(raw.at_least(floor_ms), len(rounds), reason)
     if per_run_ms <= 0:
         raise ValueError(f"an op that costs multiply-adds measured {stats.median_ms:g} ms on an exact clock: "
                          "refusing to store it")

@@ -15,7 +15,13 @@ from profiler_service.engine.aggregate import (
 )
 from profiler_service.engine.protocol_presets import protocol_params_for, protocol_version_for
 from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
-from profiler_service.engine.rounds import lacking_rounds, round_order, stored_result
+from profiler_service.engine.rounds import (
+    EXACT_CLOCK_FLOOR_MS,
+    lacking_rounds,
+    location_floor_ms,
+    round_order,
+    stored_result,
+)
 from profiler_service.engine.stats import RoundMeasurement, Stats
 
 
@@ -129,6 +135,23 @@ def test_an_op_below_the_timer_even_in_groups_is_flagged_with_one_tick_per_group
     assert result.flagged.startswith("below_resolution:") and "timings of 4 runs" in result.flagged
     with pytest.raises(ValueError, match="exact clock"):  # 0 ms from a measurer that claims an exact clock
         stored_result([RoundMeasurement(flat(0.0))], PARAMS, costs_compute=True)
+
+
+def test_no_location_statistic_of_an_op_with_multiply_adds_is_stored_at_zero() -> None:
+    # calibration shifts a wide round by 0.5 ms: its median stays positive, its min and p10 reach 0
+    wide = Stats(0.8, 0.85, 0.2, 0.3, 0.45, 1.2, 0.3, 20)
+    rounds = [RoundMeasurement(wide, correction_ms=0.5, timer_resolution_ms=0.001)] * 3
+    result = stored_result(rounds, PARAMS, costs_compute=True)
+    floor = location_floor_ms(rounds)
+    assert floor == pytest.approx(0.001) and result.flagged is None  # the median did not need the floor
+    assert result.stats.median_ms == pytest.approx(0.3) and result.stats.p90_ms == pytest.approx(0.7)
+    location = [result.stats.median_ms, result.stats.mean_ms, result.stats.min_ms, result.stats.p10_ms,
+                result.stats.p90_ms]
+    assert min(location) >= floor > 0 and result.stats.min_ms == pytest.approx(floor)
+    # an exact clock still gets a positive floor; a zero op may cost 0
+    exact = [RoundMeasurement(wide, correction_ms=0.5)] * 3
+    assert stored_result(exact, PARAMS, costs_compute=True).stats.min_ms == EXACT_CLOCK_FLOOR_MS
+    assert stored_result(rounds, PARAMS, costs_compute=False).stats.min_ms == 0.0
 
 
 def test_a_plain_stats_result_is_a_final_round() -> None:
