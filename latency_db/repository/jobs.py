@@ -27,6 +27,7 @@ from latency_db.models import (
     JOB_STATUSES,
     LEASE_OWNER_MAX_LEN,
     OP_SPEC_MAX_LEN,
+    Device,
     Job,
     JobItem,
     utcnow,
@@ -79,6 +80,48 @@ def create_job(
     session.add(job)
     session.flush()
     return job
+
+
+#: Statuses of a job that a new request with the same work attaches to instead of queueing a duplicate.
+OPEN_JOB_STATUSES = ("queued", "running")
+
+
+def create_or_attach_job(
+    session: Session,
+    *,
+    device_id: int,
+    kind: str,
+    context: MeasurementContext,
+    op_specs: Sequence[str],
+    force: bool = False,
+    payload: dict[str, Any] | None = None,
+) -> tuple[Job, bool]:
+    """The queued or running job of ``device_id`` that does the same work, or a new one: ``(job, attached)``.
+
+    The same work: the same kind, measurement context (backend, batch, dtype, threads, environment hash, protocol
+    version), ``force``, op specs (as a multiset: the order plays no part) and ``payload`` (an architecture job's
+    network). Otherwise as :func:`create_job`. Call it in a write transaction: the device's row is locked first
+    (``FOR UPDATE`` on PostgreSQL; SQLite's write lock is held already), so two requests at the same moment
+    never both create the job.
+    """
+    check_positive_int("device_id", device_id)
+    check_context(context)
+    session.execute(select(Device.id).where(Device.id == device_id).with_for_update())
+    wanted = sorted(op_specs) if not isinstance(op_specs, str) else None
+    candidates = session.scalars(
+        select(Job).where(
+            Job.device_id == device_id, Job.kind == kind, Job.status.in_(OPEN_JOB_STATUSES), Job.force == force,
+            *(getattr(Job, column) == value for column, value in context.as_dict().items()),
+        ).order_by(Job.created_at, Job.id)
+    ).all()
+    for job in candidates:
+        if job.payload != payload:
+            continue
+        specs = session.scalars(select(JobItem.op_spec).where(JobItem.job_id == job.id)).all()
+        if sorted(specs) == wanted:
+            return job, True
+    return create_job(session, device_id=device_id, kind=kind, context=context, op_specs=op_specs, force=force,
+                      payload=payload), False
 
 
 def claim_next_job(

@@ -198,6 +198,9 @@ class JobOut(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     failed_items: list[FailedItem] = []
+    attached: bool = Field(False, description="true when a measure request found a queued or running job of this "
+                           "device doing the same work (same ops or architecture, context and force) and answers "
+                           "with it instead of queueing a duplicate")
 
 
 class JobList(BaseModel):

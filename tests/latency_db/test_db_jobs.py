@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +21,7 @@ from latency_db.repository import (
     claim_next_job,
     complete_item,
     create_job,
+    create_or_attach_job,
     failed_items,
     finish_job,
     get_job,
@@ -347,3 +351,50 @@ def test_two_claimers_at_the_same_moment_get_different_jobs_on_postgresql(postgr
             assert (a.id, b.id) == (jobs[0], jobs[1])
     finally:
         engine.dispose()
+
+
+# --- no duplicate jobs --------------------------------------------------------------------------------------------
+def test_a_request_for_the_work_of_an_open_job_attaches_to_it(session_factory: sessionmaker[Session],
+                                                              device_id: int, context: MeasurementContext) -> None:
+    def submit(specs: list[str], **overrides: Any) -> tuple[int, bool]:
+        args = {"device_id": device_id, "kind": "ops", "op_specs": specs, **overrides}
+        with write_session(session_factory) as session:
+            job, attached = create_or_attach_job(session, **split_overrides(context, args))
+            return job.id, attached
+
+    first, attached = submit([spec(0), spec(1)])
+    assert not attached
+    assert submit([spec(1), spec(0)]) == (first, True)  # the same ops in another order: the same work
+    with write_session(session_factory) as session:  # a running job too
+        assert claim(session).id == first
+    assert submit([spec(0), spec(1)]) == (first, True)
+    # other work is a new job: other ops, force, another regime, batch or threads
+    others = [submit([spec(0)]), submit([spec(0), spec(1)], force=True),
+              submit([spec(0), spec(1)], protocol_version="1+warm"), submit([spec(0), spec(1)], batch=2),
+              submit([spec(0), spec(1)], threads=2)]
+    assert all(not attached for _, attached in others) and len({first, *(i for i, _ in others)}) == 6
+    # an architecture job: the same network attaches, another one does not
+    arch = {"blocks": ["conv_r8x8_c3-8_k3_s1_relu6"]}
+    network, _ = submit([], kind="architecture", payload=arch)
+    assert submit([], kind="architecture", payload=dict(arch)) == (network, True)
+    assert submit([], kind="architecture", payload={"blocks": []})[1] is False
+    # a finished job is never attached to
+    with write_session(session_factory) as session:
+        cancel_job(session, first)
+    assert submit([spec(0), spec(1)])[1] is False
+
+
+def test_two_requests_at_the_same_moment_create_one_job(session_factory: sessionmaker[Session], device_id: int,
+                                                        context: MeasurementContext) -> None:
+    barrier = threading.Barrier(2)
+
+    def submit(_: int) -> tuple[int, bool]:
+        barrier.wait()
+        with write_session(session_factory) as session:
+            job, attached = create_or_attach_job(session, device_id=device_id, kind="ops",
+                                                 context=replace(context), op_specs=[spec(3)])
+            return job.id, attached
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(submit, range(2)))
+    assert len({job_id for job_id, _ in answers}) == 1 and sorted(a for _, a in answers) == [False, True]

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from latency_db.models import Job, JobItem, Measurement
+from nas_ops.space import load_space
 from nas_ops.spec import parse_spec
 from profiler_service.engine.protocol import PROTOCOL_VERSION
 from tests.profiler_service.conftest import SMALL_OPS, RunnerGate, make_settings
@@ -96,6 +97,25 @@ def test_measure_without_wait_answers_202_then_finishes(gated_client: TestClient
     assert job["status"] == "done" and job["done"] == 1
     listed = client.get("/v1/jobs", params={"status": "done"}).json()["jobs"]
     assert [j["id"] for j in listed] == [job["id"]]
+
+
+def test_measuring_the_work_of_a_running_job_attaches_to_it(gated_client: TestClient, gate: RunnerGate) -> None:
+    client = gated_client
+    first = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:2]})
+    gate.wait_entered()  # the job is running
+    assert first.status_code == 202 and first.json()["attached"] is False
+    again = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[1::-1]})
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"] and again.json()["attached"]
+    forced = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:2], "force": True})
+    assert forced.json()["id"] != first.json()["id"] and forced.json()["attached"] is False
+    space = load_space("micro-16")
+    arch = {"backend": "ort-cpu", "architecture": space.architecture([0] * len(space.cells())).to_dict()}
+    network = client.post("/v1/measure/architecture", json=arch).json()
+    assert network["attached"] is False
+    assert client.post("/v1/measure/architecture", json=arch).json() | {"attached": False} == network
+    gate.release()
+    assert wait_done(client, first.json()["id"])["status"] == "done"
+    assert len(client.get("/v1/jobs").json()["jobs"]) == 3
 
 
 def test_cancel_keeps_measured_items_and_refuses_finished(gated_client: TestClient, gate: RunnerGate) -> None:

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from latency_db.models import FINISHED_JOB_STATUSES
-from latency_db.repository import create_job
+from latency_db.repository import create_or_attach_job
 from latency_db.transactions import write_session
 from nas_ops.arch_files import architecture_from_json_obj
 from nas_ops.counting import network_memory_bytes
@@ -27,22 +27,26 @@ ANSWERS = {200: {"model": JobOut, "description": "the job finished within wait_s
 
 
 def _submit(state: ServiceState, body: ContextBody, kind: str, op_specs: list[str], force: bool,
-            payload: dict | None, working_set_bytes: int | None) -> int:
-    """Create the job under the protocol of ``working_set_bytes`` (blocking database work: call it in the
-    threadpool, never on the event loop)."""
+            payload: dict | None, working_set_bytes: int | None) -> tuple[int, bool]:
+    """The job under the protocol of ``working_set_bytes``: a queued or running job of this device doing the same
+    work (attached: True), else a new one (blocking database work: call it in the threadpool, never on the event
+    loop)."""
     context = state.context(body.backend, body.batch, body.dtype, body.threads, working_set_bytes)
     with write_session(state.sessions) as session:
-        job = create_job(session, device_id=state.device_id, kind=kind, context=context, op_specs=op_specs,
-                         force=force, payload=payload)
+        job, attached = create_or_attach_job(session, device_id=state.device_id, kind=kind, context=context,
+                                              op_specs=op_specs, force=force, payload=payload)
         job_id = job.id
     state.worker.wake()
-    return job_id
+    return job_id, attached
 
 
-async def _answer(request: Request, state: ServiceState, job_id: int, wait_s: float) -> JSONResponse:
+async def _answer(request: Request, state: ServiceState, job: tuple[int, bool], wait_s: float) -> JSONResponse:
     """200 with the finished job, or 202 with its progress when it is still queued or running (also when the
-    server began to shut down, or the client went away, during the wait)."""
+    server began to shut down, or the client went away, during the wait); ``attached`` says whether the request
+    joined a job that was already queued or running."""
+    job_id, attached = job
     view = await wait_for_job(state, job_id, wait_s, request.app.state.stopping, request.is_disconnected)
+    view = view.model_copy(update={"attached": attached})
     code = 200 if view.status in FINISHED_JOB_STATUSES else 202
     return JSONResponse(view.model_dump(mode="json"), status_code=code)
 
@@ -51,23 +55,24 @@ async def _answer(request: Request, state: ServiceState, job_id: int, wait_s: fl
     "/measure", response_model=JobOut, status_code=202, responses=ANSWERS,
     summary="Measure ops (a job; optionally wait for it)",
     description="Creates a persistent job. Ops already stored under the same environment and protocol version "
-    "(the cache regime of `working_set_bytes`) are skipped unless `force`. Answers 202 with the job, or 200 when "
-    "it finished within `wait_s`.",
+    "(the cache regime of `working_set_bytes`) are skipped unless `force`. A queued or running job of this device "
+    "with the same ops, context and `force` is answered instead of a new one (`attached`: true). Answers 202 "
+    "with the job, or 200 when it finished within `wait_s`.",
 )
 async def measure(body: MeasureRequest, request: Request, state: StateDep, _: TokenDep) -> JSONResponse:
     check_wait(state.settings, body.wait_s)
     check_dtype(state.backend(body.backend), body.dtype)
     parse_ops(state.settings, body.ops, body.batch, body.dtype)
-    job_id = await run_in_threadpool(_submit, state, body, "ops", body.ops, body.force, None,
-                                     body.working_set_bytes)
-    return await _answer(request, state, job_id, body.wait_s)
+    job = await run_in_threadpool(_submit, state, body, "ops", body.ops, body.force, None, body.working_set_bytes)
+    return await _answer(request, state, job, body.wait_s)
 
 
 @router.post(
     "/measure/architecture", response_model=JobOut, status_code=202, responses=ANSWERS,
     summary="Measure a whole network end to end (a job; its result holds the stats)",
     description="The cache regime is that of `working_set_bytes`, by default the architecture's own (nas_ops."
-    "counting.network_memory_bytes at the request's batch and dtype).",
+    "counting.network_memory_bytes at the request's batch and dtype). A queued or running job of this device "
+    "measuring the same architecture in the same context is answered instead of a new one (`attached`: true).",
 )
 async def measure_architecture(body: ArchitectureRequest, request: Request, state: StateDep,
                                _: TokenDep) -> JSONResponse:
@@ -81,5 +86,5 @@ async def measure_architecture(body: ArchitectureRequest, request: Request, stat
     payload = arch.to_dict()
     payload["metadata"] = {}  # the job measures the network; metadata plays no part
     working_set = body.working_set_bytes or network_memory_bytes(arch, body.batch, body.dtype)
-    job_id = await run_in_threadpool(_submit, state, body, "architecture", [], False, payload, working_set)
-    return await _answer(request, state, job_id, body.wait_s)
+    job = await run_in_threadpool(_submit, state, body, "architecture", [], False, payload, working_set)
+    return await _answer(request, state, job, body.wait_s)
