@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from nas_ops.counting import space_working_set_bytes
 from nas_ops.space import SPACES
 from nas_ops.spec import format_spec
+from profiler_service.api.app import create_app
+from profiler_service.engine.cache_regime import CacheInfo
+from profiler_service.engine.protocol import PROTOCOL_VERSION
+from profiler_service.engine.protocol_presets import ServiceProtocol
+from tests.profiler_service.conftest import make_settings
 
 
 def test_spaces_lists_every_preset(client: TestClient) -> None:
@@ -51,3 +57,25 @@ def test_space_rejects_unknown_names_and_bad_resolutions(client: TestClient, pat
     response = client.get(path)
     assert response.status_code == status, response.text
     assert set(response.json()) == {"detail", "code"} and named in response.json()["detail"]
+
+
+def test_a_space_says_its_working_set_and_the_regime_this_device_gives_it(service_db: str) -> None:
+    tiny = SPACES["tiny-32"]
+    working_set = space_working_set_bytes(tiny, 1, "float32")
+    small_cache_kib = working_set // 1024 // 2  # the typical network does not fit: a flush
+    with TestClient(create_app(make_settings(service_db, protocol="auto", cache_kib=small_cache_kib))) as client:
+        body = client.get("/v1/spaces/tiny-32").json()
+        protocol = ServiceProtocol("auto", CacheInfo(small_cache_kib * 1024, "test"), True).for_working_set(
+            working_set)
+        assert body["working_set_bytes"] == working_set
+        assert (body["regime"], body["protocol_version"]) == (protocol.regime, protocol.version)
+        assert body["regime"].startswith("flush") and body["protocol_version"].endswith("+duet")
+        # the lookup of the rows lut stores for this space answers under the same version
+        lookup = client.post("/v1/lookup", json={"backend": "ort-cpu", "ops": [body["fixed"][0]["spec"]],
+                                                 "working_set_bytes": working_set}).json()
+        assert lookup["protocol_version"] == body["protocol_version"]
+        moved = client.get("/v1/spaces/tiny-32", params={"resolution": 64}).json()
+        assert moved["working_set_bytes"] == space_working_set_bytes(tiny.with_resolution(64, 64), 1, "float32")
+    with TestClient(create_app(make_settings(service_db, protocol="auto", cache_kib=1 << 20))) as client:
+        body = client.get("/v1/spaces/tiny-32").json()  # a 1 GiB cache holds it: warm
+        assert (body["regime"], body["protocol_version"]) == ("warm", f"{PROTOCOL_VERSION}+warm+duet")

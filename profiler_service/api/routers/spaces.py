@@ -1,17 +1,22 @@
 """Search spaces (the named spaces of nas_ops.space.SPACES): their cells and the op spec of every candidate.
 
 A client (the web page's heatmap) looks the specs up with ``POST /v1/lookup`` to see which entries of a space's
-latency table F[cell, candidate] this device holds. Only named spaces are served: a request never names a file.
+latency table F[cell, candidate] this device holds. A space's detail carries the working set of its typical network
+and the regime and protocol version this device's protocol gives it, so a client that knows only the space asks for
+the rows ``lut`` stored. Only named spaces are served: a request never names a file.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
+from nas_ops.counting import space_working_set_bytes
 from nas_ops.space import SPACES, ZERO_NAME, SearchSpace
 from nas_ops.spec import MAX_RESOLUTION, format_spec
+from profiler_service.api.deps import StateDep
 from profiler_service.api.errors import bad_request
 from profiler_service.api.schemas import ErrorBody, FixedOp, SpaceCell, SpaceDetail, SpaceList, SpaceSummary
 
@@ -35,6 +40,15 @@ def _summary(space: SearchSpace) -> dict[str, Any]:
             "candidate_names": _column_names(space)}
 
 
+@functools.lru_cache(maxsize=256)
+def _working_set(name: str, resolution: int | None) -> int:
+    """The working set of a named space's typical network (batch 1, float32) at ``resolution`` (None: its own)."""
+    space = SPACES[name]
+    if resolution is not None:
+        space = space.with_resolution(resolution, resolution)
+    return space_working_set_bytes(space, 1, "float32")
+
+
 @router.get("/spaces", response_model=SpaceList, summary="The named search spaces")
 def spaces() -> SpaceList:
     return SpaceList(spaces=[SpaceSummary(**_summary(space)) for space in SPACES.values()])
@@ -45,6 +59,7 @@ def spaces() -> SpaceList:
     responses={422: {"model": ErrorBody, "description": "not a named search space, or a resolution out of range"}},
 )
 def space(
+    state: StateDep,
     name: Annotated[SpaceName, Path(examples=["tiny-32"])],
     resolution: Annotated[int | None, Query(ge=MIN_SPACE_RESOLUTION, le=MAX_RESOLUTION,
                                             description="move the space to this square input size")] = None,
@@ -63,5 +78,8 @@ def space(
                   candidate_names=list(cell.candidate_names), zero_index=cell.zero_index)
         for cell in chosen.cells()
     ]
+    working_set = _working_set(name, resolution)
+    protocol = state.protocol_for(working_set)
     return SpaceDetail(**_summary(chosen), fixed=[FixedOp(role=r, spec=format_spec(s)) for r, s in zip(roles, fixed)],
-                       cells=cells)
+                       cells=cells, working_set_bytes=working_set, regime=protocol.regime,
+                       protocol_version=protocol.version)
