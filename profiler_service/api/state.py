@@ -16,6 +16,7 @@ from profiler_service.api.errors import bad_request
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
 from profiler_service.api.metrics import ServiceMetrics
 from profiler_service.engine.cache_regime import configured_cache
+from profiler_service.engine.duet import BASELINE_SCHEME
 from profiler_service.engine.protocol_presets import ResolvedProtocol, ServiceProtocol
 from profiler_service.settings import ProfilerSettings
 from profiler_service.jobs.canaries import CanaryWatch
@@ -87,11 +88,15 @@ class ServiceState:
         return self.protocol.for_working_set(working_set_bytes)
 
     def environment(self, backend_name: str, threads: int) -> tuple[dict[str, Any], str]:
-        """(environment, its hash) of a backend at a thread count: part of every measurement's identity."""
+        """(environment, its hash) of a backend at a thread count: part of every measurement's identity. A duet
+        service's environment names the duet's scale (``duet_baseline``), so rows on another scale are never
+        served as its own."""
         key = (backend_name, threads)
         with self._env_lock:
             if key not in self._env_cache:
                 env = environment(self.backend(backend_name), threads)
+                if self.protocol.duet:
+                    env = {**env, "duet_baseline": BASELINE_SCHEME}
                 self._env_cache[key] = (env, env_hash(env))
             return self._env_cache[key]
 

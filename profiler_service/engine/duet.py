@@ -32,12 +32,23 @@ does).
 :class:`DuetBackend` wraps a backend so that every runner it prepares (ops, calibration modules, networks) is
 timed in the duet; its environment names the reference, so duet numbers never share an environment hash with
 plain ones. The protocol itself (:mod:`profiler_service.engine.protocol`) is unchanged: the duet is a clock.
+
+One scale for every cache regime: the reference meets its duet's flush (warm, flush<K>, cold), so its latency, and
+a baseline timed in that regime, differ between regimes; a baseline timed per regime would also carry the load of
+the moment each regime was first used. :func:`start_regime_duet` therefore measures the reference in the duet's
+regime and in one fixed regime (:data:`BASELINE_FLUSH_KIB`, the cold flush) in adjacent blocks: the lowest block
+median of each half of the fixed-regime blocks gives two series (:meth:`DuetStart.agreed_baseline_ms`: their mean
+when they agree within :data:`BASELINE_AGREEMENT_REL`), and the median ratio of adjacent blocks (regime / fixed)
+converts ONE baseline of the fixed regime into the regime's (:meth:`DuetStart.scaled`). A slowdown that lasts
+longer than two blocks hits both blocks of a pair, so the ratio does not depend on the load; a table of one regime
+and a network of another, measured under different loads, come out on the scale of the same baseline.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +60,7 @@ from nas_ops.network import build_network
 from nas_ops.space import SearchSpace
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends.base import Backend, Runner
+from profiler_service.engine.cache_regime import COLD_FLUSH_KIB
 from profiler_service.engine.protocol import MEASURE_LOCK, ProtocolParams, cache_flusher, pinned_cores, seeded
 
 #: The default reference op: a mid-size MBConv (about a millisecond after a 16 MiB flush on one CPU core).
@@ -56,6 +68,14 @@ DEFAULT_REFERENCE = "mbconv_r28x28_c40-40_k5_e6_s1_relu6_skip"
 MIN_REFERENCE_RUNS = 2
 MAX_REFERENCE_RUNS = 10_000
 BASELINE_BLOCKS = 20
+#: The flush (KiB) the shared baseline of every regime's duet is timed after: the cold regime's.
+BASELINE_FLUSH_KIB = COLD_FLUSH_KIB
+#: What names the duet's scale in a duet service's environment (so part of its environment hash): one baseline
+#: per environment, timed after BASELINE_FLUSH_KIB, converted into each regime's. Rows measured on another scale
+#: (per-regime baselines) have another environment hash, so they are never served with these.
+BASELINE_SCHEME = "one-baseline-cold-flush"
+#: How far apart (relative) the two series that set a baseline may be and still agree (the canaries' threshold).
+BASELINE_AGREEMENT_REL = 0.10
 #: What :meth:`Duet.start` times: the reference's eval-mode module, its input shape (N, C, H, W) and its label.
 Reference = tuple[nn.Module, tuple[int, int, int, int], str]
 
@@ -195,6 +215,64 @@ def start_protocol_duet(backend: Backend, threads: int, params: ProtocolParams,
     with MEASURE_LOCK, pinned_cores(threads, params.affinity):
         return Duet.start(backend, threads, op_reference(params.duet_reference), seed=params.seed,
                           before_each=cache_flusher(params.cache_flush_kib), clock=clock)
+
+
+@dataclass(frozen=True)
+class DuetStart:
+    """A duet's reference prepared and measured in its regime and in the baseline's (module docstring).
+
+    ``duet``: the reference on the scale of its own lowest block median in the duet's regime (not shared: use
+    :meth:`scaled`); ``series_ms``: the reference's latency after :data:`BASELINE_FLUSH_KIB`, the lowest block
+    median of the first and of the second half of the blocks; ``regime_ratio``: the median over adjacent block
+    pairs of (duet's regime / baseline's regime), 1 when they are the same regime."""
+
+    duet: Duet
+    series_ms: tuple[float, float]
+    regime_ratio: float
+
+    def agreed_baseline_ms(self, agreement_rel: float = BASELINE_AGREEMENT_REL) -> float | None:
+        """The mean of the two series when they agree within ``agreement_rel`` (the larger at most
+        ``1 + agreement_rel`` times the smaller), else None: one disturbed series never sets a baseline."""
+        low, high = sorted(self.series_ms)
+        return (low + high) / 2 if high <= low * (1 + agreement_rel) else None
+
+    def scaled(self, baseline_ms: float) -> Duet:
+        """The duet on the scale of ``baseline_ms``, the reference's latency in the baseline's regime: its own
+        regime's baseline is ``baseline_ms x regime_ratio``."""
+        return self.duet.rebased(baseline_ms * self.regime_ratio)
+
+
+def start_regime_duet(backend: Backend, threads: int, params: ProtocolParams, *, blocks: int = BASELINE_BLOCKS,
+                      block_runs: int = 5, clock: Callable[[], float] = time.perf_counter) -> DuetStart:
+    """Prepare ``params.duet_reference`` on ``backend`` and time it, under the measurement lock and its core
+    pinning, in ``blocks`` pairs of adjacent blocks: one after the protocol's flush, one after
+    :data:`BASELINE_FLUSH_KIB` (one block when both are the same). See :class:`DuetStart`."""
+    if params.duet_reference is None:
+        raise ValueError("params: no duet_reference to start a duet with")
+    if blocks < 2:
+        raise ValueError(f"blocks: two series need at least 2 blocks, got {blocks!r}")
+    module, input_shape, label = op_reference(params.duet_reference)
+    same = params.cache_flush_kib == BASELINE_FLUSH_KIB
+    regime_flush = cache_flusher(params.cache_flush_kib)
+    baseline_flush = regime_flush if same else cache_flusher(BASELINE_FLUSH_KIB)
+    with MEASURE_LOCK, pinned_cores(threads, params.affinity):
+        runner = backend.prepare(module, input_shape, "float32", threads, seed=params.seed)
+        try:
+            runner.time_runs(block_runs, regime_flush)  # warm-up
+            regime_medians, baseline_medians, wall_s = [], [], 0.0
+            for _ in range(blocks):
+                start = clock()
+                regime_medians.append(float(np.median(runner.time_runs(block_runs, regime_flush))))
+                wall_s += clock() - start
+                baseline_medians.append(regime_medians[-1] if same else
+                                        float(np.median(runner.time_runs(block_runs, baseline_flush))))
+        except BaseException:
+            runner.close()
+            raise
+    half = blocks // 2
+    ratio = 1.0 if same else float(np.median([r / b for r, b in zip(regime_medians, baseline_medians)]))
+    duet = Duet(runner, min(regime_medians), wall_s / (blocks * block_runs), label, clock)
+    return DuetStart(duet, (min(baseline_medians[:half]), min(baseline_medians[half:])), ratio)
 
 
 def middle_architecture(space: SearchSpace) -> Architecture:
