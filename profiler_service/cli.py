@@ -241,6 +241,41 @@ def info(
     out.print(backend_table)
 
 
+@app.command()
+def rebaseline(
+    backend: Annotated[str | None, typer.Option(help="the backend whose canary references to measure anew "
+                                                "(default: every backend of the settings)")] = None,
+    db: Annotated[str | None, typer.Option(help="database URL (default: the settings', PROFILER_DB_URL)")] = None,
+) -> None:
+    """Measure new canary references for this device, without a server: the canaries are measured twice and
+    the stored references replaced when the two agree (docs/protocol.md, "Canaries and drift"). Stop the
+    service's measurements first: one measurement at a time on a device."""
+    from latency_db.migrate import upgrade_to_head
+    from profiler_service.api.state import ServiceState
+    from profiler_service.jobs.canaries import CanariesUnsettled
+
+    overrides: dict[str, Any] = {"db_url": db}
+    if backend is not None:
+        overrides["backends"] = backend
+    try:
+        settings = build_settings(**overrides)
+        upgrade_to_head(settings.db_url)
+        state = ServiceState(settings)
+    except (ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    try:
+        reports = state.worker.rebaseline_canaries(state.backends)
+    except CanariesUnsettled as exc:
+        fail(f"{exc}; stop other work on the device and run rebaseline again", code=1)
+    except ValueError as exc:
+        fail(str(exc))
+    finally:
+        state.close()
+    for name, report in reports.items():
+        references = ", ".join(f"{r.op_spec} {r.reference_ms:.4g} ms" for r in report.readings)
+        typer.echo(f"{name}: canary references re-established: {references}")
+
+
 def main() -> None:
     app()
 

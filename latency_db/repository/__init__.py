@@ -6,7 +6,7 @@ Every function takes a Session and only flushes: the caller owns the transaction
 """
 
 from latency_db.repository._checks import check_context
-from latency_db.repository.canaries import canary_references, store_canary_references
+from latency_db.repository.canaries import canary_references, replace_canary_references, store_canary_references
 from latency_db.repository.devices import fingerprint_hash, get_or_create_device
 from latency_db.repository.health import MIN_FREE_BYTES, StoreNotWritable, check_writable, ping
 from latency_db.repository.jobs import (
@@ -82,6 +82,7 @@ __all__ = [
     "ping",
     "release_lease",
     "renew_lease",
+    "replace_canary_references",
     "store_canary_references",
     "upsert_measurement",
     "validate_stats",

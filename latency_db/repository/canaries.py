@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -50,3 +50,18 @@ def store_canary_references(session: Session, *, device_id: int, context: Measur
         session.execute(insert(CanaryReference).values(row).on_conflict_do_nothing(index_elements=IDENTITY))
     session.flush()
     return canary_references(session, device_id=device_id, context=context, op_specs=list(values))
+
+
+def replace_canary_references(session: Session, *, device_id: int, context: MeasurementContext,
+                              values: Mapping[str, float]) -> dict[str, float]:
+    """Store ``values`` (ms, by op spec) as the references of ``context``, replacing the stored ones of these specs
+    (a reference set under load, or a re-baseline on purpose); flushes. Returns the references now stored."""
+    check_context(context)
+    check_positive_int("device_id", device_id)
+    specs = list(values)
+    session.execute(delete(CanaryReference).where(
+        CanaryReference.device_id == device_id,
+        *(getattr(CanaryReference, column) == value for column, value in context.as_dict().items()),
+        CanaryReference.op_spec.in_(specs),
+    ))
+    return store_canary_references(session, device_id=device_id, context=context, values=values)

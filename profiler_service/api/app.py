@@ -15,7 +15,7 @@ from profiler_service.api.docs import install_offline_docs
 from profiler_service.api.db_errors import install_db_error_handlers
 from profiler_service.api.errors import install_error_handlers
 from profiler_service.api.openapi import install_service_openapi
-from profiler_service.api.routers import device, fleet, health, jobs, lookup, measure, metrics, page, spaces, table
+from profiler_service.api.routers import canaries, device, fleet, health, jobs, lookup, measure, metrics, page, spaces, table
 from profiler_service.settings import ProfilerSettings
 from profiler_service.api.state import ServiceState, select_backends
 from profiler_service.engine.backends import Backend
@@ -138,7 +138,7 @@ def create_app(settings: ProfilerSettings | None = None, state: ServiceState | N
         return service.backends if service is not None else select_backends(settings.backend_names())
 
     install_service_openapi(app, settings, served_backends)
-    for module in (health, device, lookup, measure, jobs, table, metrics, fleet, spaces):
+    for module in (health, device, lookup, measure, jobs, canaries, table, metrics, fleet, spaces):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(page.router)
     app.mount(page.ASSETS_URL, page.assets(), name="web")

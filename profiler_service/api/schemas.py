@@ -68,6 +68,9 @@ class BackendDrift(BaseModel):
     checked_at: datetime
     reason: Literal["start", "interval", "job"]
     canaries: list[CanaryReading]
+    reestablished: str | None = Field(None, description="why this check replaced the stored references (agreeing "
+                                      "checks faster than references set under load, or a rebaseline on "
+                                      "request); null when it did not")
 
 
 class Drift(BaseModel):
@@ -78,6 +81,19 @@ class Drift(BaseModel):
     status: Literal["off", "unchecked", "ok", "drift"]
     threshold_rel: float | None = None
     backends: list[BackendDrift] = []
+
+
+class RebaselineRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    backend: str | None = Field(None, min_length=1, max_length=64, description="the backend whose canary references to measure anew (null: "
+                                "every served backend)")
+
+
+class RebaselineOut(BaseModel):
+    status: Literal["scheduled"]
+    backends: list[str] = Field(description="the backends whose next canary check (due at once) measures new "
+                                "references; GET /v1/device shows the report, with reestablished set")
 
 
 class ErrorBody(BaseModel):

@@ -36,6 +36,9 @@ CANARY_SPECS: tuple[str, ...] = (
 #: Relative change of the canaries beyond which the device reports drift: the fidelity bar of the tables is
 #: +-10%, so a device that moved by more no longer matches its table.
 DEFAULT_DRIFT_REL = 0.10
+#: Consecutive checks, all faster than reference / (1 + threshold) and agreeing with each other within the
+#: threshold, that show a reference was set under load (disturbances only slow a machine down): it is replaced.
+REESTABLISH_CHECKS = 3
 #: Why a check ran.
 CHECK_REASONS = ("start", "interval", "job")
 
@@ -85,6 +88,7 @@ class DriftReport:
     reason: str
     threshold_rel: float
     readings: tuple[CanaryReading, ...]
+    reestablished: str | None = None  # why this check replaced the stored references (None: it did not)
 
     @cached_property  # a report never changes, and every lookup answer shows it
     def ratio(self) -> float:
@@ -101,9 +105,26 @@ class DriftReport:
         return {
             "backend": self.backend, "drifting": self.drifting, "ratio": self.ratio,
             "threshold_rel": self.threshold_rel, "checked_at": self.checked_at.isoformat(), "reason": self.reason,
+            "reestablished": self.reestablished,
             "canaries": [{"op": r.op_spec, "reference_ms": r.reference_ms, "current_ms": r.current_ms,
                           "ratio": r.ratio} for r in self.readings],
         }
+
+
+def agreeing_quiet_value(checks: Sequence[Mapping[str, float]], reference: Mapping[str, float],
+                         threshold_rel: float) -> dict[str, float] | None:
+    """The value that replaces ``reference`` when the last :data:`REESTABLISH_CHECKS` of ``checks`` (each a check's
+    values by canary) were all faster than ``reference / (1 + threshold_rel)`` (median ratio over the canaries) and
+    agree with each other (the largest of their ratios at most ``1 + threshold_rel`` times the smallest): each
+    canary's mean over them. None otherwise (a slowdown stays drift: a reference set under load is the only way a
+    quiet machine reads faster than its references, while a slower machine is what drift reports)."""
+    recent = list(checks)[-REESTABLISH_CHECKS:]
+    if len(recent) < REESTABLISH_CHECKS:
+        return None
+    ratios = [float(np.median([values[spec] / reference[spec] for spec in values])) for values in recent]
+    if max(ratios) >= 1 / (1 + threshold_rel) or max(ratios) > min(ratios) * (1 + threshold_rel):
+        return None
+    return {spec: float(np.mean([values[spec] for values in recent])) for spec in recent[-1]}
 
 
 def is_drift(ratio: float, threshold_rel: float) -> bool:
@@ -114,8 +135,9 @@ def is_drift(ratio: float, threshold_rel: float) -> bool:
 
 
 def compare(current: Mapping[str, float], reference: Mapping[str, float], *, backend: str, threshold_rel: float,
-            reason: str, checked_at: datetime) -> DriftReport:
-    """The drift report of a check: every canary of ``current`` against its ``reference`` value."""
+            reason: str, checked_at: datetime, reestablished: str | None = None) -> DriftReport:
+    """The drift report of a check: every canary of ``current`` against its ``reference`` value (``reestablished``:
+    why the check replaced the references, if it did)."""
     if reason not in CHECK_REASONS:
         raise ValueError(f"reason: expected one of {', '.join(CHECK_REASONS)}, got {reason!r}")
     absent = [spec for spec in current if spec not in reference]
@@ -126,4 +148,4 @@ def compare(current: Mapping[str, float], reference: Mapping[str, float], *, bac
             raise ValueError(f"canary {spec}: a latency must be > 0 ms to compare, got {value!r}")
     is_drift(1.0, threshold_rel)  # checks the threshold
     readings = tuple(CanaryReading(spec, reference[spec], value) for spec, value in current.items())
-    return DriftReport(backend, checked_at, reason, threshold_rel, readings)
+    return DriftReport(backend, checked_at, reason, threshold_rel, readings, reestablished)

@@ -11,10 +11,19 @@ One disturbed measurement decides nothing (a client starting on the same core ma
 the 2-core VM): the references are stored only when two measurements in a row agree within the threshold (their
 mean; else :class:`CanariesUnsettled`, nothing stored, the next due check tries again), and a check that drifts
 is measured once more at once, the report being that second measurement's.
+
+Two agreeing measurements can still be slow together (another job ran the whole time). Disturbances only slow a
+machine down, so when :data:`~profiler_service.engine.canary.REESTABLISH_CHECKS` consecutive checks agree with
+each other and are all faster than reference / (1 + threshold), the reference was set under load: it is replaced by
+their mean (:func:`~profiler_service.engine.canary.agreeing_quiet_value`), logged, and that check's report says so
+(``reestablished``). Checks slower than the reference stay drift. :meth:`CanaryWatch.request_rebaseline` asks for
+new references on purpose (``POST /v1/canaries/rebaseline``, ``proxyless-profiler rebaseline``): the next check
+of the backend measures twice and replaces them when the two agree.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,13 +34,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from latency_db.context import MeasurementContext
 from latency_db.models import utcnow
-from latency_db.repository import canary_references, store_canary_references
+from latency_db.repository import canary_references, replace_canary_references, store_canary_references
 from latency_db.transactions import write_session
 from profiler_service.engine.canary import (
     CANARY_SPECS,
     CHECK_REASONS,
     DEFAULT_DRIFT_REL,
     DriftReport,
+    agreeing_quiet_value,
     canary_params,
     compare,
     measure_canaries,
@@ -39,6 +49,7 @@ from profiler_service.engine.canary import (
 from profiler_service.engine.protocol import ProtocolParams
 from profiler_service.engine.stats import RoundMeasurement
 
+log = logging.getLogger(__name__)
 #: The measurement context of the canaries besides backend, threads, environment and protocol.
 CANARY_BATCH, CANARY_DTYPE = 1, "float32"
 
@@ -81,7 +92,15 @@ class CanaryWatch:
         self._lock = threading.Lock()
         self._reports: dict[str, DriftReport] = {}
         self._last_try: dict[str, float] = {}
+        self._quiet: dict[str, list[dict[str, float]]] = {}  # consecutive checks faster than the references
+        self._rebaseline: set[str] = set()  # backends whose references are to be measured anew
         self._checks = 0
+
+    def request_rebaseline(self, backends: Iterable[str]) -> None:
+        """Measure new references for ``backends`` at their next check (which is due at once), replacing the
+        stored ones when its two measurements agree."""
+        with self._lock:
+            self._rebaseline.update(backends)
 
     def due(self, backend: str, reason: str) -> bool:
         """Whether a check of ``backend`` for ``reason`` should run now: "start" when it was never tried,
@@ -90,6 +109,8 @@ class CanaryWatch:
             raise ValueError(f"reason: expected one of {', '.join(CHECK_REASONS)}, got {reason!r}")
         with self._lock:
             last = self._last_try.get(backend)
+            if backend in self._rebaseline:
+                return True
         if last is None:
             return True
         if reason == "start":
@@ -111,6 +132,19 @@ class CanaryWatch:
         current = self._measure(measure, params)
         with self.sessions() as session:
             references = canary_references(session, device_id=self.device_id, context=context, op_specs=self.specs)
+        with self._lock:
+            rebaseline = backend in self._rebaseline
+        if rebaseline:
+            current = self._settle(backend, current, self._measure(measure, params))
+            with write_session(self.sessions) as session:
+                references = replace_canary_references(session, device_id=self.device_id, context=context,
+                                                       values=current)
+            with self._lock:
+                self._rebaseline.discard(backend)
+                self._quiet.pop(backend, None)
+            log.warning("canary references of %s re-established on request", backend)
+            return self._keep(backend, self._compare(backend, reason, current, references,
+                                                     "re-established on request (rebaseline)"))
         if len(references) < len(self.specs):
             current = self._settle(backend, current, self._measure(measure, params))
             with write_session(self.sessions) as session:
@@ -118,7 +152,35 @@ class CanaryWatch:
                                                      values=current)
         report = self._compare(backend, reason, current, references)
         if report.drifting:  # confirmed or taken back by a second measurement
-            report = self._compare(backend, reason, self._measure(measure, params), references)
+            current = self._measure(measure, params)
+            report = self._compare(backend, reason, current, references)
+        return self._keep(backend, self._reestablish_if_quiet(backend, reason, context, current, references, report))
+
+    def _reestablish_if_quiet(self, backend: str, reason: str, context: MeasurementContext,
+                              current: dict[str, float], references: dict[str, float],
+                              report: DriftReport) -> DriftReport:
+        """``report``, or, when this check completes a run of agreeing checks all faster than the references
+        (module docstring), the report against the references it stores in their place."""
+        with self._lock:
+            quiet = self._quiet.setdefault(backend, [])
+            if report.ratio < 1 / (1 + self.threshold_rel):
+                quiet.append(current)
+            else:
+                quiet.clear()
+            replacement = agreeing_quiet_value(quiet, references, self.threshold_rel)
+        if replacement is None:
+            return report
+        with write_session(self.sessions) as session:
+            stored = replace_canary_references(session, device_id=self.device_id, context=context,
+                                               values=replacement)
+        with self._lock:
+            self._quiet.pop(backend, None)
+        why = (f"re-established: {len(quiet)} consecutive checks agreed at {report.ratio:.3g}x the stored values, "
+               "which were set while the device was loaded")
+        log.warning("canary references of %s %s; the new ones are their mean", backend, why)
+        return self._compare(backend, reason, current, stored, why)
+
+    def _keep(self, backend: str, report: DriftReport) -> DriftReport:
         with self._lock:
             self._reports[backend] = report
         return report
@@ -140,11 +202,11 @@ class CanaryWatch:
                                     f"disagree ({agreement.ratio:.3g}x): nothing stored, the next check tries again")
         return {spec: (first[spec] + second[spec]) / 2 for spec in first}
 
-    def _compare(self, backend: str, reason: str, current: dict[str, float],
-                 references: dict[str, float]) -> DriftReport:
+    def _compare(self, backend: str, reason: str, current: dict[str, float], references: dict[str, float],
+                 reestablished: str | None = None) -> DriftReport:
         """``current`` against ``references`` as a report of this watch."""
         return compare(current, references, backend=backend, threshold_rel=self.threshold_rel, reason=reason,
-                       checked_at=utcnow())
+                       checked_at=utcnow(), reestablished=reestablished)
 
     def status(self, backends: Iterable[str]) -> DriftStatus:
         """The drift of ``backends`` now (see :class:`DriftStatus`)."""

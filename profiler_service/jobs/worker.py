@@ -309,6 +309,21 @@ class JobWorker:
                 log.warning("drift on %s: the canaries run at %.3gx their stored values (threshold %g)", name,
                             report.ratio, report.threshold_rel)
 
+    def rebaseline_canaries(self, backends: Iterable[str]) -> dict[str, Any]:
+        """Measure new canary references for ``backends`` now, in the caller's thread (for a worker that is not
+        started: ``proxyless-profiler rebaseline``), replacing the stored ones when the two measurements agree.
+        Returns each backend's report; raises CanariesUnsettled when they disagree, ValueError without canaries."""
+        if self.canaries is None:
+            raise ValueError("the canaries are off (canary_interval_s = 0): there is no reference to re-baseline")
+        reports = {}
+        for name in sorted(backends):
+            self.canaries.request_rebaseline([name])
+            threads = self.canaries.threads
+            reports[name] = self.canaries.check(name, "interval", self.environment(name, threads)[1],
+                                                self._canary_measurer(name, threads, self._stop.is_set),
+                                                self.protocol_params)
+        return reports
+
     def _canary_measurer(self, backend: str, threads: int,
                          should_stop: Callable[[], bool]) -> Callable[[str], RoundMeasurement]:
         """One round of one canary op on ``backend`` with the canary protocol (a check is one session)."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 from sqlalchemy import select
 from torch import nn
 
@@ -19,8 +20,9 @@ from latency_db.connection import make_engine, make_session_factory
 from latency_db.models import CanaryReference, Job, Measurement
 from nas_ops.spec import OpSpec, format_spec
 from profiler_service.api.app import create_app
+from profiler_service.cli import app as cli_app
 from profiler_service.engine.backends import Runner, get_backend
-from profiler_service.engine.canary import CANARY_SPECS, compare, is_drift, measure_canaries
+from profiler_service.engine.canary import CANARY_SPECS, REESTABLISH_CHECKS, compare, is_drift, measure_canaries
 from profiler_service.engine.protocol_presets import protocol_version_for
 from profiler_service.engine.protocol import ProtocolParams
 from profiler_service.engine.stats import RoundMeasurement
@@ -172,6 +174,57 @@ def test_one_disturbed_check_is_taken_back_by_its_repeat(db_url: str) -> None:
         assert len(measurer.calls) == 4 * per  # the disturbed measurement and its repeat
 
 
+def test_a_reference_set_under_load_is_replaced_by_agreeing_quiet_checks(db_url: str) -> None:
+    with open_store(db_url) as store:
+        watch = watch_on(store, FakeClock(1000.0))
+        measurer = SpeedScript()
+        measurer.speed = 2.0  # another job runs while the references are set: both measurements agree, slow
+        watch.check(BACKEND, "start", "ab" * 32, measurer, PARAMS)
+        measurer.speed = 1.0  # the machine is quiet again
+        quiet = [watch.check(BACKEND, "interval", "ab" * 32, measurer, PARAMS) for _ in range(REESTABLISH_CHECKS)]
+        assert [r.drifting for r in quiet] == [True] * (REESTABLISH_CHECKS - 1) + [False]
+        assert all(r.reestablished is None for r in quiet[:-1]) and quiet[-2].ratio == pytest.approx(0.5)
+        assert quiet[-1].ratio == pytest.approx(1.0) and "re-established" in quiet[-1].reestablished
+        assert "loaded" in drift_view(watch, [BACKEND])["backends"][0]["reestablished"]
+        assert watch.status([BACKEND]).status == "ok"
+        with store.sessions() as session:
+            assert sorted(session.scalars(select(CanaryReference.median_ms))) == [pytest.approx(0.4)] * 3
+        later = watch.check(BACKEND, "interval", "ab" * 32, measurer, PARAMS)
+        assert later.ratio == pytest.approx(1.0) and later.reestablished is None
+
+
+def test_a_slowdown_or_disagreeing_fast_checks_keep_the_reference(db_url: str) -> None:
+    with open_store(db_url) as store:
+        watch = watch_on(store, FakeClock(1000.0))
+        measurer = SpeedScript()
+        watch.check(BACKEND, "start", "ab" * 32, measurer, PARAMS)
+        measurer.speed = 1.5  # throttled, for many checks: drift, never a new reference
+        slow = [watch.check(BACKEND, "interval", "ab" * 32, measurer, PARAMS) for _ in range(5)]
+        assert all(r.drifting and r.reestablished is None for r in slow)
+        for speed in (0.5, 0.7, 0.5, 0.7):  # faster, but the checks do not agree with each other
+            measurer.speed = speed
+            report = watch.check(BACKEND, "interval", "ab" * 32, measurer, PARAMS)
+            assert report.drifting and report.reestablished is None
+        with store.sessions() as session:
+            assert sorted(session.scalars(select(CanaryReference.median_ms))) == [pytest.approx(0.4)] * 3
+
+
+def test_a_rebaseline_on_request_replaces_the_references_at_the_next_check(db_url: str) -> None:
+    with open_store(db_url) as store:
+        watch = watch_on(store, FakeClock(1000.0))
+        measurer = SpeedScript()
+        watch.check(BACKEND, "start", "ab" * 32, measurer, PARAMS)
+        measurer.speed = 1.05  # within the threshold: no drift, yet the user wants today's values
+        assert not watch.due(BACKEND, "interval")
+        watch.request_rebaseline([BACKEND])
+        assert watch.due(BACKEND, "interval")
+        report = watch.check(BACKEND, "interval", "ab" * 32, measurer, PARAMS)
+        assert report.ratio == pytest.approx(1.0) and "on request" in report.reestablished
+        assert not watch.due(BACKEND, "interval")
+        with store.sessions() as session:
+            assert sorted(session.scalars(select(CanaryReference.median_ms))) == [pytest.approx(0.42)] * 3
+
+
 # --- the worker runs the checks --------------------------------------------------------------------------------
 def test_the_worker_checks_at_start_and_before_a_job_and_reports_a_slowdown(db_url: str) -> None:
     clock = FakeClock(1000.0)
@@ -315,6 +368,43 @@ def stored_median(db_url: str, op: str) -> float:
             return session.scalars(select(Measurement.median_ms).where(Measurement.op_spec == op)).one()
     finally:
         engine.dispose()
+
+
+def test_a_rebaseline_on_purpose_through_the_api_and_the_cli(canary_client: TestClient, speed: list[float],
+                                                             service_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = canary_client
+    wait_for(lambda: drift_of(client)["status"] != "unchecked", "the canary check at start")
+    speed[0] = 0.5  # the references were set while the device was loaded
+    refused = client.post("/v1/canaries/rebaseline", json={"backend": "no-such-backend"})
+    assert refused.status_code == 422 and refused.json()["code"] == "unknown_backend"
+    answer = client.post("/v1/canaries/rebaseline", json={"backend": "ort-cpu"})
+    assert answer.status_code == 202 and answer.json() == {"status": "scheduled", "backends": ["ort-cpu"]}
+    wait_for(lambda: (drift_of(client)["backends"][0]["reestablished"] or "").endswith("(rebaseline)"),
+             "the re-baseline")
+    assert drift_of(client)["status"] == "ok" and drift_of(client)["backends"][0]["ratio"] == pytest.approx(1.0)
+    # without a server: the command works on the settings' database for this device
+    speed[0] = 0.8
+    monkeypatch.setenv("PROFILER_DEVICE_NAME", "test-device")
+    monkeypatch.setenv("PROFILER_THREADS", "1")
+    monkeypatch.setenv("PROFILER_PROTOCOL", "fast")
+    monkeypatch.setenv("PROFILER_DUET", "false")  # the service's settings: the same environment
+    result = CliRunner().invoke(cli_app, ["rebaseline", "--backend", "ort-cpu", "--db", service_db])
+    assert result.exit_code == 0, result.output
+    assert "ort-cpu: canary references re-established" in result.output
+    engine = make_engine(service_db)
+    try:
+        with make_session_factory(engine)() as session:
+            medians = list(session.scalars(select(CanaryReference.median_ms).where(
+                CanaryReference.op_spec == CANARY_SPECS[0])))
+    finally:
+        engine.dispose()
+    reference_0 = next(c for c in drift_of(client)["backends"][0]["canaries"] if c["op"] == CANARY_SPECS[0])
+    assert medians == [pytest.approx(reference_0["reference_ms"] * 0.8 / 0.5)]
+
+
+def test_a_rebaseline_without_canaries_is_refused(client: TestClient) -> None:
+    answer = client.post("/v1/canaries/rebaseline")
+    assert answer.status_code == 409 and answer.json()["code"] == "canaries_off"
 
 
 def test_without_canaries_the_device_says_so(client: TestClient) -> None:
