@@ -59,11 +59,9 @@ is symmetric in time, so a slow linear drift of the machine moves the table's me
 networks' median and mean alike, and both samples are measured in the same rounds. (A single table round cannot be
 centred; it comes first.)
 
-ONNX export: a network round of an ORT backend spends ~0.8 s exporting the 224 network to ONNX, more than its
-timed runs. The network of a given architecture is the same module in every round (weights seeded by the protocol),
-so its export is kept on disk for the run and reused (keyed by a digest of the module's structure and weights);
-the session, warm-up and timed runs are the protocol's as they are. ``--no-export-cache`` exports every round,
-as the service does. Table ops are measured exactly as a job measures them (no cache).
+ONNX export: an ORT backend keeps its exports in memory, as in the service
+(:mod:`profiler_service.engine.backends.export_cache`): a network or op of a given spec is the same module in every
+round (weights seeded by the protocol), so it is exported once. ``--no-export-cache`` exports every round.
 
 Reported per sample: share within +-5% and +-10%, Kendall's tau-b, MAPE, mean signed error, per ground-truth
 aggregate; the noise ceiling of the ground truth (Kendall's tau between two rounds, median over pairs; the spread
@@ -88,7 +86,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,7 +109,6 @@ from benchmarks.fidelity_measure import (
     NETWORK_TARGET_REL_CI,
     TRUTH_NEIGHBOURS,
     TRUTH_REFERENCES,
-    ExportCachingOrt,
     Network,
     Table,
     TableRounds,
@@ -141,6 +137,7 @@ from nas_ops.space import SearchSpace, load_space
 from nas_ops.spec import format_spec
 from profiler_service.engine.aggregate import AGGREGATES
 from profiler_service.engine.backends import Backend, get_backend
+from profiler_service.engine.backends.export_cache import ExportCache
 from profiler_service.engine.backends.ort_backend import OrtBackend
 from profiler_service.engine.cache_regime import read_core_cache
 from profiler_service.engine.calibration import CalibrationCache
@@ -201,7 +198,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="protocol cache_flush_kib for ops and networks (default: the preset's)")
     parser.add_argument("--no-affinity", action="store_true", help="do not pin the measuring thread to fixed cores")
     parser.add_argument("--no-export-cache", action="store_true",
-                        help="export every network round to ONNX again (as the service does; much slower)")
+                        help="export every op and network round to ONNX again (much slower)")
     parser.add_argument("--anchors", type=int, default=None,
                         help="anchor networks the table is fitted on (0: the plain sum); default: the search "
                              "client's (6)")
@@ -299,10 +296,10 @@ def run_phases(phases_plan: Sequence[tuple[str, int]], args: argparse.Namespace,
     phases: list[dict[str, Any]] = []
     selection: dict[str, Any] = {}
     calibration = CalibrationCache()  # the table is one job: its ops share their calibration values
-    with tempfile.TemporaryDirectory(prefix="fidelity_onnx_") as export_dir, progress_bar() as progress:
+    if isinstance(backend, OrtBackend) and args.no_export_cache:
+        backend.export_cache = ExportCache(0)
+    with progress_bar() as progress:
         network_backend = backend
-        if isinstance(backend, OrtBackend) and not args.no_export_cache:
-            network_backend = ExportCachingOrt(backend, Path(export_dir))
         truth_backend = network_backend if truth_duet is None else DuetBackend(network_backend, truth_duet)
         if duet is not None:  # one reference and baseline for the table and its anchors (and the truth by default)
             backend, network_backend = DuetBackend(backend, duet), DuetBackend(network_backend, duet)

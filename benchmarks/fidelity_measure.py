@@ -5,26 +5,20 @@ The command line and the whole method are described in :mod:`benchmarks.fidelity
 from __future__ import annotations
 
 import argparse
-import hashlib
 import random
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from nas_ops.arch import Architecture
 from nas_ops.counting import count_flops, weight_bytes
-from nas_ops.export import onnx_bytes
 from nas_ops.space import SearchSpace
 from nas_ops.spec import OpSpec
 from profiler_service.engine.aggregate import aggregate_function
 from profiler_service.engine.backends import Backend
-from profiler_service.engine.backends.base import Runner, random_input
-from profiler_service.engine.backends.ort_backend import OrtBackend, OrtRunner
 from profiler_service.engine.calibration import CalibrationCache
 from profiler_service.engine.protocol import (
     ProtocolParams,
@@ -99,35 +93,6 @@ def table_order(count: int, params: ProtocolParams, seed: int, round_index: int)
 def network_order(count: int, params: ProtocolParams, seed: int, round_index: int, rounds: int) -> list[int]:
     """The order of network round ``round_index``: seeded like a job's (job id ``-1 - seed``, never the table's)."""
     return round_order(range(count), seed=params.seed, job_id=-1 - seed, round_index=round_index, rounds=rounds)
-
-
-# --- ONNX export cache of the networks -------------------------------------------------------------------------------
-def module_digest(module: nn.Module) -> str:
-    """A digest of a module's structure and weights: equal digests export to the same ONNX model."""
-    digest = hashlib.blake2b(repr(module).encode(), digest_size=20)
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().cpu().numpy())  # the buffer itself, no copy
-    return digest.hexdigest()
-
-
-class ExportCachingOrt(OrtBackend):
-    """An ORT backend (same provider, options, name and environment as ``inner``) that exports a module to ONNX
-    once and keeps the model in ``directory``; sessions, inputs and timing are the backend's own."""
-
-    def __init__(self, inner: OrtBackend, directory: Path) -> None:
-        self.__dict__.update(inner.__dict__)
-        self.directory = directory
-        self.exports = 0
-
-    def _prepare(self, module: nn.Module, input_shape: tuple[int, int, int, int], dtype: str, threads: int,
-                 seed: int) -> Runner:
-        path = self.directory / f"{module_digest(module)}_{'x'.join(map(str, input_shape))}.onnx"
-        if not path.exists():
-            path.write_bytes(onnx_bytes(module, input_shape=input_shape, opset=self.options["opset"]))
-            self.exports += 1
-        return OrtRunner(self.create_session(path.read_bytes(), threads), random_input(input_shape, seed),
-                         self.device)
 
 
 # --- the table -----------------------------------------------------------------------------------------------------

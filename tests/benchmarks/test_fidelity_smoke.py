@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from torch import nn
 
 from nas_ops.space import load_space
 from nas_ops.spec import OpSpec, format_spec
-from profiler_service.engine.backends import get_backend
 from profiler_service.engine.duet import DEFAULT_REFERENCE
 from profiler_service.engine.protocol import ProtocolParams
 from profiler_service.engine.rounds import stored_result
@@ -304,23 +302,6 @@ def test_sample_report_and_verdicts() -> None:
     verdicts = fidelity_report.verdicts({"uniform": {"metrics": {"within10": 1.0, "tau": 0.8, "within5": 0.9}},
                                   "stratified": {"metrics": {"tau": None}}})
     assert [v["pass"] for v in verdicts] == [True, False, True, False]
-
-
-def test_export_cache_exports_a_module_once_with_the_backends_environment(tmp_path: Path) -> None:
-    inner = get_backend("ort-cpu")
-    cached = fidelity_measure.ExportCachingOrt(inner, tmp_path)
-    assert cached.name == inner.name and cached.environment(1) == inner.environment(1)
-
-    def module(seed: int) -> nn.Module:
-        import torch
-
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-
-    for seed in (0, 0, 1):
-        with cached.prepare(module(seed), (1, 3, 8, 8), "float32", 1) as runner:
-            assert runner.output().shape == (1, 4, 6, 6)
-    assert cached.exports == 2 and len(list(tmp_path.iterdir())) == 2
 
 
 def test_a_missed_target_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

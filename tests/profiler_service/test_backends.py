@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
 
 from nas_ops.blocks import build_op
 from nas_ops.spec import parse_spec
@@ -19,6 +20,7 @@ from profiler_service.engine.backends import (
     get_backend,
     provider_short_name,
 )
+from profiler_service.engine.backends.export_cache import ExportCache
 from profiler_service.engine.protocol import ProtocolParams, Stats, measure_op
 
 MBCONV = parse_spec("mbconv_r16x16_c8-8_k3_e3_s1_relu6_skip")
@@ -190,3 +192,36 @@ def test_ort_cuda_matches_torch_and_measures() -> None:
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-3)
     check_measured(measure_op(MBCONV, backend, 1, "float32", 1, FAST))
+
+
+def test_ort_exports_an_identical_module_once_and_a_different_one_again() -> None:
+    """The rounds of a job and the anchors build the same module from a spec again: it is exported once."""
+    backend = OrtBackend("CPUExecutionProvider")
+
+    def module(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+
+    outputs = []
+    for seed in (0, 0, 1, 0):
+        with backend.prepare(module(seed), (1, 3, 8, 8), "float32", 1) as runner:
+            outputs.append(runner.output())
+    assert backend.export_cache.exports == 2 and len(backend.export_cache) == 2
+    assert np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[0], outputs[2])
+    with backend.prepare(module(0), (1, 3, 10, 10), "float32", 1) as runner:  # another input shape: another model
+        assert runner.output().shape == (1, 4, 8, 8)
+    assert backend.export_cache.exports == 3
+    assert OrtBackend("CPUExecutionProvider").environment(1) == backend.environment(1)  # the cache is no option
+
+
+def test_export_cache_drops_the_least_recently_used_model_beyond_its_bytes() -> None:
+    cache = ExportCache(max_bytes=10)
+    modules = [nn.Linear(1, 1) for _ in range(3)]
+    for module, model in zip(modules, (b"aaaa", b"bbbb", b"cccc")):
+        cache.model(module, (1, 1), 17, lambda model=model: model)
+    assert len(cache) == 2 and cache.exports == 3
+    assert cache.model(modules[2], (1, 1), 17, lambda: b"new!") == b"cccc"  # kept
+    assert cache.model(modules[0], (1, 1), 17, lambda: b"again") == b"again"  # dropped first, exported again
+    assert cache.model(nn.Linear(1, 1), (1, 1), 17, lambda: b"x" * 11) == b"x" * 11 and len(cache) == 2  # too big
+    with pytest.raises(ValueError, match="max_bytes"):
+        ExportCache(-1)

@@ -5,7 +5,9 @@ the backend's options; with the default ``graph_optimization="all"`` ORT folds B
 its layout transforms, as a deployed ORT model would. Input and output are bound once with IOBinding (on the
 provider's device for CUDA and TensorRT), so a timed run is one ``run_with_iobinding`` call: no allocation of the
 output and no host/device copy in the timed region. ORT synchronizes the provider's stream before a run returns,
-so the host clock around one run measures the latency a caller sees, on every provider.
+so the host clock around one run measures the latency a caller sees, on every provider. Exports are kept in
+memory (:mod:`profiler_service.engine.backends.export_cache`): the rounds of a job and the anchors' networks export
+each module once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from nas_ops.export import MAX_OPSET, MIN_OPSET, onnx_bytes
 from profiler_service.engine.backends.base import Backend, Runner, random_input
+from profiler_service.engine.backends.export_cache import ExportCache
 
 PROVIDER_SUFFIX = "ExecutionProvider"
 # Providers that are not compute devices: never advertised.
@@ -125,6 +128,7 @@ class OrtBackend(Backend):
             "opset": opset,
             "io_binding": self.device,
         }
+        self.export_cache = ExportCache()  # not an option: it changes no measured number, only how often we export
 
     @property
     def available(self) -> bool:
@@ -155,5 +159,7 @@ class OrtBackend(Backend):
 
     def _prepare(self, module: nn.Module, input_shape: tuple[int, int, int, int], dtype: str, threads: int,
                  seed: int) -> Runner:
-        model = onnx_bytes(module, input_shape=input_shape, opset=self.options["opset"])
+        opset = self.options["opset"]
+        model = self.export_cache.model(module, input_shape, opset,
+                                        lambda: onnx_bytes(module, input_shape=input_shape, opset=opset))
         return OrtRunner(self.create_session(model, threads), random_input(input_shape, seed), self.device)
