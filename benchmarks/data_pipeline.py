@@ -132,21 +132,20 @@ def make_folder(root: Path, images: int, side: int) -> dict[str, Any]:
 
 
 # --- children --------------------------------------------------------------------------------------------------
-def _options(args: argparse.Namespace, workers: int) -> Any:
-    from search_client.training.datasets import DataOptions
+def _open(args: argparse.Namespace, workers: int) -> Any:
+    """The search data of the folder, as a search opens it, with ``workers`` loader processes."""
+    from search_client.training.datasets import DataOptions, open_search_data
 
-    return DataOptions(str(args.folder), (args.input_size, args.input_size), 3, args.batch, seed=0,
-                       valid_per_class=VALID_PER_CLASS, workers=workers)
+    options = DataOptions(str(args.folder), valid_per_class=VALID_PER_CLASS, workers=workers)
+    return open_search_data(options, (args.input_size, args.input_size), 3, args.batch, seed=0)
 
 
 def child_throughput(args: argparse.Namespace) -> dict[str, Any]:
     """Images/s of the train stream with ``--child-workers`` workers (after one warm-up batch)."""
     import torch
 
-    from search_client.training.datasets import open_search_data
-
     torch.set_num_threads(1)
-    data = open_search_data(_options(args, args.child_workers))
+    data = _open(args, args.child_workers)
     stream = data.train
     batches = min(args.throughput_batches, len(stream) - 1)
     stream.next_batch()  # workers started, first batches in flight
@@ -215,13 +214,11 @@ def child_epoch(args: argparse.Namespace) -> dict[str, Any]:
     """One search epoch's reads (every train batch, a valid batch every ARCH_EVERY) and the peak memory."""
     import torch
 
-    from search_client.training.datasets import open_search_data
-
     torch.set_num_threads(1)
     base_kib = status_kib("VmRSS")
     start = time.perf_counter()
     with _TreePss() as tree:
-        data = open_search_data(_options(args, args.child_workers))
+        data = _open(args, args.child_workers)
         opened_kib = status_kib("VmRSS")
         train_batches = valid_batches = 0
         checksum = 0.0

@@ -64,7 +64,7 @@ from search_client.nas.supernet import Supernet  # noqa: E402
 from search_client.nas.weight_step import weight_step  # noqa: E402
 from search_client.table.latency_table import LatencyTable, table_specs  # noqa: E402
 from search_client.training.cuda import DeviceTraining  # noqa: E402
-from search_client.training.datasets import open_search_data  # noqa: E402
+from search_client.training.datasets import DataOptions
 from search_client.training.distributed import (  # noqa: E402
     distributed_session,
     exit_at_end_under_torchrun,
@@ -171,8 +171,8 @@ def search_config(space: SearchSpace, args: argparse.Namespace, epochs: int) -> 
     train_per_class = -(-args.epoch_steps * args.batch // CLASSES)
     valid_per_class = -(-args.batch * max([1, *args.procs]) // CLASSES)
     source = f"synthetic:{CLASSES * (train_per_class + valid_per_class)}:{CLASSES}"
-    return SearchConfig(targets_ms=[(low + high) / 2], data=source, epochs=epochs, batch_size=args.batch,
-                        valid_per_class=valid_per_class, arch_every=ARCH_EVERY, arch_lr=PAPER_ARCH_LR,
+    return SearchConfig(targets_ms=[(low + high) / 2], data=DataOptions(source, valid_per_class=valid_per_class),
+                        epochs=epochs, batch_size=args.batch, arch_every=ARCH_EVERY, arch_lr=PAPER_ARCH_LR,
                         mode="full_v2")
 
 
@@ -264,7 +264,7 @@ def measure_epochs(space: SearchSpace, choices: list[int], args: argparse.Namesp
     run = SearchRun(config, [flops_table(space)], work / "epochs", callbacks=timer, device=args.device, amp=args.amp)
     rig_alphas(run.supernet, choices)
     placement = DeviceTraining(args.device, amp=args.amp)
-    data = open_search_data(config.data_options(space.input_size, space.in_chs))
+    data = config.open_data(space.input_size, space.in_chs)
     net = placement.prepare_model(build_network(space.architecture(choices)))
     sgd = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, nesterov=True, weight_decay=4e-5)
     search_rates, compact_rates = [], []

@@ -573,7 +573,8 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (``--help`` lists it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--quick", action="store_true", help="a few requests per scenario (smoke run)")
@@ -581,8 +582,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=160.0, help="time budget of the whole run")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="keep the services' logs here (default: a temporary directory, removed)")
-    parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where the reports are written")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     if not args.budget_s > 0:
         print(f"service_load: --budget-s must be > 0, got {args.budget_s}", file=sys.stderr)
         return 2

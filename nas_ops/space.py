@@ -366,9 +366,6 @@ SPACES: dict[str, SearchSpace] = {
     ),
 }
 
-#: Old name of :data:`SPACES`, kept only until tests/benchmarks/test_memory_smoke.py imports SPACES; then delete.
-PRESETS = SPACES
-
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
     """A named space (:data:`SPACES`), or a space file (``.json``, ``.yaml`` or ``.yml``; format in the module

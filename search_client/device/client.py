@@ -1,4 +1,4 @@
-"""HTTP client of one profiler service (the REST API of docs/CONTRACTS.md).
+"""HTTP client of one profiler service (the REST API of docs/api.md).
 
 The search side never imports the profiler: it asks a device for latencies over HTTP with :class:`LatencyClient`.
 
@@ -6,7 +6,10 @@ The search side never imports the profiler: it asks a device for latencies over 
 - Connection errors and 5xx answers are retried with exponential backoff (``backoff_s * 2**k``); 4xx never are.
 - Every failure is one of the documented exceptions of :mod:`search_client.device.errors`.
 - No terminal output: a job's progress goes to an optional callback (``progress``, called with a
-  :class:`JobProgress` after every poll); the command line draws its bars from it.
+  :class:`JobProgress` after every poll, ``attached`` set for a job the service answered a request with instead
+  of queueing a duplicate); the command line draws its bars from it.
+- :attr:`LatencyClient.running_job` names the job the client is waiting on, and stays set when the wait is
+  interrupted (KeyboardInterrupt), so that the caller can cancel it (:meth:`LatencyClient.cancel_job`).
 
 This package imports httpx and nas_ops only (no torch, no rich).
 """
@@ -24,7 +27,7 @@ import httpx
 from nas_ops.arch import Architecture
 from nas_ops.counting import network_memory_bytes
 from nas_ops.spec import OpSpec, format_spec
-from search_client.device.api_schema import JOB_DONE, JOB_FINISHED
+from search_client.device.api_schema import JOB_ATTACHED, JOB_DONE, JOB_FINISHED, JOB_PROTOCOL_VERSION
 from search_client.device.errors import (
     AuthRefused,
     BadRequest,
@@ -47,16 +50,28 @@ _CONNECTION_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError,
 
 @dataclass(frozen=True)
 class JobProgress:
-    """Where a job stands after one poll: its id, status, items done and total (None while unknown)."""
+    """Where a job stands after one poll: its id, status, items done and total (None while unknown), and whether
+    the request that waits on it attached to a job already queued or running (``attached`` of the answer)."""
 
     job_id: int
     status: str | None
     done: int
     total: int | None
+    attached: bool = False
 
 
 ProgressCallback = Callable[[JobProgress], None]
 """Called after every poll of a job (see :meth:`LatencyClient.wait_job`)."""
+
+
+@dataclass(frozen=True)
+class NetworkMeasurement:
+    """An end-to-end measurement of one network: its Stats, the protocol version (so the cache regime) the job
+    measured it in (None: a service that does not say), and the job's id."""
+
+    stats: dict[str, Any]
+    protocol_version: str | None
+    job_id: int
 
 
 @dataclass
@@ -166,6 +181,7 @@ class LatencyClient:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         self._sleep = time.sleep  # replaced in tests to observe the backoff
+        self.running_job: int | None = None  # the job being waited on (kept after a KeyboardInterrupt)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -310,20 +326,36 @@ class LatencyClient:
         return self._json("POST", f"/v1/jobs/{int(job_id)}/cancel")
 
     def wait_job(self, job_id: int, timeout_s: float = 3600.0, poll_s: float = 1.0,
-                 progress: ProgressCallback | None = None) -> dict[str, Any]:
+                 progress: ProgressCallback | None = None, *, attached: bool = False) -> dict[str, Any]:
         """Poll a job until it finishes; return its JSON when ``done`` without failed items.
 
-        ``progress`` (optional) is called with a :class:`JobProgress` after every poll. Raises :class:`JobFailed`
-        when the job ends ``failed``/``cancelled`` or with failed items, :class:`RequestTimeout` when it is not
-        finished after ``timeout_s`` seconds (the job keeps running on the device).
+        ``progress`` (optional) is called with a :class:`JobProgress` after every poll (``attached``: the job was
+        answered to a request that attached to it). Raises :class:`JobFailed` when the job ends
+        ``failed``/``cancelled`` or with failed items, :class:`RequestTimeout` when it is not finished after
+        ``timeout_s`` seconds (the job keeps running on the device). While it waits, :attr:`running_job` is
+        ``job_id``; a KeyboardInterrupt leaves it so (the caller may cancel the job), any other end clears it.
         """
         if not timeout_s > 0 or not poll_s > 0:
             raise ValueError(f"timeout_s and poll_s: must be > 0, got {timeout_s!r} and {poll_s!r}")
+        self.running_job = int(job_id)
+        try:
+            job = self._poll_until_finished(int(job_id), timeout_s, poll_s, progress, attached)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            self.running_job = None
+            raise
+        self.running_job = None
+        return self._check_finished(job)
+
+    def _poll_until_finished(self, job_id: int, timeout_s: float, poll_s: float,
+                             progress: ProgressCallback | None, attached: bool) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.job(job_id)
             if progress:
-                progress(JobProgress(int(job_id), job.get("status"), int(job.get("done") or 0), job.get("total")))
+                progress(JobProgress(job_id, job.get("status"), int(job.get("done") or 0), job.get("total"),
+                                     attached))
             if job.get("status") in JOB_FINISHED:
                 break
             remaining = deadline - time.monotonic()
@@ -334,6 +366,15 @@ class LatencyClient:
                     "it keeps running on the device"
                 )
             time.sleep(min(poll_s, remaining))
+        return job
+
+    def _wait_submitted(self, job: dict[str, Any], timeout_s: float, poll_s: float,
+                        progress: ProgressCallback | None) -> dict[str, Any]:
+        """The answer of a measure request, waited on until it finishes (:meth:`wait_job`) and checked."""
+        if job.get("status") not in JOB_FINISHED:
+            self.running_job = int(job["id"])  # an interrupt before the first poll still knows the job
+            job = self.wait_job(job["id"], timeout_s=timeout_s, poll_s=poll_s, progress=progress,
+                                attached=bool(job.get(JOB_ATTACHED)))
         return self._check_finished(job)
 
     def _check_finished(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -379,9 +420,7 @@ class LatencyClient:
             for chunk in _chunks(to_measure, LOOKUP_CHUNK):
                 job = self.submit_measure(chunk, backend, batch, dtype, threads, force=force,
                                           working_set_bytes=working_set_bytes)
-                if job.get("status") not in JOB_FINISHED:
-                    job = self.wait_job(job["id"], timeout_s=timeout_s, poll_s=poll_s, progress=progress)
-                self._check_finished(job)
+                self._wait_submitted(job, timeout_s, poll_s, progress)
             again = self.lookup(to_measure, backend, batch, dtype, threads, working_set_bytes=working_set_bytes)
             found.update(again.found)
             if again.missing:
@@ -399,18 +438,36 @@ class LatencyClient:
         timeout_s: float = 3600.0,
         poll_s: float = 1.0,
         progress: ProgressCallback | None = None,
+        working_set_bytes: int | None = None,
     ) -> dict[str, Any]:
-        """End-to-end Stats of the whole network ``arch`` (``POST /v1/measure/architecture``, then wait), in the
-        cache regime of its own working set (:func:`nas_ops.counting.network_memory_bytes`, sent with it)."""
-        body = {**_context_body(backend, batch, dtype, threads, network_memory_bytes(arch, batch, dtype)),
-                "architecture": arch.to_dict(), "wait_s": 0}
-        job = self._json("POST", "/v1/measure/architecture", json=body)
-        if job.get("status") not in JOB_FINISHED:
-            job = self.wait_job(job["id"], timeout_s=timeout_s, poll_s=poll_s, progress=progress)
-        job = self._check_finished(job)
+        """End-to-end Stats of the whole network ``arch``: :meth:`measure_network`'s ``stats``."""
+        return self.measure_network(arch, backend, batch, dtype, threads, timeout_s=timeout_s, poll_s=poll_s,
+                                    progress=progress, working_set_bytes=working_set_bytes).stats
+
+    def measure_network(
+        self,
+        arch: Architecture,
+        backend: str,
+        batch: int = 1,
+        dtype: str = "float32",
+        threads: int | None = None,
+        *,
+        timeout_s: float = 3600.0,
+        poll_s: float = 1.0,
+        progress: ProgressCallback | None = None,
+        working_set_bytes: int | None = None,
+    ) -> NetworkMeasurement:
+        """Measure the whole network ``arch`` end to end (``POST /v1/measure/architecture``, then wait) in the cache
+        regime of ``working_set_bytes`` (a table's, to compare with it; None: the network's own,
+        :func:`nas_ops.counting.network_memory_bytes`); the answer says the protocol version it was measured in."""
+        working_set = network_memory_bytes(arch, batch, dtype) if working_set_bytes is None else working_set_bytes
+        body = {**_context_body(backend, batch, dtype, threads, working_set), "architecture": arch.to_dict(),
+                "wait_s": 0}
+        job = self._wait_submitted(self._json("POST", "/v1/measure/architecture", json=body), timeout_s, poll_s,
+                                   progress)
         if not isinstance(job.get("result"), dict):
             raise LatencyClientError(f"job {job.get('id')} on {self.base_url} finished without a result")
-        return job["result"]
+        return NetworkMeasurement(job["result"], job.get(JOB_PROTOCOL_VERSION), int(job["id"]))
 
     def table(
         self,

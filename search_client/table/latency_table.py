@@ -3,19 +3,22 @@
 For cell i with path weights p_i (softmax of its alphas), ``E[lat_i] = sum_j p_ij F(o_ij)`` and
 ``E[LAT] = fixed + sum_i E[lat_i]``, where ``fixed`` is the sum of the medians of the ops every architecture of
 the space has (stem, first block, feature mix, head) and a Zero candidate costs 0. An architecture's predicted
-latency is the same sum with one-hot p: the prediction rule of docs/CONTRACTS.md (sum of stored medians).
+latency is the same sum with one-hot p: the prediction rule of docs/architecture.md (sum of stored medians).
 Missing entries are an error listing every one of them (:class:`MissingEntriesError`): there is no fallback value.
 
-Table file (JSON, UTF-8), format version 1, or 2 for an anchored table::
+Table file (JSON, UTF-8), format version 3; files of versions 1 (plain) and 2 (anchored), written before tables
+recorded their working set, still load::
 
     {
       "format": "proxyless-latency-table",   # fixed marker
-      "version": 1,                           # 2 when "anchor" is present
+      "version": 3,                           # 1 or 2 (with "anchor") in older files, which lack working_set_bytes
       "created_at": "2025-01-01T12:00:00+00:00",
       "space": {...},                         # SearchSpace.to_dict()
       "device": {"url": "http://...", "name": "...", "fingerprint": {...}, "fingerprint_hash": "..."},
       "backend": "ort-cpu", "batch": 1, "dtype": "float32", "threads": 1,   # threads: as resolved by the device
-      "protocol_version": "...", "env_hash": "<sha256 hex>",
+      "protocol_version": "4+flush1024+duet", "env_hash": "<sha256 hex>",
+      "working_set_bytes": 786432,            # sent with every request of the table (version 3)
+      "regime": "flush1024",                  # the cache regime its protocol_version names (warm, flush<K>, cold)
       "fixed_ms": 1.234,                      # sum of the fixed ops' medians
       "fixed": [{"op": "conv_r16x16_c3-8_k3_s2_relu6", "stats": {Stats}}, ...],   # space.fixed_specs() order
       "cells": [                              # space.cells() order
@@ -28,8 +31,15 @@ Table file (JSON, UTF-8), format version 1, or 2 for an anchored table::
                  "c_ms_per_mb": 0.02,                 # only with method "huber-weights" (else c = 0)
                  "networks": [{"choices": [0, 3, ...], "predicted_ms": 12.3, "measured_ms": 13.1,
                                "weight_mb": 8.1}, ...]},   # weight_mb: absent in files before the weight term
+      "quality": {"bound": 0.25, "noisy": ["mbconv_..."], "passes": 2,   # what stays noisy or implausible after
+                  "implausible": [{"cell": 1, "cheaper": "mbconv_...", "than": "mbconv_..."}]},   # re-measuring
       "content_hash": "<sha256 hex>"          # LatencyTable.content_hash(); checked on load
     }
+
+A table has one cache regime: every entry was looked up and measured with ``working_set_bytes`` (that of the
+space's typical network), and whatever predicts or verifies with the table measures under it too (the anchors,
+``verify --table``). ``quality`` (:mod:`search_client.table.quality`) is what :func:`build_table` found still noisy or
+implausible after measuring such entries again; absent in tables not built from a device.
 
 Anchored tables (:mod:`search_client.table.anchors`): ``latency_ms`` and ``fixed_ms`` are the anchored values (the
 device's median of an op times ``b`` plus ``c_ms_per_mb`` times its weights in MB; ``a_ms`` added to ``fixed_ms``),
@@ -60,7 +70,7 @@ import torch
 from nas_ops.counting import space_working_set_bytes, weight_bytes
 from nas_ops.space import SearchSpace
 from nas_ops.spec import format_spec
-from search_client.device.api_schema import STATS_FIELDS
+from search_client.device.api_schema import STATS_FIELDS, regime_of_version
 from search_client.device.errors import MissingEntriesError
 from search_client.table.anchors import (
     ANCHOR_PASSES,
@@ -71,6 +81,7 @@ from search_client.table.anchors import (
     default_anchors,
     fit_anchor_map,
 )
+from search_client.table.quality import QUALITY_PASSES, TableQuality, check_quality
 
 if TYPE_CHECKING:
     from search_client.device.client import LatencyClient, ProgressCallback
@@ -78,7 +89,15 @@ if TYPE_CHECKING:
 FORMAT_MARKER = "proxyless-latency-table"
 FORMAT_VERSION = 1
 ANCHORED_FORMAT_VERSION = 2
+#: Files that record their working set (and so their regime): anchored or not.
+REGIME_FORMAT_VERSION = 3
+#: An anchored fixed cost below this share of the unanchored one is reported (the intercept ate it).
+FIXED_SHARE_WARNING = 0.1
 DEVICE_FIELDS = ("url", "name", "fingerprint", "fingerprint_hash")
+
+
+class RegimeMismatchError(ValueError):
+    """A measurement came back under another protocol version (cache regime, duet) than the table's."""
 
 
 class FlaggedEntriesError(ValueError):
@@ -145,7 +164,9 @@ class LatencyTable:
     ``entries[i][j]`` is candidate j of cell i in the cell's candidate order (Zero = 0.0); ``stats`` holds the
     device's full Stats of every op used (fixed and candidates, Zero excluded). ``allow_flagged``: the table has
     flagged entries (see :attr:`flagged`) and was built knowing it. ``anchor``: the map the entries were anchored
-    with (None: the plain sums of the device's medians).
+    with (None: the plain sums of the device's medians). ``working_set_bytes``: the working set every request of
+    the table carried (None: a file written before tables recorded it). ``quality``: what stayed noisy or
+    implausible when it was built (None: not checked).
     """
 
     space: SearchSpace
@@ -162,9 +183,14 @@ class LatencyTable:
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     allow_flagged: bool = False
     anchor: AnchorMap | None = None
+    working_set_bytes: int | None = None
+    quality: TableQuality | None = None
     _cells: list[torch.Tensor] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.working_set_bytes is not None and (isinstance(self.working_set_bytes, bool) or not isinstance(
+                self.working_set_bytes, int) or self.working_set_bytes < 1):
+            raise ValueError(f"working_set_bytes: expected a positive integer, got {self.working_set_bytes!r}")
         cells = self.space.cells()
         if len(self.entries) != len(cells):
             raise ValueError(f"entries: {len(self.entries)} rows for a space of {len(cells)} cells")
@@ -190,6 +216,8 @@ class LatencyTable:
         created_at: str | None = None,
         allow_flagged: bool = False,
         anchor: AnchorMap | None = None,
+        working_set_bytes: int | None = None,
+        quality: TableQuality | None = None,
     ) -> LatencyTable:
         """The table of ``space`` from ``{op spec: Stats}`` (extra specs are ignored), anchored with ``anchor``.
 
@@ -211,20 +239,22 @@ class LatencyTable:
             for cell in space.cells()
         ]
         if anchor is not None:
+            unanchored_fixed = fixed_ms
             fixed_ms = anchor.shift(fixed_ms, fixed_weight_mb(space, dtype))
             entries = [[anchor.scale_entry(value, weight) for value, weight in zip(row, weights)]
                        for row, weights in zip(entries, cell_weights_mb(space, dtype))]
             negative = [f"cell {i} candidate {j}" for i, row in enumerate(entries) for j, v in enumerate(row) if v < 0]
             if negative or fixed_ms < 0:
+                what = ', '.join(negative) or (f"the fixed part ({fixed_ms:.4f} ms anchored, {unanchored_fixed:.4f} "
+                                               "ms unanchored)")
                 raise AnchorFitError(f"anchors: the map (measured = {anchor.a_ms:.3f} + {anchor.b:.3f} x predicted "
-                                     f"ms + {anchor.c_ms_per_mb:.4f} x weight MB) makes "
-                                     f"{', '.join(negative) or 'the fixed part'} negative; measure the table again "
-                                     "on a quiet device")
+                                     f"ms + {anchor.c_ms_per_mb:.4f} x weight MB) makes {what} negative; measure "
+                                     "the table again on a quiet device")
         extra = {} if created_at is None else {"created_at": created_at}
         return cls(space=space, device=_check_device(device), backend=backend, batch=batch, dtype=dtype,
                    threads=threads, protocol_version=protocol_version, env_hash=env_hash, fixed_ms=fixed_ms,
                    entries=entries, stats=used, allow_flagged=bool(allow_flagged and flagged), anchor=anchor,
-                   **extra)
+                   working_set_bytes=working_set_bytes, quality=quality, **extra)
 
     def anchored(self, anchor: AnchorMap) -> LatencyTable:
         """This table (unanchored) anchored with ``anchor``; ValueError for a table already anchored."""
@@ -233,7 +263,46 @@ class LatencyTable:
         return type(self).from_stats(
             self.space, self.stats, device=self.device, backend=self.backend, batch=self.batch, dtype=self.dtype,
             threads=self.threads, protocol_version=self.protocol_version, env_hash=self.env_hash,
-            created_at=self.created_at, allow_flagged=self.allow_flagged, anchor=anchor)
+            created_at=self.created_at, allow_flagged=self.allow_flagged, anchor=anchor,
+            working_set_bytes=self.working_set_bytes, quality=self.quality)
+
+    # --- regime and quality ---------------------------------------------------------------------------------
+    @property
+    def regime(self) -> str:
+        """The cache regime of the table's entries: the one its protocol version names (warm, flush<K>, cold)."""
+        return regime_of_version(self.protocol_version)
+
+    def request_working_set(self) -> int:
+        """The working set to send with a request that must follow the table's regime: the one its requests
+        carried, or for an older file that lacks it, the space's typical network's (what ``lut`` sent)."""
+        if self.working_set_bytes is not None:
+            return self.working_set_bytes
+        return space_working_set_bytes(self.space, self.batch, self.dtype)
+
+    def check_same_regime(self, protocol_version: str | None, what: str) -> None:
+        """Raise :class:`RegimeMismatchError` naming both versions when ``what`` came back under another protocol
+        version than the table's (None: the device did not say, an error too)."""
+        if protocol_version != self.protocol_version:
+            raise RegimeMismatchError(
+                f"{what} came back under protocol version {protocol_version!r} (regime "
+                f"{regime_of_version(protocol_version or '')}), the table's is {self.protocol_version!r} (regime "
+                f"{self.regime}): they cannot be compared")
+
+    @property
+    def unanchored_fixed_ms(self) -> float:
+        """The fixed cost as the device measured it: the sum of the fixed ops' medians, before any anchor map."""
+        return sum(float(self.stats[format_spec(s)]["median_ms"]) for s in self.space.fixed_specs())
+
+    def fixed_cost_warning(self) -> str | None:
+        """One line when the anchors' intercept makes the fixed cost near 0 (below :data:`FIXED_SHARE_WARNING` of
+        the unanchored one), with both values; None otherwise."""
+        unanchored = self.unanchored_fixed_ms
+        if self.anchor is None or unanchored <= 0 or self.fixed_ms >= FIXED_SHARE_WARNING * unanchored:
+            return None
+        return (f"warning: the anchors' intercept ({self.anchor.a_ms:+.4f} ms) takes the fixed cost (stem, first "
+                f"block, mix, head) from {unanchored:.4f} ms unanchored to {self.fixed_ms:.4f} ms: the table's entries "
+                "carry a bias the intercept cancels; predictions of whole networks still follow the anchors, single "
+                "entries do not")
 
     @property
     def flagged(self) -> dict[str, str]:
@@ -309,6 +378,10 @@ class LatencyTable:
             payload["allow_flagged"] = True
         if self.anchor is not None:  # likewise: unanchored tables hash as before
             payload["anchor"] = self.anchor.as_dict()
+        if self.working_set_bytes is not None:  # likewise: files before version 3 hash as before
+            payload["working_set_bytes"] = self.working_set_bytes
+        if self.quality is not None:
+            payload["quality"] = self.quality.as_dict()
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -326,13 +399,20 @@ class LatencyTable:
         extra: dict[str, Any] = {"allow_flagged": True} if self.allow_flagged else {}
         if self.anchor is not None:
             extra["anchor"] = self.anchor.as_dict()
-        version = FORMAT_VERSION if self.anchor is None else ANCHORED_FORMAT_VERSION
+        if self.working_set_bytes is not None:
+            extra["working_set_bytes"] = self.working_set_bytes
+        if self.quality is not None:
+            extra["quality"] = self.quality.as_dict()
+        if self.working_set_bytes is not None:
+            version = REGIME_FORMAT_VERSION
+        else:
+            version = FORMAT_VERSION if self.anchor is None else ANCHORED_FORMAT_VERSION
         return {
             "format": FORMAT_MARKER, "version": version, "created_at": self.created_at,
             "space": self.space.to_dict(), "device": self.device, "backend": self.backend, "batch": self.batch,
             "dtype": self.dtype, "threads": self.threads, "protocol_version": self.protocol_version,
-            "env_hash": self.env_hash, "fixed_ms": self.fixed_ms, "fixed": fixed, "cells": cells, **extra,
-            "content_hash": self.content_hash(),
+            "regime": self.regime, "env_hash": self.env_hash, "fixed_ms": self.fixed_ms, "fixed": fixed,
+            "cells": cells, **extra, "content_hash": self.content_hash(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -355,11 +435,15 @@ class LatencyTable:
         """Rebuild a table from its file object; checks it against its own space, latencies and hash."""
         if not isinstance(data, dict) or data.get("format") != FORMAT_MARKER:
             raise ValueError(f"{source}: field 'format': not a latency table (expected {FORMAT_MARKER!r})")
-        if data.get("version") not in (FORMAT_VERSION, ANCHORED_FORMAT_VERSION):
-            raise ValueError(f"{source}: field 'version': unsupported version {data.get('version')!r}")
-        if (data["version"] == ANCHORED_FORMAT_VERSION) != ("anchor" in data):
-            raise ValueError(f"{source}: field 'anchor': version {data['version']} files "
-                             f"{'need' if data['version'] == ANCHORED_FORMAT_VERSION else 'have no'} one")
+        version = data.get("version")
+        if version not in (FORMAT_VERSION, ANCHORED_FORMAT_VERSION, REGIME_FORMAT_VERSION):
+            raise ValueError(f"{source}: field 'version': unsupported version {version!r}")
+        if version != REGIME_FORMAT_VERSION and (version == ANCHORED_FORMAT_VERSION) != ("anchor" in data):
+            raise ValueError(f"{source}: field 'anchor': version {version} files "
+                             f"{'need' if version == ANCHORED_FORMAT_VERSION else 'have no'} one")
+        if (version == REGIME_FORMAT_VERSION) != ("working_set_bytes" in data):
+            raise ValueError(f"{source}: field 'working_set_bytes': version {version} files "
+                             f"{'need' if version == REGIME_FORMAT_VERSION else 'have no'} one")
         required = ("created_at", "space", "device", "backend", "batch", "dtype", "threads", "protocol_version",
                     "env_hash", "fixed", "cells", "content_hash")
         absent = [key for key in required if key not in data]
@@ -371,11 +455,16 @@ class LatencyTable:
         if not isinstance(allow_flagged, bool):
             raise ValueError(f"{source}: field 'allow_flagged': expected true or false, got {allow_flagged!r}")
         anchor = AnchorMap.from_dict(data["anchor"], source) if "anchor" in data else None
+        quality = TableQuality.from_dict(data["quality"], source) if "quality" in data else None
         table = cls.from_stats(
             space, stats, device=data["device"], backend=data["backend"], batch=data["batch"],
             dtype=data["dtype"], threads=data["threads"], protocol_version=data["protocol_version"],
             env_hash=data["env_hash"], created_at=data["created_at"], allow_flagged=allow_flagged, anchor=anchor,
+            working_set_bytes=data.get("working_set_bytes"), quality=quality,
         )
+        if "regime" in data and data["regime"] != table.regime:
+            raise ValueError(f"{source}: field 'regime': {data['regime']!r} is not the regime of its protocol "
+                             f"version {table.protocol_version!r} ({table.regime!r})")
         _check_file_agrees(table, data, source)
         return table
 
@@ -436,8 +525,12 @@ def build_table(
     ``allow_flagged``; before that, when it may measure, flagged entries are measured once more in a new job (a new
     calibration session: a flag from one disturbed timing does not survive a second session; a flag that does is an
     op below the device's resolution).
+    Then its quality is checked (:mod:`search_client.table.quality`): when it may measure, the noisy entries and
+    those in implausible orderings are measured again with ``force``, in up to
+    :data:`~search_client.table.quality.QUALITY_PASSES` extra jobs, and what stays is the table's ``quality``.
     Then the table is anchored (:func:`anchor_table`) on ``anchors`` networks measured on the
-    device (None: the default, :func:`~search_client.table.anchors.default_anchors`; 0: not anchored).
+    device (None: the default, :func:`~search_client.table.anchors.default_anchors`; 0: not anchored) in the
+    table's regime.
     """
     info = client.device_info()
     device = {"url": client.base_url, "name": info["name"], "fingerprint": info["fingerprint"],
@@ -457,10 +550,17 @@ def build_table(
         found.update(client.measure_missing(flagged, backend, batch, dtype, threads, timeout_s=timeout_s,
                                             poll_s=poll_s, progress=progress, working_set_bytes=working_set,
                                             force=True))
+    quality = check_quality(space, {spec: found[spec] for spec in specs}, batch=batch, dtype=dtype)
+    while measure_missing and not quality.ok and quality.passes < QUALITY_PASSES:
+        found.update(client.measure_missing(quality.suspects(), backend, batch, dtype, threads, timeout_s=timeout_s,
+                                            poll_s=poll_s, progress=progress, working_set_bytes=working_set,
+                                            force=True))
+        quality = check_quality(space, {spec: found[spec] for spec in specs}, batch=batch, dtype=dtype,
+                                passes=quality.passes + 1)
     table = LatencyTable.from_stats(
         space, found, device=device, backend=result.backend, batch=result.batch, dtype=result.dtype,
         threads=result.threads, protocol_version=result.protocol_version, env_hash=result.env_hash,
-        allow_flagged=allow_flagged,
+        allow_flagged=allow_flagged, working_set_bytes=working_set, quality=quality,
     )
     count = default_anchors() if anchors is None else anchors
     if count == 0:
@@ -472,13 +572,22 @@ def anchor_table(client: LatencyClient, table: LatencyTable, count: int, *, time
                  poll_s: float = 1.0, progress: ProgressCallback | None = None) -> LatencyTable:
     """``table`` anchored on ``count`` (>= 2) networks of its space from its cheapest to its most expensive
     (:func:`~search_client.table.anchors.anchor_choices`), each measured end to end on the device behind
-    ``client`` in the table's context, in :data:`~search_client.table.anchors.ANCHOR_PASSES` passes over all of
-    them (its latency: the lowest pass); raises AnchorFitError when they disagree beyond a bias."""
+    ``client`` in the table's context and regime (every request carries :meth:`LatencyTable.request_working_set`),
+    in :data:`~search_client.table.anchors.ANCHOR_PASSES` passes over all of them (its latency: the lowest pass).
+    Raises :class:`RegimeMismatchError` naming both versions when an anchor comes back under another protocol
+    version than the table's, AnchorFitError when they disagree beyond a bias."""
     choices = anchor_choices(table.entries, count, cell_weights_mb(table.space, table.dtype))
     archs = [table.space.architecture(choice) for choice in choices]
-    passes = [[float(client.measure_architecture(arch, table.backend, table.batch, table.dtype, table.threads,
-                                                 timeout_s=timeout_s, poll_s=poll_s, progress=progress)["median_ms"])
-               for arch in archs] for _ in range(ANCHOR_PASSES)]
+    working_set = table.request_working_set()
+
+    def measure(k: int, arch: Any) -> float:
+        result = client.measure_network(arch, table.backend, table.batch, table.dtype, table.threads,
+                                        timeout_s=timeout_s, poll_s=poll_s, progress=progress,
+                                        working_set_bytes=working_set)
+        table.check_same_regime(result.protocol_version, f"anchor network {k} (job {result.job_id})")
+        return float(result.stats["median_ms"])
+
+    passes = [[measure(k, arch) for k, arch in enumerate(archs)] for _ in range(ANCHOR_PASSES)]
     measured = [min(results) for results in zip(*passes)]
     predicted = [table.latency_of(choice) for choice in choices]
     weights = [table.weight_mb_of(choice) for choice in choices]

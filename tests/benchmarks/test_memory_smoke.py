@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from nas_ops.space import PRESETS
+from nas_ops.space import SPACES
 
 ROOT = Path(__file__).resolve().parents[2]
 from benchmarks import memory
@@ -36,7 +36,7 @@ def test_memory_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_each_case_runs_its_step_in_process() -> None:
     torch.set_num_threads(1)
-    space = PRESETS["micro-16"]
+    space = SPACES["micro-16"]
     for case in memory.CASES:
         step = memory.build_step(case, space, 2, torch.device("cpu"))
         step()
