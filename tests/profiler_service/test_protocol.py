@@ -7,7 +7,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -473,3 +473,26 @@ def test_real_ops_and_a_network_are_measured(name: str) -> None:
     network = measure_network(arch, backend, 2, "float32", 1, params)
     assert all(math.isfinite(v) and v >= 0 for v in network.as_dict().values()), network
     assert network.samples >= params.min_runs
+
+
+def test_the_cache_flush_reads_its_whole_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flush reads every element of a buffer of the asked size (what evicts the caches)."""
+    from profiler_service.engine import protocol
+
+    read: list[int] = []
+
+    class Buffer:
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+        def max(self) -> float:
+            read.append(self.size)
+            return 1.0
+
+    assert protocol._flush_buffer(4).nbytes == 4 * 1024
+    monkeypatch.setattr(protocol, "_flush_buffer", lambda kib: Buffer(kib * 256))
+    assert protocol.cache_flusher(0) is None
+    flush = protocol.cache_flusher(1024)
+    flush()
+    flush()
+    assert read == [1024 * 256, 1024 * 256]  # float32: 1 MiB read in full, every time
