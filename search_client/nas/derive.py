@@ -9,7 +9,9 @@ Architecture metadata written by :func:`derive_architecture`::
     space, choices, choice_names        the space name, the candidate index and name per cell
     probabilities                       softmax(alpha) per cell at the end of the search
     devices                             per latency table: name, url, backend, batch, dtype, threads,
-                                        fingerprint_hash, env_hash, table_hash, target_ms, predicted_ms
+                                        fingerprint_hash, env_hash, table_hash, target_ms, predicted_ms,
+                                        protocol_version and working_set_bytes (the table's regime: verify
+                                        measures the network in it)
     predicted_latency_ms                {"<device name>/<backend>": predicted ms} ("#<i>" appended to keys that
                                         two tables share)
     backend                             the first table's backend
@@ -59,7 +61,8 @@ def derive_architecture(supernet: Supernet, objective: MultiDeviceLatency | None
         metadata["devices"] = [
             {"name": t.device.get("name"), "url": t.device.get("url"), "backend": t.backend, "batch": t.batch,
              "dtype": t.dtype, "threads": t.threads, "fingerprint_hash": t.device.get("fingerprint_hash"),
-             "env_hash": t.env_hash, "table_hash": t.content_hash(), "target_ms": target, "predicted_ms": ms}
+             "env_hash": t.env_hash, "table_hash": t.content_hash(), "target_ms": target, "predicted_ms": ms,
+             "protocol_version": t.protocol_version, "working_set_bytes": t.request_working_set()}
             for t, target, ms in zip(objective.tables, objective.targets_ms, predicted)
         ]
         metadata["predicted_latency_ms"] = dict(zip(device_keys(objective.tables), predicted))

@@ -299,7 +299,7 @@ class LatencyTable:
         unanchored = self.unanchored_fixed_ms
         if self.anchor is None or unanchored <= 0 or self.fixed_ms >= FIXED_SHARE_WARNING * unanchored:
             return None
-        return (f"warning: the anchors' intercept ({self.anchor.a_ms:+.4f} ms) takes the fixed cost (stem, first "
+        return (f"the anchors' intercept ({self.anchor.a_ms:+.4f} ms) takes the fixed cost (stem, first "
                 f"block, mix, head) from {unanchored:.4f} ms unanchored to {self.fixed_ms:.4f} ms: the table's entries "
                 "carry a bias the intercept cancels; predictions of whole networks still follow the anchors, single "
                 "entries do not")

@@ -2,8 +2,9 @@
 
 - ``fake_device``: a :class:`FakeDevice`, an in-memory profiler that speaks the REST API of docs/api.md
   through ``httpx.MockTransport``; ``fake_device.client()`` is a :class:`LatencyClient` wired to it. Its latency of
-  an op is a deterministic function of the spec (:func:`fake_median_ms`), measured only through a job, so tests
-  can count lookups and measured ops (``fake_device.requests``, ``fake_device.measured``). It can also stand for
+  an op is a deterministic function of the spec (:func:`device_median_ms`: a costlier op is slower), measured only
+  through a job, so tests can count lookups and measured ops (``fake_device.requests``, ``fake_device.measured``).
+  It can also stand for
   a device with a per-core cache (``cache_bytes``: the protocol version of every answer follows the request's
   working set, and a network measured warm runs ``regime_scale`` times its stored sum), a loaded device
   (``measure_stats``: the Stats of the n-th measurement of an op), and it attaches a repeated measure request to
@@ -14,7 +15,7 @@
   (``.url``, ``.db_url``, ``.log_path``). Tests using it should carry ``@pytest.mark.live``.
 
 Helpers (import them from this module): :func:`make_table` (a complete table of a space with the fake
-latencies, no device needed) and :func:`softmax_probs` (random alphas and their softmax per cell).
+latencies, no device needed), :func:`device_table` (the plain table a FakeDevice measures) and :func:`softmax_probs` (random alphas and their softmax per cell).
 """
 
 from __future__ import annotations
@@ -43,23 +44,34 @@ FAKE_DEVICE = {"url": "http://fake-device:8000", "name": "fake", "fingerprint": 
 
 
 def fake_median_ms(spec: str) -> float:
-    """A deterministic latency in [0.1, 2.1) ms for ``spec``: plausible for an op spec (it grows with the op's
-    multiply-adds plus memory bytes, jittered by +-1% from its sha256, less than :func:`fake_stats`' IQR, so no
-    two candidates of a cell are in an implausible ordering), from the sha256 alone for any other text."""
+    """A deterministic latency in [0.1, 2.1) ms for ``spec`` (from its sha256): :func:`make_table`'s entries, in
+    no particular order of the ops' costs."""
     digest = hashlib.sha256(spec.encode()).digest()
-    unit = int.from_bytes(digest[:4], "big") / 2**32
+    return 0.1 + int.from_bytes(digest[:4], "big") / 2**32 * 2.0
+
+
+def device_median_ms(spec: str) -> float:
+    """The :class:`FakeDevice`'s latency of ``spec``, in [0.1, 2.1) ms: for an op spec it grows with the op's
+    multiply-adds plus memory bytes, jittered by +-1% from its sha256 (less than :func:`fake_stats`' IQR), so no two
+    candidates of a cell are in an implausible ordering; for any other text, :func:`fake_median_ms`."""
     try:
         op = parse_spec(spec)
     except ValueError:
-        return 0.1 + unit * 2.0
+        return fake_median_ms(spec)
+    unit = int.from_bytes(hashlib.sha256(spec.encode()).digest()[:4], "big") / 2**32
     cost = count_flops(op) + op_memory_bytes(op, 1, "float32")
     return 0.1 + 2.0 * cost / (cost + FAKE_COST_SCALE) * (0.99 + 0.02 * unit)
 
 
-def fake_stats(spec: str) -> dict[str, Any]:
-    m = fake_median_ms(spec)
+def stats_of(m: float, iqr_share: float = 0.03) -> dict[str, Any]:
+    """Stats of a measurement with median ``m`` and an IQR of ``iqr_share`` of it."""
     return {"median_ms": m, "mean_ms": m * 1.01, "std_ms": m * 0.02, "min_ms": m * 0.97, "p10_ms": m * 0.98,
-            "p90_ms": m * 1.03, "iqr_ms": m * 0.03, "samples": 25}
+            "p90_ms": m * 1.03, "iqr_ms": m * iqr_share, "samples": 25}
+
+
+def fake_stats(spec: str) -> dict[str, Any]:
+    """The :class:`FakeDevice`'s Stats of ``spec`` (median :func:`device_median_ms`, IQR 3%)."""
+    return stats_of(device_median_ms(spec))
 
 
 def fake_regime(working_set_bytes: int | None, cache_bytes: int) -> str:
@@ -81,10 +93,18 @@ def fake_version(regime: str) -> str:
 def make_table(space: SearchSpace | str = "micro-16", scale: float = 1.0, **overrides: Any) -> LatencyTable:
     """A complete table of ``space`` with the fake latencies (times ``scale``), as the fake device would give."""
     space = SPACES[space] if isinstance(space, str) else space
-    stats = {spec: {**fake_stats(spec), "median_ms": fake_median_ms(spec) * scale} for spec in table_specs(space)}
+    stats = {spec: stats_of(fake_median_ms(spec) * scale) for spec in table_specs(space)}
     kwargs = {"device": FAKE_DEVICE, "backend": "ort-cpu", "batch": 1, "threads": 1, "protocol_version": "test-1",
               "env_hash": "e" * 64, **overrides}
     return LatencyTable.from_stats(space, stats, **kwargs)
+
+
+def device_table(space: SearchSpace | str = "micro-16", **overrides: Any) -> LatencyTable:
+    """The plain table of ``space`` that a :class:`FakeDevice` measures (its :func:`fake_stats`)."""
+    space = SPACES[space] if isinstance(space, str) else space
+    kwargs = {"device": FAKE_DEVICE, "backend": "ort-cpu", "batch": 1, "threads": 1, "protocol_version": "test-1",
+              "env_hash": "e" * 64, **overrides}
+    return LatencyTable.from_stats(space, {spec: fake_stats(spec) for spec in table_specs(space)}, **kwargs)
 
 
 def softmax_probs(table: LatencyTable, seed: int = 0, dtype: torch.dtype = torch.float64
@@ -129,6 +149,7 @@ class FakeDevice:
         self.jobs: dict[int, dict[str, Any]] = {}
         self.polls: dict[int, int] = {}
         self.requests: list[tuple[str, str]] = []
+        self.bodies: dict[str, list[dict[str, Any]]] = {}  # the JSON body of every POST, by path
         self.measured: list[str] = []
 
     def client(self, **kwargs: Any) -> LatencyClient:
@@ -139,6 +160,8 @@ class FakeDevice:
         self.requests.append((request.method, request.url.path))
         path = request.url.path
         body = json.loads(request.content) if request.content else {}
+        if request.method == "POST":
+            self.bodies.setdefault(path, []).append(body)
         if path == "/v1/health":
             return httpx.Response(200, json={"status": "ok", "version": "0.1.0"})
         if path == "/v1/device":

@@ -29,7 +29,7 @@ from search_client.table.anchors import (
     weight_contrasts,
 )
 from search_client.table.latency_table import LatencyTable, build_table, cell_weights_mb, table_specs
-from tests.search_client.conftest import FakeDevice, fake_stats, make_table, softmax_probs
+from tests.search_client.conftest import FakeDevice, device_table, fake_stats, make_table, softmax_probs
 
 MICRO = SPACES["micro-16"]
 
@@ -308,7 +308,7 @@ def test_anchored_file_round_trip_and_hand_edits_refused(tmp_path):
 
 
 def test_build_table_anchors_a_table_on_measured_networks():
-    plain = make_table(backend="torch-cpu")
+    plain = device_table(backend="torch-cpu")  # what the fake device's stats sum to
 
     def network_ms(body):  # the device: networks 10% slower than the sum, plus 0.2 ms
         return 0.2 + 1.1 * plain.latency_of(Architecture.from_dict(body).metadata["choices"])
@@ -330,7 +330,7 @@ def test_build_table_anchors_a_table_on_measured_networks():
 
 
 def test_build_table_fits_the_weight_term_of_a_device_whose_networks_pay_for_weights():
-    plain = make_table(backend="ort-cpu")
+    plain = device_table(backend="ort-cpu")  # what the fake device's stats sum to
 
     def network_ms(body):  # the device: 0.2 ms + 1.1 x the sum + 0.03 ms per MB of weights
         choices = Architecture.from_dict(body).metadata["choices"]
@@ -347,7 +347,7 @@ def test_build_table_fits_the_weight_term_of_a_device_whose_networks_pay_for_wei
 
 
 def test_an_anchor_is_the_lowest_of_its_passes():
-    plain = make_table(backend="torch-cpu")
+    plain = device_table(backend="torch-cpu")  # what the fake device's stats sum to
     calls: list[tuple[int, ...]] = []
 
     def network_ms(body):  # the first pass of every anchor ran while the machine was busy: 30% slower

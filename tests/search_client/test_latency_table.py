@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from nas_ops.counting import space_working_set_bytes
 from nas_ops.space import SPACES, Candidate, SearchSpace, Stage
 from nas_ops.spec import format_spec
 from search_client.device.errors import MissingEntriesError
@@ -209,7 +210,8 @@ def test_build_table_measures_missing_entries_on_the_device():
     assert table.device == FAKE_DEVICE
     assert (table.backend, table.batch, table.dtype, table.threads) == ("ort-cpu", 1, "float32", 1)
     assert table.env_hash == "e" * 64 and table.protocol_version == "test-1"
-    assert table == make_table(created_at=table.created_at)
+    assert table.stats == {spec: fake_stats(spec) for spec in table_specs(MICRO)}
+    assert table.working_set_bytes == space_working_set_bytes(MICRO, 1, "float32") and table.quality.ok
 
 
 def test_build_table_without_measuring_lists_missing():

@@ -131,8 +131,7 @@ def test_spaces_shows_one_space_and_rejects_unknown(tmp_path):
 
 
 def test_lut_anchors_on_networks_when_asked_and_says_so(device, tmp_path):
-    plain = make_table()  # what the fake device's stats sum to
-    device.network_ms = lambda body: 0.1 + 1.1 * plain.latency_of(Architecture.from_dict(body).metadata["choices"])
+    device.network_ms = lambda body: 0.1 + 1.1 * device.sum_of_ops(body)  # its networks: an affine map of its ops
     out = tmp_path / "anchored.json"
     result = runner.invoke(app, ["lut", "--space", "micro-16", "--device", "http://dev:8000", "--out", str(out),
                                  "--anchors", "3"])
