@@ -52,6 +52,8 @@ Rows of another version are never served as this one's.
    (:mod:`profiler_service.engine.aggregate`; by default the lowest round median, their median in a duet). Default 3 rounds: the
    smallest count where at least two rounds are undisturbed when one is, and the most that keeps the proxyless-mobile table (70 ops) near a minute on ort-cpu with
    ``time_budget_s`` 0.25 s per round (0.75 s of timed runs per op in all, the 0.5 s of version 2 plus half).
+   Under the ``median`` aggregate an item stops before its last round once the rounds left cannot move its
+   aggregate by more than ``settle_rel`` (:func:`profiler_service.engine.rounds.settled`).
 10. No silent zeros (:func:`profiler_service.engine.rounds.stored_result`): an op that costs multiply-adds whose
    aggregated latency is not above the timer's resolution (calibration floored it at 0, or it stayed below the
    timer even in groups) is stored flagged, with the reason, and with an upper bound instead of 0.
@@ -136,6 +138,9 @@ class ProtocolParams(BaseModel):
     rounds: int = Field(3, ge=1, le=50, description="interleaved rounds per job (point 9)")
     aggregate: AggregateName = Field(DEFAULT_AGGREGATE, description=f"aggregate of the rounds: {', '.join(AGGREGATES)}")
     aggregate_q: float = Field(DEFAULT_QUANTILE, gt=0, lt=1, description="the quantile of low_quantile")
+    settle_rel: float | None = Field(0.01, gt=0, le=1, description="an item stops before its last round once the "
+                                     "rounds left cannot move its median aggregate by more than this (relative); "
+                                     "None: every round")
     min_timing_ticks: int = Field(100, ge=1, le=10**9, description="timer ticks one timing must last (point 7)")
     max_runs_per_timing: int = Field(1 << 16, ge=1, le=1 << 24, description="runs in one timing at most")
     duet_reference: str | None = Field(None, min_length=1, max_length=256,

@@ -58,6 +58,28 @@ def lacking_rounds(stored: Sequence[int], rounds: int) -> list[int]:
     return [index for index in range(rounds) if index not in have]
 
 
+def settled(rounds: Sequence[RoundMeasurement], params: ProtocolParams) -> bool:
+    """Whether the rounds measured so far fix the item's stored value to ``params.settle_rel``, so its remaining
+    rounds are not needed. Only the ``median`` aggregate (a duet's) has such a bound: with R rounds planned and k
+    measured, whatever the R - k missing rounds measure, the median of all R lies between two of the k sorted round
+    medians: the ``ceil(R/2) - (R-k)``-th (all missing rounds lower) and the ``floor(R/2) + 1``-th (all missing
+    rounds higher), 1-based; k must reach both. The item is settled
+    when that interval's half-width is at most ``settle_rel`` of its middle; it is then stored as the median of the
+    k rounds (inside the interval). Other aggregates (``min``: a missing round can always be lower) never settle
+    early."""
+    planned, k = params.rounds, len(rounds)
+    if params.settle_rel is None or params.aggregate != "median" or k >= planned or k < 2:
+        return False
+    medians = sorted(r.calibrated().median_ms for r in rounds)
+    high_rank = planned // 2 + 1
+    low_rank = (planned + 1) // 2 - (planned - k)
+    if low_rank < 1 or high_rank > k:
+        return False
+    low, high = medians[low_rank - 1], medians[high_rank - 1]
+    middle = (low + high) / 2
+    return middle > 0 and (high - low) / 2 <= params.settle_rel * middle
+
+
 def location_floor_ms(rounds: Sequence[RoundMeasurement]) -> float:
     """The lowest value a location statistic (median, mean, min, p10, p90) of an op that costs multiply-adds is
     stored with: the timer's resolution per run (one tick divided by the runs a timing covered, the coarsest of

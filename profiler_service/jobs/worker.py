@@ -73,7 +73,7 @@ from profiler_service.engine.protocol import (
     measure_op_round,
 )
 from profiler_service.engine.protocol_presets import ResolvedProtocol
-from profiler_service.engine.rounds import lacking_rounds, round_order, stored_result
+from profiler_service.engine.rounds import lacking_rounds, round_order, settled, stored_result
 from profiler_service.engine.stats import RoundMeasurement, Stats
 from profiler_service.jobs.canaries import CANARY_BATCH, CANARY_DTYPE, CanaryWatch
 from profiler_service.jobs.duets import DuetBaselineUnsettled, DuetPool
@@ -226,7 +226,8 @@ class JobWorker:
                 return
             except Exception as exc:  # nothing of this job can be measured here: fail it, go on with the next
                 log.warning("job %s cannot run here: %s", job.id, exc)
-                self._retry(f"failing job {job.id}", lambda: self.store.fail_job(job.id, str(exc)))
+                error = str(exc)
+                self._retry(f"failing job {job.id}", lambda: self.store.fail_job(job.id, error))
                 return
             with LeaseKeeper(lambda: self.store.renew(job.id), self.lease_s / 3, lambda: self.store.holds(job.id),
                              min(self.check_s, self.lease_s / 3)) as lease:
@@ -390,9 +391,10 @@ class JobWorker:
             log.warning("measuring %s on %s failed: %s", item.op_spec, context.backend, exc)
             return self._fail_item(run, item.item_id, f"{type(exc).__name__}: {exc}")
         self._measured(context.backend, "op", started)
-        if lacking_rounds([*item_rounds, round_index], run.params.rounds):
+        measured = {**item_rounds, round_index: measurement}
+        if lacking_rounds(list(measured), run.params.rounds) and not settled(list(measured.values()), run.params):
             return self._store_round(run, item, round_index, measurement, item_rounds)
-        return self._finish_item(run, item, {**item_rounds, round_index: measurement}, round_index)
+        return self._finish_item(run, item, measured, round_index)
 
     def _store_round(self, run: _Run, item: PendingItem, round_index: int, measurement: RoundMeasurement,
                      item_rounds: dict[int, RoundMeasurement]) -> _Outcome:
@@ -484,18 +486,21 @@ class JobWorker:
                 self._fail_architecture(job, exc)
                 return
             self._measured(context.backend, "network", started)
-            if round_index != lacking[-1]:  # the last round is stored with the job's result
-                if not self._retry(f"storing round {round_index} of job {job.id}", lambda: self.store.store_round(
-                        job.id, None, NETWORK_POSITION, context, round_index, measurement)):
-                    return  # no longer this worker's job
             stored[round_index] = measurement
+            last = (round_index, measurement)
+            if round_index == lacking[-1] or settled(list(stored.values()), run.params):
+                break  # the last round is stored with the job's result
+            if not self._retry(f"storing round {round_index} of job {job.id}", lambda: self.store.store_round(
+                    job.id, None, NETWORK_POSITION, context, round_index, measurement)):
+                return  # no longer this worker's job
         try:
             result = stored_result([stored[i] for i in sorted(stored)[:rounds]], run.params,
                                    costs_compute=count_flops(arch) > 0)
         except ValueError as exc:
             self._fail_architecture(job, exc)
             return
-        last = (lacking[-1], stored[lacking[-1]]) if lacking else (0, None)
+        if not lacking:
+            last = (0, None)
         self._retry(f"finishing job {job.id}", lambda: self.store.finish_network(
             job.id, context, last[0], last[1], {**result.stats.as_dict(), "rounds": result.rounds,
                                                 "flagged": result.flagged}))

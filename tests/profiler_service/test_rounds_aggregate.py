@@ -20,6 +20,7 @@ from profiler_service.engine.rounds import (
     lacking_rounds,
     location_floor_ms,
     round_order,
+    settled,
     stored_result,
 )
 from profiler_service.engine.stats import RoundMeasurement, Stats
@@ -179,3 +180,23 @@ def test_protocol_4_measures_in_at_least_three_rounds_and_presets_carry_the_vers
         ProtocolParams(aggregate="mean")
     with pytest.raises(ValueError, match="rounds"):
         ProtocolParams(rounds=0)
+
+
+def _medians(*values: float) -> list[RoundMeasurement]:
+    return [RoundMeasurement(raw=Stats.from_samples([v] * 5)) for v in values]
+
+
+def test_an_item_settles_when_the_missing_rounds_cannot_move_its_median_beyond_the_precision() -> None:
+    median3 = ProtocolParams(aggregate="median", rounds=3, settle_rel=0.01)
+    assert settled(_medians(1.0, 1.015), median3)  # the median of 3 lies in [1.0, 1.015]: within 1% of 1.0075
+    assert not settled(_medians(1.0, 1.05), median3)
+    assert not settled(_medians(1.0), median3)  # one round bounds nothing
+    assert not settled(_medians(1.0, 1.0, 1.0), median3)  # complete: nothing left to skip
+    assert not settled(_medians(1.0, 1.0), median3.model_copy(update={"aggregate": "min"}))  # a lower round may come
+    assert not settled(_medians(1.0, 1.0), median3.model_copy(update={"settle_rel": None}))
+    median5 = median3.model_copy(update={"rounds": 5})
+    assert not settled(_medians(1.0, 1.0), median5)  # 3 missing rounds can make any of them the median
+    assert not settled(_medians(1.0, 1.01, 5.0), median5)  # two high rounds would make 5.0 the median
+    assert settled(_medians(1.0, 1.01, 1.005), median5)  # the median of 5 lies between the 1st and 3rd sorted
+    median4 = median3.model_copy(update={"rounds": 4})  # an even count: the mean of the two middle rounds
+    assert settled(_medians(1.0, 1.01, 1.005), median4) and not settled(_medians(1.0, 1.01, 1.5), median4)

@@ -265,3 +265,29 @@ def test_an_architecture_job_measures_its_network_in_rounds_and_resumes_with_the
         assert len(rest.calls) == 1  # only the round it lacked
         with store.sessions() as session:
             assert session.get(Job, resumed).result["median_ms"] == pytest.approx(5.0)  # lowest of 5.0, 5.2, 6.5
+
+
+def test_a_duet_item_whose_first_rounds_agree_is_stored_without_its_last_round(db_url: str) -> None:
+    """Under the median aggregate (a duet's) two agreeing rounds fix the median of three: the third is skipped for
+    the settled op and measured for the unsettled ones."""
+    params = PARAMS.model_copy(update={"aggregate": "median", "settle_rel": 0.01})
+    steady, noisy = OPS[0], OPS[1:]
+    with open_store(db_url) as store:
+        job_id = store.submit(OPS)
+
+        class Script(RoundScript):
+            def __call__(self, spec: Any, *args: Any, **kwargs: Any) -> RoundMeasurement:
+                self.values = (1.0, 1.01, 1.0) if format_spec(spec) == steady else (1.0, 1.2, 1.1)
+                return super().__call__(spec, *args, **kwargs)
+
+        measurer = Script()
+        worker = rounds_worker(store, measurer)
+        worker.protocol_params = params
+        run_until_finished(store, worker, job_id)
+        counts = Counter(measurer.ops())
+        assert counts[steady] == 2 and all(counts[op] == ROUNDS for op in noisy)
+        with store.sessions() as session:
+            rows = {row.op_spec: row for row in session.scalars(select(Measurement))}
+        assert (rows[steady].rounds, rows[steady].median_ms) == (2, pytest.approx(1.005))
+        assert all(rows[op].rounds == ROUNDS and rows[op].median_ms == pytest.approx(1.1) for op in noisy)
+        assert [r for r, _ in stored_rounds(store, steady)] == [0, 1]
