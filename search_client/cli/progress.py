@@ -1,6 +1,7 @@
 """Progress bars of the command lines (rich, on stderr), fed by the callbacks of the device client and the search.
 
-- :class:`JobBars`: a :data:`search_client.device.client.ProgressCallback` that draws one bar per measurement job.
+- :class:`JobBars`: a :data:`search_client.device.client.ProgressCallback` that draws one bar per measurement job
+  (and says "attached to running job N" for a job the device answered a repeated request with).
 - :class:`SearchBars`: :class:`search_client.nas.callbacks.SearchCallbacks` that draw one bar per epoch, print the
   epoch's summary line and print warnings as ``warning: ...``.
 """
@@ -41,9 +42,13 @@ class JobBars:
 
     def __call__(self, update: JobProgress) -> None:
         if update.job_id not in self._tasks:
+            if update.attached:  # said even without bars: the request started nothing new
+                self.console.print(f"attached to running job {update.job_id} (the same work was already queued or "
+                                   "running on the device)", markup=False, highlight=False, soft_wrap=True)
             self._tasks[update.job_id] = self._progress.add_task(f"job {update.job_id}", total=None)
+        label = f"job {update.job_id} (attached)" if update.attached else f"job {update.job_id}"
         self._progress.update(self._tasks[update.job_id], total=update.total, completed=update.done,
-                              description=f"job {update.job_id} {update.status}")
+                              description=f"{label} {update.status}")
 
 
 class SearchBars(SearchCallbacks):

@@ -1,4 +1,9 @@
-"""``proxyless-search lut`` (build and save a latency table from a device) and ``lut-plot`` (draw one)."""
+"""``proxyless-search lut`` (build and save a latency table from a device) and ``lut-plot`` (draw one).
+
+``lut`` reports on stderr, one line each, what stays noisy or implausible in the table (``--strict``: exit 1 when
+anything does) and a fixed cost the anchors' intercept brings near 0. Interrupted (Ctrl-C) while the device
+measures, it cancels its job there and exits 130.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +16,29 @@ import typer
 from nas_ops.space import load_space
 from search_client.cli import devices
 from search_client.cli.app import app
-from search_client.cli.errors import exit_on_error
+from search_client.cli.errors import EXIT_INTERRUPTED, exit_on_error
 from search_client.cli.progress import JobBars
+from search_client.cli.table_report import table_warnings
 from search_client.plots.table_heatmap import plot_table_heatmap
 from search_client.table.latency_table import LatencyTable, build_table
 
 
 def describe_table(table: LatencyTable) -> str:
-    """Fixed, min and max latency and the entry count of ``table``, as lines for the terminal."""
+    """Regime, fixed, min and max latency and the entry count of ``table``, as lines for the terminal (an anchored
+    table's fixed cost with the device's own, unanchored, beside it)."""
     low, _ = table.min_latency()
     high, _ = table.max_latency()
     n_entries = sum(len(row) for row in table.entries)
     header = (f"table: {table.space.name} on {table.device['name']} ({table.device['url']}) / {table.backend}, "
               f"batch {table.batch}, {table.dtype}, threads {table.threads}")
+    working_set = ("" if table.working_set_bytes is None
+                   else f", working set {table.working_set_bytes / 2**20:.2f} MiB")
+    unanchored = "" if table.anchor is None else f" (fixed unanchored {table.unanchored_fixed_ms:.4f} ms)"
     return "\n".join([
         header,
+        f"regime: {table.regime} (protocol {table.protocol_version}{working_set})",
         f"entries: {table.n_cells} cells, {n_entries} candidate entries, {len(table.stats)} measured ops",
-        f"latency: fixed {table.fixed_ms:.4f} ms, min {low:.4f} ms, max {high:.4f} ms",
+        f"latency: fixed {table.fixed_ms:.4f} ms, min {low:.4f} ms, max {high:.4f} ms{unanchored}",
         *([] if table.anchor is None else [
             f"anchored on {len(table.anchor.networks)} networks: measured = {table.anchor.a_ms:+.4f} ms + "
             f"{table.anchor.b:.4f} x sum of the device's medians + {table.anchor.c_ms_per_mb:.4f} ms x weight MB"]),
@@ -56,6 +67,8 @@ def lut(
                                                 "sum on (0: the plain sum; from 6 on, 4 of them "
                                                 "contrast weights); default: 6")
                        ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="exit 1 (after saving) when entries stay noisy or in "
+                                         "an implausible ordering after re-measuring them")] = False,
 ) -> None:
     """Build the latency table of a search space on a device and save it (missing ops are measured there)."""
     with exit_on_error():
@@ -63,17 +76,24 @@ def lut(
         search_space = load_space(space)
         with devices.make_client(device, token) as client, JobBars() as bars:
             chosen = devices.pick_backend(client, backend, announce=typer.echo)
-            table = build_table(client, search_space, backend=chosen, batch=batch, dtype=dtype, threads=threads,
-                                measure_missing=not no_measure, timeout_s=timeout, progress=bars,
-                                allow_flagged=allow_flagged, anchors=anchors)
+            try:
+                table = build_table(client, search_space, backend=chosen, batch=batch, dtype=dtype,
+                                    threads=threads, measure_missing=not no_measure, timeout_s=timeout,
+                                    progress=bars, allow_flagged=allow_flagged, anchors=anchors)
+            except KeyboardInterrupt:
+                bars.__exit__()
+                typer.echo(devices.cancel_interrupted(client, token), err=True)
+                raise SystemExit(EXIT_INTERRUPTED) from None
         table.save(out)
         typer.echo(describe_table(table))
-        if table.flagged:
-            typer.echo(f"warning: {len(table.flagged)} flagged entr{'y' if len(table.flagged) == 1 else 'ies'} "
-                       f"used (--allow-flagged): {', '.join(table.flagged)}", err=True)
+        for line in table_warnings(table):
+            typer.echo(line, err=True)
         typer.echo(f"saved {out} (content hash {table.content_hash()[:12]}) in {time.perf_counter() - started:.1f} s")
         if plot is not None:
             typer.echo(f"heatmap: {plot_table_heatmap(table, plot)}")
+        if strict and table.quality is not None and not table.quality.ok:
+            typer.echo(f"error: --strict: {table.quality.summary()}", err=True)
+            raise SystemExit(1)
 
 
 @app.command("lut-plot")

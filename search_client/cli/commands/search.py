@@ -38,6 +38,7 @@ from search_client.cli.distributed import (
 )
 from search_client.cli.errors import EXIT_INTERRUPTED, exit_on_error
 from search_client.cli.progress import JobBars, SearchBars
+from search_client.cli.table_report import table_warnings
 from search_client.cli.threads import set_threads
 from search_client.nas.checkpoint import checkpoint_epoch, checkpoint_path
 from search_client.nas.config import SearchConfig
@@ -84,9 +85,8 @@ def _tables(space: str | None, urls: list[str], table_files: list[Path], *, back
         with devices.make_client(url, token) as client, JobBars(progress) as bars:
             table = build_table(client, search_space, backend=devices.pick_backend(client, backend), batch=batch,
                                 threads=threads, progress=bars, allow_flagged=allow_flagged)
-        if table.flagged:
-            typer.echo(f"warning: {url}: {len(table.flagged)} flagged entr{'y' if len(table.flagged) == 1 else 'ies'}"
-                       f" used (--allow-flagged): {', '.join(table.flagged)}", err=True)
+        for line in table_warnings(table, f"{url}: "):
+            typer.echo(line, err=True)
         table.save(_saved_table(out, d))
         tables.append(table)
     return tables
