@@ -340,8 +340,8 @@ class SpaceCell(BaseModel):
 class SpaceDetail(SpaceSummary):
     fixed: list[FixedOp]
     cells: list[SpaceCell] = Field(description="the searchable cells in execution order")
-    working_set_bytes: int = Field(description="working set of the space's typical network at batch 1, float32 "
-                                   "(nas_ops.counting.space_working_set_bytes): what lut sends as "
+    working_set_bytes: int = Field(description="working set of the space's typical network at the asked batch and "
+                                   "dtype (nas_ops.counting.space_working_set_bytes): what lut sends as "
                                    "working_set_bytes for this space's table")
     regime: str = Field(description="the cache regime this device's protocol gives that working set (warm, "
                         "flush<K> or cold)")

@@ -87,8 +87,10 @@ def services(postgres_db: PostgresDatabases, tmp_path_factory: pytest.TempPathFa
         device = get(fleet, "/v1/device")
         this = next(d for d in get(fleet, "/v1/fleet/devices")["devices"] if d["this_device"])
         backend = device["backends"][0]
+        # rows stored as lut stores a table of the heatmap's space: in the regime of its typical network
+        regime_version = get(fleet, f"/v1/spaces/{HEATMAP_SPACE}")["protocol_version"]
         context = DeviceContext(this["id"], backend["name"], device["default_threads"], backend["env_hash"],
-                                device["protocol"]["version"])
+                                regime_version)
         store_table(fleet.db_url, context)
         store_other_devices(fleet.db_url)
         yield Services(fleet, bare, context)
@@ -239,12 +241,15 @@ def read_rows_cells(driver: WebDriver) -> list[dict[str, Any]]:
 
 def test_heatmap_shows_stored_medians_and_marks_missing_entries(browser: WebDriver, services: Services,
                                                                 screenshots: Path) -> None:
+    """The heatmap asks for the rows of the space's own regime (its typical network's working set), as lut stores
+    a table: a space measured by lut shows as stored, only the entries left out as missing."""
     space = get(services.fleet, f"/v1/spaces/{HEATMAP_SPACE}")
     candidates = [s for cell in space["cells"] for i, s in enumerate(cell["candidates"]) if i != cell["zero_index"]]
     context = services.fleet_context
     lookup = httpx.post(services.fleet.url + "/v1/lookup", timeout=10, json={
         "backend": context.backend, "batch": 1, "dtype": "float32", "threads": context.threads,
-        "ops": list(dict.fromkeys(candidates))}).json()
+        "working_set_bytes": space["working_set_bytes"], "ops": list(dict.fromkeys(candidates))}).json()
+    assert lookup["protocol_version"] == space["protocol_version"] == context.protocol_version
     open_page(browser, services.fleet.url)
     # the page picks the space whose candidates this device holds most of
     wait_for(browser, lambda d: Select(by_id(d, "heatmap-space")).first_selected_option.text == HEATMAP_SPACE

@@ -79,3 +79,15 @@ def test_a_space_says_its_working_set_and_the_regime_this_device_gives_it(servic
     with TestClient(create_app(make_settings(service_db, protocol="auto", cache_kib=1 << 20))) as client:
         body = client.get("/v1/spaces/tiny-32").json()  # a 1 GiB cache holds it: warm
         assert (body["regime"], body["protocol_version"]) == ("warm", f"{PROTOCOL_VERSION}+warm+duet")
+
+
+def test_a_space_gives_the_working_set_of_the_asked_batch_and_dtype(service_db: str) -> None:
+    """lut measures a batch-4 table with the batch-4 network's working set: the space says the same one, and a
+    batch above the service's limit is refused like any request's."""
+    tiny = SPACES["tiny-32"]
+    with TestClient(create_app(make_settings(service_db, protocol="auto", max_batch=8))) as client:
+        body = client.get("/v1/spaces/tiny-32", params={"batch": 4, "dtype": "float16"}).json()
+        assert body["working_set_bytes"] == space_working_set_bytes(tiny, 4, "float16")
+        assert body["working_set_bytes"] != space_working_set_bytes(tiny, 1, "float32")
+        refused = client.get("/v1/spaces/tiny-32", params={"batch": 9})
+        assert refused.status_code == 422 and "limit of 8" in refused.json()["detail"]

@@ -16,9 +16,11 @@ from fastapi import APIRouter, Path, Query
 from nas_ops.counting import space_working_set_bytes
 from nas_ops.space import SPACES, ZERO_NAME, SearchSpace
 from nas_ops.spec import MAX_RESOLUTION, format_spec
+from profiler_service.engine.protocol import MAX_BATCH
 from profiler_service.api.deps import StateDep
 from profiler_service.api.errors import bad_request
-from profiler_service.api.schemas import ErrorBody, FixedOp, SpaceCell, SpaceDetail, SpaceList, SpaceSummary
+from profiler_service.api.limits import check_batch
+from profiler_service.api.schemas import DType, ErrorBody, FixedOp, SpaceCell, SpaceDetail, SpaceList, SpaceSummary
 
 router = APIRouter(tags=["spaces"])
 
@@ -41,12 +43,12 @@ def _summary(space: SearchSpace) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=256)
-def _working_set(name: str, resolution: int | None) -> int:
-    """The working set of a named space's typical network (batch 1, float32) at ``resolution`` (None: its own)."""
+def _working_set(name: str, resolution: int | None, batch: int, dtype: str) -> int:
+    """The working set of a named space's typical network at ``resolution`` (None: its own), ``batch``, ``dtype``."""
     space = SPACES[name]
     if resolution is not None:
         space = space.with_resolution(resolution, resolution)
-    return space_working_set_bytes(space, 1, "float32")
+    return space_working_set_bytes(space, batch, dtype)
 
 
 @router.get("/spaces", response_model=SpaceList, summary="The named search spaces")
@@ -63,7 +65,11 @@ def space(
     name: Annotated[SpaceName, Path(examples=["tiny-32"])],
     resolution: Annotated[int | None, Query(ge=MIN_SPACE_RESOLUTION, le=MAX_RESOLUTION,
                                             description="move the space to this square input size")] = None,
+    batch: Annotated[int, Query(ge=1, le=MAX_BATCH, description="the batch of the table's measurements (at most "
+                                "the service's max_batch)")] = 1,
+    dtype: Annotated[DType, Query(description="the dtype of the table's measurements")] = "float32",
 ) -> SpaceDetail:
+    check_batch(state.settings, batch)
     chosen = SPACES[name]
     if resolution is not None:
         try:
@@ -78,7 +84,7 @@ def space(
                   candidate_names=list(cell.candidate_names), zero_index=cell.zero_index)
         for cell in chosen.cells()
     ]
-    working_set = _working_set(name, resolution)
+    working_set = _working_set(name, resolution, batch, dtype)
     protocol = state.protocol_for(working_set)
     return SpaceDetail(**_summary(chosen), fixed=[FixedOp(role=r, spec=format_spec(s)) for r, s in zip(roles, fixed)],
                        cells=cells, working_set_bytes=working_set, regime=protocol.regime,

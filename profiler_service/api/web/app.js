@@ -317,9 +317,14 @@
     fillSelect(select, page.spaces.map((s) => s.name), false);
   }
 
-  async function spaceDetail(name) {
-    if (!page.spaceDetails.has(name)) page.spaceDetails.set(name, await api(`v1/spaces/${encodeURIComponent(name)}`));
-    return page.spaceDetails.get(name);
+  // A space's cells, specs and the working set of its typical network at this batch and dtype (what lut sends).
+  async function spaceDetail(name, batch = 1, dtype = "float32") {
+    const key = `${name}|${batch}|${dtype}`;
+    if (!page.spaceDetails.has(key)) {
+      const query = new URLSearchParams({ batch: String(batch), dtype });
+      page.spaceDetails.set(key, await api(`v1/spaces/${encodeURIComponent(name)}?${query}`));
+    }
+    return page.spaceDetails.get(key);
   }
 
   const candidateSpecs = (space) => space.cells.flatMap((c) => c.candidates.filter((_, i) => i !== c.zero_index));
@@ -362,9 +367,10 @@
     let space;
     let lookup;
     try {
-      space = await spaceDetail(name);
+      // the rows of the space's own regime, as lut stored them: its typical network's working set
+      space = await spaceDetail(name, context.batch, context.dtype);
       const specs = [...new Set([...space.fixed.map((f) => f.spec), ...candidateSpecs(space)])];
-      lookup = await postJson("v1/lookup", { ...context, ops: specs });
+      lookup = await postJson("v1/lookup", { ...context, working_set_bytes: space.working_set_bytes, ops: specs });
     } catch (error) {
       showMessage("heatmap-message", await explain(error), "error");
       $("heatmap-grid").replaceChildren();
