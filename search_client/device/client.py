@@ -427,22 +427,10 @@ class LatencyClient:
                 raise MissingEntriesError(again.missing, f"on {self.base_url} ({backend}) after measuring")
         return {spec: found[spec] for spec in specs}
 
-    def measure_architecture(
-        self,
-        arch: Architecture,
-        backend: str,
-        batch: int = 1,
-        dtype: str = "float32",
-        threads: int | None = None,
-        *,
-        timeout_s: float = 3600.0,
-        poll_s: float = 1.0,
-        progress: ProgressCallback | None = None,
-        working_set_bytes: int | None = None,
-    ) -> dict[str, Any]:
-        """End-to-end Stats of the whole network ``arch``: :meth:`measure_network`'s ``stats``."""
-        return self.measure_network(arch, backend, batch, dtype, threads, timeout_s=timeout_s, poll_s=poll_s,
-                                    progress=progress, working_set_bytes=working_set_bytes).stats
+    def measure_architecture(self, arch: Architecture, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """End-to-end Stats of the whole network ``arch``: the ``stats`` of :meth:`measure_network` (same
+        arguments)."""
+        return self.measure_network(arch, *args, **kwargs).stats
 
     def measure_network(
         self,

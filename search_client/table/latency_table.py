@@ -525,9 +525,10 @@ def build_table(
     ``allow_flagged``; before that, when it may measure, flagged entries are measured once more in a new job (a new
     calibration session: a flag from one disturbed timing does not survive a second session; a flag that does is an
     op below the device's resolution).
-    Then its quality is checked (:mod:`search_client.table.quality`): when it may measure, the noisy entries and
-    those in implausible orderings are measured again with ``force``, in up to
-    :data:`~search_client.table.quality.QUALITY_PASSES` extra jobs, and what stays is the table's ``quality``.
+    Its quality is checked (:mod:`search_client.table.quality`) before the flagged entries are measured again:
+    when it may measure, the noisy entries and those in implausible orderings are measured again with ``force``, in
+    up to :data:`~search_client.table.quality.QUALITY_PASSES` extra jobs, and what stays (checked once more after the
+    flagged entries' job) is the table's ``quality``.
     Then the table is anchored (:func:`anchor_table`) on ``anchors`` networks measured on the
     device (None: the default, :func:`~search_client.table.anchors.default_anchors`; 0: not anchored) in the
     table's regime.
@@ -545,11 +546,6 @@ def build_table(
                                                       "--no-measure")
         found.update(client.measure_missing(result.missing, backend, batch, dtype, threads, timeout_s=timeout_s,
                                             poll_s=poll_s, progress=progress, working_set_bytes=working_set))
-    flagged = [spec for spec in specs if found[spec].get("flagged")]
-    if flagged and measure_missing and not allow_flagged:
-        found.update(client.measure_missing(flagged, backend, batch, dtype, threads, timeout_s=timeout_s,
-                                            poll_s=poll_s, progress=progress, working_set_bytes=working_set,
-                                            force=True))
     quality = check_quality(space, {spec: found[spec] for spec in specs}, batch=batch, dtype=dtype)
     while measure_missing and not quality.ok and quality.passes < QUALITY_PASSES:
         found.update(client.measure_missing(quality.suspects(), backend, batch, dtype, threads, timeout_s=timeout_s,
@@ -557,6 +553,13 @@ def build_table(
                                             force=True))
         quality = check_quality(space, {spec: found[spec] for spec in specs}, batch=batch, dtype=dtype,
                                 passes=quality.passes + 1)
+    flagged = [spec for spec in specs if found[spec].get("flagged")]
+    if flagged and measure_missing and not allow_flagged:
+        found.update(client.measure_missing(flagged, backend, batch, dtype, threads, timeout_s=timeout_s,
+                                            poll_s=poll_s, progress=progress, working_set_bytes=working_set,
+                                            force=True))
+        quality = check_quality(space, {spec: found[spec] for spec in specs}, batch=batch, dtype=dtype,
+                                passes=quality.passes)
     table = LatencyTable.from_stats(
         space, found, device=device, backend=result.backend, batch=result.batch, dtype=result.dtype,
         threads=result.threads, protocol_version=result.protocol_version, env_hash=result.env_hash,

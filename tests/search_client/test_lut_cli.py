@@ -11,7 +11,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import search_client.cli.devices as devices_module
-from nas_ops.arch import Architecture
 from nas_ops.space import SPACES
 from search_client.cli import app
 from search_client.device.client import LatencyClient

@@ -17,7 +17,7 @@ import search_client.cli.devices as devices_module
 from nas_ops.space import SPACES
 from search_client.cli import app
 from search_client.device.client import LatencyClient
-from tests.search_client.conftest import FakeDevice, fake_stats, make_table
+from tests.search_client.conftest import FakeDevice, device_table, make_table
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -33,6 +33,12 @@ def table_file(tmp_path: Path) -> Path:
 
 def _target(table_file: Path) -> str:
     table = make_table("micro-16")
+    return f"{(table.min_latency()[0] + table.max_latency()[0]) / 2:.4f}"
+
+
+def _device_target() -> str:
+    """A target between the fastest and slowest network of the table the fake device measures."""
+    table = device_table("micro-16")
     return f"{(table.min_latency()[0] + table.max_latency()[0]) / 2:.4f}"
 
 
@@ -87,9 +93,8 @@ def test_search_on_a_device_then_verify(tmp_path: Path, monkeypatch: pytest.Monk
                                         fake_device: FakeDevice) -> None:
     monkeypatch.setattr(devices_module, "make_client", lambda url, token: LatencyClient(
         url, token, transport=httpx.MockTransport(fake_device.handle)))
-    table = make_table("micro-16")
     out = tmp_path / "out"
-    target = f"{(table.min_latency()[0] + table.max_latency()[0]) / 2:.4f}"
+    target = _device_target()
     result = runner.invoke(app, ["search", "--space", "micro-16", "--device", "http://fake-device:8000",
                                  "--target-ms", target, "--out", str(out), *TINY])
     assert result.exit_code == 0, result.output
@@ -247,7 +252,7 @@ def test_ctrl_c_on_devices_resumes_from_the_saved_tables(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(loop, "weight_step", interrupted_step)
     out = tmp_path / "out"
-    target = _target(out)
+    target = _device_target()
     result = runner.invoke(app, ["search", "--space", "micro-16", "--device", "http://fake-device:8000",
                                  "--token", "secret", "--target-ms", target, "--out", str(out), *TINY,
                                  "--epochs", "2"])
