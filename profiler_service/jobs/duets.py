@@ -11,10 +11,11 @@ key :data:`BASELINE_VERSION`; the first stored value is kept). Every regime's du
 regime's baseline by a ratio timed in adjacent blocks (:func:`~profiler_service.engine.duet.start_regime_duet`),
 which the load of the moment cancels out of.
 
-The baseline is set only from two series that agree (:meth:`~profiler_service.engine.duet.DuetStart.
-agreed_baseline_ms`); the pool measures up to :data:`BASELINE_TRIES` times, then raises
-:class:`DuetBaselineUnsettled` and the worker puts the job back and tries again later: no baseline comes from one
-disturbed series. Baselines stored per protocol version (``4+warm+duet`` etc.) by earlier releases are no longer
+The baseline is set from two series that agree (:meth:`~profiler_service.engine.duet.DuetStart.
+agreed_baseline_ms`); the pool measures up to :data:`BASELINE_TRIES` times, and when no try agrees (a machine
+whose speed keeps changing) it takes the lowest series of all the tries: a disturbance only slows the reference
+down, so the lowest is the least disturbed, and a job never waits on a quiet moment that may not come. The value
+matters less than that it is one: every regime, job and ``verify`` of the environment shares it. Baselines stored per protocol version (``4+warm+duet`` etc.) by earlier releases are no longer
 read: they are superseded, and so are the rows measured on their scale, because a duet service's environment names
 the scale (:data:`~profiler_service.engine.duet.BASELINE_SCHEME`), so its rows have a new environment hash.
 
@@ -36,7 +37,7 @@ from latency_db.context import MeasurementContext
 from latency_db.repository import canary_references, store_canary_references
 from latency_db.transactions import write_session
 from profiler_service.engine.backends import Backend
-from profiler_service.engine.duet import BASELINE_FLUSH_KIB, Duet, DuetBackend, DuetStart, start_regime_duet
+from profiler_service.engine.duet import BASELINE_FLUSH_KIB, Duet, DuetBackend, start_regime_duet
 from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,6 @@ Retry = Callable[[str, Callable[[], T]], T]
 
 def _once(what: str, operation: Callable[[], T]) -> T:
     return operation()
-
-
-class DuetBaselineUnsettled(RuntimeError):
-    """The series that would set a shared baseline disagreed on every try: nothing was stored."""
 
 
 def baseline_context(backend: str, threads: int, env_hash: str) -> MeasurementContext:
@@ -94,10 +91,20 @@ class DuetPool:
 
     def _start(self, backend: Backend, threads: int, context: MeasurementContext, params: ProtocolParams,
                retry: Retry) -> Duet:
+        seen: list[float] = []  # every series of the tries, for the fallback
         for attempt in range(1, BASELINE_TRIES + 1):
             started = start_regime_duet(backend, threads, params, clock=self.clock)
+            seen.extend(started.series_ms)
+            last_try = attempt == BASELINE_TRIES
+            value = started.agreed_baseline_ms()
+            if value is None and last_try:
+                value = min(seen)
+                log.warning("the duet baseline of %s (%s threads): no two series agreed in %d tries (%s ms); taking "
+                            "the lowest, %.4g ms (is other work running on the device?)", backend.name, threads,
+                            BASELINE_TRIES, ", ".join(f"{v:.4g}" for v in seen), value)
             try:
-                baseline = retry("storing the duet's baseline", lambda: self._stored_baseline(context, started))
+                baseline = retry("storing the duet's baseline",
+                                 lambda: self._stored_baseline(context, started.duet.label, value))
             except BaseException:
                 started.duet.close()
                 raise
@@ -106,23 +113,19 @@ class DuetPool:
             started.duet.close()
             log.warning("the two series of the duet baseline of %s (%s threads) disagree (%.4g ms, %.4g ms), try "
                         "%d of %d", backend.name, threads, *started.series_ms, attempt, BASELINE_TRIES)
-        raise DuetBaselineUnsettled(
-            f"the duet baseline of {backend.name} ({threads} threads) is not set: its two series disagreed "
-            f"{BASELINE_TRIES} times (is other work running on the device?); the job is tried again later")
+        raise AssertionError("unreachable: the last try always has a value")
 
-    def _stored_baseline(self, context: MeasurementContext, started: DuetStart) -> float | None:
-        """The baseline stored for ``context``; when there is none, ``started``'s agreed value, stored now (None,
-        storing nothing, when its two series disagree)."""
-        label = started.duet.label
+    def _stored_baseline(self, context: MeasurementContext, label: str, value: float | None) -> float | None:
+        """The baseline stored for ``context``; when there is none, ``value`` stored now (None, storing nothing,
+        when ``value`` is None: this try's two series disagreed)."""
         with write_session(self.sessions) as session:
             stored = canary_references(session, device_id=self.device_id, context=context, op_specs=[label])
             if label in stored:
                 return stored[label]
-            agreed = started.agreed_baseline_ms()
-            if agreed is None:
+            if value is None:
                 return None
             stored = store_canary_references(session, device_id=self.device_id, context=context,
-                                             values={label: agreed})
+                                             values={label: value})
         log.info("duet baseline of %s (%s threads) set: %s at %.4g ms after a %d KiB flush", context.backend,
                  context.threads, label, stored[label], BASELINE_FLUSH_KIB)
         return stored[label]

@@ -34,8 +34,7 @@ With ``protocol_for_job`` the protocol follows the job: a job submitted in the w
 one submitted under ``4+flush1024`` with that flush. A protocol with a ``duet_reference`` (the service's ``duet``
 setting) is measured in the duet of the job's context (:mod:`profiler_service.jobs.duets`: started by the first
 job that needs it, on the one baseline of its backend, threads and environment, shared by every regime), ops and
-networks alike. When that baseline is not stored yet and its two series disagree, the job is given back and tried
-again ``UNSETTLED_WAIT_S`` later.
+networks alike.
 
 Canaries: with a :class:`~profiler_service.jobs.canaries.CanaryWatch`, the worker measures the canary ops at its
 start, every ``interval_s`` while it serves (also between the items of a long job) and before a job, and keeps
@@ -76,7 +75,7 @@ from profiler_service.engine.protocol_presets import ResolvedProtocol
 from profiler_service.engine.rounds import lacking_rounds, round_order, settled, stored_result
 from profiler_service.engine.stats import RoundMeasurement, Stats
 from profiler_service.jobs.canaries import CANARY_BATCH, CANARY_DTYPE, CanaryWatch
-from profiler_service.jobs.duets import DuetBaselineUnsettled, DuetPool
+from profiler_service.jobs.duets import DuetPool
 from profiler_service.jobs.lease import LeaseKeeper
 from profiler_service.jobs.retry import Backoff, Interrupted, Sleep, StoreUnavailable, with_retries
 from profiler_service.jobs.store import NETWORK_POSITION, ClaimedJob, JobStore, PendingItem, new_owner_id
@@ -106,8 +105,6 @@ STORE_BACKOFF = Backoff(attempts=5, first_s=0.5, factor=2.0, max_s=30.0)
 #: Waits of the loop after consecutive errors outside a job (e.g. claims while the database is down): 1, 2, 4 ...
 #: up to 60 s; back to 1 s after a success.
 LOOP_BACKOFF = Backoff(attempts=1, first_s=1.0, factor=2.0, max_s=60.0)
-#: Seconds a job waits, given back to the queue, when its duet's baseline could not be agreed (the device is busy).
-UNSETTLED_WAIT_S = 30.0
 
 
 class JobWorker:
@@ -219,11 +216,6 @@ class JobWorker:
         try:
             try:
                 run = self._in_current_environment(job)
-            except DuetBaselineUnsettled as exc:  # the device is disturbed now: put the job back, try later
-                log.warning("job %s waits %.0f s: %s", job.id, UNSETTLED_WAIT_S, exc)
-                self._release(job.id)
-                self._sleep(UNSETTLED_WAIT_S)
-                return
             except Exception as exc:  # nothing of this job can be measured here: fail it, go on with the next
                 log.warning("job %s cannot run here: %s", job.id, exc)
                 error = str(exc)

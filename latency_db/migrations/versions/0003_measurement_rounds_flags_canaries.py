@@ -13,7 +13,6 @@ Existing rows are kept as they are (their protocol version stays theirs, so they
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2025-03-01
 """
 
 from __future__ import annotations
