@@ -89,6 +89,7 @@ def test_token_and_bind_rules_on_a_real_process(tmp_path) -> None:
 def test_a_duet_service_keeps_one_baseline_across_restarts(tmp_path) -> None:
     from latency_db.models import CanaryReference
     from profiler_service.engine.duet import DEFAULT_REFERENCE
+    from profiler_service.jobs.duets import BASELINE_VERSION
 
     db_url = f"sqlite:///{tmp_path / 'duet.db'}"
     measured = []
@@ -111,8 +112,9 @@ def test_a_duet_service_keeps_one_baseline_across_restarts(tmp_path) -> None:
     finally:
         engine.dispose()
     assert versions == [measured[0]] * 3
-    # the second process scaled to the first one's baseline instead of storing its own
+    # the second process scaled to the first one's baseline instead of storing its own: one baseline of the
+    # environment, shared by every regime (stored under its own key, not a regime's version)
     duet = [b.protocol_version for b in baselines if b.op_spec == DEFAULT_REFERENCE]
-    assert duet == [measured[0]]
+    assert duet == [BASELINE_VERSION]
     # the canaries were measured plain: their references are under the version without the duet
     assert {b.protocol_version for b in baselines if b.op_spec != DEFAULT_REFERENCE} == {measured[0][:-len("+duet")]}
