@@ -578,7 +578,8 @@ def anchor_table(client: LatencyClient, table: LatencyTable, count: int, *, time
     ``client`` in the table's context and regime (every request carries :meth:`LatencyTable.request_working_set`),
     in :data:`~search_client.table.anchors.ANCHOR_PASSES` passes over all of them (its latency: the lowest pass).
     Raises :class:`RegimeMismatchError` naming both versions when an anchor comes back under another protocol
-    version than the table's, AnchorFitError when they disagree beyond a bias."""
+    version than the table's, AnchorFitError when they disagree beyond a bias. A weight term that would make an
+    entry of the table negative is dropped (the map is refitted without it)."""
     choices = anchor_choices(table.entries, count, cell_weights_mb(table.space, table.dtype))
     archs = [table.space.architecture(choice) for choice in choices]
     working_set = table.request_working_set()
@@ -594,4 +595,12 @@ def anchor_table(client: LatencyClient, table: LatencyTable, count: int, *, time
     measured = [min(results) for results in zip(*passes)]
     predicted = [table.latency_of(choice) for choice in choices]
     weights = [table.weight_mb_of(choice) for choice in choices]
-    return table.anchored(fit_anchor_map(predicted, measured, choices, weights))
+    fitted = fit_anchor_map(predicted, measured, choices, weights)
+    try:
+        return table.anchored(fitted)
+    except AnchorFitError:
+        if fitted.c_ms_per_mb == 0.0:
+            raise
+        # a noisy weight term that makes an entry of the table negative is not kept: the map without it scales
+        # every entry by b > 0 (the table file records which fit it is; a negative fixed part still fails)
+        return table.anchored(fit_anchor_map(predicted, measured, choices, None))

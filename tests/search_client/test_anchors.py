@@ -10,6 +10,7 @@ import random
 import pytest
 import torch
 
+import search_client.table.latency_table as latency_table_module
 from nas_ops.arch import Architecture
 from nas_ops.space import SPACES
 from search_client.table.anchors import (
@@ -28,8 +29,19 @@ from search_client.table.anchors import (
     spread_choices,
     weight_contrasts,
 )
-from search_client.table.latency_table import LatencyTable, build_table, cell_weights_mb, table_specs
-from tests.search_client.conftest import FakeDevice, device_table, fake_stats, make_table, softmax_probs
+from search_client.table.latency_table import (
+    LatencyTable,
+    build_table,
+    cell_weights_mb,
+    table_specs,
+)
+from tests.search_client.conftest import (
+    FakeDevice,
+    device_table,
+    fake_stats,
+    make_table,
+    softmax_probs,
+)
 
 MICRO = SPACES["micro-16"]
 
@@ -344,6 +356,34 @@ def test_build_table_fits_the_weight_term_of_a_device_whose_networks_pay_for_wei
     for choices in ([1, 2, 0], [6, 0, 3]):
         assert table.latency_of(choices) == pytest.approx(network_ms(Architecture.to_dict(
             MICRO.architecture(choices))), rel=1e-9)
+
+
+def test_build_table_drops_a_weight_term_that_would_make_an_entry_negative(monkeypatch):
+    """When the fit with the weight term (here a noisy one, as a loaded machine gives) would make an entry of the
+    table negative, the table is anchored with the map without the weight term instead, which the file refits."""
+    plain = device_table(backend="ort-cpu")
+    weights_mb = cell_weights_mb(MICRO, "float32")
+    entry, weight = min(((e, w) for row, ws in zip(plain.entries, weights_mb) for e, w in zip(row, ws) if w > 0),
+                        key=lambda pair: pair[0] / pair[1])
+    c = -1.2 * entry / weight  # just past the op with the lowest latency per MB: its entry turns negative
+
+    def network_ms(body):  # the device itself: 0.2 ms + 1.1 x the sum
+        return 0.2 + 1.1 * plain.latency_of(Architecture.from_dict(body).metadata["choices"])
+
+    real_fit = latency_table_module.fit_anchor_map
+
+    def noisy_fit(predicted, measured, choices=None, weights=None):
+        if weights is None:
+            return real_fit(predicted, measured, choices, None)
+        return real_fit(predicted, [10.0 + p + c * w for p, w in zip(predicted, weights)], choices, weights)
+
+    monkeypatch.setattr(latency_table_module, "fit_anchor_map", noisy_fit)
+    device = FakeDevice(stored={s: fake_stats(s) for s in table_specs(MICRO)}, network_ms=network_ms)
+    with device.client() as client:
+        table = build_table(client, MICRO, backend="ort-cpu", poll_s=0.01)
+    assert (table.anchor.method, table.anchor.c_ms_per_mb) == ("theil-sen", 0.0)
+    assert table.anchor.b == pytest.approx(1.1, rel=1e-9) and min(min(row) for row in table.entries) >= 0
+    assert all(n.weight_mb is None for n in table.anchor.networks)  # the file refits to the same map
 
 
 def test_an_anchor_is_the_lowest_of_its_passes():
