@@ -61,7 +61,9 @@ centred; it comes first.)
 
 ONNX export: an ORT backend keeps its exports in memory, as in the service
 (:mod:`profiler_service.engine.backends.export_cache`): a network or op of a given spec is the same module in every
-round (weights seeded by the protocol), so it is exported once. ``--no-export-cache`` exports every round.
+round (weights seeded by the protocol), so it is exported once; the benchmark's cache holds every network of both
+samples (:data:`NETWORK_EXPORT_CACHE_BYTES`), since each round cycles through them all. ``--no-export-cache``
+exports every round.
 
 Reported per sample: share within +-5% and +-10%, Kendall's tau-b, MAPE, mean signed error, per ground-truth
 aggregate; the noise ceiling of the ground truth (Kendall's tau between two rounds, median over pairs; the spread
@@ -173,6 +175,11 @@ from search_client.table.anchors import (
 
 
 # --- command line --------------------------------------------------------------------------------------------------
+#: The export cache of a run: the 100 networks of both samples and the table's ops (a mobile network exports to
+#: tens of MB), so a round that cycles through them never exports one again.
+NETWORK_EXPORT_CACHE_BYTES = 8 * 2**30
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (``--help`` lists it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -296,8 +303,8 @@ def run_phases(phases_plan: Sequence[tuple[str, int]], args: argparse.Namespace,
     phases: list[dict[str, Any]] = []
     selection: dict[str, Any] = {}
     calibration = CalibrationCache()  # the table is one job: its ops share their calibration values
-    if isinstance(backend, OrtBackend) and args.no_export_cache:
-        backend.export_cache = ExportCache(0)
+    if isinstance(backend, OrtBackend):  # every network of both samples kept: each round cycles through them all
+        backend.export_cache = ExportCache(0 if args.no_export_cache else NETWORK_EXPORT_CACHE_BYTES)
     with progress_bar() as progress:
         network_backend = backend
         truth_backend = network_backend if truth_duet is None else DuetBackend(network_backend, truth_duet)
