@@ -150,7 +150,9 @@ def measure(
     from nas_ops.spec import parse_spec
     from profiler_service.engine.backends import get_backend
     from profiler_service.engine.calibration import CalibrationCache
-    from profiler_service.engine.protocol import measure_op
+    from nas_ops.counting import count_flops
+    from profiler_service.engine.protocol import measure_op_round
+    from profiler_service.engine.rounds import stored_result
 
     from profiler_service.api.errors import ApiError
     from profiler_service.api.limits import check_spec_limits
@@ -176,7 +178,7 @@ def measure(
             engine = DuetBackend(engine, start_protocol_duet(engine, threads, params))
         except (RuntimeError, ValueError) as exc:
             fail(f"duet reference {params.duet_reference}: {exc}", code=1)
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, float | str | None]] = {}
     calibration = CalibrationCache()  # one session: the command's ops share their calibration values
     with Progress(TextColumn("[bold]measuring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.description}"), console=err, transient=True,
@@ -185,8 +187,11 @@ def measure(
         for text in texts:
             progress.update(task, description=text)
             try:
-                results[text] = measure_op(parse_spec(text), engine, batch, dtype, threads, params,
-                                           calibration).as_dict()
+                spec = parse_spec(text)
+                measured = measure_op_round(spec, engine, batch, dtype, threads, params, calibration)
+                # the service's rule for what one measurement stores: no 0 ms for an op that costs multiply-adds
+                result = stored_result([measured], params, costs_compute=count_flops(spec) > 0)
+                results[text] = {**result.stats.as_dict(), "flagged": result.flagged}
             except (RuntimeError, ValueError) as exc:
                 fail(f"{text}: {exc}", code=1)
             progress.advance(task)
@@ -204,6 +209,9 @@ def measure(
         table.add_row(text, f"{s['median_ms']:.4f}", f"{s['p10_ms']:.4f}", f"{s['p90_ms']:.4f}",
                       f"{s['iqr_ms']:.4f}", str(s["samples"]))
     out.print(table)
+    for text, s in results.items():
+        if s["flagged"]:
+            out.print(f"flagged {text}: {s['flagged']}")
 
 
 @app.command()

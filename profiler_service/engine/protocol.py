@@ -96,7 +96,7 @@ from profiler_service.engine.fingerprint import env_hash
 from profiler_service.engine.stats import RoundMeasurement, Stats
 
 __all__ = ["MEASURE_LOCK", "PROTOCOL_VERSION", "MeasurementStopped", "ProtocolParams", "RoundMeasurement", "Stats",
-           "measure_network", "measure_network_round", "measure_op", "measure_op_round", "time_runner"]
+           "measure_network", "measure_network_round", "measure_op_round", "time_runner"]
 
 PROTOCOL_VERSION = "4"
 MAX_BATCH = 4096
@@ -388,16 +388,6 @@ def measure_op_round(spec: OpSpec, backend: Backend, batch: int, dtype: str, thr
             correction = calibration.correction_ms(spec, backend.boundary_kind, cache, context, batch, time_median)
         return RoundMeasurement(raw=raw, correction_ms=correction, runs_per_timing=timing.runs_per_timing,
                                 timer_resolution_ms=timing.timer_resolution_ms)
-
-
-def measure_op(spec: OpSpec, backend: Backend, batch: int, dtype: str, threads: int,
-               params: ProtocolParams | None = None,
-               calibration_cache: calibration.CalibrationCache | None = None,
-               should_stop: StopCheck | None = None) -> Stats:
-    """Latency statistics of one op, measured once and calibrated for summing: :func:`measure_op_round`'s
-    calibrated statistics (location floored at 0). A job measures its ops in rounds instead (point 9)."""
-    return measure_op_round(spec, backend, batch, dtype, threads, params, calibration_cache,
-                            should_stop).calibrated()
 
 
 def measure_network_round(arch: Architecture, backend: Backend, batch: int, dtype: str, threads: int,

@@ -44,6 +44,24 @@ def test_measure_locally_prints_json_stats() -> None:
     assert document["backend"] == "ort-cpu" and document["stats"][spec]["median_ms"] > 0
 
 
+def test_measure_locally_stores_what_a_job_would_never_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round whose boundary correction cancels the op (a loaded machine) prints the sandwich's latency as a
+    flagged upper bound, as a job stores it: never 0 ms for an op with multiply-adds."""
+    from profiler_service.engine import protocol
+    from profiler_service.engine.stats import RoundMeasurement, Stats
+
+    sandwich = Stats.from_samples([0.03] * 10)
+    monkeypatch.setattr(protocol, "measure_op_round", lambda *args, **kwargs: RoundMeasurement(
+        sandwich, correction_ms=0.04, timer_resolution_ms=1e-6))
+    spec = "mbconv_r8x8_c8-8_k3_e3_s1_relu6_skip"
+    result = runner.invoke(app, ["measure", spec, "--protocol", "fast", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout.strip().splitlines()[-1])["stats"][spec]
+    assert stats["median_ms"] == pytest.approx(0.03) and stats["flagged"].startswith("calibrated_to_zero")
+    table = runner.invoke(app, ["measure", spec, "--protocol", "fast"])
+    assert f"flagged {spec}: calibrated_to_zero" in table.output.replace("\n", "")
+
+
 def test_measure_locally_in_a_duet() -> None:
     spec = "mbconv_r8x8_c8-8_k3_e3_s1_relu6_skip"
     result = runner.invoke(app, ["measure", spec, "--backend", "ort-cpu", "--protocol", "fast", "--duet", "--json"])

@@ -18,7 +18,7 @@ from latency_db.repository import cancel_job
 from latency_db.transactions import write_session
 from nas_ops.spec import parse_spec
 from profiler_service.engine.backends import Runner, get_backend
-from profiler_service.engine.protocol import MeasurementStopped, ProtocolParams, measure_op, time_runner
+from profiler_service.engine.protocol import MeasurementStopped, ProtocolParams, measure_op_round, time_runner
 from tests.profiler_service.jobs_fakes import DEADLINE_S, ScriptedMeasurer, Store, make_worker, open_store, wait_for
 
 OPS = [f"mbconv_r8x8_c8-8_k{k}_e3_s1_relu6" for k in (3, 5, 7)]
@@ -77,7 +77,7 @@ def test_the_timing_loop_asks_the_hook_between_blocks_and_stops() -> None:
 def test_measure_op_passes_the_hook_down() -> None:
     spec = parse_spec("conv_r16x16_c3-8_k3_s2_relu6")
     with pytest.raises(MeasurementStopped):
-        measure_op(spec, get_backend("ort-cpu"), 1, "float32", 1, ProtocolParams.fast(), should_stop=lambda: True)
+        measure_op_round(spec, get_backend("ort-cpu"), 1, "float32", 1, ProtocolParams.fast(), should_stop=lambda: True)
 
 
 def waiting_for_its_stop_hook(entered: threading.Event, outcome: list[str]) -> Callable[[str, dict], None]:

@@ -28,7 +28,7 @@ from profiler_service.engine.protocol import (
     Stats,
     kept_blocks,
     measure_network,
-    measure_op,
+    measure_op_round,
     median_ci,
     pinned_cores,
     relative_ci_halfwidth,
@@ -188,7 +188,7 @@ def test_lock_is_exclusive_two_threads_never_time_at_once() -> None:
     params = ProtocolParams(warmup_runs=1, warmup_s=0, min_runs=3, min_block_runs=3, min_blocks=1,
                             time_budget_s=0.005, affinity=False, calibrate=False)
     spec = parse_spec("mbconv_r8x8_c8-8_k3_e3_s1_relu6_skip")
-    threads = [threading.Thread(target=lambda: [measure_op(spec, backend, 1, "float32", 1, params)
+    threads = [threading.Thread(target=lambda: [measure_op_round(spec, backend, 1, "float32", 1, params)
                                                 for _ in range(4)]) for _ in range(2)]
     for t in threads:
         t.start()
@@ -220,7 +220,7 @@ def test_pinned_cores_pins_and_restores() -> None:
 
 def test_bad_batch_is_refused() -> None:
     with pytest.raises(ValueError, match="batch"):
-        measure_op(parse_spec("head_r4x4_c8-10"), get_backend("ort-cpu"), 0, "float32", 1, ProtocolParams.fast())
+        measure_op_round(parse_spec("head_r4x4_c8-10"), get_backend("ort-cpu"), 0, "float32", 1, ProtocolParams.fast())
 
 
 # --- calibration ---------------------------------------------------------------------------------------------
@@ -373,7 +373,7 @@ def test_sandwich_and_boundary_ops() -> None:
         calibration.boundary_op("fancy", 4)
 
 
-# --- measure_op on a scripted backend -----------------------------------------------------------------------
+# --- measure_op_round on a scripted backend -----------------------------------------------------------------------
 class CostRunner(ScriptedRunner):
     """Every run of the module costs the same, known time (ms)."""
 
@@ -423,9 +423,9 @@ def test_identity_costs_nothing_and_an_op_costs_its_own_time_after_calibration()
     """The sandwich's call overhead and boundary ops are subtracted exactly: an identity (which a runtime removes)
     comes out at 0 ms, a conv at what the conv itself costs."""
     backend = CostBackend()
-    identity = measure_op(parse_spec("identity_r8x8_c8-8"), backend, 1, "float32", 1, SCRIPTED)
+    identity = measure_op_round(parse_spec("identity_r8x8_c8-8"), backend, 1, "float32", 1, SCRIPTED).calibrated()
     spec = parse_spec("mbconv_r8x8_c8-16_k3_e6_s2_relu6")
-    conv = measure_op(spec, backend, 1, "float32", 1, SCRIPTED)
+    conv = measure_op_round(spec, backend, 1, "float32", 1, SCRIPTED).calibrated()
     conv_alone_ms = backend.layer_ms(build_op(spec))
     assert identity.median_ms == pytest.approx(0.0, abs=1e-12) and identity.min_ms == pytest.approx(0.0, abs=1e-12)
     assert conv.median_ms == pytest.approx(conv_alone_ms) and conv.p90_ms == pytest.approx(conv_alone_ms)
@@ -446,11 +446,13 @@ def test_measure_op_shares_calibration_only_within_the_cache_it_is_given() -> No
         return timed
 
     shared, cache = CostBackend(), calibration.CalibrationCache()
-    together = [measure_op(spec, shared, 1, "float32", 1, SCRIPTED, cache) for spec in ops]
+    together = [measure_op_round(spec, shared, 1, "float32", 1, SCRIPTED, cache).calibrated() for spec in ops]
     assert sorted(calibrations(shared)) == sorted(list(calibration_graphs) * calibration.CALIBRATION_REPEATS)
     alone, reversed_order = CostBackend(), CostBackend()
-    each = [measure_op(spec, alone, 1, "float32", 1, SCRIPTED) for spec in ops]  # None: a cache per call
-    backward = [measure_op(spec, reversed_order, 1, "float32", 1, SCRIPTED) for spec in reversed(ops)][::-1]
+    each = [measure_op_round(spec, alone, 1, "float32", 1, SCRIPTED).calibrated()  # None: a cache per call
+            for spec in ops]
+    backward = [measure_op_round(spec, reversed_order, 1, "float32", 1, SCRIPTED).calibrated()
+                for spec in reversed(ops)][::-1]
     # the same numbers whatever was measured before, in whichever order (how many runs a block holds follows the
     # real clock, so only the values are compared)
     assert [location(s) for s in together] == [location(s) for s in each] == [location(s) for s in backward]
@@ -465,7 +467,7 @@ def test_real_ops_and_a_network_are_measured(name: str) -> None:
     params = ProtocolParams.fast().model_copy(update={"affinity": False})
     cache = calibration.CalibrationCache()
     for text in ("identity_r8x8_c8-8", "mbconv_r8x8_c8-16_k3_e6_s2_relu6"):
-        stats = measure_op(parse_spec(text), backend, 1, "float32", 1, params, cache)
+        stats = measure_op_round(parse_spec(text), backend, 1, "float32", 1, params, cache).calibrated()
         assert all(math.isfinite(v) and v >= 0 for v in stats.as_dict().values()), stats
         assert stats.samples >= params.min_runs
     assert len(cache) == 3  # o and the two shapes of the conv (the identity's shape is the conv's input)
