@@ -1,4 +1,5 @@
-"""'Meets the target', defined once: the adaptive weight, the derive rule and the summary all use it."""
+"""'Meets the target', defined once: the adaptive weight, the derive rule and the summary all use it; with several
+devices the verdict is every device on its own ratio."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import pytest
 import torch
 
 from search_client.nas.losses import LOSS_KINDS, AdaptiveStrength, LatencyLoss
-from search_client.nas.target import meets_target, target_bounds
+from search_client.nas.target import (
+    device_ratios,
+    meets_every_target,
+    meets_target,
+    target_bounds,
+)
 from search_client.nas.within_target import derive_choices
 from search_client.table.objective import MultiDeviceLatency
 from tests.search_client.conftest import make_table
@@ -47,3 +53,17 @@ def test_derive_rule_and_target_met_use_the_same_definition() -> None:
     two_sided = derive_choices(probs, objective, rule="within-target", band=0.1, loss_kind="mul#ratio")
     assert two_sided.choices != fastest and two_sided.target_met
     assert two_sided.target_met == meets_target(two_sided.ratio, 0.1, "mul#ratio")
+
+
+def test_the_verdict_is_every_device_on_its_own_ratio() -> None:
+    fast, slow = make_table("micro-16"), make_table("micro-16", scale=2.0)
+    choices = fast.min_latency()[1]
+    objective = MultiDeviceLatency([fast, slow], [fast.latency_of(choices), slow.latency_of(choices) / 1.27],
+                                   [0.7, 0.3])
+    ratios = device_ratios(objective, choices)
+    assert ratios == pytest.approx([1.0, 1.27])
+    # the combined ratio (0.7 * 1.0 + 0.3 * 1.27 = 1.081) is inside the band, but it is not the verdict
+    assert objective.ratio_of(choices) == pytest.approx(1.081) and meets_target(1.081, 0.1, "mul#ratio")
+    assert not meets_every_target(ratios, 0.1, "mul#ratio")
+    assert meets_every_target([0.95, 1.08], 0.1, "mul#ratio") and meets_every_target([0.2, 1.0], 0.1, "hinge")
+    assert not meets_every_target([0.2, 1.01], 0.1, "hinge")

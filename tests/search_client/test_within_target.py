@@ -1,4 +1,5 @@
-"""The within-target derive rule: the most probable architecture inside the target band, checked by brute force."""
+"""The within-target derive rule: the most probable architecture inside every device's target band, checked by brute
+force."""
 
 from __future__ import annotations
 
@@ -6,10 +7,22 @@ import numpy as np
 import pytest
 import torch
 
+from nas_ops.space import SPACES
+from search_client.nas.target import device_ratios, meets_target, target_bounds
+from search_client.nas.within_target import (
+    RATIO_STEP,
+    derive_choices,
+    within_target_choices,
+)
+from search_client.table.latency_table import LatencyTable, table_specs
 from search_client.table.objective import MultiDeviceLatency
-from search_client.nas.target import target_bounds
-from search_client.nas.within_target import RATIO_STEP, derive_choices, within_target_choices
-from tests.search_client.conftest import make_table, softmax_probs
+from tests.search_client.conftest import (
+    FAKE_DEVICE,
+    fake_median_ms,
+    make_table,
+    softmax_probs,
+    stats_of,
+)
 
 
 def _grid(rows: list[np.ndarray]) -> np.ndarray:
@@ -24,16 +37,21 @@ def _grid(rows: list[np.ndarray]) -> np.ndarray:
 
 def _brute_force(probs: list[torch.Tensor], objective: MultiDeviceLatency, low: float, high: float
                  ) -> tuple[float, np.ndarray]:
-    """Best log-probability inside [low, high] (exact ratios) and the mask of the feasible architectures."""
+    """Best log-probability with every device's own ratio inside [low, high] (exact ratios), and the mask of those
+    feasible architectures."""
     ratios = [t.fixed_ms / target + _grid([np.asarray(r) / target for r in t.entries])
               for t, target in zip(objective.tables, objective.targets_ms)]
-    if objective.mode == "max":
-        ratio = np.maximum.reduce(ratios)
-    else:
-        ratio = sum(w * r for w, r in zip(objective.weights, ratios))
     log_p = _grid([np.log(p.detach().numpy()) for p in probs])
-    feasible = (ratio >= low) & (ratio <= high)
+    feasible = np.logical_and.reduce([(ratio >= low) & (ratio <= high) for ratio in ratios])
     return (float(log_p[feasible].max()) if feasible.any() else -np.inf), feasible
+
+
+def _scripted_table(space: str, salt: str) -> LatencyTable:
+    """A complete table of ``space`` whose latencies are unrelated to :func:`make_table`'s (another device whose
+    costs order the ops differently)."""
+    stats = {spec: stats_of(fake_median_ms(spec + salt)) for spec in table_specs(SPACES[space])}
+    return LatencyTable.from_stats(SPACES[space], stats, device=FAKE_DEVICE, backend="ort-cpu",
+                                                  batch=1, threads=1, protocol_version="test-1", env_hash="e" * 64)
 
 
 def _log_p(probs: list[torch.Tensor], choices: list[int]) -> float:
@@ -118,19 +136,87 @@ def test_hinge_only_needs_the_latency_under_the_target() -> None:
     _assert_optimal(probs, MultiDeviceLatency([table], [at / 1.2]), 0.0, 1.0, over.choices)
 
 
+@pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("mode", ["weighted", "max"])
-def test_two_devices(mode: str) -> None:
+@pytest.mark.parametrize("loss", ["add#linear", "hinge"])
+def test_two_devices_every_band_is_met_when_an_architecture_can_meet_them(seed: int, mode: str, loss: str) -> None:
+    a, b = make_table("micro-16"), _scripted_table("micro-16", "#B")
+    _, probs = softmax_probs(a, seed=seed)
+    targets = [t.min_latency()[0] + (0.3 + 0.1 * seed) * (t.max_latency()[0] - t.min_latency()[0]) for t in (a, b)]
+    objective = MultiDeviceLatency([a, b], targets, [0.7, 0.3], mode=mode)
+    low, high = target_bounds(0.1, loss)
+    best_inner, inner = _brute_force(probs, objective, low + 0.01, high - 0.01)
+    choices = within_target_choices(probs, objective, low, high)
+    if inner.any():  # an architecture meets both bands with room to spare: the rule finds the most probable
+        assert choices is not None
+        assert all(low <= r <= high for r in device_ratios(objective, choices))
+        assert _log_p(probs, choices) >= best_inner - 1e-9
+    elif choices is not None:
+        assert all(low <= r <= high for r in device_ratios(objective, choices))
+
+
+def test_proportional_devices_match_brute_force() -> None:
     fast, slow = make_table("tiny-32"), make_table("tiny-32", scale=2.5)
     _, probs = softmax_probs(fast, seed=4)
     objective = MultiDeviceLatency([fast, slow], [(fast.min_latency()[0] + fast.max_latency()[0]) / 2,
-                                                  (slow.min_latency()[0] + slow.max_latency()[0]) / 2], mode=mode)
+                                                  (slow.min_latency()[0] + slow.max_latency()[0]) / 2], mode="max")
     low, high = target_bounds(0.1, "add#linear")
     choices = within_target_choices(probs, objective, low, high)
     _, feasible = _brute_force(probs, objective, low, high)
     assert feasible.any() and choices is not None
-    assert low <= objective.ratio_of(choices) <= high
+    assert all(low <= r <= high for r in device_ratios(objective, choices))
+    best_inner, _ = _brute_force(probs, objective, low + 0.01, high - 0.01)
+    assert _log_p(probs, choices) >= best_inner - 1e-9
+
+
+def _concentrated(table: LatencyTable, choices: list[int]) -> list[torch.Tensor]:
+    """Per-cell p with most of the mass on ``choices`` (the argmax) and the rest spread by a fixed draw."""
+    _, probs = softmax_probs(table, seed=7)
+    out = []
+    for p, c in zip(probs, choices):
+        q = p.detach().clone() * 0.3
+        q[c] += 0.7
+        out.append(q / q.sum())
+    return out
+
+
+@pytest.mark.parametrize("mode", ["weighted", "max"])
+def test_a_combined_ratio_in_the_band_does_not_hide_a_device_that_misses(mode: str) -> None:
+    """Device A on its target, device B 27% over it: weighted 0.7/0.3 the combined ratio is 1.081, inside the
+    +-10% band. The verdict is per device: the argmax misses, and the rule exports one that meets both."""
+    a, b = make_table("tiny-32"), _scripted_table("tiny-32", "#B")
+    argmax = [0, 1, 2, 3, 4, 5, 0]
+    probs = _concentrated(a, argmax)
+    assert [int(p.argmax()) for p in probs] == argmax
+    objective = MultiDeviceLatency([a, b], [a.latency_of(argmax), b.latency_of(argmax) / 1.27], [0.7, 0.3],
+                                   mode=mode)
+    plain = derive_choices(probs, objective, rule="argmax", band=0.1, loss_kind="add#linear")
+    assert plain.argmax_device_ratios == pytest.approx([1.0, 1.27])
     if mode == "weighted":
-        _assert_optimal(probs, objective, low, high, choices)
+        assert plain.argmax_ratio == pytest.approx(1.081) and meets_target(plain.argmax_ratio, 0.1, "add#linear")
+    assert plain.choices == argmax and plain.device_met == [True, False] and not plain.target_met
+    derived = derive_choices(probs, objective, rule="within-target", band=0.1, loss_kind="add#linear")
+    _, feasible = _brute_force(probs, objective, 0.9, 1.1)
+    assert feasible.any()
+    assert not derived.from_argmax and derived.target_met and derived.device_met == [True, True]
+    assert all(0.9 <= r <= 1.1 for r in derived.device_ratios)
+    assert derived.device_ratios == pytest.approx(device_ratios(objective, derived.choices))
+    # what the rule gave up: the log-probability of the argmax's ops over the exported ones, in the changed cells
+    changed = derived.changed_cells
+    assert changed and changed == [i for i, (x, y) in enumerate(zip(argmax, derived.choices)) if x != y]
+    assert derived.log_prob_given_up == pytest.approx(_log_p(probs, argmax) - _log_p(probs, derived.choices))
+    assert derived.log_prob_given_up > 0
+
+
+def test_an_argmax_that_meets_every_device_is_kept_and_nothing_is_given_up() -> None:
+    a, b = make_table("tiny-32"), _scripted_table("tiny-32", "#B")
+    argmax = [0, 1, 2, 3, 4, 5, 0]
+    probs = _concentrated(a, argmax)
+    objective = MultiDeviceLatency([a, b], [a.latency_of(argmax) / 0.95, b.latency_of(argmax) / 1.08])
+    derived = derive_choices(probs, objective, rule="within-target", band=0.1, loss_kind="mul#ratio")
+    assert derived.from_argmax and derived.changed_cells == [] and derived.log_prob_given_up == 0.0
+    assert derived.target_met and derived.device_met == [True, True]
+    assert derived.device_ratios == pytest.approx([0.95, 1.08])
 
 
 def test_no_architecture_in_the_band_keeps_the_argmax_and_says_so() -> None:
