@@ -307,17 +307,25 @@ def time_runner(runner: Runner, params: ProtocolParams, clock: Clock = time.perf
 # --- process state during a measurement -------------------------------------------------------------------------
 @contextmanager
 def pinned_cores(threads: int, enabled: bool = True) -> Iterator[set[int] | None]:
-    """Pin the calling thread to the last ``threads`` cores it may use (restored after); yields the cores, or None
-    when disabled or where the OS has no ``sched_setaffinity``."""
+    """Pin the calling thread to the last ``threads`` cores it may use, with torch's intra-op threads set to as
+    many (both restored after); yields the cores, or None when disabled or where the OS has no
+    ``sched_setaffinity``.
+
+    Torch's thread count follows the pin because what runs pinned also builds and exports modules with torch
+    (tracing runs the module once): torch's default of one thread per core of the machine, squeezed onto fewer
+    cores, spins against itself and makes each export many times slower."""
     if not enabled or not hasattr(os, "sched_setaffinity"):
         yield None
         return
     previous = os.sched_getaffinity(0)
     cores = set(sorted(previous)[-threads:])
+    previous_threads = torch.get_num_threads()
     os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
     try:
         yield cores
     finally:
+        torch.set_num_threads(previous_threads)
         os.sched_setaffinity(0, previous)
 
 

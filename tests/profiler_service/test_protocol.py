@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 from torch import nn
 
@@ -210,10 +211,11 @@ def test_lock_blocks_other_threads_while_held() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no sched_setaffinity on this OS")
 def test_pinned_cores_pins_and_restores() -> None:
-    before = os.sched_getaffinity(0)
+    before, before_threads = os.sched_getaffinity(0), torch.get_num_threads()
     with pinned_cores(1) as cores:
         assert cores == {max(before)} and os.sched_getaffinity(0) == cores
-    assert os.sched_getaffinity(0) == before
+        assert torch.get_num_threads() == 1  # torch's own threads on the pinned cores only
+    assert os.sched_getaffinity(0) == before and torch.get_num_threads() == before_threads
     with pinned_cores(1, enabled=False) as cores:
         assert cores is None and os.sched_getaffinity(0) == before
 
