@@ -12,6 +12,7 @@ is. :func:`cancel_job` cancels a queued or running job and its pending items. Ro
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -99,8 +100,11 @@ def create_or_attach_job(
     """The queued or running job of ``device_id`` that does the same work, or a new one: ``(job, attached)``.
 
     The same work: the same kind, measurement context (backend, batch, dtype, threads, environment hash, protocol
-    version), ``force``, op specs (as a multiset: the order plays no part) and ``payload`` (an architecture job's
-    network). Otherwise as :func:`create_job`. Call it in a write transaction: the device's row is locked first
+    version), ``force`` and ``payload`` (an architecture job's network), and op specs the open job measures: every
+    one of ``op_specs`` among its items (as a multiset: the order plays no part), or exactly its items when
+    ``force`` (a forced request wants values measured after it, and an open job may have finished some items
+    already). A request for part of an open job's ops is that job's work: a repeated ``lut`` asks only for the ops
+    not stored yet, which an open job of the first ``lut`` is measuring. Otherwise as :func:`create_job`. Call it in a write transaction: the device's row is locked first
     (``FOR UPDATE`` on PostgreSQL; SQLite's write lock is held already), so two requests at the same moment
     never both create the job.
     """
@@ -118,7 +122,7 @@ def create_or_attach_job(
         if job.payload != payload:
             continue
         specs = session.scalars(select(JobItem.op_spec).where(JobItem.job_id == job.id)).all()
-        if sorted(specs) == wanted:
+        if sorted(specs) == wanted or (not force and wanted and not Counter(wanted) - Counter(specs)):
             return job, True
     return create_job(session, device_id=device_id, kind=kind, context=context, op_specs=op_specs, force=force,
                       payload=payload), False

@@ -368,11 +368,15 @@ def test_a_request_for_the_work_of_an_open_job_attaches_to_it(session_factory: s
     with write_session(session_factory) as session:  # a running job too
         assert claim(session).id == first
     assert submit([spec(0), spec(1)]) == (first, True)
+    # part of its ops is its work too (a repeated lut asks only for what is not stored yet), but not more
+    assert submit([spec(1)]) == (first, True)
     # other work is a new job: other ops, force, another regime, batch or threads
-    others = [submit([spec(0)]), submit([spec(0), spec(1)], force=True),
+    others = [submit([spec(0), spec(2)]), submit([spec(0), spec(1)], force=True),
               submit([spec(0), spec(1)], protocol_version="1+warm"), submit([spec(0), spec(1)], batch=2),
               submit([spec(0), spec(1)], threads=2)]
     assert all(not attached for _, attached in others) and len({first, *(i for i, _ in others)}) == 6
+    forced = others[1][0]  # a forced request attaches to exactly its own work only
+    assert submit([spec(0), spec(1)], force=True) == (forced, True) and submit([spec(0)], force=True)[1] is False
     # an architecture job: the same network attaches, another one does not
     arch = {"blocks": ["conv_r8x8_c3-8_k3_s1_relu6"]}
     network, _ = submit([], kind="architecture", payload=arch)
