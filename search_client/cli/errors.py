@@ -3,6 +3,10 @@
 Exit codes: 2 for bad input (ValueError, :class:`BadRequest`, a local file that cannot be read or written), 1 for
 device and data problems (every other :class:`LatencyClientError`, :class:`MissingEntriesError`), 130 for an
 interrupted command (Ctrl-C; what to do next is printed by the command).
+
+Bad input includes training data that does not fit the network: every command that trains (``search``,
+``train``, the demo) refuses data whose number of classes is not the head's number of outputs with
+:class:`search_client.training.datasets.ClassCountMismatch`, a ValueError naming both numbers.
 """
 
 from __future__ import annotations

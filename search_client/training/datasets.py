@@ -6,7 +6,8 @@ returns a :class:`SearchData` with the
 weight-step stream (``train``: augmented), the architecture-step stream (``valid``: resize and centre crop,
 shuffled), the deterministic held-out batches for evaluation (:meth:`SearchData.eval_batches`), the first
 training images for batch-norm re-estimation (:meth:`SearchData.calibration_batches`), the number of classes and
-the source's name.
+the source's name. :func:`check_class_count` is the one rule on the number of classes: the data's must be the
+number of outputs of the network's head (every command that trains checks it, before training).
 
 Sources: ``digits``, ``synthetic[:N[:K]]`` and ``FILE.npz`` are small and held in memory
 (:mod:`search_client.training.memory_sources`); any directory is an image folder in the ImageNet or the flat
@@ -92,6 +93,26 @@ class DataOptions:
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"data option 'normalize': expected one of {', '.join(NORMALIZATIONS)}, got "
                              f"{self.normalize!r}")
+
+
+class ClassCountMismatch(ValueError):
+    """The data's number of classes is not the number of outputs of the network's head (a ValueError: bad input,
+    exit code 2 on the command line). ``data_classes``, ``head_classes`` and ``head`` (which head) are kept."""
+
+    def __init__(self, data_classes: int, head_classes: int, head: str, source: str) -> None:
+        super().__init__(
+            f"data: {source!r} has {data_classes} classes but {head} has {head_classes} outputs; give data "
+            f"of {head_classes} classes, or a network whose head has {data_classes} outputs")
+        self.data_classes, self.head_classes, self.head = data_classes, head_classes, head
+
+
+def check_class_count(data_classes: int, head_classes: int, head: str, source: str) -> None:
+    """Refuse data of ``data_classes`` classes (read from ``source``) for a network head (``head`` says which,
+    e.g. ``"space tiny-32's head"``) of ``head_classes`` outputs unless the two are equal: with fewer classes some
+    outputs are never a label, so the network is trained and scored on another task than its head's; with more,
+    some labels have no output. Raises :class:`ClassCountMismatch`."""
+    if data_classes != head_classes:
+        raise ClassCountMismatch(data_classes, head_classes, head, source)
 
 
 @dataclass

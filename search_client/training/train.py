@@ -30,7 +30,12 @@ from torch import nn
 from nas_ops.arch import Architecture
 from nas_ops.network import Network, build_network
 from search_client.training.cuda import FULL_PRECISION, DeviceTraining, MixedPrecision
-from search_client.training.datasets import DataOptions, SearchData, open_search_data
+from search_client.training.datasets import (
+    DataOptions,
+    SearchData,
+    check_class_count,
+    open_search_data,
+)
 from search_client.training.distributed import (
     SINGLE,
     DistContext,
@@ -151,9 +156,9 @@ def train_architecture(arch: Architecture, config: TrainConfig, *, progress: boo
     ``amp``), across the ranks of ``dist``; top-1 on the held-out split."""
     placement = DeviceTraining(device, amp=amp)
     data = config.open_data(arch.input_size, arch.in_chs)
-    if data.num_classes > arch.num_classes:
-        raise ValueError(f"data: {config.data.source} has {data.num_classes} classes but the architecture's head has "
-                         f"{arch.num_classes}")
+    space = arch.metadata.get("space")
+    head = f"the architecture's head (space {space})" if space else "the architecture's head"
+    check_class_count(data.num_classes, arch.num_classes, head, config.data.source)
     data.train.set_shard(dist.shard())
     placement.prepare_streams(data.train, data.valid)
     with torch.random.fork_rng(devices=[]):

@@ -119,7 +119,7 @@ def test_kernel_settings(kernel_settings: None) -> None:
 def _search_config(**overrides: object) -> SearchConfig:
     table = make_table("micro-16")
     low, high = table.min_latency()[0], table.max_latency()[0]
-    return SearchConfig(**{**dict(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:160:4"), epochs=1,
+    return SearchConfig(**{**dict(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:160:10"), epochs=1,
                                   batch_size=16, loss="add#linear", arch_every=2), **overrides})
 
 

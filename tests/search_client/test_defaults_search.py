@@ -40,7 +40,7 @@ class Recorder(SearchCallbacks):
 def _search(tmp_path: Path, name: str, **schedule: Any) -> tuple[Recorder, dict[str, Any]]:
     table = make_table("micro-16")
     low, high = table.min_latency()[0], table.max_latency()[0]
-    config = SearchConfig(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:320:4"), batch_size=16,
+    config = SearchConfig(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:320:10"), batch_size=16,
                           epochs=4, **schedule)
     recorder = Recorder()
     result = run_search(config, [table], tmp_path / name, callbacks=recorder)

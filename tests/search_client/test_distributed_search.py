@@ -119,7 +119,7 @@ def search_worker(spec: dict[str, Any]) -> None:
 def _config(**overrides: Any) -> dict[str, Any]:
     table = make_table("micro-16")
     low, high = table.min_latency()[0], table.max_latency()[0]
-    base: dict[str, Any] = dict(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:160:4"), epochs=2,
+    base: dict[str, Any] = dict(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:180:10"), epochs=2,
                                 warmup_epochs=0, batch_size=16, loss="add#linear", arch_every=2)
     return SearchConfig(**{**base, **overrides}).to_dict()
 
@@ -168,7 +168,7 @@ def test_ranks_hold_identical_alphas_after_every_step_and_derive_one_architectur
         straight: tuple[Path, list[dict[str, Any]]]) -> None:
     tmp, (rank0, rank1, _, _) = straight
     assert rank0["world_size"] == rank1["world_size"] == 2
-    # synthetic:160:4 holds out 32 images: 128 train images, 64 per rank, 4 steps of 16 per epoch
+    # synthetic:180:10 holds out 40 images: 140 train images, 70 per rank, 4 steps of 16 per epoch
     assert len(rank0["alphas"]) == len(rank1["alphas"]) == 8
     assert rank0["alphas"] == rank1["alphas"]
     assert len(set(rank0["alphas"])) > 1  # the alphas moved
@@ -213,7 +213,7 @@ def test_reinforce_ranks_share_rewards_and_alphas(tmp_path: Path) -> None:
 
 
 CLI = [sys.executable, "-m", "search_client.cli"]
-CLI_COMMON = ["--data", "synthetic:160:4", "--epochs", "1", "--batch-size", "16", "--train-threads", "1",
+CLI_COMMON = ["--data", "synthetic:180:10", "--epochs", "1", "--batch-size", "16", "--train-threads", "1",
               "--nproc", "2"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def test_retraining_reads_an_image_folder_through_the_search_pipeline(tmp_path: 
         for i in range(12):
             pixels = np.clip(level + rng.normal(0, 20, (24, 20, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(tmp_path / "data" / label / f"{i}.jpg")
-    arch = load_space("micro-16").architecture([0, 0, 0])
+    arch = replace(load_space("micro-16"), num_classes=2).architecture([0, 0, 0])  # a head of two outputs
     config = TrainConfig(data=DataOptions(str(tmp_path / "data"), valid_per_class=3, workers=2, color_jitter=0.2),
                          epochs=3, batch_size=8, lr=0.1)
     result = train_architecture(arch, config)

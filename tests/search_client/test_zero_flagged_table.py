@@ -108,7 +108,7 @@ def test_search_on_a_device_fails_on_flagged_entries_and_runs_with_allow_flagged
                                                                         stop_after_epochs=1))
     out = tmp_path / "run"
     args = ["search", "--space", "micro-16", "--device", "http://dev:8000", "--backend", "ort-cpu",
-            "--target-ms", "3.0", "--data", "synthetic:64:4", "--epochs", "1", "--warmup-epochs", "0",
+            "--target-ms", "3.0", "--data", "synthetic:64:10", "--epochs", "1", "--warmup-epochs", "0",
             "--out", str(out), "--no-progress"]
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code != 0 and "1 entry is flagged by the device" in refused.output
