@@ -37,7 +37,7 @@ import torch
 from search_client.nas.callbacks import SearchCallbacks
 from search_client.nas.checkpoint import check_checkpoint, save_checkpoint
 from search_client.nas.config import SearchConfig
-from search_client.nas.derive import export_search_result
+from search_client.nas.derive import device_keys, export_search_result
 from search_client.nas.distributed_search import (
     average_search_gradients,
     check_replicas,
@@ -64,6 +64,7 @@ from search_client.nas.within_target import Derived, derive_choices
 from search_client.table.latency_table import LatencyTable
 from search_client.table.objective import MultiDeviceLatency
 from search_client.training.cuda import DeviceTraining
+from search_client.training.datasets import check_class_count
 from search_client.training.distributed import SINGLE, DistContext, align_module, average_batchnorm_stats
 from search_client.training.train import evaluate, held_out_batches
 
@@ -130,9 +131,8 @@ class SearchRun:
         """The weight-step and architecture-step streams and the held-out batches (the config's seed)."""
         config = self.config
         self.data = config.open_data(self.space.input_size, self.space.in_chs)
-        if self.data.num_classes > self.space.num_classes:
-            raise ValueError(f"data: {config.data.source} has {self.data.num_classes} classes but the space "
-                             f"{self.space.name!r} has a {self.space.num_classes}-class head")
+        check_class_count(self.data.num_classes, self.space.num_classes, f"space {self.space.name}'s head",
+                          config.data.source)
         shard_search_data(self.data, self.dist)
         self.placement.prepare_streams(self.data.train, self.data.valid)
 
@@ -353,7 +353,9 @@ def run_search(config: SearchConfig, tables: Sequence[LatencyTable], out_dir: st
         result.choices, result.derived = derived.choices, derived
         check_same_architecture(derived.choices, dist)
         summary = search_summary(
-            config, derived, final_strength=run.loss_fn.strength, arch_lr=run.arch_lr, arch_steps=run.arch_steps,
+            config, derived, devices=device_keys(run.tables),
+            candidate_names=[cell.candidate_names for cell in run.space.cells()],
+            final_strength=run.loss_fn.strength, arch_lr=run.arch_lr, arch_steps=run.arch_steps,
             entropy_start=uniform_entropy([cell.n_paths for cell in run.supernet.cells]),
             final_row=run.history[-1] if run.history else {}, seconds=time.perf_counter() - start)
         summary.update(world_size=dist.world_size, distributed_backend=dist.backend, **run.placement.describe())

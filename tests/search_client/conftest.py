@@ -15,7 +15,9 @@
   (``.url``, ``.db_url``, ``.log_path``). Tests using it should carry ``@pytest.mark.live``.
 
 Helpers (import them from this module): :func:`make_table` (a complete table of a space with the fake
-latencies, no device needed), :func:`device_table` (the plain table a FakeDevice measures) and :func:`softmax_probs` (random alphas and their softmax per cell).
+latencies, no device needed), :func:`other_device_table` (the same for a device whose latencies are unrelated),
+:func:`device_table` (the plain table a FakeDevice measures) and :func:`softmax_probs` (random alphas and their
+softmax per cell).
 """
 
 from __future__ import annotations
@@ -94,6 +96,16 @@ def make_table(space: SearchSpace | str = "micro-16", scale: float = 1.0, **over
     """A complete table of ``space`` with the fake latencies (times ``scale``), as the fake device would give."""
     space = SPACES[space] if isinstance(space, str) else space
     stats = {spec: stats_of(fake_median_ms(spec) * scale) for spec in table_specs(space)}
+    kwargs = {"device": FAKE_DEVICE, "backend": "ort-cpu", "batch": 1, "threads": 1, "protocol_version": "test-1",
+              "env_hash": "e" * 64, **overrides}
+    return LatencyTable.from_stats(space, stats, **kwargs)
+
+
+def other_device_table(space: SearchSpace | str = "micro-16", salt: str = "#B", **overrides: Any) -> LatencyTable:
+    """A complete table of ``space`` whose latencies are unrelated to :func:`make_table`'s (another device, whose
+    costs order the ops differently): :func:`fake_median_ms` of each spec with ``salt`` appended."""
+    space = SPACES[space] if isinstance(space, str) else space
+    stats = {spec: stats_of(fake_median_ms(spec + salt)) for spec in table_specs(space)}
     kwargs = {"device": FAKE_DEVICE, "backend": "ort-cpu", "batch": 1, "threads": 1, "protocol_version": "test-1",
               "env_hash": "e" * 64, **overrides}
     return LatencyTable.from_stats(space, stats, **kwargs)

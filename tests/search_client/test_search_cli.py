@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -17,12 +18,17 @@ import search_client.cli.devices as devices_module
 from nas_ops.space import SPACES
 from search_client.cli import app
 from search_client.device.client import LatencyClient
-from tests.search_client.conftest import FakeDevice, device_table, make_table
+from tests.search_client.conftest import (
+    FakeDevice,
+    device_table,
+    make_table,
+    other_device_table,
+)
 
 torch.set_num_threads(1)
 runner = CliRunner()
 
-BASE = ["--data", "synthetic:120:4", "--epochs", "1", "--batch-size", "16", "--no-progress"]
+BASE = ["--data", "synthetic:120:10", "--epochs", "1", "--batch-size", "16", "--no-progress"]
 TINY = [*BASE, "--loss", "hinge"]
 
 
@@ -59,6 +65,58 @@ def test_search_from_a_table_file(tmp_path: Path, table_file: Path) -> None:
                                 "--out", str(out), "--resume", *TINY])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "summary.json").read_text())["choices"] == summary["choices"]
+
+
+def test_two_devices_end_with_each_devices_ratio_and_verdict(tmp_path: Path) -> None:
+    """Weighted mode optimises the weighted sum; the run's last lines and summary.json judge each device alone."""
+    tables = [make_table("micro-16"), other_device_table("micro-16")]
+    files = [t.save(tmp_path / f"table_{d}.json") for d, t in enumerate(tables)]
+    targets = [t.min_latency()[0] + 0.4 * (t.max_latency()[0] - t.min_latency()[0]) for t in tables]
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["search", "--table", str(files[0]), "--table", str(files[1]),
+                                 "--target-ms", f"{targets[0]:.4f}", "--target-ms", f"{targets[1]:.4f}",
+                                 "--device-weight", "0.7", "--device-weight", "0.3", "--out", str(out), *BASE])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    keys = ["fake/ort-cpu#0", "fake/ort-cpu#1"]
+    ratios = {k: t.latency_of(summary["choices"]) / float(f"{target:.4f}")
+              for k, t, target in zip(keys, tables, targets)}
+    assert summary["device_ratios"] == pytest.approx(ratios)
+    assert summary["device_target_met"] == {k: 0.9 <= r <= 1.1 for k, r in ratios.items()}
+    assert summary["target_met"] == all(summary["device_target_met"].values())
+    assert set(summary["argmax_device_ratios"]) == set(keys)
+    assert summary["derive_kept_argmax"] == (summary["choices"] == summary["argmax_choices"])
+    # the verdict ends the output: the derive lines, one line per device, the combined ratio
+    lines = result.output.strip().splitlines()
+    assert lines[-5].startswith("derive (within-target): ")
+    kept = "derive kept the argmax" if summary["derive_kept_argmax"] else "derive changed the argmax in"
+    assert lines[-4].startswith(kept)
+    for line, key in zip(lines[-3:-1], keys):
+        verdict = "meets" if summary["device_target_met"][key] else "MISSES"
+        assert line.startswith(f"{key}: predicted ") and f"latency ratio {ratios[key]:.3f}" in line
+        assert f"{verdict} its target" in line
+    assert lines[-1].startswith(f"combined latency ratio {summary['ratio']:.3f}")
+
+
+@pytest.mark.parametrize("classes", [2, 12])
+def test_data_of_another_class_count_than_the_head_is_refused(tmp_path: Path, table_file: Path,
+                                                              classes: int) -> None:
+    source = f"synthetic:120:{classes}"
+    search = runner.invoke(app, ["search", "--table", str(table_file), "--target-ms", _target(table_file),
+                                 "--out", str(tmp_path / "o"), *TINY, "--data", source])
+    assert search.exit_code == 2, search.output
+    assert search.output.splitlines() == [(
+        f"error: data: {source!r} has {classes} classes but space micro-16's head has 10 outputs; give data of 10 "
+        f"classes, or a network whose head has {classes} outputs")]
+    arch_file = tmp_path / "arch.json"
+    SPACES["micro-16"].architecture([0, 6, 2]).save(arch_file)
+    train = runner.invoke(app, ["train", str(arch_file), "--data", source, "--epochs", "1", "--out",
+                                str(tmp_path / "t")])
+    assert train.exit_code == 2, train.output
+    assert train.output.splitlines() == [(
+        f"error: data: {source!r} has {classes} classes but the architecture's head (space micro-16) has 10 "
+        f"outputs; give data of 10 classes, or a network whose head has {classes} outputs")]
+    assert not (tmp_path / "t").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -119,7 +177,7 @@ def test_search_on_a_device_then_verify(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_train_a_derived_architecture(tmp_path: Path) -> None:
     arch_file = tmp_path / "arch.json"
-    SPACES["micro-16"].architecture([0, 6, 2]).save(arch_file)
+    replace(SPACES["micro-16"], num_classes=4).architecture([0, 6, 2]).save(arch_file)  # a head of 4 outputs
     result = runner.invoke(app, ["train", str(arch_file), "--data", "synthetic:200:4", "--epochs", "3",
                                  "--batch-size", "16", "--out", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
@@ -188,7 +246,7 @@ def test_ctrl_c_prints_the_checkpoint_and_the_resume_command_and_exits_130(
         tmp_path: Path, table_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import search_client.nas.search_loop as loop
 
-    args = ["search", "--table", str(table_file), "--target-ms", _target(table_file), "--data", "synthetic:120:4",
+    args = ["search", "--table", str(table_file), "--target-ms", _target(table_file), "--data", "synthetic:120:10",
             "--epochs", "2", "--batch-size", "16", "--loss", "hinge", "--arch-every", "2", "--no-progress"]
     straight = runner.invoke(app, [*args, "--out", str(tmp_path / "straight")])
     assert straight.exit_code == 0, straight.output

@@ -27,7 +27,7 @@ def _table() -> LatencyTable:
 
 def _config(table: LatencyTable, **overrides: Any) -> SearchConfig:
     low, high = table.min_latency()[0], table.max_latency()[0]
-    base: dict[str, Any] = dict(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:160:4"), epochs=2,
+    base: dict[str, Any] = dict(targets_ms=[low + 0.4 * (high - low)], data=DataOptions("synthetic:160:10"), epochs=2,
                                 warmup_epochs=0, batch_size=16, loss="add#linear", arch_every=2)
     return SearchConfig(**{**base, **overrides})
 
@@ -213,15 +213,18 @@ def test_two_devices(tmp_path: Path) -> None:
     derived_ms = [fast.latency_of(result.choices), slow.latency_of(result.choices)]
     assert summary["predicted_latency_ms"] == {"fake/ort-cpu#0": pytest.approx(derived_ms[0]),
                                                "fake/ort-cpu#1": pytest.approx(derived_ms[1])}
-    assert summary["target_met"] and 0.9 <= max(ms / t for ms, t in zip(derived_ms, targets)) <= 1.1
+    assert summary["target_met"] and all(0.9 <= ms / t <= 1.1 for ms, t in zip(derived_ms, targets))  # each device
+    keys = ["fake/ort-cpu#0", "fake/ort-cpu#1"]
+    assert summary["device_ratios"] == {k: pytest.approx(ms / t) for k, ms, t in zip(keys, derived_ms, targets)}
+    assert summary["device_target_met"] == dict.fromkeys(keys, True)
 
 
 @pytest.mark.parametrize("rule", ["within-target", "argmax"])
 def test_derive_rule_decides_the_exported_architecture(tmp_path: Path, rule: str) -> None:
     table = _table()
-    # a target far below where one epoch of search leaves the argmax
+    # a target far above where one epoch of search leaves the argmax
     low, high = table.min_latency()[0], table.max_latency()[0]
-    config = _config(table, epochs=1, targets_ms=[low + 0.02 * (high - low)], derive=rule, target_band=0.05)
+    config = _config(table, epochs=1, targets_ms=[low + 0.5 * (high - low)], derive=rule, target_band=0.05)
     result = run_search(config, [table], tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     last = result.history[-1]
@@ -231,18 +234,35 @@ def test_derive_rule_decides_the_exported_architecture(tmp_path: Path, rule: str
     assert summary["choices"] == result.choices
     assert summary["ratio"] == pytest.approx(table.latency_of(result.choices) / config.targets_ms[0])
     assert abs(last["argmax_ratio"] - 1) > 0.05  # the argmax misses: the rules differ
+    key = "fake/ort-cpu"
+    assert summary["device_ratios"] == {key: pytest.approx(summary["ratio"])}  # one device: its ratio is the ratio
+    assert summary["argmax_device_ratios"] == {key: pytest.approx(summary["argmax_ratio"])}
+    assert summary["device_target_met"] == {key: summary["target_met"]}
     if rule == "argmax":
         assert result.choices == last["choices"] and summary["target_met"] is False
+        assert summary["derive_kept_argmax"] is True
+        assert summary["derive_changes"] == [] and summary["derive_log_prob_given_up"] == 0
     else:
         assert result.choices != last["choices"] and summary["target_met"] is True
         assert 0.95 <= summary["ratio"] <= 1.05
+        # which cells the rule changed, named, and the log-probability it gave up under the final p
+        assert summary["derive_kept_argmax"] is False
+        names = [cell.candidate_names for cell in table.space.cells()]
+        changed = [i for i, (a, c) in enumerate(zip(last["choices"], result.choices)) if a != c]
+        assert summary["derive_changes"] == [{"cell": i, "argmax": names[i][last["choices"][i]],
+                                              "exported": names[i][result.choices[i]]} for i in changed]
+        probs = [p.detach() for p in result.supernet.probs()]
+        given_up = sum(float(torch.log(probs[i][last["choices"][i]]) - torch.log(probs[i][result.choices[i]]))
+                       for i in changed)
+        assert summary["derive_log_prob_given_up"] == pytest.approx(given_up, rel=1e-5)
+        assert summary["derive_log_prob_given_up"] > 0  # the argmax is the most probable architecture
 
 
 def test_a_checkpoint_config_with_flat_data_fields_still_loads() -> None:
-    config = SearchConfig(targets_ms=[1.0], data=DataOptions("synthetic:160:4", valid_per_class=2, workers=1))
+    config = SearchConfig(targets_ms=[1.0], data=DataOptions("synthetic:160:10", valid_per_class=2, workers=1))
     assert SearchConfig.from_dict(config.to_dict()) == config
     flat = {k: v for k, v in config.to_dict().items() if k != "data"}
-    flat.update(data="synthetic:160:4", valid_fraction=0.2, valid_per_class=2, val_folder=False, workers=1,
+    flat.update(data="synthetic:160:10", valid_fraction=0.2, valid_per_class=2, val_folder=False, workers=1,
                 color_jitter=0.0)  # as written before the data options were one object
     assert SearchConfig.from_dict(flat) == config
     with pytest.raises(ValueError, match="'data.nope': unknown"):

@@ -7,22 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from nas_ops.space import SPACES
 from search_client.nas.target import device_ratios, meets_target, target_bounds
 from search_client.nas.within_target import (
     RATIO_STEP,
     derive_choices,
     within_target_choices,
 )
-from search_client.table.latency_table import LatencyTable, table_specs
+from search_client.table.latency_table import LatencyTable
 from search_client.table.objective import MultiDeviceLatency
-from tests.search_client.conftest import (
-    FAKE_DEVICE,
-    fake_median_ms,
-    make_table,
-    softmax_probs,
-    stats_of,
-)
+from tests.search_client.conftest import make_table, other_device_table, softmax_probs
 
 
 def _grid(rows: list[np.ndarray]) -> np.ndarray:
@@ -44,14 +37,6 @@ def _brute_force(probs: list[torch.Tensor], objective: MultiDeviceLatency, low: 
     log_p = _grid([np.log(p.detach().numpy()) for p in probs])
     feasible = np.logical_and.reduce([(ratio >= low) & (ratio <= high) for ratio in ratios])
     return (float(log_p[feasible].max()) if feasible.any() else -np.inf), feasible
-
-
-def _scripted_table(space: str, salt: str) -> LatencyTable:
-    """A complete table of ``space`` whose latencies are unrelated to :func:`make_table`'s (another device whose
-    costs order the ops differently)."""
-    stats = {spec: stats_of(fake_median_ms(spec + salt)) for spec in table_specs(SPACES[space])}
-    return LatencyTable.from_stats(SPACES[space], stats, device=FAKE_DEVICE, backend="ort-cpu",
-                                                  batch=1, threads=1, protocol_version="test-1", env_hash="e" * 64)
 
 
 def _log_p(probs: list[torch.Tensor], choices: list[int]) -> float:
@@ -140,7 +125,7 @@ def test_hinge_only_needs_the_latency_under_the_target() -> None:
 @pytest.mark.parametrize("mode", ["weighted", "max"])
 @pytest.mark.parametrize("loss", ["add#linear", "hinge"])
 def test_two_devices_every_band_is_met_when_an_architecture_can_meet_them(seed: int, mode: str, loss: str) -> None:
-    a, b = make_table("micro-16"), _scripted_table("micro-16", "#B")
+    a, b = make_table("micro-16"), other_device_table("micro-16")
     _, probs = softmax_probs(a, seed=seed)
     targets = [t.min_latency()[0] + (0.3 + 0.1 * seed) * (t.max_latency()[0] - t.min_latency()[0]) for t in (a, b)]
     objective = MultiDeviceLatency([a, b], targets, [0.7, 0.3], mode=mode)
@@ -184,7 +169,7 @@ def _concentrated(table: LatencyTable, choices: list[int]) -> list[torch.Tensor]
 def test_a_combined_ratio_in_the_band_does_not_hide_a_device_that_misses(mode: str) -> None:
     """Device A on its target, device B 27% over it: weighted 0.7/0.3 the combined ratio is 1.081, inside the
     +-10% band. The verdict is per device: the argmax misses, and the rule exports one that meets both."""
-    a, b = make_table("tiny-32"), _scripted_table("tiny-32", "#B")
+    a, b = make_table("tiny-32"), other_device_table("tiny-32")
     argmax = [0, 1, 2, 3, 4, 5, 0]
     probs = _concentrated(a, argmax)
     assert [int(p.argmax()) for p in probs] == argmax
@@ -209,7 +194,7 @@ def test_a_combined_ratio_in_the_band_does_not_hide_a_device_that_misses(mode: s
 
 
 def test_an_argmax_that_meets_every_device_is_kept_and_nothing_is_given_up() -> None:
-    a, b = make_table("tiny-32"), _scripted_table("tiny-32", "#B")
+    a, b = make_table("tiny-32"), other_device_table("tiny-32")
     argmax = [0, 1, 2, 3, 4, 5, 0]
     probs = _concentrated(a, argmax)
     objective = MultiDeviceLatency([a, b], [a.latency_of(argmax) / 0.95, b.latency_of(argmax) / 1.08])

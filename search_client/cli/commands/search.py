@@ -45,8 +45,9 @@ from search_client.nas.config import SearchConfig
 from search_client.nas.derive import device_keys
 from search_client.nas.distributed_search import broadcast_tables, resumes_after_restart
 from search_client.nas.schedule import PAPER_ARCH_EVERY, PAPER_ARCH_LR
+from search_client.nas.search_log import derive_lines
 from search_client.nas.search_loop import run_search
-from search_client.nas.within_target import Derived
+from search_client.nas.target import target_bounds
 from search_client.plots.search_curves import plot_search_result
 from search_client.table.latency_table import LatencyTable, build_table
 from search_client.training.cuda import configure_kernels
@@ -244,21 +245,11 @@ def search(
         result.files.update(plot_search_result(result))
         arch_names = [cell.cell.candidate_names[c] for cell, c in zip(result.supernet.cells, result.choices)]
         typer.echo(f"architecture: {' '.join(arch_names)}")
-        if result.derived is not None:
-            typer.echo(_derive_line(result.derived))
-        for key, target, ms in zip(device_keys(tables), config.targets_ms,
-                                   result.objective.latency_of(result.choices)):
-            typer.echo(f"{key}: predicted {ms:.4f} ms, target {target:.4f} ms "
-                       f"({100 * (ms / target - 1):+.1f}%)")
         for name, path in result.files.items():
             typer.echo(f"{name}: {path}")
-
-
-def _derive_line(derived: Derived) -> str:
-    """How the exported architecture was chosen, in one line."""
-    if derived.from_argmax:
-        how = "the argmax architecture"
-    else:
-        how = f"the most probable architecture within the target (the argmax's ratio was {derived.argmax_ratio:.3f})"
-    met = "meets" if derived.target_met else "MISSES"
-    return f"derive ({derived.rule}): {how}; latency ratio {derived.ratio:.3f}, {met} the target"
+        if result.derived is not None:  # the verdict ends the run's output
+            lines = derive_lines(result.derived, [cell.cell.candidate_names for cell in result.supernet.cells],
+                                 device_keys(tables), config.targets_ms,
+                                 target_bounds(config.target_band, config.loss))
+            for line in lines:
+                typer.echo(line)
