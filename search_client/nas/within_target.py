@@ -66,6 +66,7 @@ class Derived:
 
     @property
     def from_argmax(self) -> bool:
+        """Whether the exported architecture is the argmax (the rule kept it, or found nothing better)."""
         return self.choices == self.argmax_choices
 
     @property
