@@ -31,7 +31,7 @@ recorded their working set, still load::
                  "c_ms_per_mb": 0.02,                 # only with method "huber-weights" (else c = 0)
                  "networks": [{"choices": [0, 3, ...], "predicted_ms": 12.3, "measured_ms": 13.1,
                                "weight_mb": 8.1}, ...]},   # weight_mb: absent in files before the weight term
-      "quality": {"bound": 0.25, "noisy": ["mbconv_..."], "passes": 2,   # what stays noisy or implausible after
+      "quality": {"bound": 0.1, "noisy": ["mbconv_..."], "passes": 2,   # what stays noisy or implausible after
                   "implausible": [{"cell": 1, "cheaper": "mbconv_...", "than": "mbconv_..."}]},   # re-measuring
       "content_hash": "<sha256 hex>"          # LatencyTable.content_hash(); checked on load
     }

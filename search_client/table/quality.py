@@ -4,9 +4,13 @@ Why. A table built on a shared machine can hold entries whose spread is as large
 has to resolve, and a disturbed measurement can rank a bigger op below a smaller one. Both steer a search without
 any sign in its output. docs/protocol.md "Table quality" explains it for users.
 
-- **Noise** of an entry (:func:`entry_noise`): its IQR over its median, or, when its stats carry the medians of
-  its rounds (``round_medians_ms``), the larger of that and the rounds' spread (max - min) over the median. An
-  entry is **noisy** when its noise exceeds :data:`NOISE_BOUND`.
+- **Noise** of an entry (:func:`entry_noise`): how well its median is known, relative to it: the half-width of
+  the median's 95% confidence interval, ``1.58 IQR / sqrt(samples)`` (McGill, Tukey and Larsen's notch), or, when
+  its stats carry the medians of its rounds (``round_medians_ms``), half their spread (max - min) when larger. An
+  entry is **noisy** when its noise exceeds :data:`NOISE_BOUND`. The spread of single runs (IQR / median) is not
+  the entry's noise: in a duet every block is scaled by its own reference blocks and after a cache flush every run
+  meets memory afresh, so single runs spread by 10-25% of the median on a quiet device while the rounds' medians
+  agree within a few percent.
 - **Implausible ordering** (:func:`implausible_pairs`): within one cell, candidate A costs more multiply-adds AND
   more memory traffic (weights plus activations, :func:`nas_ops.counting.op_memory_bytes`) than candidate B, yet
   was measured cheaper than B beyond their noise: A's median plus half its IQR lies below B's median minus half its
@@ -18,6 +22,7 @@ each) and stores what stays in the table file (:class:`TableQuality`, its ``qual
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +31,11 @@ from nas_ops.counting import count_flops, op_memory_bytes
 from nas_ops.space import SearchSpace
 from nas_ops.spec import format_spec
 
-#: The noise (IQR, or spread of the rounds, over the median) above which an entry is noisy. On a quiet device the
-#: IQR is a few percent of the median; a quarter of it is as large as the gap between neighbouring candidates.
-NOISE_BOUND = 0.25
+#: The noise (the relative half-width of the median's 95% interval) above which an entry is noisy: its median is
+#: then uncertain by more than the +-10% a table promises for a whole network. A quiet device stays well below.
+NOISE_BOUND = 0.1
+#: McGill, Tukey and Larsen's factor: ``median +- NOTCH_FACTOR * IQR / sqrt(n)`` is about a 95% interval.
+NOTCH_FACTOR = 1.58
 #: Extra passes that measure the noisy and implausible entries again (each one job), at most.
 QUALITY_PASSES = 2
 #: The optional Stats field with the medians of an entry's rounds (ms), read when a device gives it.
@@ -36,13 +43,13 @@ ROUND_MEDIANS_FIELD = "round_medians_ms"
 
 
 def entry_noise(stats: Mapping[str, Any]) -> float:
-    """The noise of one entry: IQR / median, or the rounds' (max - min) / median when larger (module docstring);
-    infinite for an entry with a median of 0 and any spread."""
+    """The noise of one entry (module docstring): ``NOTCH_FACTOR * IQR / sqrt(samples) / median``, or half the
+    rounds' (max - min) / median when larger; infinite for an entry with a median of 0 and any spread."""
     median = float(stats["median_ms"])
-    spreads = [float(stats["iqr_ms"])]
+    spreads = [NOTCH_FACTOR * float(stats["iqr_ms"]) / math.sqrt(max(1, int(stats["samples"])))]
     rounds = stats.get(ROUND_MEDIANS_FIELD)
     if isinstance(rounds, Sequence) and len(rounds) > 1:
-        spreads.append(max(rounds) - min(rounds))
+        spreads.append((max(rounds) - min(rounds)) / 2)
     spread = max(spreads)
     if median <= 0:
         return 0.0 if spread <= 0 else float("inf")
@@ -99,12 +106,12 @@ class TableQuality:
     def summary(self) -> str:
         """One line saying what stays (or that nothing does)."""
         if self.ok:
-            return (f"table quality: every entry within the noise bound {self.bound:g} (IQR/median) and no "
+            return (f"table quality: every entry's median known within +-{self.bound:.0%} and no "
                     f"implausible ordering ({self.passes} re-measurement pass(es))")
         parts = []
         if self.noisy:
-            parts.append(f"{len(self.noisy)} noisy entr{'y' if len(self.noisy) == 1 else 'ies'} (IQR/median above "
-                         f"{self.bound:g}): {', '.join(self.noisy)}")
+            parts.append(f"{len(self.noisy)} noisy entr{'y' if len(self.noisy) == 1 else 'ies'} (median uncertain "
+                         f"beyond +-{self.bound:.0%}): {', '.join(self.noisy)}")
         if self.implausible:
             orderings = "; ".join(f"cell {i}: {a} < {b}" for i, a, b in self.implausible)
             parts.append(f"{len(self.implausible)} implausible ordering(s) (more multiply-adds and memory "
