@@ -76,7 +76,6 @@ STEP_CASES = ("compact", "weight", "arch_two", "arch_full_v2")
 TARGETS = {"weight_ratio": ("max", 1.3), "epoch_ratio": ("max", 1.6), "speedup_2proc": ("min", 1.6)}
 RIGGED_ALPHA = 20.0
 ARCH_EVERY = 5
-CLASSES = 10
 
 
 # --- arguments ----------------------------------------------------------------------------------------------------
@@ -163,14 +162,16 @@ def rig_alphas(supernet: Supernet, choices: Sequence[int]) -> None:
 
 
 def search_config(space: SearchSpace, args: argparse.Namespace, epochs: int) -> SearchConfig:
-    """The search of the epoch and processes sections: ``synthetic`` data of ``CLASSES`` balanced classes with
+    """The search of the epoch and processes sections: ``synthetic`` data of as many balanced classes as the
+    space's head has outputs (a search refuses data of another class count), with
     ``epoch_steps x batch`` training images (rounded up to whole classes) and enough held-out images per class for
     a batch of architecture steps on each of the most processes; full_v2, ``arch_every`` 5."""
     table = flops_table(space)
     low, high = table.min_latency()[0], table.max_latency()[0]
-    train_per_class = -(-args.epoch_steps * args.batch // CLASSES)
-    valid_per_class = -(-args.batch * max([1, *args.procs]) // CLASSES)
-    source = f"synthetic:{CLASSES * (train_per_class + valid_per_class)}:{CLASSES}"
+    classes = space.num_classes
+    train_per_class = -(-args.epoch_steps * args.batch // classes)
+    valid_per_class = -(-args.batch * max([1, *args.procs]) // classes)
+    source = f"synthetic:{classes * (train_per_class + valid_per_class)}:{classes}"
     return SearchConfig(targets_ms=[(low + high) / 2], data=DataOptions(source, valid_per_class=valid_per_class),
                         epochs=epochs, batch_size=args.batch, arch_every=ARCH_EVERY, arch_lr=PAPER_ARCH_LR,
                         mode="full_v2")
