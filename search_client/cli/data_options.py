@@ -17,7 +17,9 @@ from search_client.training.datasets import DataOptions
 #: The defaults of the data options.
 DATA = DataOptions()
 
-DataSource = Annotated[str, typer.Option("--data", help="digits | synthetic[:N[:K]] | image folder | .npz file")]
+DataSource = Annotated[str, typer.Option(
+    "--data", help="digits | synthetic[:N[:K]] | synthetic:NAME[:N] (NAME: teacher, glyphs, gratings) | image folder "
+                   "| .npz file")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes that decode images")]
 ValidPerClass = Annotated[Optional[int], typer.Option(
     "--valid-per-class", min=1, help="images per class held out of train (the architecture steps' and the "

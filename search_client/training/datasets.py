@@ -9,7 +9,8 @@ training images for batch-norm re-estimation (:meth:`SearchData.calibration_batc
 the source's name. :func:`check_class_count` is the one rule on the number of classes: the data's must be the
 number of outputs of the network's head (every command that trains checks it, before training).
 
-Sources: ``digits``, ``synthetic[:N[:K]]`` and ``FILE.npz`` are small and held in memory
+Sources: ``digits``, ``synthetic[:N[:K]]``, ``synthetic:NAME[:N]`` (a named generated task) and ``FILE.npz`` are
+small and held in memory
 (:mod:`search_client.training.memory_sources`); any directory is an image folder in the ImageNet or the flat
 layout (:mod:`search_client.training.folders`), read lazily (only paths and labels are held) and decoded per
 batch by DataLoader workers (:mod:`search_client.training.streams`) with the transforms of
@@ -60,9 +61,9 @@ class DataOptions:
     """What to read and how: the data options of a search and of a retraining (the fields are described in the
     module docstring; each one with a command-line option has that option's name: ``source`` is ``--data``).
 
-    ``source``: ``digits``, ``synthetic[:N[:K]]``, a ``.npz`` file or an image folder. ``workers``: DataLoader
-    worker processes (0: read in the calling process). ``color_jitter`` (0: off) is the strength of the weight
-    steps' colour jitter. ValueError with the field's name for a bad value.
+    ``source``: ``digits``, ``synthetic[:N[:K]]``, ``synthetic:NAME[:N]``, a ``.npz`` file or an image folder.
+    ``workers``: DataLoader worker processes (0: read in the calling process). ``color_jitter`` (0: off) is the
+    strength of the weight steps' colour jitter. ValueError with the field's name for a bad value.
     """
 
     source: str = "digits"
@@ -75,7 +76,8 @@ class DataOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
-            raise ValueError("data: expected 'digits', 'synthetic[:N[:K]]', an image folder or a .npz file")
+            raise ValueError("data: expected 'digits', 'synthetic[:N[:K]]', 'synthetic:NAME[:N]', an image folder or "
+                             "a .npz file")
         _int_at_least("workers", self.workers, 0)
         if self.valid_per_class is not None:
             _int_at_least("valid_per_class", self.valid_per_class, 1)
@@ -250,8 +252,8 @@ def open_search_data(options: DataOptions, input_size: tuple[int, int], in_chs: 
     elif Path(options.source).is_dir():
         train_set, train_idx, valid_set, valid_idx, info = _open_folder(options, read)
     else:
-        raise ValueError(f"data: unknown source {options.source!r}: expected 'digits', 'synthetic[:N[:K]]', an "
-                         "existing image folder or a .npz file")
+        raise ValueError(f"data: unknown source {options.source!r}: expected 'digits', 'synthetic[:N[:K]]', "
+                         "'synthetic:NAME[:N]', an existing image folder or a .npz file")
     bs = read.batch_size
     train = BatchStream(train_set, bs, indices=train_idx, augment=True, seed=read.seed + 1,
                         drop_last=len(train_idx) >= bs, workers=options.workers)

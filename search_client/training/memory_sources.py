@@ -5,6 +5,10 @@ Sources (the ``--data`` argument)::
     digits                  scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes, grey)
     synthetic[:N[:K]]       N generated images of K classes (default 1024 and 10): each class is a smooth random
                             pattern, each image its pattern with a random contrast plus noise (learnable, seeded)
+    synthetic:NAME[:N]      N images (default 4000, rounded down to a multiple of 10) of the named generated task
+                            NAME (not a number): teacher, glyphs or gratings, 10 classes of N / 10 images each,
+                            seeded, built so that the architecture decides the accuracy
+                            (:mod:`search_client.training.synthetic_tasks`)
     PATH.npz                numpy archive with arrays ``x`` (N,H,W | N,H,W,C | N,C,H,W with C in {1, 3};
                             uint8 in 0..255 or floats) and ``y`` (N,) integer labels in 0..K-1
 
@@ -23,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from search_client.training.image_sets import TensorImages
+from search_client.training.synthetic_tasks import TASK_CLASSES, TASK_DEFAULT_SAMPLES, TASKS, generate_task
 from search_client.training.transforms import to_channels
 
 SYNTHETIC_DEFAULT_SAMPLES = 1024
@@ -41,6 +46,31 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     digits = load_digits()
     x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # N,1,8,8 in [0, 1]
     return x, torch.from_numpy(digits.target.astype(np.int64))
+
+
+def _is_task_name(text: str) -> bool:
+    """Whether the field after ``synthetic:`` is a task's name (not a number): ``synthetic:NAME[:N]``."""
+    return bool(text) and not text.lstrip("+-").isdigit()
+
+
+def _parse_task(source: str) -> tuple[str, int]:
+    """(NAME, SAMPLES) of ``synthetic:NAME[:SAMPLES]``."""
+    parts = source.split(":")
+    name = parts[1]
+    if name not in TASKS:
+        raise ValueError(f"data: {name!r} in {source!r} is neither SAMPLES (a positive integer) nor a known "
+                         f"synthetic task ({', '.join(TASKS)})")
+    if len(parts) > 3:
+        raise ValueError(f"data: expected synthetic:NAME[:SAMPLES] for a named task, got {source!r}")
+    samples = TASK_DEFAULT_SAMPLES
+    if len(parts) == 3:
+        if not parts[2].isdigit():
+            raise ValueError(f"data: SAMPLES of {source!r} must be a positive integer, got {parts[2]!r}")
+        samples = int(parts[2])
+    if not TASK_CLASSES <= samples <= MAX_SYNTHETIC_SAMPLES:
+        raise ValueError(f"data: SAMPLES of {source!r} must be in [{TASK_CLASSES}, {MAX_SYNTHETIC_SAMPLES}], "
+                         f"got {samples}")
+    return name, samples
 
 
 def _parse_synthetic(source: str) -> tuple[int, int]:
@@ -121,14 +151,18 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 def load_memory_source(source: str, input_size: tuple[int, int], in_chs: int = 3, *, seed: int = 0) -> TensorImages:
     """The in-memory source named by ``source`` (grammar in the module docstring), shaped for a (in_chs, H, W)
-    input and normalised. ``seed`` only matters for ``synthetic``. ValueError naming the problem for an unknown
-    name, a missing or unreadable file or malformed arrays."""
+    input and normalised. ``seed`` only matters for ``synthetic`` and ``synthetic:NAME``. ValueError naming the
+    problem for an unknown name (an unknown task: naming the known ones), a missing or unreadable file or
+    malformed arrays."""
     if in_chs not in (1, 3):
         raise ValueError(f"data: in_chs must be 1 or 3, got {in_chs}")
     size = (int(input_size[0]), int(input_size[1]))
     if source == "digits":
         x, y = _digits()
         x = _to_shape(x, size, in_chs)
+    elif source.startswith("synthetic:") and _is_task_name(source.split(":")[1]):
+        name, samples = _parse_task(source)
+        x, y = generate_task(name, samples, size, in_chs, seed)
     elif source == "synthetic" or source.startswith("synthetic:"):
         samples, classes = _parse_synthetic(source)
         x, y = _synthetic(samples, classes, size, in_chs, seed)
@@ -139,6 +173,7 @@ def load_memory_source(source: str, input_size: tuple[int, int], in_chs: int = 3
         x, y = _npz(path)
         x = _to_shape(x, size, in_chs)
     else:
-        raise ValueError(f"data: {source!r} is not an in-memory source (digits, synthetic[:N[:K]], FILE.npz)")
+        raise ValueError(f"data: {source!r} is not an in-memory source (digits, synthetic[:N[:K]], "
+                         f"synthetic:NAME[:N], FILE.npz)")
     num_classes = int(y.max().item()) + 1
     return TensorImages(_normalise(x.float()), y, num_classes, source)
