@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks.common import OUT_DIR, ROOT
 
-BENCHMARKS = ("data_pipeline", "duet_probes", "fidelity", "memory", "readme_path", "search_cost", "service_load")
+BENCHMARKS = ("data_pipeline", "duet_probes", "fidelity", "memory", "readme_path", "search_cost", "service_load",
+              "task_spread")
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str]:
