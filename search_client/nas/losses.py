@@ -8,6 +8,8 @@ weighted over the devices or their max, by :meth:`search_client.table.objective.
                  f = combined (log(E_d / u) / log(T_d / u))
     add#linear   CE + strength * (r - 1)                         single device: CE + lambda * (E - T) / T (0.1)
     hinge        CE + strength * relu(r - 1)                     a latency budget: no push under the target
+    sq#log       CE + strength * log(r) ** 2                     two-sided: pulls towards the target from either
+                                                                 side, with no pull at it (strength 1)
 
 ``mul#ratio`` is the multiplicative form without a unit: ``log(loss) = log(scale * CE) + strength * log(r)``, the
 soft constraint of MnasNet. It is defined for every latency and target. ``mul#log`` (the paper's code) divides by
@@ -17,6 +19,9 @@ Near the target the two agree when ``strength_ratio = beta / log(T / u)`` (``f =
 the paper's mobile target (80 ms) beta 0.3 acts like a ``mul#ratio`` strength of 0.07. In both multiplicative
 forms the target is a constant factor of the loss (``T ** -strength``, ``log(T / u) ** -beta``), which Adam's
 step does not see: the target steers those searches only through :class:`AdaptiveStrength` and the derive rule.
+``sq#log`` is the target-aware form: its gradient ``2 strength log(r) d log(r)`` points towards the target from
+either side and vanishes at it, so near the target the cross-entropy alone chooses between candidates and far from
+it the latency term dominates (it is unit-free like ``mul#ratio``).
 
 ``strength`` is the latency weight: the exponent of the ``mul#`` forms, lambda otherwise; 0 turns the latency term
 off. :class:`AdaptiveStrength` moves it during the search until the argmax architecture meets its target (for
@@ -35,9 +40,11 @@ import torch
 from search_client.nas.target import target_bounds
 from search_client.table.objective import MultiDeviceLatency
 
-LOSS_KINDS = ("mul#ratio", "mul#log", "add#linear", "hinge")
-DEFAULT_STRENGTH = {"mul#ratio": 0.3, "mul#log": 0.3, "add#linear": 0.1, "hinge": 0.1}
+LOSS_KINDS = ("mul#ratio", "mul#log", "add#linear", "hinge", "sq#log")
+DEFAULT_STRENGTH = {"mul#ratio": 0.3, "mul#log": 0.3, "add#linear": 0.1, "hinge": 0.1, "sq#log": 1.0}
 MULTIPLICATIVE = ("mul#ratio", "mul#log")
+#: Forms whose latency term pulls towards the target from both sides (its weight never turns negative).
+TWO_SIDED = ("sq#log",)
 
 
 def _number(name: str, value: Any, *, positive: bool = False) -> float:
@@ -68,7 +75,7 @@ class LatencyLoss:
 
     def latency_factor(self, objective: MultiDeviceLatency, probs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The latency part alone: the factor ``r ** strength`` / ``f ** strength`` of the multiplicative forms, the
-        added term of ``add#linear`` and ``hinge``."""
+        added term of ``add#linear``, ``hinge`` and ``sq#log``."""
         if self.kind == "mul#log":
             logs = [torch.log(lat / self.log_unit_ms) / math.log(target / self.log_unit_ms)
                     for lat, target in zip(objective.per_device(probs), objective.targets_ms)]
@@ -78,6 +85,8 @@ class LatencyLoss:
             return r ** self.strength
         if self.kind == "add#linear":
             return self.strength * (r - 1.0)
+        if self.kind == "sq#log":
+            return self.strength * torch.log(r) ** 2
         return self.strength * torch.relu(r - 1.0)
 
     def __call__(self, ce: torch.Tensor, objective: MultiDeviceLatency,
@@ -117,7 +126,8 @@ class AdaptiveStrength:
     it meets the target inside :func:`search_client.nas.target.target_bounds` (``[1 - band, 1 + band]``, or
     ``[0, 1]`` for the ``hinge`` budget). Above that range the weight steps up, below it steps down, inside it
     stays. A step is the weight's own magnitude times ``rate - 1``, at least ``floor``: the weight grows or shrinks
-    geometrically and passes zero in steps of ``floor``; ``|weight| <= ceiling``. For every form but ``hinge`` the
+    geometrically and passes zero in steps of ``floor``; ``|weight| <= ceiling``. ``sq#log`` already pulls from
+    both sides: a miss on either side steps its weight up. For the other forms but ``hinge`` the
     weight may become negative: the latency term then pulls the latency UP towards the target (a two-sided
     target, like MnasNet's soft constraint), because a penalty can only push down and the search may undershoot by
     far. ``hinge`` never steps down (nothing is under its range).
@@ -141,8 +151,8 @@ class AdaptiveStrength:
         weight = float(loss.strength or 0.0)
         step = max(abs(weight) * (self.rate - 1.0), self.floor)
         low, high = target_bounds(self.band, loss.kind)
-        if ratio > high:
-            weight += step
+        if ratio > high or (ratio < low and loss.kind in TWO_SIDED):
+            weight += step  # sq#log pulls towards the target from either side: a miss either way needs more pull
         elif ratio < low:
             weight -= step
         loss.strength = min(max(weight, -self.ceiling), self.ceiling)

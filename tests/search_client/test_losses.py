@@ -18,7 +18,7 @@ def _objective(target: float, scale: float = 1.0) -> tuple[MultiDeviceLatency, l
     return MultiDeviceLatency([table], [target]), softmax_probs(table)[1]
 
 
-@pytest.mark.parametrize("kind", ["mul#ratio", "add#linear", "hinge", "mul#log"])
+@pytest.mark.parametrize("kind", ["mul#ratio", "add#linear", "hinge", "mul#log", "sq#log"])
 def test_loss_numbers(kind: str) -> None:
     objective, probs = _objective(target=3.0, scale=4.0)
     e = objective.per_device(probs)[0].item()
@@ -29,6 +29,7 @@ def test_loss_numbers(kind: str) -> None:
         "hinge": 2.0 + 0.1 * max(0.0, e / 3.0 - 1.0),
         "mul#log": 0.2 * 2.0 * (math.log(e) / math.log(3.0)) ** 0.3,
         "mul#ratio": 0.2 * 2.0 * (e / 3.0) ** 0.3,
+        "sq#log": 2.0 + 1.0 * math.log(e / 3.0) ** 2,
     }[kind]
     assert loss == pytest.approx(expected, rel=1e-9)
 
@@ -48,7 +49,7 @@ def test_mul_log_with_a_unit() -> None:
     assert loss(torch.tensor(2.0, dtype=torch.float64), objective, probs).item() == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("kind", ["mul#ratio", "add#linear", "hinge", "mul#log"])
+@pytest.mark.parametrize("kind", ["mul#ratio", "add#linear", "hinge", "mul#log", "sq#log"])
 def test_latency_term_gradient_reaches_alpha(kind: str) -> None:
     table = make_table(scale=4.0)
     low, high = table.min_latency()[0], table.max_latency()[0]
@@ -152,6 +153,34 @@ def test_adaptive_strength_moves_towards_the_target() -> None:
     assert capped.update(LatencyLoss("mul#log", 0.5), 2.0) == 1.0
     with pytest.raises(ValueError, match="adaptive rate"):
         AdaptiveStrength(rate=0.9)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.9])
+def test_the_two_sided_loss_pulls_towards_the_target_from_either_side(share: float) -> None:
+    """sq#log: one gradient step moves the expected latency towards a target below it and towards one above it;
+    the multiplicative default pushes it down whatever the target."""
+    table = make_table(scale=4.0)
+    low, high = table.min_latency()[0], table.max_latency()[0]
+    objective = MultiDeviceLatency([table], [low + share * (high - low)])
+    ce = torch.tensor(1.0, dtype=torch.float64)
+    moved = {}
+    for kind in ("sq#log", "mul#ratio"):
+        alphas, probs = softmax_probs(table, seed=2)
+        before = objective.per_device(probs)[0].item()
+        LatencyLoss(kind)(ce, objective, probs).backward()
+        with torch.no_grad():
+            after = objective.per_device([torch.softmax(a - 0.1 * a.grad, 0) for a in alphas])[0].item()
+        moved[kind] = after - before
+    target = objective.targets_ms[0]
+    assert (moved["sq#log"] > 0) == (before < target)  # towards the target
+    assert moved["mul#ratio"] < 0  # always down
+
+
+def test_the_adaptive_weight_of_the_two_sided_loss_grows_on_a_miss_either_way() -> None:
+    rule = AdaptiveStrength(rate=2.0, band=0.1, floor=0.01)
+    loss = LatencyLoss("sq#log", 1.0)
+    assert rule.update(loss, 1.3) == pytest.approx(2.0) and rule.update(loss, 0.6) == pytest.approx(4.0)
+    assert rule.update(loss, 1.05) == pytest.approx(4.0)  # inside the band: unchanged
 
 
 def test_negative_weight_pulls_latency_up() -> None:

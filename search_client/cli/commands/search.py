@@ -155,7 +155,7 @@ def search(
     mode: Annotated[str, typer.Option(help="full_v2 (the release default) | full | two | darts")] = D["mode"],
     grad_estimator: Annotated[str, typer.Option(help="binary | reinforce")] = D["grad_estimator"],
     loss: Annotated[str, typer.Option(help="mul#ratio (unit-free, any target) | mul#log (the paper's; needs "
-                                           "latencies above --log-unit-ms) | add#linear | hinge")] = D["loss"],
+                                           "latencies above --log-unit-ms) | add#linear | hinge | sq#log (two-sided)")] = D["loss"],
     strength: Annotated[Optional[float], typer.Option(help="latency weight (the exponent of mul#ratio and mul#log, "
                                                            "lambda otherwise; 0 = off); default: the loss's")
                         ] = D["strength"],
