@@ -22,6 +22,7 @@ import json
 import math
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -163,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.sort(key=lambda r: (order[r["mechanism"]], r["share"], r["seed"]))
     summary = summarise(rows)
     report = {"date": date.today().isoformat(), "machine": f"{cpu_model()}, {args.jobs} search(es) at a time, "
-              "1 torch thread each", "command": "python -m benchmarks.search_steering " + " ".join(argv or []),
+              "1 torch thread each", "command": "python -m benchmarks.search_steering " + " ".join(sys.argv[1:] if argv is None else argv),
               "load": f"load average at the start {load}", "args": {**vars(args), "table": str(args.table),
                                                                       "out_dir": str(args.out_dir)},
               "summary": summary, "runs": rows}
