@@ -216,8 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         randoms = [t for t in mine if t["kind"] == "random"]
         searched = next(t for t in mine if t["kind"] == "searched")
         accs = [t["test_acc"] for t in randoms]
-        row.update(test_acc=searched["test_acc"], random=[{k2: t[k2] for k2 in ("choices", "latency_ms", "test_acc")}
-                                                          for t in randoms],
+        kept = ("choices", "latency_ms", "test_acc", "epochs", "seed")
+        row.update(test_acc=searched["test_acc"], trained={k2: searched[k2] for k2 in ("epochs", "seed")},
+                   random=[{k2: t[k2] for k2 in kept} for t in randoms],
                    random_median=statistics.median(accs), random_best=max(accs),
                    percentile=percentile(searched["test_acc"], accs))
     summary = [{"estimator": e, "searches": len(mine), "wins": sum(r["test_acc"] > r["random_median"] for r in mine),
