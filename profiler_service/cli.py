@@ -75,6 +75,12 @@ def serve(
     duet: Annotated[bool | None, typer.Option("--duet/--no-duet", help="measure in a duet with a reference op, "
                                               "so that drift of the machine cancels (default on, or "
                                               "PROFILER_DUET); --no-duet: plain timings")] = None,
+    allowed_hosts: Annotated[str | None, typer.Option(help="comma-separated Host names clients reach the service "
+                                                      "by, besides 127.0.0.1, localhost, ::1 and a specific --host "
+                                                      "('*' any; or PROFILER_ALLOWED_HOSTS)")] = None,
+    allowed_origins: Annotated[str | None, typer.Option(help="comma-separated origins (https://host[:port]) whose "
+                                                        "pages may POST, besides the service's own (or "
+                                                        "PROFILER_ALLOWED_ORIGINS)")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the REST API (migrates the database to head first). Health: GET /v1/health.
@@ -83,13 +89,14 @@ def serve(
     and a non-zero exit, before anything says "serving on".
     """
     from profiler_service.api.app import create_app
+    from profiler_service.api.browser_safety import LOOPBACK_NAMES, WILDCARD_BINDS
     from profiler_service.api.server import serve_app
     from profiler_service.api.startup import StartupError, open_service, shown_url
 
     settings = build_settings(
         host=host, port=port, db_url=db, backends=backends, threads=threads, token=token,
         allow_insecure_bind=allow_insecure_bind or None, device_name=device_name, protocol=protocol,
-        duet=duet,
+        duet=duet, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins,
     )
     check_bind(settings)
     try:
@@ -99,6 +106,10 @@ def serve(
     application = create_app(settings, state)
     where = f"http://{settings.host}:{settings.port} (db {shown_url(settings.db_url)})"
     typer.echo(f"proxyless-profiler: serving on {where}", err=True)
+    if settings.host in WILDCARD_BINDS and not settings.allowed_host_names():
+        typer.echo(f"proxyless-profiler: answering requests for {', '.join(LOOPBACK_NAMES)} only; clients that "
+                   "reach this device by another name or address need it in --allowed-hosts "
+                   "(PROFILER_ALLOWED_HOSTS)", err=True)
     serve_app(application, application.state.stopping, sock, log_level, settings.shutdown_grace_s)
 
 

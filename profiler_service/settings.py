@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,13 @@ class ProfilerSettings(BaseSettings):
     token: SecretStr | None = Field(None, description="bearer token required by every mutating endpoint")
     allow_insecure_bind: bool = Field(False, description="allow a non-loopback bind without a token")
     device_name: str = Field(default_factory=socket.gethostname)
+    allowed_hosts: str = Field("", description="comma-separated Host names (any port) this service answers besides "
+                               "the loopback names (127.0.0.1, localhost, ::1) and a specific --host; '*.example.org' "
+                               "matches its subdomains, '*' any host. A request for another Host is refused (400): "
+                               "a DNS-rebinding page reaches a loopback service only under its own host name")
+    allowed_origins: str = Field("", description="comma-separated origins (scheme://host[:port]) whose pages may "
+                                 "send POST requests besides the service's own origin; a POST with another Origin "
+                                 "header is refused (403)")
 
     # --- storage -----------------------------------------------------------------------------------------------
     db_url: str = DEFAULT_DB_URL
@@ -76,11 +84,39 @@ class ProfilerSettings(BaseSettings):
         protocol_version_for(value)  # ValueError naming the protocol presets for an unknown one
         return value
 
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: str) -> str:
+        for origin in _comma_list(value, lower=False):
+            try:
+                parts = urlsplit(origin)
+                parts.port  # noqa: B018 (ValueError for a port that is not one)
+            except ValueError:
+                parts = None
+            if (parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname
+                    or parts.path not in ("", "/") or parts.query or parts.fragment):
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port], e.g. "
+                                 "https://dashboard.example.org")
+        return value
+
     def backend_names(self) -> list[str] | None:
         """The requested backend names, or None for every available backend."""
         if not self.backends:
             return None
         return [name.strip() for name in self.backends.split(",") if name.strip()]
 
+    def allowed_host_names(self) -> list[str]:
+        """The Host names of :attr:`allowed_hosts`, lower case (``*`` when any host is allowed)."""
+        return _comma_list(self.allowed_hosts, lower=True)
+
+    def allowed_origin_list(self) -> list[str]:
+        """The origins of :attr:`allowed_origins`, as written (trailing slashes dropped)."""
+        return [origin.rstrip("/") for origin in _comma_list(self.allowed_origins, lower=False)]
+
     def token_value(self) -> str | None:
         return self.token.get_secret_value() if self.token else None
+
+
+def _comma_list(value: str, *, lower: bool) -> list[str]:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    return [item.lower() for item in items] if lower else items

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from profiler_service import __version__
+from profiler_service.api.browser_safety import BrowserGuard, SecurityHeaders
 from profiler_service.api.docs import install_offline_docs
 from profiler_service.api.db_errors import install_db_error_handlers
 from profiler_service.api.errors import install_error_handlers
@@ -145,4 +146,6 @@ def create_app(settings: ProfilerSettings | None = None, state: ServiceState | N
 
     app.add_middleware(RequestCounter)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BrowserGuard, settings=settings)  # before anything reads the request: browser_safety
+    app.add_middleware(SecurityHeaders)  # outermost: every answer, a refusal of the guard's included
     return app

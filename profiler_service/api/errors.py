@@ -64,6 +64,10 @@ def undecodable_body_message(exc: UnicodeDecodeError) -> str:
     return f"request body: not valid UTF-8, so not JSON ({exc.reason} at byte {exc.start})"
 
 
+#: The 422 message of a JSON body nested deeper than the parser follows (Python's recursion limit, about 1,000).
+TOO_DEEP_MESSAGE = "request body: JSON nested too deeply to parse (no request of this API nests more than a few levels)"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error JSON with a message; an unexpected exception is logged and answered as a 500."""
 
@@ -73,13 +77,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(422, "invalid_input", validation_message(exc))
+        malformed = any(err.get("type") == "json_invalid" for err in exc.errors())
+        return _error_response(422, "invalid_json" if malformed else "invalid_input", validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers a malformed JSON body 422, but an undecodable one, or one nested deeper than the parser
+        # recurses, 400: all three are one mistake, one answer
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-            # FastAPI answers an undecodable body 400, a malformed JSON body 422: both are one mistake, one answer
             return _error_response(422, "invalid_json", undecodable_body_message(exc.__cause__))
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            return _error_response(422, "invalid_json", TOO_DEEP_MESSAGE)
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
         return _error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 

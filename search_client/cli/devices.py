@@ -28,10 +28,12 @@ def pick_backend(client: LatencyClient, backend: str | None, announce: Callable[
 
 
 def cancel_command(client: LatencyClient, job_id: int, token: str | None) -> str:
-    """The shell command that cancels job ``job_id`` of the device behind ``client`` (``POST /v1/jobs/{id}/cancel``;
-    the token read from ``$PROXYLESS_TOKEN``, never printed)."""
+    """The shell command that cancels job ``job_id`` of the device behind ``client`` (``POST /v1/jobs/{id}/cancel``
+    with the JSON content type the service requires of a POST; the token read from ``$PROXYLESS_TOKEN``, never
+    printed)."""
     auth = ' -H "Authorization: Bearer $PROXYLESS_TOKEN"' if token else ""
-    return f"curl -s -X POST {shlex.quote(f'{client.base_url}/v1/jobs/{job_id}/cancel')}{auth}"
+    url = shlex.quote(f"{client.base_url}/v1/jobs/{job_id}/cancel")
+    return f"curl -s -X POST {url} -H 'content-type: application/json'{auth}"
 
 
 def cancel_interrupted(client: LatencyClient, token: str | None) -> str:

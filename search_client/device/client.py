@@ -41,6 +41,9 @@ from search_client.device.errors import (
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=30.0, pool=5.0)
 LOOKUP_CHUNK = 500  # op specs per lookup / measure request
+#: The content type of a POST without a body (a cancel): the service refuses a POST that a page of another site
+#: could send, one without a JSON content type or an Authorization header.
+JSON_CONTENT = {"Content-Type": "application/json"}
 
 # Errors that mean "no usable connection": retried like a 5xx. Read/write timeouts are not (the request may
 # have been received; repeating a long measurement request would not help).
@@ -201,7 +204,8 @@ class LatencyClient:
         where = f"{method} {self.base_url}{path}"
         for attempt in range(1, attempts + 1):
             try:
-                response = self._http.request(method, path, json=json, params=params)
+                response = self._http.request(method, path, json=json, params=params,
+                                              headers=JSON_CONTENT if method == "POST" and json is None else None)
             except _CONNECTION_ERRORS as exc:
                 if attempt == attempts:
                     raise DeviceUnreachable(

@@ -33,9 +33,16 @@ SMALL_OPS = [
 ]
 
 
+#: The Host of TestClient's requests (http://testserver), a name the services of these tests answer to.
+TEST_HOST = "testserver"
+#: The content type every POST needs (a cancel too: the service refuses a POST a page of another site could send).
+JSON = {"content-type": "application/json"}
+
+
 def make_settings(db_url: str, **overrides: object) -> ProfilerSettings:
     values = {"db_url": db_url, "backends": "ort-cpu,torch-cpu", "protocol": "fast", "threads": 1,
-              "device_name": "test-device", "worker_poll_s": 0.05, "canary_interval_s": 0}
+              "device_name": "test-device", "worker_poll_s": 0.05, "canary_interval_s": 0,
+              "allowed_hosts": TEST_HOST}
     values.update(overrides)
     return ProfilerSettings(**values)
 

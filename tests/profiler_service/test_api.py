@@ -13,7 +13,7 @@ from latency_db.models import Job, JobItem, Measurement
 from nas_ops.space import load_space
 from nas_ops.spec import parse_spec
 from profiler_service.engine.protocol import PROTOCOL_VERSION
-from tests.profiler_service.conftest import SMALL_OPS, RunnerGate, make_settings
+from tests.profiler_service.conftest import JSON, SMALL_OPS, RunnerGate, make_settings
 
 STAT_KEYS = {"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples", "rounds", "flagged"}
 
@@ -128,7 +128,7 @@ def test_cancel_keeps_measured_items_and_refuses_finished(gated_client: TestClie
     gate.shape = (1, *parse_spec(in_flight).input_shape)
     job = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": ops}).json()
     gate.wait_entered()  # the worker is timing the second item: the job is running, one item done
-    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel", headers=JSON)
     assert cancelled.status_code == 200
     body = cancelled.json()
     assert body["status"] == "cancelled" and body["done"] == 1 and body["pending"] == 0
@@ -143,14 +143,14 @@ def test_cancel_keeps_measured_items_and_refuses_finished(gated_client: TestClie
         stored = set(session.scalars(select(Measurement.op_spec)))
     # the item measured before the cancel is kept; nothing after the item in flight was measured
     assert {first, probe} <= stored <= {first, in_flight, probe}
-    again = client.post(f"/v1/jobs/{job['id']}/cancel")
+    again = client.post(f"/v1/jobs/{job['id']}/cancel", headers=JSON)
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
 
 
 def test_missing_job_is_404(client: TestClient) -> None:
     response = client.get("/v1/jobs/999")
     assert response.status_code == 404 and response.json() == {"detail": "job 999 does not exist", "code": "not_found"}
-    assert client.post("/v1/jobs/999/cancel").status_code == 404
+    assert client.post("/v1/jobs/999/cancel", headers=JSON).status_code == 404
 
 
 def test_table_export_json_and_csv(client: TestClient) -> None:
@@ -198,7 +198,7 @@ def test_token_guards_mutations_only(gated_token_client: TestClient) -> None:
     ok = token_client.post("/v1/measure", json=body, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 202
     assert token_client.post("/v1/lookup", json=body).status_code == 200  # reads need no token
-    assert token_client.post("/v1/jobs/1/cancel").status_code == 401
+    assert token_client.post("/v1/jobs/1/cancel", headers=JSON).status_code == 401
 
 
 BAD_REQUESTS = [
@@ -281,7 +281,7 @@ def test_jobs_of_another_device_sharing_the_database_are_invisible_and_never_cla
         foreign_id = foreign.id
     state.worker.wake()
     assert client.get(f"/v1/jobs/{foreign_id}").status_code == 404
-    assert client.post(f"/v1/jobs/{foreign_id}/cancel").status_code == 404
+    assert client.post(f"/v1/jobs/{foreign_id}/cancel", headers=JSON).status_code == 404
     assert client.get("/v1/jobs").json()["jobs"] == []
     own = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS[:1], "wait_s": 60}).json()
     assert own["status"] == "done"

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from latency_db.models import Job, JobItem, Measurement
 from profiler_service.api.app import create_app
-from tests.profiler_service.conftest import make_settings
+from tests.profiler_service.conftest import JSON, make_settings
 
 ZERO_OP = "zero_r512x512_c2048-2048_s1"
 
@@ -112,7 +112,7 @@ TOO_LARGE = [INT32_MAX + 1, INT64_MAX + 1, 10**40]
 @pytest.mark.parametrize("path", ["GET /v1/jobs/{}", "POST /v1/jobs/{}/cancel"])
 def test_job_id_beyond_the_id_column_is_a_422(hostile: TestClient, path: str, value: int) -> None:
     method, url = path.split()
-    response = hostile.request(method, url.format(value))
+    response = hostile.request(method, url.format(value), headers=JSON)
     assert response.status_code == 422, response.text
     assert response.json() == {"detail": f"job_id: Input should be less than or equal to {INT32_MAX}",
                                "code": "invalid_input"}
@@ -120,7 +120,7 @@ def test_job_id_beyond_the_id_column_is_a_422(hostile: TestClient, path: str, va
 
 def test_largest_job_id_of_the_column_is_a_404(hostile: TestClient) -> None:
     assert hostile.get(f"/v1/jobs/{INT32_MAX}").status_code == 404
-    assert hostile.post(f"/v1/jobs/{INT32_MAX}/cancel").status_code == 404
+    assert hostile.post(f"/v1/jobs/{INT32_MAX}/cancel", headers=JSON).status_code == 404
 
 
 @pytest.mark.parametrize("value", TOO_LARGE)
@@ -140,7 +140,7 @@ def test_integer_bounds_on_postgresql(postgres_url: str) -> None:
     with TestClient(create_app(make_settings(postgres_url)), raise_server_exceptions=False) as pg:
         for url in (f"/v1/jobs/{INT32_MAX + 1}", f"/v1/table?batch={INT32_MAX + 1}", f"/v1/table?threads={INT32_MAX + 1}"):
             assert pg.get(url).status_code == 422, url
-        assert pg.post(f"/v1/jobs/{INT32_MAX + 1}/cancel").status_code == 422
+        assert pg.post(f"/v1/jobs/{INT32_MAX + 1}/cancel", headers=JSON).status_code == 422
         assert pg.get(f"/v1/jobs/{INT32_MAX}").status_code == 404  # in range: asked of the database, not found
         assert pg.get(f"/v1/table?batch={INT32_MAX}").json()["measurements"] == []
 
@@ -242,3 +242,18 @@ def test_schema_documents_error_bodies_limits_and_the_grammar(hostile: TestClien
     architecture = components["ArchitectureRequest"]["properties"]["architecture"]
     assert architecture["minProperties"] == 1 and len(architecture["anyOf"]) == 2
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+@pytest.mark.parametrize("body", [b"[" * 1000 + b"]" * 1000, b'{"ops": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                  b'{"a": ' * 5000 + b"1" + b"}" * 5000])
+@pytest.mark.parametrize("path", ["/v1/lookup", "/v1/measure", "/v1/measure/architecture"])
+def test_deeply_nested_json_is_the_documented_422_invalid_json(hostile: TestClient, path: str, body: bytes) -> None:
+    response = hostile.post(path, content=body, headers=JSON)
+    assert response.status_code == 422, response.text
+    assert response.json() == {"detail": "request body: JSON nested too deeply to parse (no request of this API "
+                                         "nests more than a few levels)", "code": "invalid_json"}
+
+
+def test_malformed_json_is_invalid_json(hostile: TestClient) -> None:
+    response = hostile.post("/v1/lookup", content=b"{not json", headers=JSON)
+    assert response.status_code == 422 and response.json()["code"] == "invalid_json", response.text

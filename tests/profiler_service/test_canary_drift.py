@@ -29,7 +29,7 @@ from profiler_service.engine.stats import RoundMeasurement
 from profiler_service.settings import ProfilerSettings
 from profiler_service.jobs.canaries import CanariesUnsettled, CanaryWatch, drift_view
 from profiler_service.jobs.worker import JobWorker
-from tests.profiler_service.conftest import SMALL_OPS, make_settings
+from tests.profiler_service.conftest import JSON, SMALL_OPS, make_settings
 from tests.profiler_service.jobs_fakes import BACKEND, Store, environment_named, open_store, stats, wait_for
 from tests.profiler_service.machine_fakes import FakeClock
 
@@ -403,7 +403,7 @@ def test_a_rebaseline_on_purpose_through_the_api_and_the_cli(canary_client: Test
 
 
 def test_a_rebaseline_without_canaries_is_refused(client: TestClient) -> None:
-    answer = client.post("/v1/canaries/rebaseline")
+    answer = client.post("/v1/canaries/rebaseline", headers=JSON)
     assert answer.status_code == 409 and answer.json()["code"] == "canaries_off"
 
 

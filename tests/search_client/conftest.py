@@ -173,6 +173,11 @@ class FakeDevice:
         path = request.url.path
         body = json.loads(request.content) if request.content else {}
         if request.method == "POST":
+            content_type = request.headers.get("content-type", "").split(";")[0].strip()
+            if content_type != "application/json" and "authorization" not in request.headers:
+                # as the service does: a POST a page of another site could send is refused
+                return httpx.Response(415, json={"detail": f"POST {path} needs 'Content-Type: application/json'",
+                                                 "code": "json_required"})
             self.bodies.setdefault(path, []).append(body)
         if path == "/v1/health":
             return httpx.Response(200, json={"status": "ok", "version": "0.1.0"})

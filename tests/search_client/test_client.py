@@ -276,3 +276,20 @@ def test_table_export_json_and_csv():
     assert client.table("ort-cpu", format="csv").startswith("op,median_ms")
     with pytest.raises(ValueError, match="format"):
         client.table(format="xml")
+
+
+def test_every_post_sends_the_json_content_type_a_bodiless_cancel_too():
+    """The service refuses a POST without it (a page of another site could send one): the client always sends it."""
+    seen = []
+
+    def handler(request):
+        seen.append((request.method, request.url.path, request.headers.get("content-type")))
+        if request.url.path.endswith("/cancel"):
+            return httpx.Response(200, json={"id": 3, "status": "cancelled"})
+        return httpx.Response(202, json={"id": 4, "status": "queued", "attached": False})
+
+    client, _ = make_client(handler)
+    assert client.cancel_job(3)["status"] == "cancelled"
+    client.submit_measure(["conv_r16x16_c3-8_k3_s1_relu6"], "ort-cpu")
+    assert seen == [("POST", "/v1/jobs/3/cancel", "application/json"),
+                    ("POST", "/v1/measure", "application/json")]

@@ -57,8 +57,8 @@ def test_when_the_cancel_fails_lut_prints_the_command_that_cancels(device, tmp_p
     assert result.exit_code == 130, result.output
     assert device.cancelled == [] and device.jobs[1]["status"] == "queued"
     line = next(line for line in result.output.splitlines() if line.startswith("interrupted"))
-    assert line.endswith('cancel it with: curl -s -X POST http://dev:8000/v1/jobs/1/cancel '
-                         '-H "Authorization: Bearer $PROXYLESS_TOKEN"')
+    assert line.endswith("cancel it with: curl -s -X POST http://dev:8000/v1/jobs/1/cancel "
+                         "-H 'content-type: application/json' -H \"Authorization: Bearer $PROXYLESS_TOKEN\"")
     assert "secret" not in result.output
 
 

@@ -12,13 +12,12 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from profiler_service.api.browser_safety import CONTENT_SECURITY_POLICY
+
 #: The folder of the page's files (index.html, app.js, style.css).
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "web"
 #: Where the assets are served.
 ASSETS_URL = "/web"
-#: Only this origin's scripts, styles, images and API: no inline script, no CDN.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                           "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'none'")
 
 router = APIRouter(include_in_schema=False)
 

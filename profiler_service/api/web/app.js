@@ -578,7 +578,8 @@
     const id = page.cancelJobId;
     showMessage("job-message", "");
     const token = $("cancel-token").value.trim();
-    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    // the service refuses a POST without a JSON content type: a page of another site could send one
+    const headers = { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) };
     try {
       const job = await api(`v1/jobs/${id}/cancel`, { method: "POST", headers });
       page.token = token;
