@@ -14,7 +14,12 @@ MIN_FREE_BYTES = 32 * 2**20
 
 
 class StoreNotWritable(RuntimeError):
-    """The database answers but would not take a write (e.g. its disk is full)."""
+    """The database answers but would not take a write (e.g. its disk is full). The message names the file's
+    folder; :attr:`public` says the same without it (what a caller of the service is shown)."""
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public if public is not None else message
 
 
 def ping(session: Session) -> None:
@@ -41,8 +46,8 @@ def check_writable(session: Session) -> None:
         folder = Path(str(bind.url.database)).expanduser().resolve().parent
         free = free_bytes(folder)
         if free < MIN_FREE_BYTES:
-            raise StoreNotWritable(f"the disk of {folder} is full: {free // 2**20} MiB free, "
-                                   f"{MIN_FREE_BYTES // 2**20} MiB needed")
+            space = f"{free // 2**20} MiB free, {MIN_FREE_BYTES // 2**20} MiB needed"
+            raise StoreNotWritable(f"the disk of {folder} is full: {space}", f"the database's disk is full: {space}")
     savepoint = session.begin_nested()
     try:
         session.execute(text("UPDATE devices SET last_seen = last_seen WHERE id = (SELECT min(id) FROM devices)"))

@@ -2,7 +2,9 @@
 
 A request that meets an unreachable database, a lock that could not be had, a full disk or a read-only store
 (:func:`latency_db.errors.is_store_unavailable`) is answered 503, never 500: the caller's request was fine and a
-retry after ``Retry-After`` seconds may succeed. Nothing of the SQL or its parameters is shown.
+retry after ``Retry-After`` seconds may succeed. The answer names the kind of problem (:func:`public_reason`) and
+nothing else: no SQL or parameters, and no database host, port, name, user or file, which a driver's message
+often holds (the log keeps the driver's message).
 """
 
 from __future__ import annotations
@@ -22,14 +24,50 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5
 
 
+#: What the caller is told of a driver's message that contains the left side (lower case): a fixed text.
+#: SQLite's own messages name no host or file and are kept as they are.
+PUBLIC_REASONS = (
+    ("database or disk is full", "database or disk is full"),
+    ("readonly database", "attempt to write a readonly database"),
+    ("read-only transaction", "the database is read-only"),
+    ("database is locked", "database is locked"),
+    ("disk i/o error", "disk I/O error"),
+    ("unable to open database file", "unable to open database file"),
+    ("no space left on device", "no space left on the database's disk"),
+    ("could not extend file", "no space left on the database's disk"),
+    ("not currently accepting connections", "the database does not accept connections"),
+    ("too many clients", "the database server has too many connections"),
+    ("the database system is starting up", "the database server is starting up"),
+    ("the database system is shutting down", "the database server is shutting down"),
+    ("terminating connection", "the database server closed the connection"),
+    ("server closed the connection", "the database server closed the connection"),
+    ("connection refused", "the database server refused the connection"),
+    ("authentication failed", "the database refused this service's credentials"),
+    ("does not exist", "the database does not exist"),
+    ("timeout", "the database did not answer in time"),
+    ("timed out", "the database did not answer in time"),
+    ("connection", "no connection to the database server"),
+)
+
+
+def public_reason(exc: BaseException) -> str:
+    """What a 503 (and ``/v1/ready``) says of a store error: the error's type and a fixed text for its kind, e.g.
+    ``OperationalError: the database does not accept connections``; never the driver's message itself."""
+    reason = getattr(exc, "orig", None) or exc
+    if isinstance(exc, PoolTimeoutError):
+        return f"{type(exc).__name__}: no free connection to the database (every one is in use)"
+    message = str(reason).lower()
+    text = next((public for needle, public in PUBLIC_REASONS if needle in message), None)
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
 def install_db_error_handlers(app: FastAPI) -> None:
     """Answer the database-unavailable errors with 503 + Retry-After (see the module docstring)."""
 
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
-        reason = describe_store_error(exc)
-        log.warning("database unavailable: %s", reason)
+        log.warning("database unavailable: %s", describe_store_error(exc))
         return JSONResponse(
-            {"detail": f"the database is unavailable ({reason}); retry in {RETRY_AFTER_S} s",
+            {"detail": f"the database is unavailable ({public_reason(exc)}); retry in {RETRY_AFTER_S} s",
              "code": "database_unavailable"},
             status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
         )

@@ -29,6 +29,11 @@ def assert_unavailable(response, needle: str) -> None:  # noqa: ANN001
     assert "SELECT" not in body["detail"] and "INSERT" not in body["detail"]  # no SQL shown
 
 
+def assert_names_no_database(text: str, *secrets: str | None) -> None:
+    for secret in secrets:
+        assert not secret or secret not in text, (secret, text)
+
+
 def on_every_new_connection(client: TestClient, pragma: str) -> None:
     """Run ``pragma`` on every connection the service opens from now on (the pool is emptied first)."""
     engine = client.app.state.service.engine
@@ -64,8 +69,7 @@ def test_ready_is_503_when_the_disk_is_full(sqlite_client: TestClient, monkeypat
     ready = sqlite_client.get("/v1/ready")
     assert ready.status_code == 503
     assert ready.json()["status"] == "unavailable"
-    assert ready.json()["database"].startswith("not writable: the disk of ")
-    assert ready.json()["database"].endswith("is full: 3 MiB free, 32 MiB needed")
+    assert ready.json()["database"] == "not writable: the database's disk is full: 3 MiB free, 32 MiB needed"
 
 
 def test_ready_is_503_when_the_store_is_read_only(sqlite_client: TestClient) -> None:
@@ -94,7 +98,11 @@ def test_an_unreachable_postgresql_answers_503_then_recovers(postgres_url: str) 
         assert client.get("/v1/jobs").status_code == 200
         _allow_connections(database, False)  # the database goes away (connections killed, new ones refused)
         try:
-            assert_unavailable(client.get("/v1/jobs"), "OperationalError")
+            jobs = client.get("/v1/jobs")
+            assert_unavailable(jobs, "OperationalError: ")
+            url = make_url(postgres_url)  # the database's address and name are not the caller's business
+            assert_names_no_database(jobs.json()["detail"], url.host, str(url.port or 5432), database, url.username)
+            assert_names_no_database(client.get("/v1/ready").json()["database"], url.host, database)
             assert_unavailable(client.post("/v1/lookup", json={"backend": "ort-cpu", "ops": SMALL_OPS}),
                                "OperationalError")
             assert_unavailable(client.post("/v1/measure", json={"backend": "ort-cpu", "ops": SMALL_OPS}),
@@ -106,3 +114,42 @@ def test_an_unreachable_postgresql_answers_503_then_recovers(postgres_url: str) 
             _allow_connections(database, True)
         assert client.get("/v1/jobs").status_code == 200
         assert client.get("/v1/ready").status_code == 200
+
+
+# what psycopg says when a PostgreSQL server cannot be used: its host, port, database and user
+PG_REFUSED = ('connection failed: connection to server at "10.20.30.40", port 6543 failed: FATAL:  database '
+              '"fleet_secret" is not currently accepting connections')
+PG_DOWN = ('connection failed: connection to server at "db.internal.example" (10.20.30.40), port 6543 failed: '
+           'Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?')
+PG_AUTH = 'connection failed: FATAL:  password authentication failed for user "fleet_user"'
+
+
+@pytest.mark.parametrize(("message", "reason"), [
+    (PG_REFUSED, "OperationalError: the database does not accept connections"),
+    (PG_DOWN, "OperationalError: the database server refused the connection"),
+    (PG_AUTH, "OperationalError: the database refused this service's credentials"),
+    ('could not translate host name "db.internal.example" to address', "OperationalError"),
+    ("database or disk is full", "OperationalError: database or disk is full"),
+])
+def test_a_503_names_the_problem_never_the_database(sqlite_client: TestClient, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture, message: str,
+                                                    reason: str) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    import profiler_service.api.routers.jobs as jobs_router
+
+    class DriverError(Exception):
+        pass
+
+    DriverError.__name__ = "OperationalError"
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise OperationalError("SELECT jobs.id FROM jobs", {}, DriverError(message))
+
+    monkeypatch.setattr(jobs_router, "list_jobs", unreachable)
+    with caplog.at_level("WARNING"):
+        answer = sqlite_client.get("/v1/jobs")
+    assert_unavailable(answer, reason)
+    assert answer.json()["detail"] == f"the database is unavailable ({reason}); retry in 5 s"
+    assert_names_no_database(answer.text, "10.20.30.40", "6543", "fleet_secret", "db.internal.example", "fleet_user")
+    assert message.splitlines()[0][:100] in caplog.text  # the log keeps the driver's message

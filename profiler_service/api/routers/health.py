@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -9,9 +11,12 @@ from latency_db.errors import describe_store_error
 from latency_db.repository import StoreNotWritable, check_writable, ping
 from latency_db.transactions import write_session
 from profiler_service import __version__
+from profiler_service.api.db_errors import public_reason
 from profiler_service.api.deps import StateDep
 from profiler_service.api.schemas import Health, Readiness
 from profiler_service.jobs.canaries import drift_view
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -32,9 +37,11 @@ def ready(state: StateDep) -> Readiness | JSONResponse:
             check_writable(session)  # a full disk or a read-only store is not ready either
         database = "ok"
     except StoreNotWritable as exc:  # report, don't raise: readiness is a question, not a failure
-        database = f"not writable: {exc}"
+        log.warning("readiness: database not writable: %s", exc)
+        database = f"not writable: {exc.public}"
     except Exception as exc:
-        database = f"error: {describe_store_error(exc)}"
+        log.warning("readiness: database error: %s", describe_store_error(exc))
+        database = f"error: {public_reason(exc)}"  # anyone may ask: no host, port or database name
     worker = "ok" if state.worker.alive else "stopped"
     # drift is reported, never a reason to be unready: the device still answers and measures, and an orchestrator
     # that evicts a throttled device only hides what its canaries saw
