@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -19,7 +20,20 @@ from profiler_service.jobs.canaries import drift_view
 #: The header of a table answer (JSON and CSV) with the drift status of its backends (see /v1/device).
 DRIFT_HEADER = "X-Profiler-Drift"
 
+#: First characters that make a spreadsheet read a cell as a formula (tab and CR: as LibreOffice and Excel do).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
 router = APIRouter(tags=["latency"])
+
+
+def csv_cell(value: object) -> object:
+    """``value`` as the CSV export writes it: a text that a spreadsheet would run as a formula (``=HYPERLINK(...)``,
+    ``+1+cmd|...``, ``@SUM(...)``) gets a leading ``'``, so that it shows as text; a plain number (``-1.5``) stays a
+    number. The rows come from a database that other devices write to as well."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 @router.get(
@@ -45,7 +59,7 @@ def table(
         columns = list(rows[0]) if rows else ["op_spec"]
         writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows)
+        writer.writerows({k: csv_cell(v) for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows)
         return Response(buffer.getvalue(), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="latency_table.csv"',
                                  DRIFT_HEADER: drift["status"]})
