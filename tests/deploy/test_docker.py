@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -67,6 +68,23 @@ def test_compose_defaults_are_safe_and_token_is_required() -> None:
     env = compose({"PROFILER_TOKEN": "t", "SEARCH_TARGETS_MS": "2"})["services"]["profiler-cpu"]["environment"]
     assert env["PROFILER_TOKEN"] == "t" and str(env["PROFILER_THREADS"]) == "1"
     assert env["PROFILER_DB_URL"] == "postgresql+psycopg://proxyless:proxyless@postgres:5432/latency"
+
+
+def test_compose_profilers_answer_the_names_they_are_reached_by() -> None:
+    """Each profiler answers its service name (the search container's URL) besides PROFILER_ALLOWED_HOSTS."""
+    from profiler_service.api.browser_safety import HostPolicy
+    from profiler_service.settings import ProfilerSettings
+
+    services = compose({"PROFILER_TOKEN": "t", "SEARCH_TARGETS_MS": "2"})["services"]
+    search_host = urlsplit(services["search"]["environment"]["SEARCH_DEVICES"]).hostname
+    for name in ("profiler-cpu", "profiler-gpu"):
+        allowed = services[name]["environment"]["PROFILER_ALLOWED_HOSTS"]
+        policy = HostPolicy.of(ProfilerSettings(host="0.0.0.0", allowed_hosts=allowed))
+        assert policy.allows(name) and policy.allows("localhost") and not policy.allows("cpu-box")
+    assert search_host == "profiler-cpu"
+    env = compose({"PROFILER_TOKEN": "t", "SEARCH_TARGETS_MS": "2", "PROFILER_ALLOWED_HOSTS": "cpu-box,10.0.0.5"})
+    allowed = env["services"]["profiler-cpu"]["environment"]["PROFILER_ALLOWED_HOSTS"]
+    assert ProfilerSettings(allowed_hosts=allowed).allowed_host_names() == ["profiler-cpu", "cpu-box", "10.0.0.5"]
 
 
 def test_dockerfiles_run_as_non_root_with_health_checks() -> None:
