@@ -6,12 +6,12 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from profiler_service import __version__
-from profiler_service.api.browser_safety import BrowserGuard, SecurityHeaders
+from profiler_service.api.browser_safety import BrowserGuard, SecurityHeaders, json_or_authorization
 from profiler_service.api.docs import install_offline_docs
 from profiler_service.api.db_errors import install_db_error_handlers
 from profiler_service.api.errors import install_error_handlers
@@ -128,6 +128,7 @@ def create_app(settings: ProfilerSettings | None = None, state: ServiceState | N
         lifespan=lifespan,
         docs_url=None,  # served from packaged assets instead of a CDN: install_offline_docs
         redoc_url=None,
+        dependencies=[Depends(json_or_authorization(settings))],  # no POST a page of another site could send
     )
     app.state.stopping = stopping
     install_error_handlers(app)

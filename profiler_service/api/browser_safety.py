@@ -6,9 +6,10 @@ A profiler on 127.0.0.1 without a token answers every page the user's browser op
   custom header) without the CORS preflight that asks the service first. It cannot read the answer, but the POST
   acts: ``fetch(".../v1/jobs/1/cancel", {method: "POST", mode: "no-cors"})`` would cancel a job. So every request
   that is not GET, HEAD or OPTIONS needs ``Content-Type: application/json`` or an ``Authorization`` header (either
-  makes the browser send a preflight, which this service never approves), else 415 ``json_required``; and an
-  ``Origin`` header, when the request has one, must be the service's own origin (the scheme and the Host the request
-  was sent to) or one of ``allowed_origins``, else 403 ``origin_refused``.
+  makes the browser send a preflight, which this service never approves), else 415 ``json_required``
+  (:func:`json_or_authorization`); and an ``Origin`` header, when the request has one, must be the service's own
+  origin (the scheme and the Host the request was sent to) or one of ``allowed_origins``, else 403
+  ``origin_refused``.
 - A DNS-rebinding page (a name of its own that resolves to 127.0.0.1 after the page has loaded) is same-origin with
   the service, so the browser lets it read every answer and send any request. Its requests carry its own name as
   ``Host``: a request whose Host is not one of the service's names (:class:`HostPolicy`) is refused, 400
@@ -22,11 +23,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
+from fastapi import Request
+from fastapi.dependencies.models import Dependant
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from profiler_service.api.deps import require_token
+from profiler_service.api.errors import ApiError
 from profiler_service.settings import ProfilerSettings
 
 #: Host names every service answers to (any port): a loopback service is reached by these.
@@ -109,8 +114,9 @@ def _is_json(content_type: str) -> bool:
 
 
 class BrowserGuard:
-    """Refuses what a page of another site could send (see the module docstring): a foreign Host (400), a foreign
-    Origin on a request that changes something (403), such a request without a JSON body or Authorization (415)."""
+    """Refuses, before anything reads the request, a foreign Host (400) and a foreign Origin on a request that
+    changes something (403); see the module docstring. The content-type rule is :func:`json_or_authorization`'s: it
+    needs the route."""
 
     def __init__(self, app: ASGIApp, settings: ProfilerSettings) -> None:
         self.app = app
@@ -149,11 +155,6 @@ class BrowserGuard:
             return (403, "origin_refused",
                     f"a {scope['method']} from the page of origin {origin!r} is refused: only this service's own "
                     "pages, and the origins of allowed_origins (PROFILER_ALLOWED_ORIGINS), may send one")
-        if b"authorization" not in headers and not _is_json(headers.get(b"content-type", "")):
-            return (415, "json_required",
-                    f"{scope['method']} {scope['path']} needs 'Content-Type: application/json' (or an "
-                    "'Authorization' header): a page of another site can send neither without asking the service "
-                    "first")
         return None
 
     def _origin_allowed(self, origin: str, scheme: str, host: tuple[str, int | None] | None) -> bool:
@@ -166,6 +167,33 @@ class BrowserGuard:
             return False
         own = (scheme, host[0], host[1] if host[1] is not None else DEFAULT_PORTS.get(scheme, 80))
         return normalized == own
+
+
+def json_or_authorization(settings: ProfilerSettings) -> Callable[[Request], None]:
+    """The app-wide dependency that refuses, 415 ``json_required``, a request other than GET, HEAD and OPTIONS with
+    neither ``Content-Type: application/json`` nor an ``Authorization`` header: a page of another site can send one
+    without a preflight. On a service with a token, a route that checks the token (``TokenDep``) answers such a
+    request 401 instead, as it answers every request without the token (the 401 says what is missing)."""
+    has_token = settings.token_value() is not None
+
+    def require_json_or_authorization(request: Request) -> None:
+        if (request.method in SAFE_METHODS or "authorization" in request.headers
+                or _is_json(request.headers.get("content-type", ""))):
+            return
+        route = request.scope.get("route")
+        if has_token and route is not None and _uses(getattr(route, "dependant", None), require_token):
+            return  # require_token answers 401: no page of another site has the token either
+        raise ApiError(415, "json_required",
+                       f"{request.method} {request.url.path} needs 'Content-Type: application/json' (or an "
+                       "'Authorization' header): a page of another site can send neither without asking the service "
+                       "first")
+
+    return require_json_or_authorization
+
+
+def _uses(dependant: Dependant | None, call: object) -> bool:
+    """Whether ``call`` is among the dependencies of ``dependant``, at any depth."""
+    return dependant is not None and any(dep.call is call or _uses(dep, call) for dep in dependant.dependencies)
 
 
 async def _send_error(send: Send, status: int, code: str, detail: str) -> None:

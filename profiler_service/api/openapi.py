@@ -1,12 +1,15 @@
 """The OpenAPI document of one service: exactly what THIS service accepts, so a schema fuzzer finds no mismatch.
 
-FastAPI's generated document is patched in two ways:
+FastAPI's generated document is patched in three ways:
 
 - every 422 is documented as :class:`~profiler_service.api.schemas.ErrorBody` (``{detail, code}``, what the error
   handlers answer), never FastAPI's array-valued ``HTTPValidationError``;
 - the request bodies carry this service's own values: the served backends and their dtypes as enums, ``batch`` and
   ``wait_s`` maxima, ``maxItems`` of ``ops``, and the op-spec pattern with channels and resolution bounded by the
-  service's limits (``nas_ops.spec.spec_pattern``).
+  service's limits (``nas_ops.spec.spec_pattern``);
+- every operation documents the refusals of the browser guard (``browser_safety``): 400 for a Host that is not one
+  of the service's names, and for an operation that changes something 403 for a foreign Origin and 415 without a
+  JSON content type or Authorization.
 
 What no schema can say stays a documented 422: the multiply-add and memory limits of an op or a network
 (``over_limit``), and an architecture whose ops do not chain (``invalid_architecture``).
@@ -47,6 +50,28 @@ def document_errors_as_error_body(schema: dict[str, Any]) -> None:
         components.pop(name, None)
 
 
+#: What the browser guard (``browser_safety``) answers before any route: every operation may get the 400, an
+#: operation that changes something the 403 and the 415.
+BROWSER_REFUSALS = {
+    "400": "host_not_allowed: the Host header is not one of this service's names (allowed_hosts)",
+    "403": "origin_refused: the request comes from a web page of another origin (allowed_origins)",
+    "415": "json_required: neither 'Content-Type: application/json' nor an Authorization header",
+}
+
+
+def document_browser_refusals(schema: dict[str, Any]) -> None:
+    """Every operation documents the browser guard's refusals (as ErrorBody)."""
+    for path_item in schema.get("paths", {}).values():
+        for method, operation in path_item.items():
+            if method not in HTTP_METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, description in BROWSER_REFUSALS.items():
+                if status == "400" or method not in ("get", "head", "options"):
+                    responses.setdefault(status, {"description": description,
+                                                  "content": {"application/json": {"schema": ERROR_BODY_REF}}})
+
+
 def apply_service_values(schema: dict[str, Any], settings: ProfilerSettings, backends: dict[str, Backend]) -> None:
     """The served backends, their dtypes and this service's limits in the request bodies and the table filters."""
     names = sorted(backends)
@@ -84,6 +109,7 @@ def install_service_openapi(app: FastAPI, settings: ProfilerSettings,
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
             document_errors_as_error_body(schema)
+            document_browser_refusals(schema)
             apply_service_values(schema, settings, served_backends())
             app.openapi_schema = schema
         return app.openapi_schema

@@ -109,9 +109,9 @@ def test_a_cancel_with_the_token_needs_no_content_type(gated_token_client: TestC
     job = client.post("/v1/measure", json={"backend": "ort-cpu", "ops": [OP]},
                       headers={"Authorization": "Bearer s3cret"}).json()
     gate.wait_entered()
-    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 415  # neither: refused before the token
-    without_token = client.post(f"/v1/jobs/{job['id']}/cancel", headers=JSON)
-    assert without_token.status_code == 401 and without_token.json()["code"] == "auth_required"
+    for headers in ({}, JSON):  # without the token: the token's 401, with or without the content type
+        without_token = client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+        assert without_token.status_code == 401 and without_token.json()["code"] == "auth_required"
     answer = client.post(f"/v1/jobs/{job['id']}/cancel", headers={"Authorization": "Bearer s3cret"})
     assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
 
@@ -291,3 +291,24 @@ def test_job_rows_are_untouched_by_refusals(client: TestClient) -> None:
                 headers={"content-type": "text/plain"})
     with client.app.state.service.sessions() as session:
         assert session.query(Job).count() == 0
+
+
+def test_the_schema_documents_the_refusals(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, item in paths.items():
+        for method, operation in item.items():
+            codes = set(operation["responses"])
+            assert "400" in codes, (method, path)
+            assert ({"403", "415"} <= codes) == (method == "post"), (method, path)
+
+
+def test_on_a_token_service_a_request_without_the_token_is_a_401_first(token_client: TestClient) -> None:
+    """An endpoint that needs the token says so (no page of another site has it); one that needs none (lookup) still
+    refuses a POST without the JSON content type."""
+    for path in ("/v1/jobs/1/cancel", "/v1/canaries/rebaseline", "/v1/measure"):
+        answer = token_client.post(path)
+        assert answer.status_code == 401 and answer.json()["code"] == "auth_required", (path, answer.text)
+    lookup = token_client.post("/v1/lookup", content=b'{"backend": "ort-cpu", "ops": []}',
+                               headers={"content-type": "text/plain"})
+    assert lookup.status_code == 415 and lookup.json()["code"] == "json_required"
+    assert token_client.post("/v1/jobs/1/cancel", headers={"origin": EVIL}).status_code == 403
