@@ -121,11 +121,8 @@ class BrowserGuard:
     def __init__(self, app: ASGIApp, settings: ProfilerSettings) -> None:
         self.app = app
         self.hosts = HostPolicy.of(settings)
-        origins = [(origin, normalize_origin(origin)) for origin in settings.allowed_origin_list()]
-        bad = [origin for origin, normalized in origins if normalized is None]
-        if bad:
-            raise ValueError(f"allowed_origins: {bad[0]!r} is not an origin (scheme://host[:port])")
-        self.origins = frozenset(normalized for _, normalized in origins)
+        # ProfilerSettings has checked that each is an origin
+        self.origins = frozenset(filter(None, map(normalize_origin, settings.allowed_origin_list())))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -204,11 +201,13 @@ async def _send_error(send: Send, status: int, code: str, detail: str) -> None:
 
 
 def relative_location(location: str) -> str:
-    """The path (with query and fragment) of a redirect target: ``http://any-host/web/`` -> ``/web/``."""
+    """The path (with query and fragment) of a redirect target: ``http://any-host/web/`` -> ``/web/``; a path that
+    a browser would read as another host (``//evil.example``, ``/\\evil.example``) starts with one ``/``."""
     parts = urlsplit(location)
-    if not parts.scheme and not parts.netloc:
+    if not parts.scheme and not parts.netloc and not location.startswith(("//", "/\\")):
         return location
-    return urlunsplit(("", "", parts.path or "/", parts.query, parts.fragment))
+    path = "/" + (parts.path or "/").lstrip("/\\")
+    return urlunsplit(("", "", path, parts.query, parts.fragment))
 
 
 class SecurityHeaders:

@@ -244,6 +244,8 @@ def test_redirects_are_relative(service_db: str, path: str, location: str) -> No
 def test_relative_location() -> None:
     assert relative_location("http://evil.example:8000/web/?a=1#x") == "/web/?a=1#x"
     assert relative_location("//evil.example") == "/"
+    assert relative_location("http://host//evil.example/x") == "/evil.example/x"
+    assert relative_location("/\\evil.example/") == "/evil.example/"
     assert relative_location("/web/") == "/web/"
 
 
