@@ -21,7 +21,7 @@ from profiler_service.engine.backends import (
     provider_short_name,
 )
 from profiler_service.engine.backends.export_cache import ExportCache
-from profiler_service.engine.protocol import ProtocolParams, Stats, measure_op
+from profiler_service.engine.protocol import ProtocolParams, Stats, measure_op_round
 
 MBCONV = parse_spec("mbconv_r16x16_c8-8_k3_e3_s1_relu6_skip")
 NUMERICS_SPECS = ["mbconv_r16x16_c8-16_k5_e6_s2_relu6", "conv_r16x16_c3-8_k3_s2_relu6", "head_r4x4_c16-10",
@@ -139,7 +139,7 @@ def check_measured(stats: Stats) -> None:
 
 @pytest.mark.parametrize("name", ["torch-cpu", "ort-cpu"])
 def test_measure_op_gives_finite_non_negative_stats(name: str) -> None:
-    check_measured(measure_op(MBCONV, get_backend(name), 1, "float32", 1, FAST))
+    check_measured(measure_op_round(MBCONV, get_backend(name), 1, "float32", 1, FAST).calibrated())
 
 
 @pytest.mark.parametrize("text", NUMERICS_SPECS)
@@ -176,7 +176,7 @@ def test_torch_cpu_keeps_freed_memory_option_recorded() -> None:
 def test_torch_cuda_times_with_events(dtype: str) -> None:
     backend = get_backend("torch-cuda")
     assert backend.options["timing"] == "cuda-events"
-    check_measured(measure_op(MBCONV, backend, 4, dtype, 1, FAST))
+    check_measured(measure_op_round(MBCONV, backend, 4, dtype, 1, FAST).calibrated())
 
 
 @pytest.mark.cuda
@@ -191,7 +191,7 @@ def test_ort_cuda_matches_torch_and_measures() -> None:
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-3)
-    check_measured(measure_op(MBCONV, backend, 1, "float32", 1, FAST))
+    check_measured(measure_op_round(MBCONV, backend, 1, "float32", 1, FAST).calibrated())
 
 
 def test_ort_exports_an_identical_module_once_and_a_different_one_again() -> None:

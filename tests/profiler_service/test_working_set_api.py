@@ -28,7 +28,7 @@ COLD_FLUSH = ProtocolParams().cache_flush_kib
 
 
 class FlushRecorder:
-    """Stands in for measure_op / measure_network: records the cache flush of every call, returns fixed stats."""
+    """Stands in for measure_op_round / measure_network_round: records the cache flush of every call, returns fixed stats."""
 
     def __init__(self) -> None:
         self.flushes: list[int] = []
