@@ -413,3 +413,19 @@ def test_empty_table_then_an_unreachable_database(browser: WebDriver, services: 
     assert by_id(browser, "device-title").text == BARE_DEVICE  # what needs no database still shows
     assert "Traceback" not in browser.page_source
     save_window(browser, screenshots / "database-unreachable.png")
+
+
+def test_the_api_docs_render_under_their_content_security_policy(browser: WebDriver, services: Services,
+                                                                  screenshots: Path) -> None:
+    """/docs (Swagger UI, served offline) runs its inline script and lists the API's operations while its CSP
+    forbids every other inline script and every other origin."""
+    answer = httpx.get(services.fleet.url + "/docs", timeout=10)
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    browser.get(services.fleet.url + "/docs")
+    operations = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"),
+                          "Swagger UI's operations")
+    paths = {element.text.replace("\u200b", "") for element in operations}
+    assert {"/v1/health", "/v1/measure", "/v1/jobs/{job_id}/cancel"} <= paths
+    errors = [entry for entry in browser.get_log("browser") if "Content Security Policy" in entry.get("message", "")]
+    assert errors == []
+    save_window(browser, screenshots / "api-docs.png")
