@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -41,3 +42,24 @@ def child_env(**extra: str) -> dict[str, str]:
     repository root leads PYTHONPATH, so the child imports this package from any working directory."""
     paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
+
+
+def add_search_grid(parser: argparse.ArgumentParser, seeds: str, seeds_help: str) -> None:
+    """The options of a benchmark that runs searches over targets and seeds in worker processes: ``--targets``
+    (shares of the table's [min, max]), ``--seeds``, ``--jobs`` and ``--out-dir``; :func:`read_search_grid` turns
+    the first two into lists."""
+    parser.add_argument("--targets", default="0.25,0.5,0.75", help="targets as shares of the table's [min, max]")
+    parser.add_argument("--seeds", default=seeds, help=seeds_help)
+    parser.add_argument("--jobs", type=int, default=2, help="processes at a time (one core each)")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where the reports are written")
+
+
+def read_search_grid(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``args.targets`` and ``args.seeds`` as lists (floats in (0, 1), ints); a parser error otherwise."""
+    try:
+        args.targets = [float(t) for t in args.targets.split(",")]
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError as exc:
+        parser.error(f"--targets and --seeds are comma-separated numbers: {exc}")
+    if not all(0 < t < 1 for t in args.targets) or args.jobs < 1:
+        parser.error("every target share must be in (0, 1) and --jobs >= 1")

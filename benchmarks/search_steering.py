@@ -31,7 +31,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import OUT_DIR, ROOT, cpu_model, loadavg
+from benchmarks.common import ROOT, add_search_grid, cpu_model, loadavg, read_search_grid
 
 #: The mechanisms compared: name -> search options over the defaults (``warmup_share``: that share of the epochs
 #: spent training weights only, taken from the total, so every mechanism trains as many epochs).
@@ -53,20 +53,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="latency table file (tiny-32 fixture)")
     parser.add_argument("--data", default="synthetic:4096:10", help="--data of the searches")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every search (warm-up included)")
-    parser.add_argument("--targets", default="0.25,0.5,0.75", help="targets as shares of the table's [min, max]")
-    parser.add_argument("--seeds", default="0", help="seeds of the searches")
     parser.add_argument("--mechanisms", default=",".join(MECHANISMS), help=f"from {', '.join(MECHANISMS)}")
-    parser.add_argument("--jobs", type=int, default=2, help="searches at a time (one core each)")
-    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where the reports are written")
+    add_search_grid(parser, "0", "seeds of the searches")
     args = parser.parse_args(argv)
-    args.targets = [float(t) for t in args.targets.split(",")]
-    args.seeds = [int(s) for s in args.seeds.split(",")]
+    read_search_grid(parser, args)
     args.mechanisms = [m for m in args.mechanisms.split(",") if m]
     unknown = [m for m in args.mechanisms if m not in MECHANISMS]
     if unknown:
         parser.error(f"unknown mechanism(s) {', '.join(unknown)}; known: {', '.join(MECHANISMS)}")
-    if args.epochs < 2 or args.jobs < 1 or not all(0 < t < 1 for t in args.targets):
-        parser.error("--epochs must be >= 2, --jobs >= 1 and every target share in (0, 1)")
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2")
     return args
 
 

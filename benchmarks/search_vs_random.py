@@ -32,7 +32,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import OUT_DIR, ROOT, cpu_model, loadavg
+from benchmarks.common import ROOT, add_search_grid, cpu_model, loadavg, read_search_grid
 
 DEFAULT_TABLE = ROOT / "tests" / "search_client" / "data" / "tiny-32.ort-cpu.warm.slow.lut.json"
 #: The test set of seed s is the task generated at seed TEST_SEED_OFFSET + s: other images than the training data.
@@ -49,21 +49,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the test set's source (default: --data, generated at another seed)")
     parser.add_argument("--search-epochs", type=int, default=10, help="epochs of each search")
     parser.add_argument("--train-epochs", type=int, default=10, help="epochs of each retraining (every network)")
-    parser.add_argument("--targets", default="0.25,0.5,0.75", help="targets as shares of the table's [min, max]")
-    parser.add_argument("--seeds", default="0,1", help="seeds of the searches (and of their networks' training)")
     parser.add_argument("--estimators", default="binary,reinforce", help="--grad-estimator values to compare")
     parser.add_argument("--random", type=int, default=10, help="random networks per search")
     parser.add_argument("--window", type=float, default=0.03, help="relative latency window of the random networks")
-    parser.add_argument("--jobs", type=int, default=2, help="processes at a time (one core each)")
-    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where the reports are written")
+    add_search_grid(parser, "0,1", "seeds of the searches (and of their networks' training)")
     args = parser.parse_args(argv)
-    args.targets = [float(t) for t in args.targets.split(",")]
-    args.seeds = [int(s) for s in args.seeds.split(",")]
+    read_search_grid(parser, args)
     args.estimators = [e for e in args.estimators.split(",") if e]
-    if not all(0 < t < 1 for t in args.targets) or args.random < 1 or not 0 < args.window < 1:
-        parser.error("every target share must be in (0, 1), --random >= 1 and --window in (0, 1)")
-    if args.search_epochs < 1 or args.train_epochs < 1 or args.jobs < 1:
-        parser.error("--search-epochs, --train-epochs and --jobs must be >= 1")
+    if args.random < 1 or not 0 < args.window < 1:
+        parser.error("--random must be >= 1 and --window in (0, 1)")
+    if args.search_epochs < 1 or args.train_epochs < 1:
+        parser.error("--search-epochs and --train-epochs must be >= 1")
     return args
 
 
