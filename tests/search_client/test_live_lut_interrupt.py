@@ -1,8 +1,9 @@
 """Against a REAL profiler process: a repeated ``lut`` attaches to the job already measuring its ops, and Ctrl-C
 (SIGINT) on ``lut`` cancels that job on the service and exits 130.
 
-The profiler runs the warm protocol (real rounds, not the fast one), so the job of 40 tiny-32 ops lasts tens of
-seconds: long enough to attach to it and interrupt it while it runs. Only behaviour is asserted (exit codes, printed
+The profiler runs the warm protocol (real rounds, not the fast one), so the job of the 70 proxyless-mobile ops
+lasts a minute or more, longer on a loaded machine: long enough to start ``lut``, attach to the job and interrupt
+it while it runs. Only behaviour is asserted (exit codes, printed
 lines, job statuses, rows), never timings."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tests.live import PROFILER
 
 pytestmark = pytest.mark.live
 SEARCH = PROFILER.with_name("proxyless-search")
-TINY = SPACES["tiny-32"]
+SPACE = SPACES["proxyless-mobile"]
 DEADLINE_S = 120.0
 
 
@@ -73,12 +74,12 @@ class Output:
 def test_a_repeated_lut_attaches_and_ctrl_c_cancels_the_job(warm_profiler: LocalProfiler, tmp_path: Path) -> None:
     url = warm_profiler.url
     with LatencyClient(url) as client:  # the job of an earlier lut, running on the device
-        job_id = client.submit_measure(table_specs(TINY), "ort-cpu",
-                                       working_set_bytes=space_working_set_bytes(TINY, 1, "float32"))["id"]
+        job_id = client.submit_measure(table_specs(SPACE), "ort-cpu",
+                                       working_set_bytes=space_working_set_bytes(SPACE, 1, "float32"))["id"]
         wait_until(lambda: client.job(job_id)["status"] == "running", f"job {job_id} runs")
 
-        out = tmp_path / "tiny.lut.json"
-        process = subprocess.Popen([str(SEARCH), "lut", "--space", "tiny-32", "--device", url, "--backend", "ort-cpu",
+        out = tmp_path / "mobile.lut.json"
+        process = subprocess.Popen([str(SEARCH), "lut", "--space", SPACE.name, "--device", url, "--backend", "ort-cpu",
                                     "--anchors", "0", "--out", str(out)], stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
         output = Output(process)
