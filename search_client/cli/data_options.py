@@ -13,12 +13,13 @@ from typing import Annotated, Optional
 import typer
 
 from search_client.training.datasets import DataOptions
+from search_client.training.synthetic_tasks import TASKS
 
 #: The defaults of the data options.
 DATA = DataOptions()
 
 DataSource = Annotated[str, typer.Option(
-    "--data", help="digits | synthetic[:N[:K]] | synthetic:NAME[:N] (NAME: teacher, glyphs, gratings) | image folder "
+    "--data", help=f"digits | synthetic[:N[:K]] | synthetic:NAME[:N] (NAME: {', '.join(TASKS)}) | image folder "
                    "| .npz file")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes that decode images")]
 ValidPerClass = Annotated[Optional[int], typer.Option(

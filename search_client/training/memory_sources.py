@@ -6,9 +6,8 @@ Sources (the ``--data`` argument)::
     synthetic[:N[:K]]       N generated images of K classes (default 1024 and 10): each class is a smooth random
                             pattern, each image its pattern with a random contrast plus noise (learnable, seeded)
     synthetic:NAME[:N]      N images (default 4000, rounded down to a multiple of 10) of the named generated task
-                            NAME (not a number): teacher, glyphs or gratings, 10 classes of N / 10 images each,
-                            seeded, built so that the architecture decides the accuracy
-                            (:mod:`search_client.training.synthetic_tasks`)
+                            NAME (not a number; ``glass``), 10 classes of N / 10 images each, seeded, built so
+                            that the architecture decides the accuracy (:mod:`search_client.training.synthetic_tasks`)
     PATH.npz                numpy archive with arrays ``x`` (N,H,W | N,H,W,C | N,C,H,W with C in {1, 3};
                             uint8 in 0..255 or floats) and ``y`` (N,) integer labels in 0..K-1
 
