@@ -13,9 +13,9 @@ project's 2-core VM, ``tests/search_client/data/tiny-32.ort-cpu.warm.fast.lut.js
 :mod:`search_client.training.synthetic_tasks`) or any in-memory source (``digits``, ``synthetic:IMAGES``, a
 ``.npz`` file) to compare with.
 
-The default budget (3 epochs over 4,000 images, 3,200 of them trained on, batch 64, TrainConfig's lr 0.05) trains
-10 random tiny-32 networks in about 5 minutes of one core of this project's 2-core VM; the networks differ about
-4x in training time (the slowest has every first-stage cell at 7x7, expand 6).
+The default budget (3 epochs over 4,000 images, 3,200 of them trained on, batch 64, TrainConfig's lr 0.05) is
+the one whose figures are in benchmarks/results/task_spread.md: 10 random tiny-32 networks in 5.5-6 minutes of one
+core of this project's 2-core VM (a network's time depends on its first stage: 20-50 s).
 
 Reported: every network's choices, accuracy, latency and training time; best, worst, best - worst (points), the
 chance level (1 / classes), Spearman's and Kendall's rank correlation of accuracy with latency, the wall time of
