@@ -3,7 +3,7 @@
 Tables: ``devices`` (one row per device name and hardware/software fingerprint), ``measurements`` (the latency table F(o): one row
 per op spec and measurement context), ``jobs`` (requests to measure ops or a whole architecture), ``job_items``
 (one op of a job), ``measurement_rounds`` (the statistics of every round of every op or network a job measured,
-protocol 3) and ``canary_references`` (the stored values of the canary ops, per device and context). The schema is created by the Alembic migrations in ``latency_db/migrations`` only; these classes
+protocol 3) and ``canary_references`` (the stored values of the canary ops, per device and context), ``service_heartbeats`` (the live service of each device). The schema is created by the Alembic migrations in ``latency_db/migrations`` only; these classes
 must stay in step with them (a test compares the two).
 
 All timestamps are timezone-aware UTC datetimes (SQLite stores them naive; :class:`UTCDateTime` converts).
@@ -157,6 +157,7 @@ class Measurement(Base):
     samples: Mapped[int]
     rounds: Mapped[int | None]
     flagged: Mapped[str | None] = mapped_column(Text)
+    peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -221,6 +222,7 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(String(LEASE_OWNER_MAX_LEN))
     lease_expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     items: Mapped[list[JobItem]] = relationship(
         back_populates="job", order_by="JobItem.position", cascade="all, delete-orphan", passive_deletes=True
@@ -250,6 +252,7 @@ class JobItem(Base):
     measurement_id: Mapped[int | None] = mapped_column(ForeignKey("measurements.id", ondelete="SET NULL"))
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     job: Mapped[Job] = relationship(back_populates="items")
     measurement: Mapped[Measurement | None] = relationship()
@@ -293,6 +296,7 @@ class MeasurementRound(Base):
     correction_ms: Mapped[float] = mapped_column(Float)
     runs_per_timing: Mapped[int]
     timer_resolution_ms: Mapped[float] = mapped_column(Float)
+    peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -321,3 +325,20 @@ class CanaryReference(Base):
     protocol_version: Mapped[str] = mapped_column(String(32))
     median_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ServiceHeartbeat(Base):
+    """The live ``serve`` process of one device identity: its lease owner id, pid and host name, when it started and
+    when it was last seen (renewed while it serves). A second service for the same device on the same database
+    finds the row fresh and refuses to start; a row not seen for longer than its expiry is a crashed service's."""
+
+    __tablename__ = "service_heartbeats"
+    __table_args__ = (UniqueConstraint("device_id", name="uq_service_heartbeats_device_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    owner: Mapped[str] = mapped_column(String(LEASE_OWNER_MAX_LEN))
+    pid: Mapped[int]
+    hostname: Mapped[str] = mapped_column(String(NAME_MAX_LEN))
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime]

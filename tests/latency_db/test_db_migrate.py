@@ -30,7 +30,7 @@ from latency_db.transactions import begin_write
 from tests.latency_db import db_migrate_worker
 
 EXPECTED_TABLES = {"alembic_version", "devices", "measurements", "jobs", "job_items", "measurement_rounds",
-                   "canary_references", "context_versions"}
+                   "canary_references", "context_versions", "service_heartbeats"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # A fresh, unmigrated database of each kind.
@@ -51,7 +51,7 @@ def test_upgrade_creates_every_table_at_head(raw_url: str) -> None:
     assert current_revision(raw_url) is None
     upgrade_to_head(raw_url)
     assert _tables(raw_url) == EXPECTED_TABLES
-    assert current_revision(raw_url) == head_revision() == "0004"
+    assert current_revision(raw_url) == head_revision() == "0005"
 
 
 def test_upgrade_is_idempotent_and_keeps_data(raw_url: str) -> None:
