@@ -33,6 +33,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from latency_db.transactions import WRITE_LOCK_OPTION
 
@@ -81,21 +82,27 @@ def normalize_url(url: str) -> URL:
     raise ValueError(f"database url: unsupported dialect {dialect!r} (supported: sqlite, postgresql+psycopg)")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pooled: bool = True) -> Engine:
     """Create an Engine for ``url`` (see the module docstring for what each dialect gets).
+
+    ``pooled=False``: every connection is opened for its use and closed after it (no pool), so it meets the
+    database as a new client would: a SQLite file whose permissions changed, a PostgreSQL database set read-only
+    since the pool's connections were opened (what a readiness probe must see).
 
     Raises ValueError for an unsupported dialect or driver, and for a SQLite file whose folder does not exist.
     """
     parsed = normalize_url(url)
+    pool: dict[str, Any] = (
+        {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW} if pooled else {"poolclass": NullPool}
+    )
     if parsed.get_backend_name() == "sqlite":
         folder = Path(str(parsed.database)).expanduser().parent
         if not folder.is_dir():
             raise ValueError(f"database url: the folder {str(folder)!r} of the SQLite file does not exist")
-        engine = create_engine(parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW,
-                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        engine = create_engine(parsed, **pool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         _configure_sqlite(engine)
         return engine
-    return create_engine(parsed, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    return create_engine(parsed, pool_pre_ping=pooled, **pool)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -34,12 +34,17 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def check_writable(session: Session) -> None:
-    """Prove the store takes a write; call it in a write transaction (nothing is changed).
+def check_writable(session: Session, device_id: int) -> None:
+    """Prove the store commits a write, leaving nothing changed: call it in a write transaction on a NEW connection
+    (``latency_db.connection.make_engine(url, pooled=False)``) and commit it.
 
     SQLite: the database file's disk must have :data:`MIN_FREE_BYTES` free (StoreNotWritable otherwise). Both
-    databases: an UPDATE of a device row in a savepoint that is rolled back (raises the driver's error when the
-    database is read-only, refuses writes or its write lock cannot be had).
+    databases: an UPDATE of the device's own row that sets its ``last_seen`` to the value it has. Committed, it
+    reaches the store: SQLite takes the write lock and writes the page to its WAL file, PostgreSQL writes a new row
+    version and flushes its WAL at commit. So a read-only SQLite file (its permissions, ``chattr +i``, a read-only
+    mount), a PostgreSQL database or role set read-only, or a disk that cannot take the write raises the driver's
+    error here or at the commit, where a write that is rolled back would not: it never leaves the connection.
+    Raises StoreNotWritable when the device's row is gone.
     """
     bind = session.get_bind()
     if bind.dialect.name == "sqlite":
@@ -48,8 +53,7 @@ def check_writable(session: Session) -> None:
         if free < MIN_FREE_BYTES:
             space = f"{free // 2**20} MiB free, {MIN_FREE_BYTES // 2**20} MiB needed"
             raise StoreNotWritable(f"the disk of {folder} is full: {space}", f"the database's disk is full: {space}")
-    savepoint = session.begin_nested()
-    try:
-        session.execute(text("UPDATE devices SET last_seen = last_seen WHERE id = (SELECT min(id) FROM devices)"))
-    finally:
-        savepoint.rollback()
+    updated = session.execute(text("UPDATE devices SET last_seen = last_seen WHERE id = :device_id"),
+                              {"device_id": device_id}).rowcount
+    if updated != 1:
+        raise StoreNotWritable(f"device {device_id} has no row in the database")

@@ -37,6 +37,9 @@ class ServiceState:
         self.settings = settings
         self.engine = make_engine(settings.db_url)
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
+        # readiness probes write through a connection of their own, opened for each probe: see check_writable
+        self.probe_engine = make_engine(settings.db_url, pooled=False)
+        self.probe_sessions: sessionmaker[Session] = make_session_factory(self.probe_engine)
         self.fingerprint = device_fingerprint()
         self.backends = select_backends(settings.backend_names())
         self.protocol = ServiceProtocol(settings.protocol, configured_cache(settings.cache_kib), settings.duet)
@@ -107,3 +110,4 @@ class ServiceState:
     def close(self) -> None:
         self.worker.stop()
         self.engine.dispose()
+        self.probe_engine.dispose()

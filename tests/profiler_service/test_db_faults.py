@@ -35,14 +35,16 @@ def assert_names_no_database(text: str, *secrets: str | None) -> None:
 
 
 def on_every_new_connection(client: TestClient, pragma: str) -> None:
-    """Run ``pragma`` on every connection the service opens from now on (the pool is emptied first)."""
-    engine = client.app.state.service.engine
+    """Run ``pragma`` on every connection the service opens from now on (the pool is emptied first), its readiness
+    probe's included."""
+    state = client.app.state.service
+    for engine in (state.engine, state.probe_engine):
 
-    @event.listens_for(engine, "connect")
-    def _apply(dbapi_connection, _record) -> None:  # noqa: ANN001
-        dbapi_connection.execute(pragma)
+        @event.listens_for(engine, "connect")
+        def _apply(dbapi_connection, _record) -> None:  # noqa: ANN001
+            dbapi_connection.execute(pragma)
 
-    engine.dispose()
+        engine.dispose()
 
 
 @pytest.fixture

@@ -32,9 +32,9 @@ def health() -> Health:
 )
 def ready(state: StateDep) -> Readiness | JSONResponse:
     try:
-        with write_session(state.sessions) as session:
+        with write_session(state.probe_sessions) as session:  # a new connection, and a write it commits
             ping(session)
-            check_writable(session)  # a full disk or a read-only store is not ready either
+            check_writable(session, state.device_id)  # a full disk or a read-only store is not ready either
         database = "ok"
     except StoreNotWritable as exc:  # report, don't raise: readiness is a question, not a failure
         log.warning("readiness: database not writable: %s", exc)
