@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from latency_db.context import MeasurementContext
 from latency_db.models import OP_SPEC_MAX_LEN, ContextVersion, Measurement, utcnow
-from latency_db.repository._checks import check_context, check_dict, check_positive_int, check_text
+from latency_db.repository._checks import check_context, check_dict, check_index, check_positive_int, check_text
 from latency_db.stats import STATS_KEYS
 
 #: Columns that identify a measurement (its unique constraint), in order.
@@ -75,12 +75,14 @@ def upsert_measurement(
     stats: Mapping[str, float | int],
     rounds: int | None = None,
     flagged: str | None = None,
+    peak_rss_bytes: int | None = None,
 ) -> Measurement:
     """Insert the measurement of ``op_spec`` in ``context``, or overwrite the stats, environment and parameters of
     the row with the same identity.
 
     ``rounds``: how many rounds the stats aggregate (protocol 3; None before). ``flagged``: why the value is not a
-    plain measurement (e.g. below the timer's resolution), None when it is. One ``INSERT ... ON CONFLICT DO
+    plain measurement (e.g. below the timer's resolution), None when it is. ``peak_rss_bytes``: the measuring
+    process's real peak resident memory over the rounds (None: not known). One ``INSERT ... ON CONFLICT DO
     UPDATE ... RETURNING`` statement, so concurrent writers of the same key end with one row and no error.
     ``created_at`` keeps the first insert's time; ``updated_at`` is now. The context's version
     (:func:`context_fingerprint`) is raised in the same transaction, first: writers of one context then take its
@@ -96,6 +98,7 @@ def upsert_measurement(
         **validate_stats(stats),
         "rounds": None if rounds is None else check_positive_int("rounds", rounds),
         "flagged": None if flagged is None else check_text("flagged", flagged, FLAG_MAX_LEN),
+        "peak_rss_bytes": None if peak_rss_bytes is None else check_index("peak_rss_bytes", peak_rss_bytes),
     }
     now = utcnow()
     values["created_at"] = now
@@ -103,7 +106,7 @@ def upsert_measurement(
     insert = _INSERTS[session.get_bind().dialect.name]
     _raise_version(session, insert, {name: values[name] for name in CONTEXT_COLUMNS})
     stmt = insert(Measurement).values(values)
-    updated = ("environment", "protocol_params", *STATS_KEYS, "rounds", "flagged", "updated_at")
+    updated = ("environment", "protocol_params", *STATS_KEYS, "rounds", "flagged", "peak_rss_bytes", "updated_at")
     stmt = stmt.on_conflict_do_update(
         index_elements=list(IDENTITY_COLUMNS), set_={name: stmt.excluded[name] for name in updated}
     )

@@ -34,10 +34,12 @@ def add_round(
     correction_ms: float,
     runs_per_timing: int,
     timer_resolution_ms: float,
+    peak_rss_bytes: int | None = None,
 ) -> MeasurementRound:
     """Store one round of the item at ``position`` of job ``job_id``, measured in ``context`` (its environment
     hash and protocol version); flushes. ``stats`` are the raw statistics of what was timed. Raises ValueError
-    naming the bad argument; a round stored twice violates ``uq_measurement_rounds_round``."""
+    naming the bad argument; a round stored twice violates ``uq_measurement_rounds_round``. ``peak_rss_bytes``: the
+    measuring process's real peak resident memory while it measured the round (None: not known)."""
     check_context(context)
     row = MeasurementRound(
         job_id=check_positive_int("job_id", job_id),
@@ -49,6 +51,7 @@ def add_round(
         correction_ms=check_finite("correction_ms", correction_ms),
         runs_per_timing=check_positive_int("runs_per_timing", runs_per_timing),
         timer_resolution_ms=check_finite("timer_resolution_ms", timer_resolution_ms, minimum=0.0),
+        peak_rss_bytes=None if peak_rss_bytes is None else check_index("peak_rss_bytes", peak_rss_bytes),
     )
     session.add(row)
     session.flush()

@@ -32,6 +32,8 @@ so a stored latency does not depend on what the process happened to measure befo
 
 from __future__ import annotations
 
+import uuid
+
 from collections.abc import Callable, Hashable
 
 import torch
@@ -115,6 +117,8 @@ class CalibrationCache:
 
     def __init__(self) -> None:
         self._values: dict[tuple[Hashable, Hashable], float] = {}
+        #: Names the session where its values live elsewhere (a measuring process keeps them under this name).
+        self.session = uuid.uuid4().hex
 
     def value(self, context: Hashable, key: Hashable, measure: Callable[[], float]) -> float:
         """The value of ``key`` in ``context``: cached, or the lowest of :data:`CALIBRATION_REPEATS` calls of

@@ -61,12 +61,15 @@ class RoundMeasurement:
     ``correction_ms``: what calibration subtracts for summing (0 for networks and uncalibrated ops).
     ``runs_per_timing``: runs inside one timing (1; more when one run is below the timer's resolution).
     ``timer_resolution_ms``: the resolution of the clock that timed the runs (0: exact, e.g. scripted stats).
+    ``peak_rss_bytes``: the measuring process's real peak resident memory while it measured the round (None: not
+    measured in a measuring process).
     """
 
     raw: Stats
     correction_ms: float = 0.0
     runs_per_timing: int = 1
     timer_resolution_ms: float = 0.0
+    peak_rss_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.correction_ms):

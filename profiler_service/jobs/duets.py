@@ -37,7 +37,7 @@ from latency_db.context import MeasurementContext
 from latency_db.repository import canary_references, store_canary_references
 from latency_db.transactions import write_session
 from profiler_service.engine.backends import Backend
-from profiler_service.engine.duet import BASELINE_FLUSH_KIB, Duet, DuetBackend, start_regime_duet
+from profiler_service.engine.duet import BASELINE_FLUSH_KIB, Duet, DuetBackend, DuetStart, start_regime_duet
 from profiler_service.engine.protocol import PROTOCOL_VERSION, ProtocolParams
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ BASELINE_TRIES = 3
 T = TypeVar("T")
 #: How a database write is tried: (what, operation) -> its result (the job worker's bounded retries).
 Retry = Callable[[str, Callable[[], T]], T]
+#: How a context's duet is started: start_regime_duet's signature (a measuring process's starter runs it there).
+DuetStarter = Callable[..., DuetStart]
 
 
 def _once(what: str, operation: Callable[[], T]) -> T:
@@ -65,10 +67,11 @@ class DuetPool:
     """The started duets of one worker, by (backend, threads, environment hash, protocol version)."""
 
     def __init__(self, sessions: sessionmaker[Session], device_id: int,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, starter: DuetStarter = start_regime_duet) -> None:
         self.sessions = sessions
         self.device_id = device_id
         self.clock = clock  # what sizes the reference blocks (tests pass a fake machine's)
+        self.starter = starter  # where a duet is started and lives: this process, or a measuring process
         self._duets: dict[tuple[str, int, str, str], Duet] = {}
         self._lock = threading.Lock()
 
@@ -93,7 +96,7 @@ class DuetPool:
                retry: Retry) -> Duet:
         seen: list[float] = []  # every series of the tries, for the fallback
         for attempt in range(1, BASELINE_TRIES + 1):
-            started = start_regime_duet(backend, threads, params, clock=self.clock)
+            started = self.starter(backend, threads, params, clock=self.clock)
             seen.extend(started.series_ms)
             last_try = attempt == BASELINE_TRIES
             value = started.agreed_baseline_ms()

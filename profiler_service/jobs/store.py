@@ -51,6 +51,7 @@ class ClaimedJob:
     """What the worker needs of a claimed job, read once so that no ORM object outlives its session.
 
     ``context`` is the context the job was submitted in; the worker measures in its current environment.
+    ``attempts``: measurements of its network (an architecture job) that were started and never came back.
     """
 
     id: int
@@ -58,32 +59,36 @@ class ClaimedJob:
     context: MeasurementContext
     force: bool
     payload: Any
+    attempts: int = 0
 
     @classmethod
     def of(cls, job: Job) -> ClaimedJob:
         """The claimed view of a job row."""
-        return cls(job.id, job.kind, job.context, job.force, job.payload)
+        return cls(job.id, job.kind, job.context, job.force, job.payload, job.attempts)
 
 
 class PendingItem(NamedTuple):
-    """A pending item of a job: its id, position and op spec."""
+    """A pending item of a job: its id, position and op spec, and how many of its measurements were started and
+    never came back (the service's process ended while it measured: see :meth:`JobStore.begin_attempt`)."""
 
     item_id: int
     position: int
     op_spec: str
+    attempts: int = 0
 
 
 def round_values(measurement: RoundMeasurement) -> dict[str, Any]:
     """The columns of a stored round of ``measurement`` (raw statistics and details), for ``add_round``."""
     return {"stats": measurement.raw.as_dict(), "correction_ms": measurement.correction_ms,
-            "runs_per_timing": measurement.runs_per_timing, "timer_resolution_ms": measurement.timer_resolution_ms}
+            "runs_per_timing": measurement.runs_per_timing, "timer_resolution_ms": measurement.timer_resolution_ms,
+            "peak_rss_bytes": measurement.peak_rss_bytes}
 
 
 def round_of(row: MeasurementRound) -> RoundMeasurement:
     """The round a stored row holds."""
     raw = Stats(row.median_ms, row.mean_ms, row.std_ms, row.min_ms, row.p10_ms, row.p90_ms, row.iqr_ms, row.samples)
     return RoundMeasurement(raw=raw, correction_ms=row.correction_ms, runs_per_timing=row.runs_per_timing,
-                            timer_resolution_ms=row.timer_resolution_ms)
+                            timer_resolution_ms=row.timer_resolution_ms, peak_rss_bytes=row.peak_rss_bytes)
 
 
 class JobStore:
@@ -122,7 +127,29 @@ class JobStore:
     def pending_items(self, job_id: int) -> list[PendingItem]:
         """The job's pending items, in position order."""
         with self.sessions() as session:
-            return [PendingItem(item.id, item.position, item.op_spec) for item in pending_items(session, job_id)]
+            return [PendingItem(item.id, item.position, item.op_spec, item.attempts)
+                    for item in pending_items(session, job_id)]
+
+    def begin_attempt(self, job_id: int, item_id: int | None) -> bool:
+        """Count a measurement of the item (``item_id`` None: the network of an architecture job) as started,
+        before it starts: the count stays raised if the service's process ends while it measures, and goes back
+        to 0 once a measurement of the item comes back (:meth:`end_attempt`, or any write of its outcome). False
+        when the job is no longer this worker's or the item no longer pending."""
+        return self._set_attempts(job_id, item_id, None)
+
+    def end_attempt(self, job_id: int, item_id: int | None) -> bool:
+        """The item's measurement came back without an outcome to store (it was stopped): attempts back to 0."""
+        return self._set_attempts(job_id, item_id, 0)
+
+    def _set_attempts(self, job_id: int, item_id: int | None, value: int | None) -> bool:
+        with write_session(self.sessions) as session:
+            if not holds_lease(session, job_id, owner=self.owner):
+                return False
+            row: Job | JobItem | None = session.get(Job, job_id) if item_id is None else session.get(JobItem, item_id)
+            if row is None or (item_id is not None and row.status != "pending"):
+                return False
+            row.attempts = row.attempts + 1 if value is None else value
+            return True
 
     def stored_rounds(self, job_id: int, context: MeasurementContext) -> dict[int, dict[int, RoundMeasurement]]:
         """The rounds the job has stored in ``context``'s environment and protocol version: position -> round
@@ -146,6 +173,9 @@ class JobStore:
                 return False
             add_round(session, job_id=job_id, position=position, context=context, round_index=round_index,
                       **round_values(measurement))
+            row: Job | JobItem | None = session.get(Job, job_id) if item_id is None else session.get(JobItem, item_id)
+            if row is not None:
+                row.attempts = 0  # this measurement came back
             return True
 
     def skip_if_stored(self, job_id: int, item_id: int, context: MeasurementContext, op_spec: str) -> bool:
@@ -162,10 +192,12 @@ class JobStore:
                           environment: dict[str, Any], protocol_params: dict[str, Any],
                           stats: dict[str, Any], *, rounds: int | None = None, flagged: str | None = None,
                           position: int | None = None,
-                          last_round: tuple[int, RoundMeasurement] | None = None) -> bool:
+                          last_round: tuple[int, RoundMeasurement] | None = None,
+                          peak_rss_bytes: int | None = None) -> bool:
         """Store the item's last round (``last_round``: index and round), its measurement row (``stats``, the
-        aggregate of ``rounds`` rounds, ``flagged``) and mark the item done, in ONE transaction (crash safety: see
-        the worker's docstring); with ``position``, the item's stored rounds are linked to the row.
+        aggregate of ``rounds`` rounds, ``flagged``, the measuring process's peak memory over them) and mark the
+        item done, in ONE transaction (crash safety: see the worker's docstring); with ``position``, the item's
+        stored rounds are linked to the row.
 
         Returns False, storing nothing, when the job is no longer this worker's or the item no longer pending.
         """
@@ -182,7 +214,7 @@ class JobStore:
                           **round_values(measurement))
             row = upsert_measurement(session, device_id=self.device_id, context=context, op_spec=op_spec,
                                      environment=environment, protocol_params=protocol_params, stats=stats,
-                                     rounds=rounds, flagged=flagged)
+                                     rounds=rounds, flagged=flagged, peak_rss_bytes=peak_rss_bytes)
             if position is not None:
                 attach_rounds(session, job_id=job_id, position=position, context=context, measurement_id=row.id)
             return _complete(session, item_id, status="done", measurement_id=row.id)
@@ -245,4 +277,7 @@ def _is_pending(session: Session, item_id: int) -> bool:
 
 def _complete(session: Session, item_id: int, **fields: Any) -> bool:
     item = session.get(JobItem, item_id)
-    return item is not None and complete_item(session, item, **fields)
+    if item is None or not complete_item(session, item, **fields):
+        return False
+    item.attempts = 0  # its outcome came back
+    return True

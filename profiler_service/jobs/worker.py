@@ -36,6 +36,17 @@ setting) is measured in the duet of the job's context (:mod:`profiler_service.jo
 job that needs it, on the one baseline of its backend, threads and environment, shared by every regime), ops and
 networks alike.
 
+Where items are measured: by the ``measure_op``/``measure_network`` functions and the duet ``start_duet`` the
+worker is given, in the service's process by default, in a measuring process per backend with the service's
+:class:`~profiler_service.isolation.measurer.IsolatedMeasurer` (its limits end the item, never the service). An
+error of an item fails that item with its message (a limit's names the limit) and the job goes on.
+
+Poison items: before each measurement the item's ``attempts`` are raised in the store, and any outcome that comes
+back (a stored round or row, a failure, a stop) sets them back to 0; so they count the measurements during which
+the service's own process ended (killed, e.g. by the OOM killer). An item found with :data:`POISON_ATTEMPTS` of
+them is failed ("measuring this op ended the process twice") and never measured again; the network of an
+architecture job likewise, with the job's own count.
+
 Canaries: with a :class:`~profiler_service.jobs.canaries.CanaryWatch`, the worker measures the canary ops at its
 start, every ``interval_s`` while it serves (also between the items of a long job) and before a job, and keeps
 the drift report the API shows.
@@ -75,7 +86,9 @@ from profiler_service.engine.protocol_presets import ResolvedProtocol
 from profiler_service.engine.rounds import lacking_rounds, round_order, settled, stored_result
 from profiler_service.engine.stats import RoundMeasurement, Stats
 from profiler_service.jobs.canaries import CANARY_BATCH, CANARY_DTYPE, CanaryWatch
-from profiler_service.jobs.duets import DuetPool
+from profiler_service.engine.duet import start_regime_duet
+from profiler_service.isolation.errors import IsolationError
+from profiler_service.jobs.duets import DuetPool, DuetStarter
 from profiler_service.jobs.lease import LeaseKeeper
 from profiler_service.jobs.retry import Backoff, Interrupted, Sleep, StoreUnavailable, with_retries
 from profiler_service.jobs.store import NETWORK_POSITION, ClaimedJob, JobStore, PendingItem, new_owner_id
@@ -102,6 +115,8 @@ DEFAULT_LEASE_S = 15.0
 DEFAULT_CHECK_S = 0.5
 #: Tries of one database operation of a job (waits 0.5, 1, 2, 4 s between them) before the item fails.
 STORE_BACKOFF = Backoff(attempts=5, first_s=0.5, factor=2.0, max_s=30.0)
+#: Measurements of one item during which the service's process ended, after which the item is failed for good.
+POISON_ATTEMPTS = 2
 #: Waits of the loop after consecutive errors outside a job (e.g. claims while the database is down): 1, 2, 4 ...
 #: up to 60 s; back to 1 s after a success.
 LOOP_BACKOFF = Backoff(attempts=1, first_s=1.0, factor=2.0, max_s=60.0)
@@ -131,6 +146,7 @@ class JobWorker:
         measure_network: NetworkMeasurer = measure_network_round,
         canaries: CanaryWatch | None = None,
         protocol_for_job: ProtocolForJob | None = None,
+        start_duet: DuetStarter = start_regime_duet,
     ) -> None:
         self.device_id = device_id
         self.backends = backends
@@ -148,7 +164,7 @@ class JobWorker:
         self.measure_op = measure_op
         self.measure_network = measure_network
         self.canaries = canaries
-        self.duets = DuetPool(sessions, device_id)
+        self.duets = DuetPool(sessions, device_id, starter=start_duet)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -371,6 +387,11 @@ class JobWorker:
                        should_stop: Callable[[], bool]) -> _Outcome:
         """Measure one round of one item and store it (with the item's result when it is its last round)."""
         context = run.context
+        if item.attempts >= POISON_ATTEMPTS:
+            return self._fail_item(run, item.item_id, poison_message("op", item.attempts))
+        if not self._retry(f"counting an attempt of {item.op_spec}",
+                           lambda: self.store.begin_attempt(run.job.id, item.item_id)):
+            return _Outcome.STOP  # no longer this worker's job
         started = time.perf_counter()
         try:
             measurement = RoundMeasurement.of(self.measure_op(
@@ -378,15 +399,24 @@ class JobWorker:
                 run.params, calibration, should_stop=should_stop))
         except MeasurementStopped:
             log.info("measuring %s of job %s stopped (cancelled or stopping)", item.op_spec, run.job.id)
+            self._end_attempt(run.job.id, item.item_id)
             return _Outcome.STOP
         except Exception as exc:  # an op that fails to build or run fails its item, not the job
             log.warning("measuring %s on %s failed: %s", item.op_spec, context.backend, exc)
-            return self._fail_item(run, item.item_id, f"{type(exc).__name__}: {exc}")
+            return self._fail_item(run, item.item_id, describe_error(exc))
         self._measured(context.backend, "op", started)
         measured = {**item_rounds, round_index: measurement}
         if lacking_rounds(list(measured), run.params.rounds) and not settled(list(measured.values()), run.params):
             return self._store_round(run, item, round_index, measurement, item_rounds)
         return self._finish_item(run, item, measured, round_index)
+
+    def _end_attempt(self, job_id: int, item_id: int | None) -> None:
+        """A stopped measurement came back: its attempt does not count (best effort: a failure leaves one more)."""
+        try:
+            self.store.end_attempt(job_id, item_id)
+        except Exception as exc:
+            log.warning("job %s: resetting the attempts of a stopped item failed: %s", job_id,
+                        describe_store_error(exc))
 
     def _store_round(self, run: _Run, item: PendingItem, round_index: int, measurement: RoundMeasurement,
                      item_rounds: dict[int, RoundMeasurement]) -> _Outcome:
@@ -425,12 +455,12 @@ class JobWorker:
             stored = self._retry(f"storing the measurement of {item.op_spec}", lambda: self.store.store_measurement(
                 run.job.id, item.item_id, context, item.op_spec, run.environment, run.params.model_dump(),
                 result.stats.as_dict(), rounds=result.rounds, flagged=result.flagged, position=item.position,
-                last_round=last_round))
+                last_round=last_round, peak_rss_bytes=peak_of(ordered)))
         except StoreUnavailable as exc:  # e.g. the disk is full: fail the item and end the job, no retry storm
             self._abandon(run, item.item_id, f"the measurement could not be stored: {exc}")
             return _Outcome.STOP
         except Exception as exc:  # refused for good (e.g. stats the store rejects): the item fails, the job goes on
-            return self._fail_item(run, item.item_id, f"storing failed: {type(exc).__name__}: {exc}")
+            return self._fail_item(run, item.item_id, f"storing failed: {describe_error(exc)}")
         if not stored:
             log.warning("job %s is no longer this worker's: the measurement of %s was not stored", run.job.id,
                         item.op_spec)
@@ -465,7 +495,12 @@ class JobWorker:
         stored = self._retry(f"reading the rounds of job {job.id}", lambda: self.store.stored_rounds(
             job.id, context)).get(NETWORK_POSITION, {})
         lacking = lacking_rounds(list(stored), rounds)
+        if lacking and job.attempts >= POISON_ATTEMPTS:
+            self._fail_architecture(job, poison_message("network", job.attempts))
+            return
         for round_index in lacking:
+            if not self._retry(f"counting an attempt of job {job.id}", lambda: self.store.begin_attempt(job.id, None)):
+                return  # no longer this worker's job
             started = time.perf_counter()
             try:
                 measurement = RoundMeasurement.of(self.measure_network(
@@ -473,6 +508,7 @@ class JobWorker:
                     should_stop=self._should_stop(lease)))
             except MeasurementStopped:
                 log.info("measuring architecture job %s stopped (cancelled or stopping)", job.id)
+                self._end_attempt(job.id, None)
                 return
             except Exception as exc:
                 self._fail_architecture(job, exc)
@@ -493,14 +529,34 @@ class JobWorker:
             return
         if not lacking:
             last = (0, None)
+        peak = peak_of([stored[i] for i in sorted(stored)[:rounds]])
         self._retry(f"finishing job {job.id}", lambda: self.store.finish_network(
             job.id, context, last[0], last[1], {**result.stats.as_dict(), "rounds": result.rounds,
-                                                "flagged": result.flagged}))
+                                                "flagged": result.flagged, "peak_rss_bytes": peak}))
 
-    def _fail_architecture(self, job: ClaimedJob, exc: Exception) -> None:
-        log.warning("measuring architecture job %s failed: %s", job.id, exc)
-        self._retry(f"failing job {job.id}", lambda: self.store.finish(
-            job.id, status="failed", error=f"{type(exc).__name__}: {exc}"))
+    def _fail_architecture(self, job: ClaimedJob, error: Exception | str) -> None:
+        message = error if isinstance(error, str) else describe_error(error)
+        log.warning("measuring architecture job %s failed: %s", job.id, message)
+        self._retry(f"failing job {job.id}", lambda: self.store.finish(job.id, status="failed", error=message))
+
+
+def describe_error(exc: BaseException) -> str:
+    """An item's error as stored: a measuring process's message as it is (it names the item and the limit),
+    any other as ``Type: message``."""
+    return str(exc) if isinstance(exc, IsolationError) else f"{type(exc).__name__}: {exc}"
+
+
+def poison_message(what: str, attempts: int) -> str:
+    """Why an item whose measurements ended the service's process ``attempts`` times is not measured again."""
+    times = "twice" if attempts == 2 else f"{attempts} times"
+    return (f"measuring this {what} ended the process {times}: the service stopped while it measured it (killed, "
+            "e.g. by the OOM killer, or a crash in the runtime); it is not measured again")
+
+
+def peak_of(rounds: Iterable[RoundMeasurement]) -> int | None:
+    """The highest peak resident memory of ``rounds`` (None when none was measured in a measuring process)."""
+    peaks = [r.peak_rss_bytes for r in rounds if r.peak_rss_bytes is not None]
+    return max(peaks) if peaks else None
 
 
 class _Outcome(Enum):

@@ -1,7 +1,8 @@
 """Fixtures of the service tests: an app on a migrated database, served through the ASGI interface.
 
 - ``client`` / ``token_client``: the app (fast protocol, ort-cpu and torch-cpu, no canary checks: their timings
-  would pass the gate below) on a fresh SQLite file; the
+  would pass the gate below; items measured in the service's process, where the gate can hold them: the measuring
+  process has tests of its own) on a fresh SQLite file; the
   latter requires the bearer token ``s3cret`` on mutations.
 - ``gate``: a :class:`RunnerGate` on the ort-cpu backend: every timing of a module with the gated input shape
   (every module when ``gate.shape`` is None) waits until ``gate.release()``, so a job is provably unfinished
@@ -42,7 +43,7 @@ JSON = {"content-type": "application/json"}
 def make_settings(db_url: str, **overrides: object) -> ProfilerSettings:
     values = {"db_url": db_url, "backends": "ort-cpu,torch-cpu", "protocol": "fast", "threads": 1,
               "device_name": "test-device", "worker_poll_s": 0.05, "canary_interval_s": 0,
-              "allowed_hosts": TEST_HOST}
+              "allowed_hosts": TEST_HOST, "isolation": "none"}
     values.update(overrides)
     return ProfilerSettings(**values)
 
