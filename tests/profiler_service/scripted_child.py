@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 
 from profiler_service.isolation.child import _limit_memory, _private_pipes
