@@ -81,12 +81,16 @@ def serve(
     allowed_origins: Annotated[str | None, typer.Option(help="comma-separated origins (https://host[:port]) whose "
                                                         "pages may POST, besides the service's own (or "
                                                         "PROFILER_ALLOWED_ORIGINS)")] = None,
+    take_over: Annotated[bool, typer.Option("--take-over", help="start even when another live service serves "
+                                            "this device (same name and fingerprint) on this database; that one "
+                                            "stops measuring (or PROFILER_TAKE_OVER)")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the REST API (migrates the database to head first). Health: GET /v1/health.
 
-    Every start-up problem (unknown backend, port in use, database missing or not writable) is one line on stderr
-    and a non-zero exit, before anything says "serving on".
+    Every start-up problem (unknown backend, port in use, database missing or not writable, the device already
+    served by another live service on the database) is one line on stderr and a non-zero exit, before anything
+    says "serving on".
     """
     from profiler_service.api.app import create_app
     from profiler_service.api.browser_safety import LOOPBACK_NAMES, WILDCARD_BINDS
@@ -96,7 +100,7 @@ def serve(
     settings = build_settings(
         host=host, port=port, db_url=db, backends=backends, threads=threads, token=token,
         allow_insecure_bind=allow_insecure_bind or None, device_name=device_name, protocol=protocol,
-        duet=duet, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins,
+        duet=duet, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins, take_over=take_over or None,
     )
     check_bind(settings)
     try:
@@ -110,7 +114,7 @@ def serve(
         typer.echo(f"proxyless-profiler: answering requests for {', '.join(LOOPBACK_NAMES)} only; clients that "
                    "reach this device by another name or address need it in --allowed-hosts "
                    "(PROFILER_ALLOWED_HOSTS)", err=True)
-    serve_app(application, application.state.stopping, sock, log_level, settings.shutdown_grace_s)
+    serve_app(application, application.state.stopping, sock, log_level, settings)
 
 
 def _specs_from(specs: list[str], space: str | None) -> list[str]:

@@ -33,6 +33,17 @@ class ProfilerSettings(BaseSettings):
     allowed_origins: str = Field("", description="comma-separated origins (scheme://host[:port]) whose pages may "
                                  "send POST requests besides the service's own origin; a POST with another Origin "
                                  "header is refused (403)")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, le=3600, description="an idle keep-alive connection is closed "
+                                        "after this many seconds")
+    request_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request's line, headers and body must "
+                                     "arrive within this many seconds of the connection's opening (or of the "
+                                     "previous answer on a keep-alive connection), else the connection is closed: "
+                                     "a half-open or byte-by-byte (slowloris) connection holds nothing for long")
+    heartbeat_s: float = Field(5.0, gt=0, le=600, description="seconds between two renewals of this service's "
+                               "heartbeat row (one live service per device on a database); a row not renewed for "
+                               "3 periods is a crashed service's")
+    take_over: bool = Field(False, description="start even when another live service serves this device (same "
+                            "name and fingerprint) on this database: that one stops its job worker")
 
     # --- storage -----------------------------------------------------------------------------------------------
     db_url: str = DEFAULT_DB_URL

@@ -5,6 +5,10 @@ app's lifespan shutdown runs: a long-poll (``POST /v1/measure`` with ``wait_s``)
 ``max_wait_s``. This server sets the app's ``stopping`` event as soon as the signal arrives, so a long-poll answers
 at once (202 with the job's progress), then uvicorn finishes the shutdown: the lifespan stops the worker after the
 item in flight. ``timeout_graceful_shutdown`` bounds what is left (any other slow request).
+
+Connections are bounded in time: an idle keep-alive connection is closed after ``keep_alive_timeout_s``, and a
+request must arrive whole within ``request_timeout_s`` (``api.http_guard``: uvicorn has no such timeout of its
+own), so a half-open or slowloris connection is closed.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import threading
 from types import FrameType
 
 import uvicorn
+
+from profiler_service.api.http_guard import guarded_protocol
+from profiler_service.settings import ProfilerSettings
 
 
 class ProfilerServer(uvicorn.Server):
@@ -46,8 +53,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def serve_app(app: object, stopping: threading.Event, sock: socket.socket, log_level: str,
-              grace_s: float) -> None:
-    """Serve ``app`` on the already bound ``sock`` until SIGTERM/SIGINT (see the module docstring)."""
+              settings: ProfilerSettings) -> None:
+    """Serve ``app`` on the already bound ``sock`` until SIGTERM/SIGINT (see the module docstring), with the
+    connection timeouts and the shutdown grace of ``settings``."""
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace_s)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=settings.shutdown_grace_s,
+                            timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
+                            http=guarded_protocol(settings.request_timeout_s))
     ProfilerServer(config, stopping).run(sockets=[sock])

@@ -1,7 +1,7 @@
 """What ``proxyless-profiler serve`` checks and opens before it says "serving on".
 
 Every failure a user can cause at start-up (an unknown backend, a port in use, a database that does not exist or a
-SQLite file that cannot be written) is a :class:`StartupError` with one line naming the problem, raised before the
+SQLite file that cannot be written, a device already served by another live service on the database) is a :class:`StartupError` with one line naming the problem, raised before the
 server starts: the CLI prints that line and exits non-zero, never a traceback.
 """
 
@@ -15,6 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from latency_db.migrate import upgrade_to_head
+from latency_db.repository.heartbeats import HeartbeatHeld
+from profiler_service.api.heartbeat import Heartbeat
 from profiler_service.api.server import bind_socket
 from profiler_service.api.state import ServiceState, select_backends
 from profiler_service.settings import ProfilerSettings
@@ -59,9 +61,27 @@ def listen_problem(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
+def already_served(settings: ProfilerSettings, held: HeartbeatHeld) -> str:
+    """One line for a device that another live service serves on this database."""
+    return (f"device {settings.device_name!r} (this name and fingerprint) is already served on this database by "
+            f"{held.holder.describe(held.now)}: stop that service first, or pass --take-over "
+            "(PROFILER_TAKE_OVER=true) to take the device over (the other service then stops measuring)")
+
+
+def hold_device(settings: ProfilerSettings, state: ServiceState) -> None:
+    """Claim the device's heartbeat (one live service per device identity: ``api.heartbeat``) and renew it while
+    the service runs (``state.close()`` deletes it). Raises HeartbeatHeld when another live service serves it."""
+    heartbeat = Heartbeat(state.sessions, state.device_id, state.worker.owner, settings.heartbeat_s,
+                          on_lost=lambda reason: state.worker.stop())
+    heartbeat.claim(settings.take_over)
+    state.heartbeat = heartbeat
+    heartbeat.start()
+
+
 def open_service(settings: ProfilerSettings) -> tuple[socket.socket, ServiceState]:
-    """Check the backends, bind the port, migrate the database and build the service state, in that order (the
-    cheap checks first: a wrong argument never touches the database). Raises StartupError."""
+    """Check the backends, bind the port, migrate the database, build the service state and claim the device's
+    heartbeat, in that order (the cheap checks first: a wrong argument never touches the database). Raises
+    StartupError."""
     try:
         select_backends(settings.backend_names())
     except ValueError as exc:
@@ -79,4 +99,12 @@ def open_service(settings: ProfilerSettings) -> tuple[socket.socket, ServiceStat
     except (SQLAlchemyError, CommandError, OSError) as exc:
         sock.close()
         raise StartupError(database_problem(settings.db_url, exc)) from None
+    try:
+        hold_device(settings, state)
+    except (HeartbeatHeld, SQLAlchemyError) as exc:
+        sock.close()
+        state.close()
+        problem = already_served(settings, exc) if isinstance(exc, HeartbeatHeld) else database_problem(
+            settings.db_url, exc)
+        raise StartupError(problem) from None
     return sock, state

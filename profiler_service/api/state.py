@@ -14,6 +14,7 @@ from latency_db.transactions import write_session
 from profiler_service.engine.backends import Backend, available_backends, get_backend
 from profiler_service.api.errors import bad_request
 from profiler_service.engine.fingerprint import device_fingerprint, env_hash, environment
+from profiler_service.api.heartbeat import Heartbeat
 from profiler_service.api.metrics import ServiceMetrics
 from profiler_service.engine.cache_regime import configured_cache
 from profiler_service.engine.duet import BASELINE_SCHEME
@@ -63,6 +64,7 @@ class ServiceState:
             environment=self.environment, poll_s=settings.worker_poll_s, on_measured=self._count_measurement,
             canaries=self.canaries, protocol_for_job=self.protocol.for_job,
         )
+        self.heartbeat: Heartbeat | None = None  # serve's (api.heartbeat): one live service per device identity
 
     def backend(self, name: str) -> Backend:
         """The served backend ``name``; a 422 listing the served ones otherwise."""
@@ -109,5 +111,7 @@ class ServiceState:
 
     def close(self) -> None:
         self.worker.stop()
+        if self.heartbeat is not None:  # after the worker: no other service measures while this one still does
+            self.heartbeat.stop()
         self.engine.dispose()
         self.probe_engine.dispose()
