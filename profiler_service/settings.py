@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -64,6 +65,14 @@ class ProfilerSettings(BaseSettings):
                                      "while serving (besides the one at start and those before jobs); 0: no canaries")
     canary_before_job_s: float = Field(60.0, ge=0, le=86_400, description="before a job, its backend's canaries "
                                        "are checked unless they were within this many seconds")
+    isolation: Literal["process", "none"] = Field("process", description="where job items are built and timed: "
+                                                  "'process', in a measuring process per backend under the memory "
+                                                  "and time limits (an item past a limit fails; the service goes "
+                                                  "on); 'none', inside the service process (no real memory limit: "
+                                                  "for debugging and in-process tests)")
+    item_time_limit_s: float = Field(600.0, gt=0, le=86_400, description="seconds one round of one job item "
+                                     "(an op, a network, a canary, a duet's start) may take in its measuring "
+                                     "process, building included, before the process is ended and the item fails")
     canary_drift_rel: float = Field(0.10, gt=0, le=10, description="relative change of the canaries (their median "
                                     "ratio to the stored values) beyond which the device reports drift")
 
@@ -75,14 +84,23 @@ class ProfilerSettings(BaseSettings):
     max_batch: int = Field(256, ge=1)
     max_op_mflops: float = Field(20_000.0, gt=0, description="per-op multiply-adds (batch included), in millions")
     max_network_mflops: float = Field(200_000.0, gt=0)
-    max_op_memory_mib: float = Field(2048.0, gt=0, description="per-op memory estimate (activations at the "
-                                     "request's batch and dtype + weights, nas_ops.counting.op_memory_bytes), MiB")
-    max_network_memory_mib: float = Field(4096.0, gt=0, description="whole-network memory estimate "
-                                          "(nas_ops.counting.network_memory_bytes), MiB")
+    max_op_memory_mib: float = Field(2048.0, ge=512, description="memory limit of measuring one op, MiB: the "
+                                     "measuring process's real peak resident memory (its runtimes included) while "
+                                     "it builds and times the op; a request whose op the estimate says cannot fit "
+                                     "is refused (422 over_limit) before anything is allocated")
+    max_network_memory_mib: float = Field(4096.0, ge=512, description="memory limit of measuring one whole "
+                                          "network, MiB (as max_op_memory_mib)")
     max_wait_s: float = Field(600.0, ge=0, allow_inf_nan=False, description="longest wait_s of a measure request")
     shutdown_grace_s: float = Field(5.0, ge=0, le=300, description="at SIGTERM, how long requests in flight may "
                                     "take to finish before they are cancelled (long-polls answer at once)")
     max_list_jobs: int = Field(500, ge=1, le=1000)
+    max_pending_items: int = Field(20_000, ge=1, description="job items this device may have pending (in queued "
+                                   "or running jobs; an architecture job counts as one): a measure request that "
+                                   "would go beyond is a 429 with Retry-After")
+    max_architecture_blocks: int = Field(1000, ge=1, description="blocks of an architecture a request may carry, "
+                                         "checked before the architecture is read")
+    max_architecture_bytes: int = Field(524_288, ge=1024, description="bytes of a POST /v1/measure/architecture "
+                                        "body, checked before the architecture is read")
 
     @field_validator("token", mode="before")
     @classmethod

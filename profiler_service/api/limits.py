@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from nas_ops.arch import Architecture
-from nas_ops.counting import activation_bytes, count_flops, network_memory_bytes, op_memory_bytes, weight_bytes
+from nas_ops.counting import count_flops, op_memory_bytes
 from nas_ops.spec import NonCanonicalSpec, OpSpec, parse_canonical_spec
 from profiler_service.engine.backends import Backend
 from profiler_service.api.errors import ApiError, bad_request
+from profiler_service.isolation.footprint import COPIES, RUNTIME_BYTES, network_peak_bytes, op_peak_bytes
 from profiler_service.settings import ProfilerSettings
 
 MIB = 1 << 20
@@ -49,7 +50,8 @@ def check_spec_limits(settings: ProfilerSettings, spec: OpSpec, batch: int, dtyp
     """Channels, resolution, per-op multiply-adds and per-op memory (batch and dtype included) within the limits.
 
     The memory limit applies to every kind, zero and identity included: they cost no multiply-adds, but their
-    tensors take memory like any other op's.
+    tensors take memory like any other op's. It is checked against the bound of the measuring process's real peak
+    (:func:`~profiler_service.isolation.footprint.op_peak_bytes`), the quantity the limit bounds while it measures.
     """
     chans = max(spec.in_chs, spec.out_chs if spec.kind != "head" else 0, spec.mid_chs)
     if chans > settings.max_channels:
@@ -64,12 +66,13 @@ def check_spec_limits(settings: ProfilerSettings, spec: OpSpec, batch: int, dtyp
             f"{where}: {mflops:.0f} M multiply-adds at batch {batch} is above this service's per-op limit of "
             f"{settings.max_op_mflops:.0f} M"
         )
-    memory = op_memory_bytes(spec, batch, dtype)
-    if memory > settings.max_op_memory_mib * MIB:
+    peak = op_peak_bytes(spec, batch, dtype)
+    if peak > settings.max_op_memory_mib * MIB:
         raise over_limit(
-            f"{where}: memory estimate {_mib(memory)} (activations {_mib(activation_bytes(spec, batch, dtype))} + "
-            f"weights {_mib(weight_bytes(spec, dtype))}) at batch {batch} {dtype} is above this service's per-op "
-            f"memory limit of {settings.max_op_memory_mib:g} MiB"
+            f"{where}: measuring it takes up to {_mib(peak)} (the runtime's {_mib(RUNTIME_BYTES)} + "
+            f"{COPIES[spec.kind]} x {_mib(op_memory_bytes(spec, batch, dtype))} of activations and weights) at batch "
+            f"{batch} {dtype}, above this service's per-op memory limit of {settings.max_op_memory_mib:g} MiB "
+            "(max_op_memory_mib)"
         )
 
 
@@ -117,9 +120,9 @@ def check_architecture(settings: ProfilerSettings, arch: Architecture, batch: in
             f"architecture: {mflops:.0f} M multiply-adds at batch {batch} is above this service's limit of "
             f"{settings.max_network_mflops:.0f} M"
         )
-    memory = network_memory_bytes(arch, batch, dtype)
-    if memory > settings.max_network_memory_mib * MIB:
+    peak = network_peak_bytes(arch, batch, dtype)
+    if peak > settings.max_network_memory_mib * MIB:
         raise over_limit(
-            f"architecture: memory estimate {_mib(memory)} at batch {batch} {dtype} is above this service's network "
-            f"memory limit of {settings.max_network_memory_mib:g} MiB"
+            f"architecture: measuring it takes up to {_mib(peak)} at batch {batch} {dtype}, above this service's "
+            f"network memory limit of {settings.max_network_memory_mib:g} MiB (max_network_memory_mib)"
         )

@@ -19,9 +19,13 @@ from profiler_service.api.metrics import ServiceMetrics
 from profiler_service.engine.cache_regime import configured_cache
 from profiler_service.engine.duet import BASELINE_SCHEME
 from profiler_service.engine.protocol_presets import ResolvedProtocol, ServiceProtocol
+from profiler_service.isolation.measurer import IsolatedMeasurer
 from profiler_service.settings import ProfilerSettings
 from profiler_service.jobs.canaries import CanaryWatch
 from profiler_service.jobs.worker import JobWorker
+
+
+MIB = 1 << 20
 
 
 def select_backends(names: list[str] | None) -> dict[str, Backend]:
@@ -58,11 +62,18 @@ class ServiceState:
             threads=settings.threads, interval_s=settings.canary_interval_s,
             before_job_s=settings.canary_before_job_s, threshold_rel=settings.canary_drift_rel,
         )
+        self.measurer = None if settings.isolation == "none" else IsolatedMeasurer(
+            op_memory_bytes=int(settings.max_op_memory_mib * MIB),
+            network_memory_bytes=int(settings.max_network_memory_mib * MIB),
+            time_limit_s=settings.item_time_limit_s)
+        measuring: dict[str, Any] = {} if self.measurer is None else {
+            "measure_op": self.measurer.measure_op_round, "measure_network": self.measurer.measure_network_round,
+            "start_duet": self.measurer.start_regime_duet}
         self.worker = JobWorker(
             sessions=self.sessions, device_id=self.device_id, backends=self.backends,
             protocol_params=canary.params, protocol_version=canary.version,
             environment=self.environment, poll_s=settings.worker_poll_s, on_measured=self._count_measurement,
-            canaries=self.canaries, protocol_for_job=self.protocol.for_job,
+            canaries=self.canaries, protocol_for_job=self.protocol.for_job, **measuring,
         )
         self.heartbeat: Heartbeat | None = None  # serve's (api.heartbeat): one live service per device identity
 
@@ -113,5 +124,7 @@ class ServiceState:
         self.worker.stop()
         if self.heartbeat is not None:  # after the worker: no other service measures while this one still does
             self.heartbeat.stop()
+        if self.measurer is not None:
+            self.measurer.close()
         self.engine.dispose()
         self.probe_engine.dispose()

@@ -24,7 +24,8 @@ Every request may carry ``memory_bytes``: the limit of the process's resident me
 process sets its data-segment limit (``RLIMIT_DATA``, which bounds every private writable mapping: the heap and the
 runtimes' arenas) to that limit less the resident size of its mapped files, so an allocation past it fails at once
 with an error the reply names as a memory error; the service also ends the process if its resident memory passes
-the limit anyway. Each reply carries the item's real peak resident memory (VmHWM, reset before the item).
+the limit anyway. Each reply carries the item's real peak resident memory (VmHWM, reset before the item), and
+after each item the process returns its free heap pages to the OS, so an item is not charged for the last one's.
 
 The process dies with its parent (``PR_SET_PDEATHSIG``), and exits when its request pipe closes.
 """
@@ -48,6 +49,10 @@ FILE_GROWTH_BYTES = 64 << 20
 #: Measurement sessions whose calibration values are kept (the newest; a job uses one).
 KEPT_SESSIONS = 4
 #: Substrings of the runtimes' messages for a refused allocation (torch, onnxruntime, the C++ runtime).
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
 MEMORY_ERROR_MARKS = ("can't allocate memory", "cannot allocate memory", "bad_alloc", "bad allocation",
                       "failed to allocate memory", "out of memory")
 
@@ -82,8 +87,9 @@ class _Child:
             error_type = "MemoryError" if is_memory_error(exc) else type(exc).__name__
             return {"error": f"{type(exc).__name__}: {exc}", "error_type": error_type}
         finally:
-            gc.collect()
-        return {"ok": value, "peak_rss_bytes": status_bytes().get("VmHWM")}
+            peak = status_bytes().get("VmHWM")
+            _give_memory_back()
+        return {"ok": value, "peak_rss_bytes": peak}
 
     def _ping(self, request: dict[str, Any]) -> int:
         return os.getpid()
@@ -157,6 +163,17 @@ class _Child:
             kept[1].close()
 
 
+def _give_memory_back() -> None:
+    """Free what the item left and return the heap's free pages to the OS (glibc's ``malloc_trim``), so the next
+    item starts from the process's own size, not from the last item's peak."""
+    gc.collect()
+    if _LIBC is not None:
+        try:
+            _LIBC.malloc_trim(0)
+        except AttributeError:  # not glibc
+            pass
+
+
 def _limit_memory(limit_bytes: int | None) -> None:
     """The data-segment limit for a resident-memory limit of ``limit_bytes`` (None: none); see the module
     docstring."""
@@ -170,12 +187,11 @@ def _limit_memory(limit_bytes: int | None) -> None:
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent ends (no effect elsewhere)."""
-    if not sys.platform.startswith("linux"):
+    if _LIBC is None or not sys.platform.startswith("linux"):
         return
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except AttributeError:
         pass
 
 

@@ -90,8 +90,8 @@ class MeasuringProcess:
         MeasurementStopped (``should_stop`` said so), TimeLimitExceeded, MemoryLimitExceeded, MeasuringProcessDied
         or RemoteError (the item's own error in the child); after any but the last, the child is gone."""
         with self._lock:
+            self._ensure_started(should_stop)  # a start has its own limit (start_s), not the item's
             started = self.clock()
-            self._ensure_started(should_stop)
             process = self._process
             assert process is not None and process.stdin is not None
             try:

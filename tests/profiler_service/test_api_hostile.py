@@ -39,27 +39,27 @@ def test_zero_op_over_the_memory_limit_is_refused_before_anything_is_built(hosti
     body = response.json()
     assert body["code"] == "over_limit"
     assert body["detail"] == (
-        f"ops[0] ({ZERO_OP}): memory estimate 4096 MiB (activations 4096 MiB + weights 0.00 MiB) at batch 1 float32 "
-        "is above this service's per-op memory limit of 2048 MiB"
+        f"ops[0] ({ZERO_OP}): measuring it takes up to 29120 MiB (the runtime's 448 MiB + 7 x 4096 MiB of activations "
+        "and weights) at batch 1 float32, above this service's per-op memory limit of 2048 MiB (max_op_memory_mib)"
     )
     assert stored_rows(hostile) == 0
 
 
 def test_identity_op_memory_grows_with_the_batch(hostile: TestClient) -> None:
-    # 1 GiB at batch 1 passes the lookup checks; batch 4 makes it 4 GiB
-    op = "identity_r512x512_c1024-1024"
+    # measuring it takes up to 896 MiB at batch 1, which passes the lookup checks; batch 4 makes it 2240 MiB
+    op = "identity_r128x128_c512-512"
     assert hostile.post("/v1/lookup", json={"backend": "ort-cpu", "ops": [op]}).status_code == 200
     response = hostile.post("/v1/lookup", json={"backend": "ort-cpu", "ops": [op], "batch": 4})
-    assert response.status_code == 422 and "memory estimate 4096 MiB" in response.json()["detail"]
+    assert response.status_code == 422 and "measuring it takes up to 2240 MiB" in response.json()["detail"]
 
 
 def test_memory_limit_comes_from_the_settings(service_db: str) -> None:
-    with TestClient(create_app(make_settings(service_db, max_op_memory_mib=1))) as small:
-        op = "mbconv_r64x64_c16-16_k3_e6_s1_relu6"  # 1.66 MiB at batch 1
+    with TestClient(create_app(make_settings(service_db, max_op_memory_mib=512))) as small:
+        op = "mbconv_r128x128_c32-32_k3_e6_s1_relu6"  # measuring it takes up to 664 MiB at batch 1
         response = small.post("/v1/measure", json={"backend": "ort-cpu", "ops": [op]})
         assert response.status_code == 422, response.text
-        assert "memory limit of 1 MiB" in response.json()["detail"]
-        assert small.get("/v1/device").json()["limits"]["max_op_memory_mib"] == 1
+        assert "memory limit of 512 MiB" in response.json()["detail"]
+        assert small.get("/v1/device").json()["limits"]["max_op_memory_mib"] == 512
 
 
 def test_network_memory_limit(service_db: str) -> None:
@@ -67,11 +67,12 @@ def test_network_memory_limit(service_db: str) -> None:
 
     space = load_space("micro-16")
     arch = space.architecture([0] * len(space.cells())).to_dict()
-    with TestClient(create_app(make_settings(service_db, max_network_memory_mib=0.01))) as small:
+    arch = space.architecture([0] * len(space.cells())).with_resolution(512, 512).to_dict()
+    with TestClient(create_app(make_settings(service_db, max_network_memory_mib=512))) as small:
         response = small.post("/v1/measure/architecture", json={"backend": "ort-cpu", "architecture": arch})
         assert response.status_code == 422, response.text
-        assert response.json()["detail"].startswith("architecture: memory estimate")
-        assert "network memory limit of 0.01 MiB" in response.json()["detail"]
+        assert response.json()["detail"].startswith("architecture: measuring it takes up to ")
+        assert "network memory limit of 512 MiB (max_network_memory_mib)" in response.json()["detail"]
 
 
 # --- point 5: one canonical key per op ---------------------------------------------------------------------------------

@@ -100,13 +100,13 @@ def test_measure_refuses_a_non_canonical_spec_naming_the_canonical_form() -> Non
 
 
 def test_measure_applies_the_memory_limit_before_building(monkeypatch) -> None:
-    # 512x512x2048 float32 activations in and out: 4 GiB, above the default 2 GiB per-op limit; nothing is built.
+    # 512x512x2048 float32 activations in and out: 4 GiB, far above the default 2 GiB per-op limit; nothing is built.
     result = runner.invoke(app, ["measure", "zero_r512x512_c2048-2048_s1", "--backend", "ort-cpu"])
     assert result.exit_code == 2
     assert "per-op memory limit of 2048 MiB" in result.output
-    monkeypatch.setenv("PROFILER_MAX_OP_MEMORY_MIB", "1")
-    result = runner.invoke(app, ["measure", "mbconv_r112x112_c16-24_k5_e3_s2_relu6", "--backend", "ort-cpu"])
-    assert result.exit_code == 2 and "per-op memory limit of 1 MiB" in result.output
+    monkeypatch.setenv("PROFILER_MAX_OP_MEMORY_MIB", "512")
+    result = runner.invoke(app, ["measure", "mbconv_r128x128_c32-32_k3_e6_s1_relu6", "--backend", "ort-cpu"])
+    assert result.exit_code == 2 and "per-op memory limit of 512 MiB" in result.output
 
 
 def run_serve(*args: str) -> subprocess.CompletedProcess:
