@@ -127,3 +127,9 @@ def test_health_answers_while_a_slow_validation_runs(service_db: str, monkeypatc
             slow.release.set()
             posting.join(VALIDATION_WAIT_S)
         assert answers == [202]
+
+
+def test_the_device_advertises_the_work_limits(client: TestClient) -> None:
+    limits = client.get("/v1/device").json()["limits"]
+    assert (limits["max_pending_items"], limits["max_architecture_blocks"], limits["max_architecture_bytes"]) == (
+        20_000, 1000, 524_288)

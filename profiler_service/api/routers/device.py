@@ -13,7 +13,7 @@ router = APIRouter(tags=["device"])
 
 LIMIT_FIELDS = ("max_ops_per_request", "max_channels", "max_resolution", "max_batch", "max_op_mflops",
                 "max_network_mflops", "max_op_memory_mib", "max_network_memory_mib", "max_wait_s",
-                "max_request_bytes")
+                "max_request_bytes", "max_pending_items", "max_architecture_blocks", "max_architecture_bytes")
 
 
 @router.get("/device", response_model=DeviceInfo, summary="Fingerprint, backends, protocol, limits and drift")
