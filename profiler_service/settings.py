@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from latency_db.connection import DEFAULT_DB_URL
 from profiler_service.engine.protocol_presets import protocol_version_for
+from profiler_service.isolation.footprint import RUNTIME_BYTES
+
+#: The smallest memory limit: the measuring process's runtimes alone (nothing smaller can measure anything).
+RUNTIME_MIB = RUNTIME_BYTES >> 20
 
 
 class ProfilerSettings(BaseSettings):
@@ -84,11 +88,11 @@ class ProfilerSettings(BaseSettings):
     max_batch: int = Field(256, ge=1)
     max_op_mflops: float = Field(20_000.0, gt=0, description="per-op multiply-adds (batch included), in millions")
     max_network_mflops: float = Field(200_000.0, gt=0)
-    max_op_memory_mib: float = Field(2048.0, ge=512, description="memory limit of measuring one op, MiB: the "
+    max_op_memory_mib: float = Field(2048.0, ge=RUNTIME_MIB, description="memory limit of measuring one op, MiB: the "
                                      "measuring process's real peak resident memory (its runtimes included) while "
                                      "it builds and times the op; a request whose op the estimate says cannot fit "
                                      "is refused (422 over_limit) before anything is allocated")
-    max_network_memory_mib: float = Field(4096.0, ge=512, description="memory limit of measuring one whole "
+    max_network_memory_mib: float = Field(4096.0, ge=RUNTIME_MIB, description="memory limit of measuring one whole "
                                           "network, MiB (as max_op_memory_mib)")
     max_wait_s: float = Field(600.0, ge=0, allow_inf_nan=False, description="longest wait_s of a measure request")
     shutdown_grace_s: float = Field(5.0, ge=0, le=300, description="at SIGTERM, how long requests in flight may "

@@ -49,6 +49,8 @@ class Stats(MeasuredStats):  # type: ignore[valid-type,misc]
 
     rounds: int | None = Field(None, description="rounds the statistics aggregate (null: an older protocol)")
     flagged: str | None = Field(None, description="why the value is flagged; null when it is not")
+    peak_rss_bytes: int | None = Field(None, description="the measuring process's real peak resident memory while it "
+                                       "measured this, in bytes (null: not measured in a measuring process)")
 
 
 class CanaryReading(BaseModel):

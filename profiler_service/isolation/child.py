@@ -85,11 +85,12 @@ class _Child:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             error_type = "MemoryError" if is_memory_error(exc) else type(exc).__name__
-            return {"error": f"{type(exc).__name__}: {exc}", "error_type": error_type}
-        finally:
-            peak = status_bytes().get("VmHWM")
-            _give_memory_back()
-        return {"ok": value, "peak_rss_bytes": peak}
+            reply = {"error": f"{type(exc).__name__}: {exc}", "error_type": error_type}
+        else:
+            reply = {"ok": value}
+        reply["peak_rss_bytes"] = status_bytes().get("VmHWM")
+        _give_memory_back()
+        return reply
 
     def _ping(self, request: dict[str, Any]) -> int:
         return os.getpid()

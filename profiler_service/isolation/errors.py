@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class IsolationError(RuntimeError):
-    """An item the measuring process could not measure; ``str()`` is the whole message a job item stores."""
+    """An item the measuring process could not measure; ``str()`` is the whole message a job item stores.
+    ``peak_rss_bytes``: the measuring process's peak resident memory during the item, where it is known (the
+    child's own report, or the last reading before the service ended it)."""
+
+    def __init__(self, message: str, peak_rss_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.peak_rss_bytes = peak_rss_bytes
 
 
 class MemoryLimitExceeded(IsolationError):

@@ -102,11 +102,12 @@ class MeasuringProcess:
                                            f"{describe_exit(process.wait())}") from None
             reply = self._await_reply(what, started, memory_bytes, memory_setting, time_limit_s, should_stop)
         if "error" in reply:
+            peak = reply.get("peak_rss_bytes")
             if reply.get("error_type") == "MemoryError":
                 raise MemoryLimitExceeded(
                     f"measuring {what} needed more memory than {memory_setting} of {_mib(memory_bytes)} allows "
-                    f"(the runtime refused an allocation: {reply['error']})")
-            raise RemoteError(reply["error"])
+                    f"(the runtime refused an allocation: {reply['error']})", peak)
+            raise RemoteError(reply["error"], peak)
         return reply["ok"], reply.get("peak_rss_bytes")
 
     def _await_reply(self, what: str, started: float, memory_bytes: int | None, memory_setting: str,
@@ -139,7 +140,8 @@ class MeasuringProcess:
             if resident is not None and memory_bytes is not None and resident > memory_bytes:
                 self.kill()
                 raise MemoryLimitExceeded(f"measuring {what} passed {memory_setting} of {_mib(memory_bytes)}: the "
-                                          f"measuring process reached {_mib(resident)} resident and was ended")
+                                          f"measuring process reached {_mib(resident)} resident and was ended",
+                                          resident)
 
     def _ensure_started(self, should_stop: Callable[[], bool] | None) -> None:
         if self._process is not None and self._process.poll() is None:

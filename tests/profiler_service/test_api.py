@@ -15,7 +15,8 @@ from nas_ops.spec import parse_spec
 from profiler_service.engine.protocol import PROTOCOL_VERSION
 from tests.profiler_service.conftest import JSON, SMALL_OPS, RunnerGate, make_settings
 
-STAT_KEYS = {"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples", "rounds", "flagged"}
+STAT_KEYS = {"median_ms", "mean_ms", "std_ms", "min_ms", "p10_ms", "p90_ms", "iqr_ms", "samples", "rounds", "flagged",
+             "peak_rss_bytes"}
 
 
 def count_rows(client: TestClient, model: type) -> int:
@@ -175,7 +176,7 @@ def test_architecture_measured_end_to_end(client: TestClient) -> None:
     assert job["kind"] == "architecture" and job["status"] == "done" and job["total"] == 1 and job["done"] == 1
     assert set(job["result"]) == STAT_KEYS and job["result"]["samples"] >= 1
     assert job["result"]["flagged"] is None and job["result"]["rounds"] == 1  # the fast preset: one round
-    numbers = [v for k, v in job["result"].items() if k != "flagged"]
+    numbers = [v for k, v in job["result"].items() if k not in ("flagged", "peak_rss_bytes")]
     assert all(math.isfinite(v) and v >= 0 for v in numbers)  # real timings: form, not size
 
 
