@@ -105,13 +105,6 @@ class ProfilerSettings(BaseSettings):
                                          "checked before the architecture is read")
     max_architecture_bytes: int = Field(524_288, ge=1024, description="bytes of a POST /v1/measure/architecture "
                                         "body, checked before the architecture is read")
-    max_pending_items: int = Field(20_000, ge=1, description="job items this device may have pending (in queued "
-                                   "or running jobs; an architecture job counts as one): a measure request that "
-                                   "would go beyond is a 429 with Retry-After")
-    max_architecture_blocks: int = Field(1000, ge=1, description="blocks of an architecture a request may carry, "
-                                         "checked before the architecture is read")
-    max_architecture_bytes: int = Field(524_288, ge=1024, description="bytes of a POST /v1/measure/architecture "
-                                        "body, checked before the architecture is read")
 
     @field_validator("token", mode="before")
     @classmethod

@@ -2,7 +2,8 @@
 
 :func:`list_devices` and :func:`device_summaries` list the devices (the latter with what each holds);
 :func:`op_on_devices` finds one op's stored measurements on every device. Nothing here writes; like every
-repository function they take a Session.
+repository function they take a Session. The devices' rows are other profilers' too: a row that cannot be read is
+left out and counted (``ReadRows.unreadable``, :mod:`latency_db.repository.readable`), never an error.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from latency_db.models import OP_SPEC_MAX_LEN, Device, Measurement
 from latency_db.repository._checks import check_positive_int, check_text
+from latency_db.repository.readable import UNREADABLE_ERRORS, ReadRows, read_rows
 
 #: The most rows one fleet query returns (callers pass a limit up to this).
 MAX_FLEET_ROWS = 2000
@@ -38,15 +40,15 @@ def _check_limit(limit: int) -> int:
     return limit
 
 
-def list_devices(session: Session, *, limit: int = 200) -> list[Device]:
+def list_devices(session: Session, *, limit: int = 200) -> ReadRows[Device]:
     """The devices, most recently seen first (then by name and id), at most ``limit`` (1..MAX_FLEET_ROWS)."""
     _check_limit(limit)
     stmt = select(Device).order_by(Device.last_seen.desc(), Device.name, Device.id).limit(limit)
-    return list(session.scalars(stmt, execution_options={"populate_existing": True}))
+    return read_rows(session, stmt, Device)
 
 
-def device_summaries(session: Session, *, limit: int = 200) -> list[DeviceSummary]:
-    """The devices of :func:`list_devices`, each with its counts.
+def device_summaries(session: Session, *, limit: int = 200) -> ReadRows[DeviceSummary]:
+    """The devices of :func:`list_devices`, each with its counts (``unreadable``: the device rows left out).
 
     Three queries whatever the number of devices: the devices, the counts per device, its distinct backends.
     Raises ValueError for a limit outside 1..MAX_FLEET_ROWS.
@@ -54,16 +56,8 @@ def device_summaries(session: Session, *, limit: int = 200) -> list[DeviceSummar
     devices = list_devices(session, limit=limit)
     ids = [device.id for device in devices]
     if not ids:
-        return []
-    counts = {
-        device_id: (rows, ops, newest)
-        for device_id, rows, ops, newest in session.execute(
-            select(Measurement.device_id, func.count(), func.count(func.distinct(Measurement.op_spec)),
-                   func.max(Measurement.updated_at))
-            .where(Measurement.device_id.in_(ids))
-            .group_by(Measurement.device_id)
-        )
-    }
+        return ReadRows(unreadable=devices.unreadable)
+    counts = _measurement_counts(session, ids)
     backends: dict[int, list[str]] = {}
     for device_id, backend in session.execute(
         select(Measurement.device_id, Measurement.backend).where(Measurement.device_id.in_(ids))
@@ -76,7 +70,19 @@ def device_summaries(session: Session, *, limit: int = 200) -> list[DeviceSummar
         summaries.append(DeviceSummary(device=device, measurements=rows, ops=ops,
                                        backends=tuple(backends.get(device.id, ())),
                                        last_measured_at=newest))
-    return summaries
+    return ReadRows(summaries, devices.unreadable)
+
+
+def _measurement_counts(session: Session, ids: list[int]) -> dict[int, tuple[int, int, datetime | None]]:
+    """Per device: its measurements, distinct op specs and newest ``updated_at`` (None when a timestamp among its
+    rows cannot be read)."""
+    counted = (Measurement.device_id, func.count(), func.count(func.distinct(Measurement.op_spec)))
+    grouped = select(*counted).where(Measurement.device_id.in_(ids)).group_by(Measurement.device_id)
+    try:
+        return {device_id: (rows, ops, newest) for device_id, rows, ops, newest in
+                session.execute(grouped.add_columns(func.max(Measurement.updated_at)))}
+    except UNREADABLE_ERRORS:
+        return {device_id: (rows, ops, None) for device_id, rows, ops in session.execute(grouped)}
 
 
 def op_on_devices(
@@ -88,16 +94,16 @@ def op_on_devices(
     dtype: str | None = None,
     threads: int | None = None,
     limit: int = 500,
-) -> list[tuple[Device, Measurement]]:
+) -> ReadRows[tuple[Device, Measurement]]:
     """Every stored measurement of ``op_spec`` on every device, optionally filtered (None = any).
 
-    Ordered by device name, device id, backend, batch, dtype, threads, then newest first; at most ``limit`` rows.
-    Raises ValueError naming a bad argument.
+    Ordered by device name, device id, backend, batch, dtype, threads, then newest first; at most ``limit`` rows
+    (``unreadable``: those left out, their own row or their device's unreadable). Raises ValueError naming a bad
+    argument.
     """
     check_text("op_spec", op_spec, OP_SPEC_MAX_LEN)
     _check_limit(limit)
-    stmt = select(Device, Measurement).join(Device, Device.id == Measurement.device_id).where(
-        Measurement.op_spec == op_spec)
+    stmt = select(Measurement).join(Device, Device.id == Measurement.device_id).where(Measurement.op_spec == op_spec)
     filters = {Measurement.backend: backend, Measurement.batch: batch, Measurement.dtype: dtype,
                Measurement.threads: threads}
     for column, value in filters.items():
@@ -105,6 +111,9 @@ def op_on_devices(
             stmt = stmt.where(column == value)
     stmt = stmt.order_by(Device.name, Device.id, Measurement.backend, Measurement.batch, Measurement.dtype,
                          Measurement.threads, Measurement.updated_at.desc(), Measurement.id.desc()).limit(limit)
-    return [(device, measurement) for device, measurement in
-            session.execute(stmt, execution_options={"populate_existing": True})]
-
+    measurements = read_rows(session, stmt, Measurement)
+    device_ids = sorted({m.device_id for m in measurements})
+    devices = {device.id: device for device in
+               read_rows(session, select(Device).where(Device.id.in_(device_ids)).order_by(Device.id), Device)}
+    found = [(devices[m.device_id], m) for m in measurements if m.device_id in devices]
+    return ReadRows(found, measurements.unreadable + len(measurements) - len(found))

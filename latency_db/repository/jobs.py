@@ -34,6 +34,9 @@ from latency_db.models import (
     utcnow,
 )
 from latency_db.repository._checks import check_choice, check_context, check_dict, check_positive_int, check_text
+from latency_db.repository.measurements import FLAG_MAX_LEN, validate_stats
+from latency_db.repository.readable import ReadRows, read_rows
+from latency_db.stats import STATS_KEYS
 
 #: Statuses a worker may give an item.
 ITEM_FINAL_STATUSES = ("done", "skipped", "failed", "cancelled")
@@ -208,9 +211,10 @@ def get_job(session: Session, job_id: int) -> Job | None:
 
 def list_jobs(
     session: Session, *, status: str | None = None, limit: int = 50, device_id: int | None = None
-) -> list[Job]:
+) -> ReadRows[Job]:
     """The newest jobs first, optionally only those with ``status`` / of ``device_id``; at most ``limit``
-    (1..1000)."""
+    (1..1000). A job row that cannot be read is left out and counted (:func:`~latency_db.repository.readable.
+    read_rows`)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
         raise ValueError(f"limit: expected an integer in 1..{MAX_LIST_LIMIT}, got {limit!r}")
     stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
@@ -218,7 +222,7 @@ def list_jobs(
         stmt = stmt.where(Job.status == check_choice("status", status, JOB_STATUSES))
     if device_id is not None:
         stmt = stmt.where(Job.device_id == device_id)
-    return list(session.scalars(stmt, execution_options={"populate_existing": True}))
+    return read_rows(session, stmt, Job)
 
 
 def pending_items(session: Session, job_id: int) -> list[JobItem]:
@@ -285,12 +289,15 @@ def finish_job(
     "<k> of <n> items failed"), else "cancelled" when any was cancelled, else "done" (every item done or skipped,
     or no items). Items still pending are then an error (ValueError). With an explicit status ("done", "failed" or
     "cancelled"), items still pending are marked "cancelled": nothing will work on them any more.
-    Raises ValueError "job N is already <status>" when the job was finished before (e.g. cancelled meanwhile).
+    ``result`` (an architecture job's network) holds the statistics (:func:`~latency_db.repository.measurements.
+    validate_stats`: finite numbers, NaN and infinity refused) and may add ``rounds`` and ``flagged``.
+    Raises ValueError "job N is already <status>" when the job was finished before (e.g. cancelled meanwhile), and
+    ValueError naming a bad statistic of ``result``.
     """
     if status is not None:
         check_choice("status", status, FINISHED_JOB_STATUSES)
     if result is not None:
-        result = check_dict("result", result)
+        result = check_result(result)
     session.refresh(job, with_for_update=True)
     if job.status in FINISHED_JOB_STATUSES:
         raise ValueError(f"job {job.id} is already {job.status}")
@@ -314,6 +321,19 @@ def finish_job(
     job.finished_at = now
     session.flush()
     return job
+
+
+def check_result(result: Any) -> dict[str, Any]:
+    """A job's result as :func:`finish_job` stores it: a dict with every statistic of STATS_KEYS (checked by
+    validate_stats) and optionally ``rounds`` (an int >= 1 or None) and ``flagged`` (a reason or None); other keys are
+    kept as they are. Raises ValueError naming the bad key."""
+    result = check_dict("result", result)
+    stats = validate_stats({key: result[key] for key in STATS_KEYS if key in result})
+    if result.get("rounds") is not None:
+        check_positive_int("result.rounds", result["rounds"])
+    if result.get("flagged") is not None:
+        check_text("result.flagged", result["flagged"], FLAG_MAX_LEN)
+    return {**result, **stats}
 
 
 def cancel_job(session: Session, job_id: int) -> Job:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from latency_db.context import MeasurementContext
 from latency_db.models import OP_SPEC_MAX_LEN, ContextVersion, Measurement, utcnow
 from latency_db.repository._checks import check_context, check_dict, check_index, check_positive_int, check_text
+from latency_db.repository.readable import ReadRows, read_rows
 from latency_db.stats import STATS_KEYS
 
 #: Columns that identify a measurement (its unique constraint), in order.
@@ -183,9 +184,10 @@ def list_measurements(
     threads: int | None = None,
     env_hash: str | None = None,
     protocol_version: str | None = None,
-) -> list[Measurement]:
+) -> ReadRows[Measurement]:
     """All measurements of a device, optionally filtered (None = any), ordered by backend, op spec, batch
-    (then dtype, threads, id)."""
+    (then dtype, threads, id). A row that cannot be read is left out and counted (:func:`~latency_db.repository.
+    readable.read_rows`)."""
     stmt = select(Measurement).where(Measurement.device_id == device_id)
     filters = {
         Measurement.backend: backend,
@@ -202,7 +204,7 @@ def list_measurements(
         Measurement.backend, Measurement.op_spec, Measurement.batch, Measurement.dtype, Measurement.threads,
         Measurement.id,
     )
-    return list(session.scalars(stmt, execution_options={"populate_existing": True}))
+    return read_rows(session, stmt, Measurement)
 
 
 def export_rows(measurements: Iterable[Measurement]) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from latency_db.models import FINISHED_JOB_STATUSES, Job, JobItem
 from latency_db.repository import get_job, job_counts
-from profiler_service.api.errors import not_found
+from latency_db.repository.readable import UNREADABLE_ERRORS
+from profiler_service.api.errors import ApiError, not_found
 from profiler_service.api.schemas import FailedItem, JobOut, Stats
 from profiler_service.api.state import ServiceState
 
@@ -46,9 +47,28 @@ def job_out(session: Session, job: Job) -> JobOut:
     )
 
 
+def unreadable_job(job_id: int, exc: Exception) -> ApiError:
+    """409 for a job whose row cannot be read."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ApiError(409, "unreadable_row", f"job {job_id} is stored in a form this service cannot read ({reason}): "
+                    "another program or version wrote it")
+
+
+def readable_job_out(session: Session, job: Job) -> JobOut:
+    """:func:`job_out`, or a 409 ``unreadable_row`` when a stored value of the job cannot be read."""
+    try:
+        return job_out(session, job)
+    except UNREADABLE_ERRORS as exc:
+        raise unreadable_job(job.id, exc) from None
+
+
 def device_job(session: Session, state: ServiceState, job_id: int) -> Job:
-    """Job ``job_id`` of THIS device (several devices may share one database); 404 otherwise."""
-    job = get_job(session, job_id)
+    """Job ``job_id`` of THIS device (several devices may share one database); 404 otherwise, 409
+    ``unreadable_row`` when its row cannot be read."""
+    try:
+        job = get_job(session, job_id)
+    except UNREADABLE_ERRORS as exc:
+        raise unreadable_job(job_id, exc) from None
     if job is None or job.device_id != state.device_id:
         raise not_found(f"job {job_id} does not exist")
     return job
@@ -57,7 +77,7 @@ def device_job(session: Session, state: ServiceState, job_id: int) -> Job:
 def load_job_out(state: ServiceState, job_id: int) -> JobOut:
     """A fresh view of job ``job_id`` (404 when there is none)."""
     with state.sessions() as session:
-        return job_out(session, device_job(session, state, job_id))
+        return readable_job_out(session, device_job(session, state, job_id))
 
 
 async def wait_for_job(state: ServiceState, job_id: int, wait_s: float, stopping: threading.Event,

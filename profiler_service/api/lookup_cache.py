@@ -13,6 +13,9 @@ A search client asks for the same hundreds of specs again and again. Two bounded
   select).
   A lookup therefore answers what the store held when it read the fingerprint, never anything older.
 
+A stored row that cannot be read (a statistic that is not a finite number: another program wrote it) is answered
+as missing and counted in ``unreadable`` (:data:`UNREADABLE_FRAGMENT`); measuring the op again replaces the row.
+
 The answer (:class:`LookupAnswer`) is the JSON of :class:`~profiler_service.api.schemas.LookupResponse`, its
 fragments joined as bytes. The Stats fields are the model's (``Stats.model_fields``), read from the measurement
 columns of the same names, so a field added to Stats flows through.
@@ -21,6 +24,7 @@ columns of the same names, so a field added to Stats flows through.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import weakref
 from collections import OrderedDict
@@ -32,10 +36,13 @@ from sqlalchemy.orm import Session
 
 from latency_db.context import MeasurementContext
 from latency_db.repository.measurements import context_fingerprint, lookup_columns
+from latency_db.repository.readable import UNREADABLE_ERRORS
 from profiler_service.api.limits import check_ops_request, parse_op
 from profiler_service.api.schemas import LookupResponse, Stats
 from profiler_service.api.state import ServiceState
 from profiler_service.settings import ProfilerSettings
+
+log = logging.getLogger(__name__)
 
 #: Most (spec, batch, dtype) entries :class:`CheckedOps` keeps; when full it starts again from empty.
 MAX_CHECKED_OPS = 100_000
@@ -48,6 +55,8 @@ STATS_FIELDS = tuple(Stats.model_fields)
 #: The answer's fields that are not the context's nor the caller's: assembled here from the fragments.
 ASSEMBLED_FIELDS = ("found", "missing")
 _UNKNOWN: Any = object()  # marks a spec this cache has not looked up yet
+#: The fragment of a spec whose stored row cannot be read: answered as missing, counted as unreadable.
+UNREADABLE_FRAGMENT = b""
 
 
 class CheckedOps:
@@ -96,7 +105,8 @@ class StoredStats:
 
     def fragments(self, session: Session, device_id: int, context: MeasurementContext,
                   op_specs: Sequence[str]) -> dict[str, bytes | None]:
-        """The fragment of each distinct spec of ``op_specs``, in their order (None: not stored in the context).
+        """The fragment of each distinct spec of ``op_specs``, in their order (None: not stored in the context;
+        :data:`UNREADABLE_FRAGMENT`: stored, but its row cannot be read).
 
         Reads the context's fingerprint, then (after it, see ``context_fingerprint``) the specs this cache lacks
         for that fingerprint, in the same session.
@@ -107,9 +117,7 @@ class StoredStats:
         answer = {spec: known.get(spec, _UNKNOWN) for spec in op_specs}
         unknown = [spec for spec, fragment in answer.items() if fragment is _UNKNOWN]
         if unknown:
-            rows = lookup_columns(session, device_id=device_id, context=context, op_specs=unknown,
-                                  columns=STATS_FIELDS)
-            read = {spec: stats_fragment(spec, rows[spec]) if spec in rows else None for spec in unknown}
+            read = read_fragments(session, device_id, context, unknown)
             answer.update(read)
             if len(known) + len(read) > self.max_specs:
                 entry.fragments = read
@@ -129,6 +137,34 @@ class StoredStats:
             return entry
 
 
+def read_fragments(session: Session, device_id: int, context: MeasurementContext,
+                   op_specs: Sequence[str]) -> dict[str, bytes | None]:
+    """The fragment of each of ``op_specs`` as stored now (None: not stored; :data:`UNREADABLE_FRAGMENT`: its row
+    cannot be read). One Core select; the specs one by one when a row of them cannot be loaded."""
+    def read(specs: Sequence[str]) -> dict[str, Any]:
+        return lookup_columns(session, device_id=device_id, context=context, op_specs=specs, columns=STATS_FIELDS)
+
+    try:
+        rows: dict[str, Any] = read(op_specs)
+    except UNREADABLE_ERRORS:
+        rows = {}
+        for spec in op_specs:
+            try:
+                rows.update(read([spec]))
+            except UNREADABLE_ERRORS:
+                rows[spec] = None
+    return {spec: _fragment_or_unreadable(spec, rows[spec]) if spec in rows else None for spec in op_specs}
+
+
+def _fragment_or_unreadable(op_spec: str, row: object) -> bytes:
+    try:
+        if row is not None:
+            return stats_fragment(op_spec, row)
+    except UNREADABLE_ERRORS as exc:
+        log.warning("lookup: the stored row of %s cannot be read: %s", op_spec, str(exc).splitlines()[0])
+    return UNREADABLE_FRAGMENT
+
+
 def stats_of(row: object) -> Stats:
     """The Stats of a measurement row (an ORM object, or a row of its columns): the columns of the same names."""
     return Stats(**{name: getattr(row, name) for name in STATS_FIELDS})
@@ -141,16 +177,19 @@ def stats_fragment(op_spec: str, row: object) -> bytes:
 
 @dataclass(frozen=True)
 class LookupAnswer:
-    """A lookup's ``found`` members (JSON fragments) and ``missing`` specs, in the order the request named them."""
+    """A lookup's ``found`` members (JSON fragments) and ``missing`` specs, in the order the request named them, and
+    how many of the missing are stored but cannot be read (``unreadable``)."""
 
     found: list[bytes]
     missing: list[str]
+    unreadable: int = 0
 
     @classmethod
     def of(cls, fragments: dict[str, bytes | None]) -> LookupAnswer:
-        """From :meth:`StoredStats.fragments` (None: missing)."""
+        """From :meth:`StoredStats.fragments` (None or :data:`UNREADABLE_FRAGMENT`: missing)."""
         return cls(list(filter(None, fragments.values())),
-                   [spec for spec, fragment in fragments.items() if fragment is None])
+                   [spec for spec, fragment in fragments.items() if not fragment],
+                   sum(fragment == UNREADABLE_FRAGMENT for fragment in fragments.values()))
 
     def json(self, fields: dict[str, Any]) -> bytes:
         """The JSON of a :class:`~profiler_service.api.schemas.LookupResponse`: ``fields`` (every field but

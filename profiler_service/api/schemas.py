@@ -36,10 +36,17 @@ OpSpecText = Annotated[str, Field(
 )]
 
 
-#: The statistics of latency_db.stats.StatsFields (their one definition), each a required field of a body.
+#: The statistics of latency_db.stats.StatsFields (their one definition), each a required field of a body; finite
+#: (a stored NaN or infinity is no statistic: the row is left out as unreadable, never served as null).
 MeasuredStats: type[BaseModel] = create_model(
-    "MeasuredStats", **{name: (kind, ...) for name, kind in stats_field_types().items()},  # type: ignore[call-overload]
+    "MeasuredStats", __config__=ConfigDict(allow_inf_nan=False),
+    **{name: (kind, ...) for name, kind in stats_field_types().items()},  # type: ignore[call-overload]
 )
+
+#: How many rows an answer left out because a stored value cannot be read (latency_db.repository.readable).
+Unreadable = Annotated[int, Field(description="rows of the database left out of this answer because a stored value "
+                                  "cannot be read (malformed: written by another program or version; the service's "
+                                  "log names them)")]
 
 
 class Stats(MeasuredStats):  # type: ignore[valid-type,misc]
@@ -148,6 +155,8 @@ class LookupResponse(BaseModel):
     found: dict[str, Stats]
     missing: list[str]
     drift: Drift
+    unreadable: Unreadable = Field(0, description="specs among missing whose stored row cannot be read (malformed); "
+                                   "measuring them again replaces the row")
 
 
 class MeasureRequest(ContextBody):
@@ -223,6 +232,7 @@ class JobOut(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobOut]
+    unreadable: Unreadable = 0
 
 
 class BackendInfo(BaseModel):
@@ -279,6 +289,7 @@ class FleetDevice(BaseModel):
 
 class FleetDevices(BaseModel):
     devices: list[FleetDevice]
+    unreadable: Unreadable = 0
 
 
 class DeviceRef(BaseModel):
@@ -305,6 +316,7 @@ class FleetOp(BaseModel):
     op_spec: str
     rows: list[FleetOpRow]
     missing_on: list[DeviceRef] = Field(description="devices with no measurement of the op matching the filters")
+    unreadable: Unreadable = 0
 
 
 # Search spaces (routers/spaces.py).

@@ -36,7 +36,7 @@ from latency_db.repository import (
 )
 from latency_db.transactions import write_session
 from tests.latency_db.conftest import split_overrides
-from tests.latency_db.db_test_data import spec
+from tests.latency_db.db_test_data import make_stats, spec
 
 NewJob = Callable[..., Job]
 OWNER = "host:1:worker-a"
@@ -146,8 +146,26 @@ def test_finish_job_computes_done_and_takes_result(session: Session, new_job: Ne
     claim(session)
     for item in pending_items(session, job.id):
         complete_item(session, item, status="skipped")
-    finished = finish_job(session, job, result={"median_ms": 3.0})
-    assert (finished.status, finished.error, finished.result) == ("done", None, {"median_ms": 3.0})
+    result = {**make_stats(3.0), "rounds": 3, "flagged": None}
+    finished = finish_job(session, job, result=result)
+    assert (finished.status, finished.error, finished.result) == ("done", None, result)
+
+
+@pytest.mark.parametrize(("result", "named"), [
+    ({**make_stats(3.0), "median_ms": float("nan")}, "median_ms: expected a finite number >= 0, got nan"),
+    ({**make_stats(3.0), "p90_ms": float("inf")}, "p90_ms: expected a finite number >= 0, got inf"),
+    ({"median_ms": 3.0}, "stats: missing mean_ms"),
+    ([1, 2, 3], "result: expected a JSON object"),
+    ({**make_stats(3.0), "rounds": 0}, "result.rounds: expected an integer >= 1"),
+])
+def test_finish_job_refuses_a_result_that_is_not_finite_stats(session: Session, new_job: NewJob, result: Any,
+                                                              named: str) -> None:
+    job = new_job(1)
+    claim(session)
+    complete_item(session, pending_items(session, job.id)[0], status="skipped")
+    with pytest.raises(ValueError, match=named.replace("[", r"\[").replace("(", r"\(")):
+        finish_job(session, job, result=result)
+    assert session.get(Job, job.id).status == "running"
 
 
 def test_finish_job_with_explicit_status_cancels_pending_items(session: Session, new_job: NewJob) -> None:

@@ -2,7 +2,8 @@
 
 Several profilers (one per device) can share one PostgreSQL database; these read-only endpoints look across all of
 them. On a service with its own SQLite file the fleet is this one device. A database that does not answer is the
-app's 503 with Retry-After (``profiler_service.api.db_errors``).
+app's 503 with Retry-After (``profiler_service.api.db_errors``). A row another profiler wrote that cannot be read
+(a fingerprint that is not a JSON object, stats that are not numbers) is left out and counted in ``unreadable``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from latency_db.models import OP_SPEC_MAX_LEN
-from latency_db.repository.fleet import MAX_FLEET_ROWS, device_summaries, list_devices, op_on_devices
+from latency_db.models import OP_SPEC_MAX_LEN, Device, Measurement
+from latency_db.repository.fleet import MAX_FLEET_ROWS, DeviceSummary, device_summaries, list_devices, op_on_devices
+from latency_db.repository.readable import readable_views
 from nas_ops.spec import format_spec
 from profiler_service.api.deps import SessionDep, StateDep
 from profiler_service.api.limits import parse_canonical_op
@@ -46,16 +48,16 @@ def fleet_devices(
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=MAX_FLEET_ROWS, description="at most this many devices")] = 200,
 ) -> FleetDevices:
-    summaries = device_summaries(session, limit=limit)
-    return FleetDevices(devices=[
-        FleetDevice(
+    def view(s: DeviceSummary) -> FleetDevice:
+        return FleetDevice(
             id=s.device.id, name=s.device.name, this_device=s.device.id == state.device_id,
             fingerprint_hash=s.device.fingerprint_hash, fingerprint=s.device.fingerprint,
             first_seen=s.device.first_seen, last_seen=s.device.last_seen, measurements=s.measurements, ops=s.ops,
             backends=list(s.backends), last_measured_at=s.last_measured_at,
         )
-        for s in summaries
-    ])
+
+    devices = readable_views(device_summaries(session, limit=limit), view, "device")
+    return FleetDevices(devices=devices, unreadable=devices.unreadable)
 
 
 @router.get("/op", response_model=FleetOp, responses=ERRORS,
@@ -80,12 +82,13 @@ def fleet_op(
     def ref(device_id: int, name: str) -> DeviceRef:
         return DeviceRef(id=device_id, name=name, this_device=device_id == state.device_id)
 
-    rows = [
-        FleetOpRow(device=ref(device.id, device.name), backend=m.backend, batch=m.batch, dtype=m.dtype,
-                   threads=m.threads, protocol_version=m.protocol_version, env_hash=m.env_hash, stats=stats_of(m),
-                   updated_at=m.updated_at)
-        for device, m in found
-    ]
+    def row(pair: tuple[Device, Measurement]) -> FleetOpRow:
+        device, m = pair
+        return FleetOpRow(device=ref(device.id, device.name), backend=m.backend, batch=m.batch, dtype=m.dtype,
+                          threads=m.threads, protocol_version=m.protocol_version, env_hash=m.env_hash,
+                          stats=stats_of(m), updated_at=m.updated_at)
+
+    rows = readable_views(found, row, "measurement")
     holding = {device.id for device, _ in found}
     missing = sorted((ref(d.id, d.name) for d in devices if d.id not in holding), key=lambda r: (r.name, r.id))
-    return FleetOp(op_spec=op_spec, rows=rows, missing_on=missing)
+    return FleetOp(op_spec=op_spec, rows=rows, missing_on=missing, unreadable=rows.unreadable + devices.unreadable)

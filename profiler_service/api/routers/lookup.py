@@ -35,5 +35,6 @@ def lookup(body: LookupRequest, state: StateDep) -> Response:
         answer = LookupAnswer.of(cache.stored.fragments(session, state.device_id, context, body.ops))
     state.metrics.lookups.labels("found").inc(len(answer.found))
     state.metrics.lookups.labels("missing").inc(len(answer.missing))
-    fields = {**context.as_dict(), "drift": Drift(**drift_view(state.canaries, [body.backend]))}
+    fields = {**context.as_dict(), "drift": Drift(**drift_view(state.canaries, [body.backend])),
+              "unreadable": answer.unreadable}
     return Response(answer.json(fields), media_type="application/json")

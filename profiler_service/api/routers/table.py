@@ -1,4 +1,6 @@
-"""The device's whole latency table, as JSON or CSV."""
+"""The device's whole latency table, as JSON or CSV. A row that cannot be read (a stored value that is not a finite
+number, a timestamp that does not parse) is left out and counted: ``unreadable`` in JSON, the header
+``X-Profiler-Unreadable`` in both."""
 
 from __future__ import annotations
 
@@ -11,14 +13,19 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from latency_db.models import Measurement
 from latency_db.repository import export_rows, fingerprint_hash, list_measurements
+from latency_db.repository.readable import readable_views
 from profiler_service.api.deps import SessionDep, StateDep
+from profiler_service.api.lookup_cache import stats_of
 from profiler_service.api.params import BatchFilter, ThreadsFilter
 from profiler_service.api.schemas import DType
 from profiler_service.jobs.canaries import drift_view
 
 #: The header of a table answer (JSON and CSV) with the drift status of its backends (see /v1/device).
 DRIFT_HEADER = "X-Profiler-Drift"
+#: The header of a table answer (JSON and CSV) with how many rows were left out because they cannot be read.
+UNREADABLE_HEADER = "X-Profiler-Unreadable"
 
 #: First characters that make a spreadsheet read a cell as a formula (tab and CR: as LibreOffice and Excel do).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -51,9 +58,11 @@ def table(
 ) -> Response:
     if backend is not None:
         state.backend(backend)
-    rows = export_rows(list_measurements(session, state.device_id, backend=backend, batch=batch, dtype=dtype,
-                                         threads=threads))
+    measurements = readable_views(list_measurements(session, state.device_id, backend=backend, batch=batch,
+                                                    dtype=dtype, threads=threads), _served, "measurement")
+    rows = export_rows(measurements)
     drift = drift_view(state.canaries, [backend] if backend is not None else state.backends)
+    headers = {DRIFT_HEADER: drift["status"], UNREADABLE_HEADER: str(measurements.unreadable)}
     if format == "csv":
         buffer = io.StringIO()
         columns = list(rows[0]) if rows else ["op_spec"]
@@ -61,9 +70,13 @@ def table(
         writer.writeheader()
         writer.writerows({k: csv_cell(v) for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows)
         return Response(buffer.getvalue(), media_type="text/csv",
-                        headers={"Content-Disposition": 'attachment; filename="latency_table.csv"',
-                                 DRIFT_HEADER: drift["status"]})
+                        headers={"Content-Disposition": 'attachment; filename="latency_table.csv"', **headers})
     body = {"device": state.settings.device_name, "fingerprint_hash": fingerprint_hash(state.fingerprint),
-            "drift": drift, "measurements": rows}
-    return Response(json.dumps(body, default=str), media_type="application/json",
-                    headers={DRIFT_HEADER: drift["status"]})
+            "drift": drift, "measurements": rows, "unreadable": measurements.unreadable}
+    return Response(json.dumps(body, default=str), media_type="application/json", headers=headers)
+
+
+def _served(measurement: Measurement) -> Measurement:
+    """The row, once its statistics are what the API serves (finite numbers; ValueError otherwise)."""
+    stats_of(measurement)
+    return measurement
