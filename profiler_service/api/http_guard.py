@@ -36,6 +36,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes: int | None = 0  # bytes read since the last request ended; None while a body arrives
+        self._receiving = False  # a request has begun to arrive and is not whole yet
         super().connection_made(transport)
         self._arm()
 
@@ -53,6 +54,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._receiving = True
         if self._deadline is None:  # a request pipelined behind one being answered
             self._arm()
 
@@ -63,12 +65,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._head_bytes = 0
+        self._receiving = False
         self._disarm()  # received whole: answering it may take as long as it takes (a long-poll)
 
     def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)  # a request that arrived during the answer starts now
         super().on_response_complete()
-        if not self.transport.is_closing() and not self.pipeline:
-            self._arm()  # the next request on this keep-alive connection
+        if self.transport.is_closing() or self._deadline is not None:
+            return
+        if not pipelined or self._receiving:
+            self._arm()  # the next request on this keep-alive connection, or the rest of one arriving
 
     # the deadline
     def _arm(self) -> None:

@@ -90,3 +90,14 @@ def test_keep_alive_requests_and_a_long_answer_are_not_cut(profiler: LiveProfile
         if job.status_code == 202:
             assert time.monotonic() - started >= REQUEST_TIMEOUT_S
             client.post(f"/v1/jobs/{job.json()['id']}/cancel", headers={"content-type": "application/json"})
+
+
+def test_pipelined_requests_are_all_answered(profiler: LiveProfiler) -> None:
+    request = b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with connect(profiler) as sock:
+        sock.sendall(request * 3)
+        received = b""
+        while received.count(b"HTTP/1.1 200 ") < 3:
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
