@@ -2,7 +2,9 @@
 
 Every function takes a Session and only flushes: the caller owns the transaction and commits. The modules:
 ``devices`` (fingerprints), ``measurements`` (the latency table), ``rounds`` (every round of a measurement),
-``jobs`` (measurement jobs and their items), ``canaries`` (canary references), ``health`` (ping, check_writable).
+``jobs`` (measurement jobs and their items), ``canaries`` (canary references), ``health`` (ping, check_writable),
+``fleet`` (every device of the database), ``backlog`` (a device's pending work), ``heartbeats`` (the live service
+of each device), ``readable`` (rows that cannot be read are left out and counted).
 """
 
 from latency_db.repository._checks import check_context

@@ -140,5 +140,5 @@ def _expiry(expiry_s: float) -> timedelta:
 
 
 def _host(hostname: str) -> str:
-    """The host name, cut to the column's length."""
-    return check_text("hostname", hostname or "?", 10**6)[:NAME_MAX_LEN]
+    """The host name, cut to the column's length ("?" when there is none)."""
+    return (hostname or "?")[:NAME_MAX_LEN]
