@@ -8,8 +8,8 @@ weighted over the devices or their max, by :meth:`search_client.table.objective.
                  f = combined (log(E_d / u) / log(T_d / u))
     add#linear   CE + strength * (r - 1)                         single device: CE + lambda * (E - T) / T (0.1)
     hinge        CE + strength * relu(r - 1)                     a latency budget: no push under the target
-    sq#log       CE + strength * log(r) ** 2                     two-sided: pulls towards the target from either
-                                                                 side, with no pull at it (strength 1)
+    sq#log       CE + strength * log(r / aim) ** 2               two-sided: pulls towards the target from either
+                                                                 side, with no pull at it (strength 1, aim 1)
 
 ``mul#ratio`` is the multiplicative form without a unit: ``log(loss) = log(scale * CE) + strength * log(r)``, the
 soft constraint of MnasNet. It is defined for every latency and target. ``mul#log`` (the paper's code) divides by
@@ -19,9 +19,13 @@ Near the target the two agree when ``strength_ratio = beta / log(T / u)`` (``f =
 the paper's mobile target (80 ms) beta 0.3 acts like a ``mul#ratio`` strength of 0.07. In both multiplicative
 forms the target is a constant factor of the loss (``T ** -strength``, ``log(T / u) ** -beta``), which Adam's
 step does not see: the target steers those searches only through :class:`AdaptiveStrength` and the derive rule.
-``sq#log`` is the target-aware form: its gradient ``2 strength log(r) d log(r)`` points towards the target from
+``sq#log`` is the target-aware form: its gradient ``2 strength log(r / aim) d log(r)`` points towards the target from
 either side and vanishes at it, so near the target the cross-entropy alone chooses between candidates and far from
-it the latency term dominates (it is unit-free like ``mul#ratio``).
+it the latency term dominates (it is unit-free like ``mul#ratio``). ``aim`` is the expected latency's ratio it
+pulls to: 1 (the target itself) unless the adaptive rule moves it (:class:`AdaptiveStrength`). While the
+probabilities are spread, the argmax architecture (each cell's most probable candidate) is not the expected one:
+with many cells whose cheapest candidate is slightly ahead, the argmax is far cheaper than an expectation at the
+target. Moving the aim by the argmax's own miss steers the architecture the search returns, not an average.
 
 ``strength`` is the latency weight: the exponent of the ``mul#`` forms, lambda otherwise; 0 turns the latency term
 off. :class:`AdaptiveStrength` moves it during the search until the argmax architecture meets its target (for
@@ -63,6 +67,7 @@ class LatencyLoss:
     strength: float | None = None
     scale: float = 0.2
     log_unit_ms: float = 1.0
+    aim: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
@@ -72,6 +77,7 @@ class LatencyLoss:
         self.strength = _number("loss strength", self.strength)
         self.scale = _number("loss scale", self.scale, positive=True)
         self.log_unit_ms = _number("loss log_unit_ms", self.log_unit_ms, positive=True)
+        self.aim = _number("loss aim", self.aim, positive=True)
 
     def latency_factor(self, objective: MultiDeviceLatency, probs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The latency part alone: the factor ``r ** strength`` / ``f ** strength`` of the multiplicative forms, the
@@ -86,7 +92,7 @@ class LatencyLoss:
         if self.kind == "add#linear":
             return self.strength * (r - 1.0)
         if self.kind == "sq#log":
-            return self.strength * torch.log(r) ** 2
+            return self.strength * torch.log(r / self.aim) ** 2
         return self.strength * torch.relu(r - 1.0)
 
     def __call__(self, ce: torch.Tensor, objective: MultiDeviceLatency,
@@ -127,7 +133,10 @@ class AdaptiveStrength:
     ``[0, 1]`` for the ``hinge`` budget). Above that range the weight steps up, below it steps down, inside it
     stays. A step is the weight's own magnitude times ``rate - 1``, at least ``floor``: the weight grows or shrinks
     geometrically and passes zero in steps of ``floor``; ``|weight| <= ceiling``. ``sq#log`` already pulls from
-    both sides: a miss on either side steps its weight up. For the other forms but ``hinge`` the
+    both sides: a miss on either side steps its weight up, and moves its ``aim`` (the expected latency's ratio it
+    pulls to) by the factor ``rate`` against the miss, within ``[1 / max_aim, max_aim]``: an argmax below the range
+    raises the aim, one above lowers it, so the pull follows the architecture the search returns (an integral
+    controller on the argmax's ratio). For the other forms but ``hinge`` the
     weight may become negative: the latency term then pulls the latency UP towards the target (a two-sided
     target, like MnasNet's soft constraint), because a penalty can only push down and the search may undershoot by
     far. ``hinge`` never steps down (nothing is under its range).
@@ -137,6 +146,7 @@ class AdaptiveStrength:
     band: float = 0.1
     floor: float = 1e-3
     ceiling: float = 1e3
+    max_aim: float = 4.0
 
     def __post_init__(self) -> None:
         if _number("adaptive rate", self.rate, positive=True) <= 1:
@@ -151,8 +161,12 @@ class AdaptiveStrength:
         weight = float(loss.strength or 0.0)
         step = max(abs(weight) * (self.rate - 1.0), self.floor)
         low, high = target_bounds(self.band, loss.kind)
-        if ratio > high or (ratio < low and loss.kind in TWO_SIDED):
+        if loss.kind in TWO_SIDED and (ratio > high or ratio < low):
             weight += step  # sq#log pulls towards the target from either side: a miss either way needs more pull
+            aim = loss.aim / self.rate if ratio > high else loss.aim * self.rate
+            loss.aim = min(max(aim, 1.0 / self.max_aim), self.max_aim)
+        elif ratio > high:
+            weight += step
         elif ratio < low:
             weight -= step
         loss.strength = min(max(weight, -self.ceiling), self.ceiling)

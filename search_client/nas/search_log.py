@@ -11,7 +11,8 @@ Log row (one per epoch)::
     expected_ms, argmax_ms            per device: E[LAT] under p, and the argmax architecture's table latency
     argmax_ratio, targets_ms          the argmax's combined latency ratio; per-device targets
     entropy                           mean over cells of the entropy of p (nats; uniform: mean of log N)
-    strength                          the latency weight after the epoch
+    strength, aim                     the latency weight after the epoch, and the expected latency's ratio the
+                                      two-sided loss pulls to (1 unless the adaptive rule moved it)
     choices, seconds                  the argmax per cell; the epoch's wall time
 
 In ``log.csv`` the per-device lists become ``<name>_<device index>`` columns and ``choices`` one space-separated

@@ -218,7 +218,7 @@ class SearchRun:
             "valid_loss": valid_loss, "valid_acc": valid_acc,
             "expected_ms": expected, "argmax_ms": self.objective.latency_of(choices),
             "argmax_ratio": self.objective.ratio_of(choices), "targets_ms": list(self.objective.targets_ms),
-            "entropy": entropy(probs), "strength": float(self.loss_fn.strength or 0.0),
+            "entropy": entropy(probs), "strength": float(self.loss_fn.strength or 0.0), "aim": self.loss_fn.aim,
             "choices": choices, "seconds": seconds,
         }
 
@@ -272,7 +272,7 @@ class SearchRun:
             "schedule": self.schedule.state_dict(),
             "sample_generator": self.sample_gen.get_state(),
             "train_stream": self.data.train.state_dict(), "valid_stream": self.data.valid.state_dict(),
-            "loss_strength": self.loss_fn.strength, "reinforce": self.reinforce.state_dict(),
+            "loss_strength": self.loss_fn.strength, "loss_aim": self.loss_fn.aim, "reinforce": self.reinforce.state_dict(),
             "history": self.history, "world_size": self.dist.world_size,
             "grad_scaler": self.placement.precision.state_dict(),
         }
@@ -289,6 +289,7 @@ class SearchRun:
         self.data.train.load_state_dict(state["train_stream"])
         self.data.valid.load_state_dict(state["valid_stream"])
         self.loss_fn.strength = state["loss_strength"]
+        self.loss_fn.aim = state.get("loss_aim", 1.0)  # absent from checkpoints before the aim
         self.reinforce.load_state_dict(state["reinforce"])
         self.history = list(state["history"])
         self.placement.precision.load_state_dict(state.get("grad_scaler"))  # absent from checkpoints of version 3

@@ -214,3 +214,27 @@ def test_several_devices() -> None:
     mul = LatencyLoss("mul#log", 1.0, scale=1.0, log_unit_ms=0.01)(ce, worst, probs).item()
     f = [math.log(e[d] / 0.01) / math.log(targets[d] / 0.01) for d in range(2)]
     assert mul == pytest.approx(max(f))
+
+
+def test_the_two_sided_adaptive_rule_moves_the_aim_against_the_argmaxs_miss() -> None:
+    loss, rule = LatencyLoss("sq#log"), AdaptiveStrength(rate=1.25, band=0.1, max_aim=2.0)
+    rule.update(loss, 0.5)  # argmax too cheap: aim up, more pull
+    assert (loss.aim, loss.strength) == (pytest.approx(1.25), pytest.approx(1.25))
+    rule.update(loss, 1.0)  # inside the band: nothing moves
+    assert (loss.aim, loss.strength) == (pytest.approx(1.25), pytest.approx(1.25))
+    rule.update(loss, 1.5)  # argmax too slow: aim down, more pull
+    assert loss.aim == pytest.approx(1.0) and loss.strength == pytest.approx(1.5625)
+    for _ in range(10):
+        rule.update(loss, 0.5)
+    assert loss.aim == pytest.approx(2.0)  # clamped to max_aim
+
+
+def test_the_sq_log_term_vanishes_at_its_aim() -> None:
+    table = make_table()
+    objective = MultiDeviceLatency([table], [1.0])
+    _, probs = softmax_probs(table)
+    expected = float(objective.expected(probs))
+    loss = LatencyLoss("sq#log", strength=2.0, aim=expected)
+    assert float(loss.latency_factor(objective, probs)) == pytest.approx(0.0, abs=1e-9)
+    loss.aim = expected / math.e
+    assert float(loss.latency_factor(objective, probs)) == pytest.approx(2.0)
