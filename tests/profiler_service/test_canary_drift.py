@@ -388,6 +388,7 @@ def test_a_rebaseline_on_purpose_through_the_api_and_the_cli(canary_client: Test
     monkeypatch.setenv("PROFILER_THREADS", "1")
     monkeypatch.setenv("PROFILER_PROTOCOL", "fast")
     monkeypatch.setenv("PROFILER_DUET", "false")  # the service's settings: the same environment
+    monkeypatch.setenv("PROFILER_ISOLATION", "none")  # measured here, where the test's speed applies
     result = CliRunner().invoke(cli_app, ["rebaseline", "--backend", "ort-cpu", "--db", service_db])
     assert result.exit_code == 0, result.output
     assert "ort-cpu: canary references re-established" in result.output

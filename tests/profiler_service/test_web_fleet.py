@@ -78,7 +78,8 @@ def test_fleet_op_shows_one_op_on_every_device_side_by_side(fleet: tuple[TestCli
     assert rows == [("lab-board", "ort-cpu", 1, 1.5), ("lab-board", "ort-cpu", 8, 2.5),
                     ("lab-board", "torch-cuda", 1, 0.75), ("test-device", "ort-cpu", 1, 0.25)]
     assert body["rows"][-1]["device"] == {"id": ids["this"], "name": "test-device", "this_device": True}
-    assert body["rows"][0]["stats"] == {**make_stats(1.5), "rounds": None, "flagged": None}  # stored before protocol 3
+    assert body["rows"][0]["stats"] == {**make_stats(1.5), "rounds": None, "flagged": None,
+                                       "peak_rss_bytes": None}  # stored before protocol 3
     assert body["missing_on"] == [{"id": ids["idle"], "name": "idle-box", "this_device": False}]
 
     filtered = client.get("/v1/fleet/op", params={"spec": OP, "backend": "ort-cpu", "batch": 1}).json()
