@@ -51,7 +51,7 @@ BAND = 0.1
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search_steering", description=__doc__.split("\n")[0])
     parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="latency table file (tiny-32 fixture)")
-    parser.add_argument("--data", default="synthetic:4096:10", help="--data of the searches")
+    parser.add_argument("--data", default="synthetic:glass:4000", help="--data of the searches")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every search (warm-up included)")
     parser.add_argument("--mechanisms", default=",".join(MECHANISMS), help=f"from {', '.join(MECHANISMS)}")
     add_search_grid(parser, "0", "seeds of the searches")
@@ -151,10 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load = loadavg()
     rows = []
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    partial = args.out_dir / "search_steering.partial.jsonl"  # each run as it ends: an interrupted run keeps them
+    partial.write_text("")
     with Progress() as progress, ProcessPoolExecutor(args.jobs) as pool:
         task = progress.add_task("searches", total=len(jobs))
         for row in pool.map(run_one, jobs):
             rows.append(row)
+            with partial.open("a") as out:
+                out.write(json.dumps(row) + "\n")
             progress.advance(task)
     order = {name: k for k, name in enumerate(MECHANISMS)}
     rows.sort(key=lambda r: (order[r["mechanism"]], r["share"], r["seed"]))
@@ -164,7 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               "load": f"load average at the start {load}", "args": {**vars(args), "table": str(args.table),
                                                                       "out_dir": str(args.out_dir)},
               "summary": summary, "runs": rows}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "search_steering.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out_dir / "search_steering.md").write_text(markdown(report))
     for s in summary:

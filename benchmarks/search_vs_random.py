@@ -44,7 +44,7 @@ MAX_DRAWS = 2_000_000
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search_vs_random", description=__doc__.split("\n")[0])
     parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="latency table file (tiny-32 fixture)")
-    parser.add_argument("--data", default="synthetic:4096:10", help="--data of the searches and trainings")
+    parser.add_argument("--data", default="synthetic:glass:4000", help="--data of the searches and trainings")
     parser.add_argument("--test-data", default=None,
                         help="the test set's source (default: --data, generated at another seed)")
     parser.add_argument("--search-epochs", type=int, default=10, help="epochs of each search")
