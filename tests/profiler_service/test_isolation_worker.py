@@ -18,6 +18,16 @@ from tests.profiler_service.jobs_fakes import ScriptedMeasurer, make_worker, ope
 OPS = ["conv_r16x16_c3-8_k3_s2_relu6", "mbconv_r8x8_c8-8_k3_e3_s1_relu6_skip"]
 
 
+def _run_to_the_end(store, job_id: int, measurer, **options: object) -> None:
+    """A worker measuring with ``measurer`` until the job has finished."""
+    worker = make_worker(store, measurer, **options)
+    worker.start()
+    try:
+        wait_for(lambda: _finished(store, job_id), "job finished")
+    finally:
+        worker.stop()
+
+
 def _finished(store, job_id: int) -> bool:
     return _job_status(store, job_id) in ("done", "failed")
 
@@ -39,12 +49,7 @@ def test_an_item_that_ended_the_process_twice_fails_without_being_measured_again
             first = session.scalars(select(JobItem).where(JobItem.job_id == job_id, JobItem.position == 0)).one()
             first.attempts = POISON_ATTEMPTS
         measurer = ScriptedMeasurer()
-        worker = make_worker(store, measurer)
-        worker.start()
-        try:
-            wait_for(lambda: _finished(store, job_id), "job finished")
-        finally:
-            worker.stop()
+        _run_to_the_end(store, job_id, measurer)
         items = _items(store, job_id)
     assert [spec for _, spec in measurer.calls] == [OPS[1]]
     assert (items[0].status, items[0].error) == ("failed", poison_message("op", 2))
@@ -61,12 +66,7 @@ def test_attempts_are_raised_while_an_item_is_measured_and_reset_when_it_comes_b
         def look(spec: str, kwargs: object) -> None:
             seen.extend(item.attempts for item in _items(store, job_id))
 
-        worker = make_worker(store, ScriptedMeasurer(before_return=look))
-        worker.start()
-        try:
-            wait_for(lambda: _finished(store, job_id), "job finished")
-        finally:
-            worker.stop()
+        _run_to_the_end(store, job_id, ScriptedMeasurer(before_return=look))
         assert seen == [1] and _items(store, job_id)[0].attempts == 0
 
 
@@ -91,12 +91,7 @@ def test_an_error_of_the_measuring_process_is_stored_as_it_names_the_limit(db_ur
 
     with open_store(db_url) as store:
         job_id = store.submit(OPS)
-        worker = make_worker(store, ScriptedMeasurer(before_return=refuse))
-        worker.start()
-        try:
-            wait_for(lambda: _finished(store, job_id), "job finished")
-        finally:
-            worker.stop()
+        _run_to_the_end(store, job_id, ScriptedMeasurer(before_return=refuse))
         items = _items(store, job_id)
     assert (items[0].status, items[0].error) == ("failed", message)
     assert items[1].status == "done"
