@@ -1,7 +1,7 @@
 """The dependency rule of docs/architecture.md, read from the sources (nothing is run).
 
-nas_ops <- latency_db <- profiler_service; search_client -> nas_ops only; inside the service, engine/ <- jobs/ <-
-api/; no package imports benchmarks; and no import cycle between modules (function-local imports count: a cycle
+nas_ops <- latency_db <- profiler_service; search_client -> nas_ops only; inside the service, engine/ <- isolation/
+<- jobs/ <- api/; no package imports benchmarks; and no import cycle between modules (function-local imports count: a cycle
 broken only by importing inside a function is still a cycle).
 """
 
@@ -28,7 +28,8 @@ def _offending(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]
     ("nas_ops", ("latency_db", "profiler_service", "search_client", "benchmarks")),
     ("latency_db", ("profiler_service", "search_client", "benchmarks")),
     ("profiler_service", ("search_client", "benchmarks")),
-    ("profiler_service/engine", ("profiler_service.api", "profiler_service.jobs")),
+    ("profiler_service/engine", ("profiler_service.api", "profiler_service.jobs", "profiler_service.isolation")),
+    ("profiler_service/isolation", ("profiler_service.api", "profiler_service.jobs")),
     ("profiler_service/jobs", ("profiler_service.api",)),
     ("search_client", ("latency_db", "profiler_service", "benchmarks")),
 ])
@@ -96,6 +97,6 @@ def test_the_cycle_check_sees_a_function_local_import(tmp_path, monkeypatch) -> 
 def test_the_layout_of_docs_architecture_exists() -> None:
     for package in OURS:
         assert (ROOT / package / "__init__.py").is_file(), package
-    for sub in ("engine", "jobs", "api"):
+    for sub in ("engine", "isolation", "jobs", "api"):
         assert (ROOT / "profiler_service" / sub / "__init__.py").is_file(), sub
     assert not (ROOT / "profiler_service" / "jobs" / "views.py").exists()  # job views are the API's
