@@ -102,7 +102,8 @@ class IsolatedMeasurer:
                          should_stop: StopCheck | None = None) -> RoundMeasurement:
         """One round of one op, measured in the backend's measuring process (see measure_op_round)."""
         params = params or ProtocolParams()
-        session = (calibration_cache or CalibrationCache()).session
+        # the job's cache is empty on this side (its values live in the child): test for None, not for falsiness
+        session = (calibration_cache if calibration_cache is not None else CalibrationCache()).session
         name, duet = _served(backend)
         value, peak = self._request(name, {"kind": "measure_op", "spec": spec, "batch": batch,
                                            "dtype": dtype, "threads": threads, "params": params.model_dump(),

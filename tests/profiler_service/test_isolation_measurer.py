@@ -89,3 +89,11 @@ def test_a_stop_ends_the_item_in_flight_within_seconds(measurer: IsolatedMeasure
         measurer.measure_op_round(parse_spec(SMALL), backend, 1, "float32", 1, slow, should_stop=stop.is_set)
     assert time.monotonic() - started < 10  # the item would time for 60 s
     assert measurer.process("ort-cpu").pid is None
+
+
+def test_the_ops_of_one_session_share_their_calibration_values_in_the_child(measurer: IsolatedMeasurer) -> None:
+    backend = get_backend("ort-cpu")
+    cache = CalibrationCache()  # the job's: empty on this side, its values live in the child
+    first = measurer.measure_op_round(parse_spec(SMALL), backend, 1, "float32", 1, FAST, cache)
+    again = measurer.measure_op_round(parse_spec(SMALL), backend, 1, "float32", 1, FAST, cache)
+    assert first.correction_ms == again.correction_ms  # the same boundary timings, measured once
