@@ -25,7 +25,8 @@ process sets its data-segment limit (``RLIMIT_DATA``, which bounds every private
 runtimes' arenas) to that limit less the resident size of its mapped files, so an allocation past it fails at once
 with an error the reply names as a memory error; the service also ends the process if its resident memory passes
 the limit anyway. Each reply carries the item's real peak resident memory (VmHWM, reset before the item), and
-after each item the process returns its free heap pages to the OS, so an item is not charged for the last one's.
+after each item the process frees what the item left and returns its free heap pages to the OS, so an item is not
+charged for the last one's.
 
 The process dies with its parent (``PR_SET_PDEATHSIG``), and exits when its request pipe closes.
 """
@@ -46,6 +47,8 @@ from profiler_service.isolation.memory import reset_peak, status_bytes
 
 #: Resident memory the runtimes' mapped files may still grow by (code paths loaded on first use) within a limit.
 FILE_GROWTH_BYTES = 64 << 20
+#: Resident memory above the process's size at start past which an item's end runs a full garbage collection.
+FULL_COLLECT_BYTES = 128 << 20
 #: Measurement sessions whose calibration values are kept (the newest; a job uses one).
 KEPT_SESSIONS = 4
 #: Substrings of the runtimes' messages for a refused allocation (torch, onnxruntime, the C++ runtime).
@@ -68,6 +71,7 @@ class _Child:
     def __init__(self) -> None:
         from profiler_service.engine.calibration import CalibrationCache
 
+        self.baseline_rss = status_bytes().get("VmRSS")
         self._sessions: OrderedDict[str, CalibrationCache] = OrderedDict()
         self._started: dict[str, Any] = {}  # key -> DuetStart
         self._duets: dict[str, tuple[float, Any]] = {}  # key -> (shared baseline, Duet)
@@ -89,7 +93,7 @@ class _Child:
         else:
             reply = {"ok": value}
         reply["peak_rss_bytes"] = status_bytes().get("VmHWM")
-        _give_memory_back()
+        _give_memory_back(self.baseline_rss)
         return reply
 
     def _ping(self, request: dict[str, Any]) -> int:
@@ -164,10 +168,15 @@ class _Child:
             kept[1].close()
 
 
-def _give_memory_back() -> None:
+def _give_memory_back(baseline_rss: int | None) -> None:
     """Free what the item left and return the heap's free pages to the OS (glibc's ``malloc_trim``), so the next
-    item starts from the process's own size, not from the last item's peak."""
-    gc.collect()
+    item starts from the process's own size, not from the last item's peak. The young generations are collected
+    always; a full collection (about 0.1 s with torch loaded, more than a small op's whole round) only when the
+    process is still :data:`FULL_COLLECT_BYTES` above its size at start."""
+    gc.collect(1)
+    resident = status_bytes().get("VmRSS")
+    if baseline_rss is None or resident is None or resident > baseline_rss + FULL_COLLECT_BYTES:
+        gc.collect()
     if _LIBC is not None:
         try:
             _LIBC.malloc_trim(0)
