@@ -47,7 +47,7 @@ from profiler_service.isolation.memory import reset_peak, status_bytes
 
 #: Resident memory the runtimes' mapped files may still grow by (code paths loaded on first use) within a limit.
 FILE_GROWTH_BYTES = 64 << 20
-#: Resident memory above the process's size at start past which an item's end runs a full garbage collection.
+#: Growth of the resident memory over one item past which the item's end runs a full garbage collection.
 FULL_COLLECT_BYTES = 128 << 20
 #: Measurement sessions whose calibration values are kept (the newest; a job uses one).
 KEPT_SESSIONS = 4
@@ -71,7 +71,6 @@ class _Child:
     def __init__(self) -> None:
         from profiler_service.engine.calibration import CalibrationCache
 
-        self.baseline_rss = status_bytes().get("VmRSS")
         self._sessions: OrderedDict[str, CalibrationCache] = OrderedDict()
         self._started: dict[str, Any] = {}  # key -> DuetStart
         self._duets: dict[str, tuple[float, Any]] = {}  # key -> (shared baseline, Duet)
@@ -82,6 +81,7 @@ class _Child:
         if handler is None:
             return {"error": f"unknown request kind {kind!r}", "error_type": "ValueError"}
         _limit_memory(request.get("memory_bytes"))
+        rss_before = status_bytes().get("VmRSS")
         reset_peak()
         try:
             value = handler(request)
@@ -93,7 +93,7 @@ class _Child:
         else:
             reply = {"ok": value}
         reply["peak_rss_bytes"] = status_bytes().get("VmHWM")
-        _give_memory_back(self.baseline_rss)
+        _give_memory_back(rss_before)
         return reply
 
     def _ping(self, request: dict[str, Any]) -> int:
@@ -168,14 +168,15 @@ class _Child:
             kept[1].close()
 
 
-def _give_memory_back(baseline_rss: int | None) -> None:
+def _give_memory_back(rss_before: int | None) -> None:
     """Free what the item left and return the heap's free pages to the OS (glibc's ``malloc_trim``), so the next
     item starts from the process's own size, not from the last item's peak. The young generations are collected
     always; a full collection (about 0.1 s with torch loaded, more than a small op's whole round) only when the
-    process is still :data:`FULL_COLLECT_BYTES` above its size at start."""
+    item left the process :data:`FULL_COLLECT_BYTES` larger than before it (what it keeps on purpose, the export
+    cache and the duets, grows by less)."""
     gc.collect(1)
     resident = status_bytes().get("VmRSS")
-    if baseline_rss is None or resident is None or resident > baseline_rss + FULL_COLLECT_BYTES:
+    if rss_before is None or resident is None or resident > rss_before + FULL_COLLECT_BYTES:
         gc.collect()
     if _LIBC is not None:
         try:
