@@ -38,7 +38,7 @@ CHILD_COMMAND: tuple[str, ...] = (sys.executable, "-m", "profiler_service.isolat
 #: Seconds a new measuring process may take to load its runtimes and say it is ready.
 DEFAULT_START_S = 120.0
 #: Seconds between two looks at the stop hook, the clock and the child's memory while an item is measured.
-DEFAULT_POLL_S = 0.05
+DEFAULT_POLL_S = 0.2
 _MIB = 1 << 20
 
 
