@@ -37,11 +37,12 @@ from benchmarks.common import ROOT, add_search_grid, cpu_model, loadavg, read_se
 #: spent training weights only, taken from the total, so every mechanism trains as many epochs).
 MECHANISMS: dict[str, dict[str, Any]] = {
     "default": {},
-    "adaptive": {"adaptive": True},
-    "sq#log": {"loss": "sq#log"},
+    "mul#ratio": {"loss": "mul#ratio", "adaptive": False},
+    "mul#ratio+adaptive": {"loss": "mul#ratio", "adaptive": True},
+    "sq#log": {"loss": "sq#log", "adaptive": False},
     "sq#log+adaptive": {"loss": "sq#log", "adaptive": True},
     "lagrangian": {"loss": "add#linear", "adaptive": True},
-    "warmup+adaptive": {"adaptive": True, "warmup_share": 0.3},
+    "warmup+mul#ratio+adaptive": {"loss": "mul#ratio", "adaptive": True, "warmup_share": 0.3},
     "warmup+sq#log+adaptive": {"loss": "sq#log", "adaptive": True, "warmup_share": 0.3},
 }
 DEFAULT_TABLE = ROOT / "tests" / "search_client" / "data" / "tiny-32.ort-cpu.warm.slow.lut.json"

@@ -29,8 +29,11 @@ class SearchConfig:
 
     ``epochs`` counts the joint search epochs; ``warmup_epochs`` weight-only epochs run before them.
     ``targets_ms`` holds one target per latency table. ``loss`` is one of
-    :data:`search_client.nas.losses.LOSS_KINDS` (default ``mul#ratio``, unit-free: any target works);
-    ``strength`` is its latency weight (None: the loss's default, 0: no latency term). ``target_band`` is the
+    :data:`search_client.nas.losses.LOSS_KINDS` (default ``sq#log``: two-sided and unit-free, any target works);
+    ``strength`` is its latency weight (None: the loss's default, 0: no latency term). ``adaptive`` moves that
+    weight (and the two-sided loss's aim) until the argmax architecture meets the target: None (the default) turns
+    it on with the binarized-path gradient and off with REINFORCE, whose reward does not use the loss (the defaults
+    were chosen side by side by ``benchmarks/search_steering.py``: docs/search.md). ``target_band`` is the
     tolerance around the target (see :mod:`search_client.nas.target`): the adaptive weight aims inside it, and the
     ``within-target`` derive rule (see :mod:`search_client.nas.within_target`) exports the most probable
     architecture inside it when the argmax is not.
@@ -54,11 +57,11 @@ class SearchConfig:
     batch_size: int = 64
     mode: str = "full_v2"
     grad_estimator: str = "binary"
-    loss: str = "mul#ratio"
+    loss: str = "sq#log"
     strength: float | None = None
     loss_scale: float = 0.2
     log_unit_ms: float = 1.0
-    adaptive: bool = False
+    adaptive: bool | None = None
     adaptive_rate: float = 1.05
     target_band: float = 0.1
     derive: str = "within-target"
@@ -82,6 +85,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         self.targets_ms = [float(t) for t in self.targets_ms]
         self.arch_betas = (float(self.arch_betas[0]), float(self.arch_betas[1]))
+        if self.adaptive is None:
+            self.adaptive = self.grad_estimator != "reinforce"
         for name in ("epochs", "warmup_epochs", "seed", "batch_size", "arch_every", "reinforce_samples"):
             value = getattr(self, name)
             low = 0 if name in ("warmup_epochs", "seed") else 1

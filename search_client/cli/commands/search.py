@@ -154,13 +154,15 @@ def search(
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/checkpoint.pt")] = False,
     mode: Annotated[str, typer.Option(help="full_v2 (the release default) | full | two | darts")] = D["mode"],
     grad_estimator: Annotated[str, typer.Option(help="binary | reinforce")] = D["grad_estimator"],
-    loss: Annotated[str, typer.Option(help="mul#ratio (unit-free, any target) | mul#log (the paper's; needs "
-                                           "latencies above --log-unit-ms) | add#linear | hinge | sq#log (two-sided)")] = D["loss"],
+    loss: Annotated[str, typer.Option(help="sq#log (two-sided, unit-free) | mul#ratio (unit-free, any target) | "
+                                           "mul#log (the paper's; needs latencies above --log-unit-ms) | add#linear "
+                                           "| hinge")] = D["loss"],
     strength: Annotated[Optional[float], typer.Option(help="latency weight (the exponent of mul#ratio and mul#log, "
                                                            "lambda otherwise; 0 = off); default: the loss's")
                         ] = D["strength"],
-    adaptive: Annotated[bool, typer.Option("--adaptive", help="adapt the latency weight until the target is met")
-                        ] = D["adaptive"],
+    adaptive: Annotated[Optional[bool], typer.Option("--adaptive/--no-adaptive", help="adapt the latency weight "
+                                                     "(and sq#log's aim) until the argmax meets the target; default: "
+                                                     "on, off with --grad-estimator reinforce")] = D["adaptive"],
     log_unit_ms: Annotated[float, typer.Option(help="mul#log: latencies in units of this many ms inside log()")
                            ] = D["log_unit_ms"],
     target_band: Annotated[float, typer.Option(help="tolerance around the target (0.1: within +-10%)")
