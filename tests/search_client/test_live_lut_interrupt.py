@@ -44,6 +44,14 @@ def warm_profiler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPro
         profiler.stop()
 
 
+def interruptible() -> None:
+    """In the child before it runs ``lut``: SIGINT back to its default, as in a terminal. A suite started in the
+    background of a non-interactive shell (or by a runner that ignores SIGINT) runs with SIGINT ignored, which every
+    child inherits through exec; Python then installs no KeyboardInterrupt handler and ``lut`` would not see the
+    Ctrl-C at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_until(condition, what: str) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while not condition():
@@ -82,7 +90,8 @@ def test_a_repeated_lut_attaches_and_ctrl_c_cancels_the_job(warm_profiler: Local
         out = tmp_path / "mobile.lut.json"
         process = subprocess.Popen([str(SEARCH), "lut", "--space", SPACE.name, "--device", url, "--backend", "ort-cpu",
                                     "--anchors", "0", "--out", str(out)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+                                   stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"},
+                                   preexec_fn=interruptible)
         output = Output(process)
         try:
             wait_until(lambda: output.has(f"attached to running job {job_id}") or process.poll() is not None,
