@@ -115,18 +115,9 @@ class MeasuringProcess:
         process = self._process
         assert process is not None and process.stdout is not None
         while True:
-            readable, _, _ = select.select([process.stdout], [], [], self.poll_s)
-            if readable:
-                try:
-                    return read_frame(process.stdout)
-                except EOFError:
-                    self._reap()
-                    raise MeasuringProcessDied(f"the measuring process of {self.label} died while measuring "
-                                               f"{what}: {describe_exit(process.wait())}") from None
-            if process.poll() is not None:
-                self._reap()
-                raise MeasuringProcessDied(f"the measuring process of {self.label} died while measuring {what}: "
-                                           f"{describe_exit(process.returncode)}")
+            reply = self._next_frame(process, f"died while measuring {what}")
+            if reply is not None:
+                return reply
             if should_stop is not None and should_stop():
                 self.kill()
                 raise MeasurementStopped(f"measuring {what} stopped: its job was cancelled or the service stops "
@@ -154,23 +145,12 @@ class MeasuringProcess:
         assert process.stdout is not None
         deadline = self.clock() + self.start_s
         while True:
-            readable, _, _ = select.select([process.stdout], [], [], self.poll_s)
-            if readable:
-                try:
-                    ready = read_frame(process.stdout)
-                except (EOFError, ValueError) as exc:
-                    self._reap()
-                    raise MeasuringProcessDied(f"the measuring process of {self.label} did not start: "
-                                               f"{describe_exit(process.wait()) if isinstance(exc, EOFError) else exc}"
-                                               ) from None
+            ready = self._next_frame(process, "did not start")
+            if ready is not None:
                 self.idle_rss_bytes = ready.get("rss_bytes")
                 log.info("measuring process of %s started (pid %s, %s resident)", self.label, process.pid,
                          _mib(self.idle_rss_bytes))
                 return
-            if process.poll() is not None:
-                self._reap()
-                raise MeasuringProcessDied(f"the measuring process of {self.label} did not start: "
-                                           f"{describe_exit(process.returncode)}")
             if should_stop is not None and should_stop():
                 self.kill()
                 raise MeasurementStopped(f"starting the measuring process of {self.label} stopped")
@@ -178,6 +158,24 @@ class MeasuringProcess:
                 self.kill()
                 raise MeasuringProcessDied(f"the measuring process of {self.label} did not start within "
                                            f"{self.start_s:g} s")
+
+    def _next_frame(self, process: subprocess.Popen[bytes], dead: str) -> dict[str, Any] | None:
+        """The child's next frame if one arrives within ``poll_s``, else None; MeasuringProcessDied ("the measuring
+        process of LABEL <dead>: <how it ended>") when it closed its pipe, wrote what is no frame, or ended."""
+        assert process.stdout is not None
+        readable, _, _ = select.select([process.stdout], [], [], self.poll_s)
+        if readable:
+            try:
+                return read_frame(process.stdout)
+            except (EOFError, ValueError) as exc:
+                self._reap()
+                how = describe_exit(process.wait()) if isinstance(exc, EOFError) else str(exc)
+                raise MeasuringProcessDied(f"the measuring process of {self.label} {dead}: {how}") from None
+        if process.poll() is not None:
+            self._reap()
+            raise MeasuringProcessDied(f"the measuring process of {self.label} {dead}: "
+                                       f"{describe_exit(process.returncode)}")
+        return None
 
     def kill(self) -> None:
         """End the child now (SIGKILL) and reap it; the next request starts a new one."""
